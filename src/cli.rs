@@ -1,0 +1,212 @@
+//! The command line: `alfa` opens the inspection window; subcommands work headless.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::bench;
+use crate::clip::{self, Clip, DownloadObserver, ModelRequest};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "alfa",
+    version,
+    about = "Zero- and few-shot visual anomaly detection with CLIP (ALFA)",
+    long_about = "Zero- and few-shot visual anomaly detection with CLIP (ALFA).\n\n\
+        Without a subcommand, opens the inspection window with PATHs (images or folders) loaded.\n\
+        Models: --model takes a folder (open_clip_config.json + weights + tokenizer.json), a weights \
+        file (.safetensors, .bin, .pt, .pth) or a Hugging Face repo id; the default is downloaded once \
+        into the Hugging Face cache.",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub gui: GuiArgs,
+}
+
+#[derive(Args, Debug, Default, Clone)]
+pub struct GuiArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Object class of the images (e.g. bottle, metal_nut, pcb1).
+    #[arg(long)]
+    pub class: Option<String>,
+    /// Images or folders to open.
+    pub paths: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug, Default, Clone)]
+pub struct ModelArgs {
+    /// Model: a folder, a weights file, or a Hugging Face repo id
+    /// [default: timm/vit_base_patch16_plus_240.laion400m_e32].
+    #[arg(long, value_name = "M")]
+    pub model: Option<String>,
+    /// Architecture of a weights file that has no open_clip_config.json beside it
+    /// (ViT-B-32, ViT-B-16, ViT-B-16-plus-240, ViT-L-14, ViT-L-14-336, ...-quickgelu).
+    #[arg(long, value_name = "NAME")]
+    pub arch: Option<String>,
+    /// tokenizer.json to use instead of the model's (CLIP's BPE).
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
+    /// Run on the CPU even when built with CUDA or Metal.
+    #[arg(long)]
+    pub cpu: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print L2-normalised CLIP embeddings of images and texts as JSON.
+    ///
+    /// Output: {"images": [{"file", "embedding"}], "texts": [{"text", "embedding"}]},
+    /// in input order.
+    Embed(EmbedArgs),
+    /// Benchmarks (timings on random weights of the real shapes).
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct EmbedArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Image file to embed (repeatable).
+    #[arg(long = "image", value_name = "FILE")]
+    pub images: Vec<PathBuf>,
+    /// Text to embed (repeatable).
+    #[arg(long = "text", value_name = "TEXT")]
+    pub texts: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Architecture whose shapes are timed.
+    #[arg(long, default_value = clip::config::DEFAULT_ARCH)]
+    pub arch: String,
+    /// Timed runs per case (the median is reported), after one warm-up run.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        None => crate::app::run(cli.gui),
+        Some(Command::Embed(args)) => embed(args),
+        Some(Command::Bench(args)) => run_bench(args),
+    }
+}
+
+/// A terminal progress bar for model downloads.
+struct DownloadBar {
+    bar: ProgressBar,
+}
+
+impl DownloadObserver for DownloadBar {
+    fn progress(&self, file: &str, done: u64, total: u64) {
+        if total > 0 {
+            self.bar.set_length(total);
+        }
+        if !file.is_empty() {
+            self.bar.set_message(file.to_owned());
+        }
+        self.bar.set_position(done);
+    }
+}
+
+impl ModelArgs {
+    pub fn request(&self) -> ModelRequest {
+        let bar = ProgressBar::hidden();
+        bar.set_style(
+            ProgressStyle::with_template("{msg} {bar:40} {bytes}/{total_bytes} ({eta})")
+                .expect("the template is valid"),
+        );
+        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        ModelRequest {
+            model: self.model.clone(),
+            arch: self.arch.clone(),
+            tokenizer: self.tokenizer.clone(),
+            observer: Some(Arc::new(DownloadBar { bar })),
+        }
+    }
+
+    pub fn load(&self) -> Result<Clip> {
+        let files = self.request().resolve()?;
+        let device = clip::device(self.cpu)?;
+        Ok(Clip::load(&files, &device)?)
+    }
+}
+
+#[derive(serde::Serialize)]
+struct EmbedOutput {
+    images: Vec<ImageEmbedding>,
+    texts: Vec<TextEmbedding>,
+}
+
+#[derive(serde::Serialize)]
+struct ImageEmbedding {
+    file: String,
+    embedding: Vec<f32>,
+}
+
+#[derive(serde::Serialize)]
+struct TextEmbedding {
+    text: String,
+    embedding: Vec<f32>,
+}
+
+/// Images go through the model in batches of this many (bounded memory).
+const EMBED_BATCH: usize = 8;
+
+fn embed(args: EmbedArgs) -> Result<()> {
+    if args.images.is_empty() && args.texts.is_empty() {
+        bail!("nothing to embed: give at least one --image FILE or --text TEXT");
+    }
+    if let Some(i) = args.texts.iter().position(|t| t.trim().is_empty()) {
+        bail!("--text number {} is empty: a prompt needs at least one word", i + 1);
+    }
+    // Decode every image before loading the model, so a bad file fails fast.
+    let decoded = args
+        .images
+        .iter()
+        .map(|p| clip::open_image(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let clip = args.model.load()?;
+    let mut images = Vec::with_capacity(decoded.len());
+    for (paths, batch) in args.images.chunks(EMBED_BATCH).zip(decoded.chunks(EMBED_BATCH)) {
+        let rows = clip.encode_images(batch)?.to_vec2::<f32>()?;
+        images.extend(paths.iter().zip(rows).map(|(p, embedding)| ImageEmbedding {
+            file: p.display().to_string(),
+            embedding,
+        }));
+    }
+    let mut texts = Vec::with_capacity(args.texts.len());
+    for batch in args.texts.chunks(64) {
+        let refs: Vec<&str> = batch.iter().map(String::as_str).collect();
+        let rows = clip.encode_texts(&refs)?.to_vec2::<f32>()?;
+        texts.extend(batch.iter().zip(rows).map(|(t, embedding)| TextEmbedding {
+            text: t.clone(),
+            embedding,
+        }));
+    }
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, &EmbedOutput { images, texts })?;
+    writeln!(out).context("cannot write to stdout")?;
+    Ok(())
+}
+
+fn run_bench(args: BenchArgs) -> Result<()> {
+    let report = bench::clip_forward(&args.arch, args.repeats.max(1), |line| eprintln!("{line}"))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{}", report.table());
+    }
+    Ok(())
+}

@@ -1,0 +1,152 @@
+//! OpenCLIP in candle: config, weights, tokenizer, preprocessing and the two towers.
+
+pub mod config;
+pub mod model;
+pub mod preprocess;
+pub mod source;
+pub mod tokenizer;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use image::DynamicImage;
+
+pub use config::OpenClipConfig;
+pub use model::{ClipModel, RandomWeights, TensorSource, VisionCapture, VisionOutput};
+pub use preprocess::Preprocessor;
+pub use source::{DEFAULT_MODEL, DownloadObserver, ModelFiles, ModelRequest};
+pub use tokenizer::ClipTokenizer;
+pub use weights::Weights;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClipError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid model config {path}: {reason}")]
+    Config { path: PathBuf, reason: String },
+    #[error("cannot load weights {path}: {reason}")]
+    Weights { path: PathBuf, reason: String },
+    #[error("weights {path} lack the tensor `{name}` the config calls for (wrong architecture, or a truncated file?)")]
+    MissingTensor { path: PathBuf, name: String },
+    #[error(
+        "weights {path} do not match the config: tensor `{name}` has shape {found:?}, the config implies {expected:?}"
+    )]
+    ShapeMismatch {
+        path: PathBuf,
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("cannot load tokenizer {path}: {reason}")]
+    Tokenizer { path: PathBuf, reason: String },
+    #[error("cannot tokenize {text:?}: {reason}")]
+    Tokenize { text: String, reason: String },
+    #[error("empty text: a prompt needs at least one word")]
+    EmptyText,
+    #[error("cannot read image {path}: {reason}")]
+    Image { path: PathBuf, reason: String },
+    #[error("model `{model}` not found: {reason}")]
+    ModelNotFound { model: String, reason: String },
+    #[error(
+        "could not get `{file}` from the Hugging Face repo `{repo}`: {reason}.\n\
+         To use the model offline, download https://huggingface.co/{repo}/resolve/main/{file} \
+         (with open_clip_config.json, open_clip_model.safetensors and \
+         https://huggingface.co/openai/clip-vit-base-patch32/resolve/main/tokenizer.json) \
+         into one folder and pass `--model FOLDER`"
+    )]
+    Download {
+        repo: String,
+        file: String,
+        reason: String,
+    },
+    #[error(transparent)]
+    Tensor(#[from] candle_core::Error),
+}
+
+/// Chooses the compute device: CUDA or Metal when built in and present, else CPU.
+pub fn device(prefer_cpu: bool) -> Result<Device, ClipError> {
+    if prefer_cpu {
+        return Ok(Device::Cpu);
+    }
+    #[cfg(feature = "cuda")]
+    {
+        return Ok(Device::cuda_if_available(0)?);
+    }
+    #[cfg(feature = "metal")]
+    {
+        return Ok(Device::metal_if_available(0)?);
+    }
+    #[allow(unreachable_code)]
+    Ok(Device::Cpu)
+}
+
+/// Reads an image file, naming the file in the error.
+pub fn open_image(path: &Path) -> Result<DynamicImage, ClipError> {
+    let reader = image::ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|e| ClipError::Image {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+    reader.decode().map_err(|e| ClipError::Image {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// A loaded CLIP: model, tokenizer and preprocessing, on one device.
+pub struct Clip {
+    pub model: ClipModel,
+    pub tokenizer: ClipTokenizer,
+    pub preprocessor: Preprocessor,
+    pub config: OpenClipConfig,
+    pub device: Device,
+}
+
+impl Clip {
+    pub fn load(files: &ModelFiles, device: &Device) -> Result<Self, ClipError> {
+        let weights = Weights::load(&files.weights, device)?;
+        Self::from_source(&files.config, &weights, &files.tokenizer, device)
+    }
+
+    /// Builds from any tensor source (random weights for benchmarks).
+    pub fn from_source(
+        config: &OpenClipConfig,
+        source: &dyn TensorSource,
+        tokenizer: &Path,
+        device: &Device,
+    ) -> Result<Self, ClipError> {
+        let model = ClipModel::new(source, &config.model_cfg)?;
+        let tokenizer = ClipTokenizer::from_file(tokenizer, config.model_cfg.text_cfg.context_length)?;
+        let preprocessor =
+            Preprocessor::new(&config.preprocess_cfg, config.model_cfg.vision_cfg.image_size());
+        Ok(Self {
+            model,
+            tokenizer,
+            preprocessor,
+            config: config.clone(),
+            device: device.clone(),
+        })
+    }
+
+    /// L2-normalised image embeddings [B, E].
+    pub fn encode_images(&self, images: &[DynamicImage]) -> Result<Tensor, ClipError> {
+        let pixels = self.preprocessor.batch(images, &self.device)?;
+        Ok(l2_normalize(&self.model.vision.forward(&pixels)?)?)
+    }
+
+    /// L2-normalised text embeddings [T, E]; the batch is cut to its longest prompt.
+    pub fn encode_texts(&self, texts: &[&str]) -> Result<Tensor, ClipError> {
+        let ids = self.tokenizer.batch(texts, &self.device)?;
+        Ok(l2_normalize(&self.model.text.forward(&ids)?)?)
+    }
+}
+
+/// Rows divided by their L2 norm.
+pub fn l2_normalize(x: &Tensor) -> candle_core::Result<Tensor> {
+    x.broadcast_div(&x.sqr()?.sum_keepdim(candle_core::D::Minus1)?.sqrt()?)
+}

@@ -1,0 +1,493 @@
+//! OpenCLIP's ViT image tower and transformer text tower on candle.
+//!
+//! Plain structs with `forward`-style methods, weights fetched by OpenCLIP's names.
+//! Beyond the pooled embedding, the towers expose what the detectors need so that
+//! none of them re-implements the transformer: the tokens after every block, the
+//! last block's attention values, a forward over a subset of patch tokens (window
+//! features), and the blocks themselves (AnoVL's V-V path runs beside them).
+
+use candle_core::{D, DType, Device, IndexOp, Module, Tensor};
+use candle_nn::{LayerNorm, Linear};
+
+use super::ClipError;
+use super::config::{ModelConfig, TextConfig, VisionConfig};
+
+/// OpenCLIP uses `nn.LayerNorm`'s default epsilon everywhere.
+const LN_EPS: f64 = 1e-5;
+
+/// Where the model's parameters come from: a checkpoint, or random values of the
+/// right shapes for benchmarks. The model asks by OpenCLIP name and exact shape.
+pub trait TensorSource {
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor, ClipError>;
+}
+
+impl TensorSource for super::weights::Weights {
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor, ClipError> {
+        self.get(name, shape)
+    }
+}
+
+/// Random parameters of the real shapes (timings only; features are meaningless).
+pub struct RandomWeights {
+    pub device: Device,
+}
+
+impl TensorSource for RandomWeights {
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor, ClipError> {
+        if name == "logit_scale" {
+            return Ok(Tensor::new(100f32.ln(), &self.device)?);
+        }
+        let t = if name.ends_with("bias") {
+            Tensor::zeros(shape, DType::F32, &self.device)
+        } else if name.contains("ln_") {
+            Tensor::ones(shape, DType::F32, &self.device)
+        } else {
+            Tensor::randn(0f32, 0.02, shape, &self.device)
+        };
+        Ok(t?)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// Exact (erf) GELU, as `nn.GELU()`: the LAION models.
+    Gelu,
+    /// `x * sigmoid(1.702 x)`: OpenAI's weights (`-quickgelu` configs).
+    QuickGelu,
+}
+
+impl Activation {
+    fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Gelu => x.gelu_erf(),
+            Self::QuickGelu => x * candle_nn::ops::sigmoid(&(x * 1.702)?)?,
+        }
+    }
+}
+
+fn layer_norm(src: &dyn TensorSource, prefix: &str, width: usize) -> Result<LayerNorm, ClipError> {
+    Ok(LayerNorm::new(
+        src.tensor(&format!("{prefix}.weight"), &[width])?,
+        src.tensor(&format!("{prefix}.bias"), &[width])?,
+        LN_EPS,
+    ))
+}
+
+fn linear(
+    src: &dyn TensorSource,
+    prefix: &str,
+    out_dim: usize,
+    in_dim: usize,
+) -> Result<Linear, ClipError> {
+    Ok(Linear::new(
+        src.tensor(&format!("{prefix}.weight"), &[out_dim, in_dim])?,
+        Some(src.tensor(&format!("{prefix}.bias"), &[out_dim])?),
+    ))
+}
+
+/// `nn.MultiheadAttention` with its fused `in_proj` as OpenCLIP stores it.
+pub struct Attention {
+    in_proj: Linear,
+    /// The value third of `in_proj`, kept apart so values alone cost one matmul.
+    value_proj: Linear,
+    out_proj: Linear,
+    heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn new(src: &dyn TensorSource, prefix: &str, width: usize, heads: usize) -> Result<Self, ClipError> {
+        let weight = src.tensor(&format!("{prefix}.in_proj_weight"), &[3 * width, width])?;
+        let bias = src.tensor(&format!("{prefix}.in_proj_bias"), &[3 * width])?;
+        let value_proj = Linear::new(
+            weight.narrow(0, 2 * width, width)?.contiguous()?,
+            Some(bias.narrow(0, 2 * width, width)?.contiguous()?),
+        );
+        Ok(Self {
+            in_proj: Linear::new(weight, Some(bias)),
+            value_proj,
+            out_proj: linear(src, &format!("{prefix}.out_proj"), width, width)?,
+            heads,
+            head_dim: width / heads,
+        })
+    }
+
+    /// Self-attention over `x` [B, L, D]; `mask` [L, L] is added to the logits.
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let (b, l, d) = x.dims3()?;
+        let qkv = self
+            .in_proj
+            .forward(x)?
+            .reshape((b, l, 3, self.heads, self.head_dim))?
+            .permute((2, 0, 3, 1, 4))?; // [3, B, H, L, hd]
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let q = (qkv.i(0)?.contiguous()? * scale)?;
+        let k = qkv.i(1)?.contiguous()?;
+        let v = qkv.i(2)?.contiguous()?;
+        let mut logits = q.matmul(&k.t()?)?;
+        if let Some(mask) = mask {
+            logits = logits.broadcast_add(mask)?;
+        }
+        let attn = candle_nn::ops::softmax_last_dim(&logits)?;
+        let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, l, d))?;
+        self.out_proj.forward(&out)
+    }
+
+    /// The value vectors `ln_1(x) W_v + b_v` of every token, all heads concatenated [B, L, D].
+    pub fn values(&self, normed: &Tensor) -> candle_core::Result<Tensor> {
+        self.value_proj.forward(normed)
+    }
+
+    /// Attention with queries and keys both replaced by the values (`softmax(V V^T / sqrt(d)) V`
+    /// per head), then the output projection: the V-V attention of CLIP Surgery / AnoVL.
+    pub fn value_value(&self, values: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, l, d) = values.dims3()?;
+        let v = values
+            .reshape((b, l, self.heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let logits = (v.matmul(&v.t()?)? * scale)?;
+        let attn = candle_nn::ops::softmax_last_dim(&logits)?;
+        let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, l, d))?;
+        self.out_proj.forward(&out)
+    }
+
+    pub fn out_proj(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.out_proj.forward(x)
+    }
+}
+
+/// OpenCLIP's `ResidualAttentionBlock` (pre-norm attention and MLP).
+pub struct ResidualAttentionBlock {
+    pub ln_1: LayerNorm,
+    pub attn: Attention,
+    pub ln_2: LayerNorm,
+    c_fc: Linear,
+    c_proj: Linear,
+    act: Activation,
+}
+
+impl ResidualAttentionBlock {
+    fn new(
+        src: &dyn TensorSource,
+        prefix: &str,
+        width: usize,
+        heads: usize,
+        mlp_width: usize,
+        act: Activation,
+    ) -> Result<Self, ClipError> {
+        Ok(Self {
+            ln_1: layer_norm(src, &format!("{prefix}.ln_1"), width)?,
+            attn: Attention::new(src, &format!("{prefix}.attn"), width, heads)?,
+            ln_2: layer_norm(src, &format!("{prefix}.ln_2"), width)?,
+            c_fc: linear(src, &format!("{prefix}.mlp.c_fc"), mlp_width, width)?,
+            c_proj: linear(src, &format!("{prefix}.mlp.c_proj"), width, mlp_width)?,
+            act,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let x = (x + self.attn.forward(&self.ln_1.forward(x)?, mask)?)?;
+        &x + self.mlp(&self.ln_2.forward(&x)?)?
+    }
+
+    /// `forward`, also returning this block's attention values (for the last block's
+    /// value features without a second pass).
+    pub fn forward_with_values(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let normed = self.ln_1.forward(x)?;
+        let values = self.attn.values(&normed)?;
+        let x = (x + self.attn.forward(&normed, None)?)?;
+        let out = (&x + self.mlp(&self.ln_2.forward(&x)?)?)?;
+        Ok((out, values))
+    }
+
+    pub fn mlp(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.c_proj.forward(&self.act.apply(&self.c_fc.forward(x)?)?)
+    }
+}
+
+fn blocks(
+    src: &dyn TensorSource,
+    prefix: &str,
+    layers: usize,
+    width: usize,
+    heads: usize,
+    mlp_width: usize,
+    act: Activation,
+) -> Result<Vec<ResidualAttentionBlock>, ClipError> {
+    (0..layers)
+        .map(|i| {
+            ResidualAttentionBlock::new(
+                src,
+                &format!("{prefix}.resblocks.{i}"),
+                width,
+                heads,
+                mlp_width,
+                act,
+            )
+        })
+        .collect()
+}
+
+/// What a detailed vision forward should keep besides the pooled feature.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VisionCapture {
+    /// The tokens entering the first block (after `ln_pre`) and after every block.
+    pub layers: bool,
+    /// The last block's attention values [B, L, W].
+    pub last_values: bool,
+}
+
+pub struct VisionOutput {
+    /// `ln_post(class token) @ proj`, unnormalised [B, E].
+    pub pooled: Tensor,
+    /// The tokens leaving the last block, before `ln_post` [B, L, W].
+    pub tokens: Tensor,
+    /// `layers[0]`: tokens entering block 0 (after `ln_pre`); `layers[i + 1]`: after
+    /// block i. Empty unless asked for.
+    pub layers: Vec<Tensor>,
+    pub last_values: Option<Tensor>,
+}
+
+/// OpenCLIP's `VisionTransformer` (class-token pooling, `ln_pre`, `ln_post`, `proj`).
+pub struct VisionTransformer {
+    /// `conv1` as a matrix over flattened patches [W, 3 * P * P]: a stride-P
+    /// convolution is exactly this matmul, and the matmul is the faster kernel.
+    patch_weight: Tensor,
+    class_embedding: Tensor,
+    positional_embedding: Tensor,
+    ln_pre: LayerNorm,
+    blocks: Vec<ResidualAttentionBlock>,
+    ln_post: LayerNorm,
+    proj: Tensor,
+    patch_size: usize,
+    grid: usize,
+    width: usize,
+}
+
+impl VisionTransformer {
+    pub fn new(src: &dyn TensorSource, cfg: &VisionConfig, embed_dim: usize, act: Activation) -> Result<Self, ClipError> {
+        let (w, p, g) = (cfg.width, cfg.patch_size, cfg.grid());
+        let conv = src.tensor("visual.conv1.weight", &[w, 3, p, p])?;
+        Ok(Self {
+            patch_weight: conv.reshape((w, 3 * p * p))?.t()?.contiguous()?,
+            class_embedding: src.tensor("visual.class_embedding", &[w])?,
+            positional_embedding: src.tensor("visual.positional_embedding", &[1 + g * g, w])?,
+            ln_pre: layer_norm(src, "visual.ln_pre", w)?,
+            blocks: blocks(src, "visual.transformer", cfg.layers, w, cfg.heads(), cfg.mlp_width(), act)?,
+            ln_post: layer_norm(src, "visual.ln_post", w)?,
+            proj: src.tensor("visual.proj", &[w, embed_dim])?,
+            patch_size: p,
+            grid: g,
+            width: w,
+        })
+    }
+
+    pub fn grid(&self) -> usize {
+        self.grid
+    }
+    pub fn width(&self) -> usize {
+        self.width
+    }
+    pub fn image_size(&self) -> usize {
+        self.grid * self.patch_size
+    }
+    pub fn blocks(&self) -> &[ResidualAttentionBlock] {
+        &self.blocks
+    }
+
+    /// Patch tokens with their position embeddings, after the class token (with its
+    /// own), before `ln_pre`: [B, 1 + G*G, W]. Index `1 + p` is patch `p` (row-major).
+    pub fn embed(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, c, h, w) = pixels.dims4()?;
+        let (p, g) = (self.patch_size, self.grid);
+        if c != 3 || h != g * p || w != g * p {
+            candle_core::bail!("expected pixels [B, 3, {s}, {s}], got {:?}", pixels.dims(), s = g * p);
+        }
+        let patches = pixels
+            .reshape((b, 3, g, p, g, p))?
+            .permute((0, 2, 4, 1, 3, 5))? // [B, gy, gx, 3, py, px]
+            .reshape((b * g * g, 3 * p * p))?
+            .matmul(&self.patch_weight)?
+            .reshape((b, g * g, self.width))?;
+        let class = self
+            .class_embedding
+            .reshape((1, 1, self.width))?
+            .broadcast_as((b, 1, self.width))?;
+        Tensor::cat(&[&class, &patches], 1)?.broadcast_add(&self.positional_embedding)
+    }
+
+    /// `ln_pre` and every block over embedded tokens.
+    pub fn forward_embedded(&self, tokens: &Tensor, capture: VisionCapture) -> candle_core::Result<(Tensor, Vec<Tensor>, Option<Tensor>)> {
+        let mut x = self.ln_pre.forward(tokens)?;
+        let mut layers = Vec::new();
+        if capture.layers {
+            layers.push(x.clone());
+        }
+        let mut last_values = None;
+        let last = self.blocks.len() - 1;
+        for (i, block) in self.blocks.iter().enumerate() {
+            if i == last && capture.last_values {
+                let (out, values) = block.forward_with_values(&x)?;
+                x = out;
+                last_values = Some(values);
+            } else {
+                x = block.forward(&x, None)?;
+            }
+            if capture.layers {
+                layers.push(x.clone());
+            }
+        }
+        Ok((x, layers, last_values))
+    }
+
+    /// `ln_post` then `proj` on tokens [B, L, W] -> [B, L, E] (or [B, W] -> [B, E]).
+    pub fn project(&self, tokens: &Tensor) -> candle_core::Result<Tensor> {
+        self.ln_post.forward(tokens)?.broadcast_matmul(&self.proj)
+    }
+
+    /// Attention values taken into the joint space: `ln_post(out_proj(v)) @ proj` [B, L, E].
+    pub fn project_values(&self, values: &Tensor) -> candle_core::Result<Tensor> {
+        let last = self.blocks.last().expect("a ViT has at least one block");
+        self.project(&last.attn.out_proj(values)?)
+    }
+
+    fn pool(&self, tokens: &Tensor) -> candle_core::Result<Tensor> {
+        self.project(&tokens.i((.., 0, ..))?.contiguous()?)
+    }
+
+    /// Image embeddings [B, E] (unnormalised) of preprocessed pixels [B, 3, S, S].
+    pub fn forward(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
+        Ok(self.forward_detailed(pixels, VisionCapture::default())?.pooled)
+    }
+
+    pub fn forward_detailed(&self, pixels: &Tensor, capture: VisionCapture) -> candle_core::Result<VisionOutput> {
+        let (tokens, layers, last_values) = self.forward_embedded(&self.embed(pixels)?, capture)?;
+        Ok(VisionOutput {
+            pooled: self.pool(&tokens)?,
+            tokens,
+            layers,
+            last_values,
+        })
+    }
+
+    /// Window features (WinCLIP): for each window, the class token and only that
+    /// window's patch tokens (each with its own position embedding) go through the
+    /// transformer. `embedded` is `embed`'s output [B, 1 + G*G, W]; `windows` [K, n]
+    /// holds row-major patch indices (u32). Returns [B, K, E], unnormalised.
+    /// All B*K sequences run as one batch: the caller chunks `windows` to bound memory.
+    pub fn forward_windows(&self, embedded: &Tensor, windows: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, _, w) = embedded.dims3()?;
+        let (k, n) = windows.dims2()?;
+        let device = windows.device();
+        // Token index 0 is the class token; patch p sits at 1 + p.
+        let class = Tensor::zeros((k, 1), DType::U32, device)?;
+        let patch = (windows.to_dtype(DType::U32)? + 1.0)?;
+        let index = Tensor::cat(&[&class, &patch], 1)?.flatten_all()?;
+        let tokens = embedded
+            .index_select(&index, 1)?
+            .reshape((b * k, 1 + n, w))?;
+        let (out, _, _) = self.forward_embedded(&tokens, VisionCapture::default())?;
+        self.pool(&out)?.reshape((b, k, ()))
+    }
+}
+
+/// OpenCLIP's text transformer: causal, pooled at the end-of-text token.
+pub struct TextTransformer {
+    token_embedding: Tensor,
+    positional_embedding: Tensor,
+    blocks: Vec<ResidualAttentionBlock>,
+    ln_final: LayerNorm,
+    text_projection: Tensor,
+    context_length: usize,
+}
+
+impl TextTransformer {
+    pub fn new(src: &dyn TensorSource, cfg: &TextConfig, embed_dim: usize, act: Activation) -> Result<Self, ClipError> {
+        let w = cfg.width;
+        Ok(Self {
+            token_embedding: src.tensor("token_embedding.weight", &[cfg.vocab_size, w])?,
+            positional_embedding: src.tensor("positional_embedding", &[cfg.context_length, w])?,
+            blocks: blocks(src, "transformer", cfg.layers, w, cfg.heads, cfg.mlp_width(), act)?,
+            ln_final: layer_norm(src, "ln_final", w)?,
+            text_projection: src.tensor("text_projection", &[w, embed_dim])?,
+            context_length: cfg.context_length,
+        })
+    }
+
+    pub fn context_length(&self) -> usize {
+        self.context_length
+    }
+
+    /// Text embeddings [T, E] (unnormalised) of token ids [T, L] (u32), L <= context.
+    /// L may be shorter than the context: the causal mask makes the end-of-text
+    /// feature independent of the padding after it, so batches are cut to their
+    /// longest prompt.
+    pub fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        Ok(self.forward_detailed(ids, false)?.0)
+    }
+
+    /// `forward`, also returning the input tokens and the tokens after every block
+    /// when `keep_layers` is set.
+    pub fn forward_detailed(&self, ids: &Tensor, keep_layers: bool) -> candle_core::Result<(Tensor, Vec<Tensor>)> {
+        let (t, l) = ids.dims2()?;
+        if l > self.context_length {
+            candle_core::bail!("{l} tokens exceed the context length {}", self.context_length);
+        }
+        let ids = ids.to_dtype(DType::U32)?;
+        let mut x = self
+            .token_embedding
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((t, l, ()))?
+            .broadcast_add(&self.positional_embedding.narrow(0, 0, l)?)?;
+        let mask = causal_mask(l, x.device())?;
+        let mut layers = Vec::new();
+        if keep_layers {
+            layers.push(x.clone());
+        }
+        for block in &self.blocks {
+            x = block.forward(&x, Some(&mask))?;
+            if keep_layers {
+                layers.push(x.clone());
+            }
+        }
+        let x = self.ln_final.forward(&x)?;
+        // The end-of-text token has the largest id in CLIP's vocabulary.
+        let eot = ids.argmax(D::Minus1)?; // [T]
+        let pooled = x
+            .gather(&eot.reshape((t, 1, 1))?.broadcast_as((t, 1, x.dim(2)?))?.contiguous()?, 1)?
+            .squeeze(1)?;
+        Ok((pooled.matmul(&self.text_projection)?, layers))
+    }
+}
+
+/// `-inf` above the diagonal: token i attends to tokens 0..=i.
+fn causal_mask(l: usize, device: &Device) -> candle_core::Result<Tensor> {
+    let mask: Vec<f32> = (0..l)
+        .flat_map(|i| (0..l).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(mask, (l, l), device)
+}
+
+/// The two towers and CLIP's temperature.
+pub struct ClipModel {
+    pub vision: VisionTransformer,
+    pub text: TextTransformer,
+    /// `exp(logit_scale)`: 100 for the released models.
+    pub logit_scale: f32,
+}
+
+impl ClipModel {
+    pub fn new(src: &dyn TensorSource, cfg: &ModelConfig) -> Result<Self, ClipError> {
+        let act = if cfg.quick_gelu { Activation::QuickGelu } else { Activation::Gelu };
+        let logit_scale = src
+            .tensor("logit_scale", &[])
+            .and_then(|t| Ok(t.to_scalar::<f32>()?.exp()))?;
+        Ok(Self {
+            vision: VisionTransformer::new(src, &cfg.vision_cfg, cfg.embed_dim, act)?,
+            text: TextTransformer::new(src, &cfg.text_cfg, cfg.embed_dim, act)?,
+            logit_scale,
+        })
+    }
+}

@@ -1,0 +1,329 @@
+//! Where a model's files come from: a folder, a weights file, or a Hugging Face repo.
+//!
+//! Hub downloads go to the standard Hugging Face cache (`HF_HUB_CACHE`, `HF_HOME`,
+//! `~/.cache/huggingface/hub`), so files a Python user already has are reused, and a
+//! cached file is used without touching the network. `HF_HUB_OFFLINE=1` forbids the
+//! network entirely.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::ClipError;
+use super::config::{DEFAULT_ARCH, OpenClipConfig};
+
+/// ALFA's model: ViT-B-16-plus-240 trained on LAION-400M for 32 epochs.
+pub const DEFAULT_MODEL: &str = "timm/vit_base_patch16_plus_240.laion400m_e32";
+/// The OpenCLIP repos carry no `tokenizer.json`; OpenAI's CLIP repo has the same BPE.
+pub const DEFAULT_TOKENIZER_REPO: &str = "openai/clip-vit-base-patch32";
+
+const CONFIG_FILE: &str = "open_clip_config.json";
+const TOKENIZER_FILE: &str = "tokenizer.json";
+/// Weight files OpenCLIP's hub repos use, in order of preference.
+const HUB_WEIGHT_FILES: [&str; 2] = ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"];
+
+/// Download progress, for a progress bar in the CLI or the GUI.
+pub trait DownloadObserver: Send + Sync {
+    /// `done` of `total` bytes (total 0 when unknown) of `file`.
+    fn progress(&self, file: &str, done: u64, total: u64);
+}
+
+/// How to resolve a `--model` argument.
+#[derive(Default, Clone)]
+pub struct ModelRequest {
+    /// A folder, a weights file, or a hub repo id; `None` for the default model.
+    pub model: Option<String>,
+    /// Architecture for a bare weights file without `open_clip_config.json` beside it.
+    pub arch: Option<String>,
+    /// A `tokenizer.json` to use instead of the model's own.
+    pub tokenizer: Option<PathBuf>,
+    pub observer: Option<Arc<dyn DownloadObserver>>,
+}
+
+/// The resolved files of a model.
+#[derive(Debug, Clone)]
+pub struct ModelFiles {
+    /// What the user asked for, for messages and reports.
+    pub name: String,
+    pub config: OpenClipConfig,
+    pub weights: PathBuf,
+    pub tokenizer: PathBuf,
+}
+
+impl ModelFiles {
+    /// A key that changes whenever the weights change (cache invalidation).
+    pub fn identity(&self) -> String {
+        let meta = std::fs::metadata(&self.weights).ok();
+        let len = meta.as_ref().map_or(0, |m| m.len());
+        let modified = meta
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        let path = std::fs::canonicalize(&self.weights).unwrap_or_else(|_| self.weights.clone());
+        format!("{}|{len}|{modified}", path.display())
+    }
+}
+
+impl ModelRequest {
+    pub fn resolve(&self) -> Result<ModelFiles, ClipError> {
+        let model = self.model.clone().unwrap_or_else(|| DEFAULT_MODEL.to_owned());
+        let path = Path::new(&model);
+        if path.is_dir() {
+            self.from_dir(&model, path)
+        } else if path.is_file() {
+            self.from_weights_file(&model, path)
+        } else if looks_like_repo_id(&model) {
+            self.from_hub(&model)
+        } else {
+            Err(ClipError::ModelNotFound {
+                model,
+                reason: "it is neither a folder, a file, nor a Hugging Face repo id (owner/name)"
+                    .into(),
+            })
+        }
+    }
+
+    fn from_dir(&self, name: &str, dir: &Path) -> Result<ModelFiles, ClipError> {
+        let config_path = dir.join(CONFIG_FILE);
+        let config = if config_path.is_file() {
+            OpenClipConfig::from_file(&config_path)?
+        } else {
+            self.builtin_config(name)?
+        };
+        let weights = HUB_WEIGHT_FILES
+            .iter()
+            .map(|f| dir.join(f))
+            .find(|p| p.is_file())
+            .or_else(|| first_weights_file(dir))
+            .ok_or_else(|| ClipError::ModelNotFound {
+                model: name.to_owned(),
+                reason: format!(
+                    "the folder has no weights (expected {} or a .safetensors/.bin/.pt file)",
+                    HUB_WEIGHT_FILES.join(" or ")
+                ),
+            })?;
+        let tokenizer = match &self.tokenizer {
+            Some(t) => t.clone(),
+            None if dir.join(TOKENIZER_FILE).is_file() => dir.join(TOKENIZER_FILE),
+            None => self.default_tokenizer()?,
+        };
+        Ok(ModelFiles {
+            name: name.to_owned(),
+            config,
+            weights,
+            tokenizer,
+        })
+    }
+
+    fn from_weights_file(&self, name: &str, file: &Path) -> Result<ModelFiles, ClipError> {
+        let dir = file.parent().unwrap_or(Path::new("."));
+        let config_path = dir.join(CONFIG_FILE);
+        let config = if config_path.is_file() && self.arch.is_none() {
+            OpenClipConfig::from_file(&config_path)?
+        } else {
+            self.builtin_config(name)?
+        };
+        let tokenizer = match &self.tokenizer {
+            Some(t) => t.clone(),
+            None if dir.join(TOKENIZER_FILE).is_file() => dir.join(TOKENIZER_FILE),
+            None => self.default_tokenizer()?,
+        };
+        Ok(ModelFiles {
+            name: name.to_owned(),
+            config,
+            weights: file.to_owned(),
+            tokenizer,
+        })
+    }
+
+    fn builtin_config(&self, name: &str) -> Result<OpenClipConfig, ClipError> {
+        let arch = self.arch.as_deref().unwrap_or(DEFAULT_ARCH);
+        OpenClipConfig::builtin(arch).ok_or_else(|| ClipError::ModelNotFound {
+            model: name.to_owned(),
+            reason: format!(
+                "no {CONFIG_FILE} beside the weights and `{arch}` is not a known architecture (known: {})",
+                OpenClipConfig::BUILTIN_ARCHS.join(", ")
+            ),
+        })
+    }
+
+    fn from_hub(&self, repo: &str) -> Result<ModelFiles, ClipError> {
+        let hub = Hub::new(self.observer.clone())?;
+        let config_path = hub.fetch(repo, CONFIG_FILE)?;
+        let config = OpenClipConfig::from_file(&config_path)?;
+        let mut last_error = None;
+        let mut weights = None;
+        for file in HUB_WEIGHT_FILES {
+            match hub.fetch(repo, file) {
+                Ok(path) => {
+                    weights = Some(path);
+                    break;
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        let weights = match (weights, last_error) {
+            (Some(w), _) => w,
+            (None, Some(e)) => return Err(e),
+            (None, None) => unreachable!("HUB_WEIGHT_FILES is not empty"),
+        };
+        let tokenizer = match &self.tokenizer {
+            Some(t) => t.clone(),
+            None => hub
+                .fetch(repo, TOKENIZER_FILE)
+                .or_else(|_| hub.fetch(DEFAULT_TOKENIZER_REPO, TOKENIZER_FILE))?,
+        };
+        Ok(ModelFiles {
+            name: repo.to_owned(),
+            config,
+            weights,
+            tokenizer,
+        })
+    }
+
+    fn default_tokenizer(&self) -> Result<PathBuf, ClipError> {
+        Hub::new(self.observer.clone())?.fetch(DEFAULT_TOKENIZER_REPO, TOKENIZER_FILE)
+    }
+}
+
+/// `owner/name` with no path-like parts.
+fn looks_like_repo_id(s: &str) -> bool {
+    let mut parts = s.split('/');
+    let ok = |p: Option<&str>| {
+        p.is_some_and(|p| {
+            !p.is_empty()
+                && p != "."
+                && p != ".."
+                && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        })
+    };
+    ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
+}
+
+fn first_weights_file(dir: &Path) -> Option<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| ["safetensors", "bin", "pt", "pth"].contains(&e))
+        })
+        .collect();
+    files.sort();
+    files.into_iter().next()
+}
+
+struct Hub {
+    client: hf_hub::HFClientSync,
+    offline: bool,
+    observer: Option<Arc<dyn DownloadObserver>>,
+}
+
+impl Hub {
+    fn new(observer: Option<Arc<dyn DownloadObserver>>) -> Result<Self, ClipError> {
+        let setup = |e: String| ClipError::Download {
+            repo: String::new(),
+            file: String::new(),
+            reason: format!("could not set up the Hugging Face client: {e}"),
+        };
+        // Timeouts so that a dead network ends in an error, never a hang; no total
+        // timeout, since the weights are hundreds of megabytes.
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(15))
+            .read_timeout(Duration::from_secs(60))
+            .user_agent(concat!("alfa/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| setup(e.to_string()))?;
+        let client = hf_hub::HFClient::builder()
+            .client(http)
+            .retry_max_attempts(2)
+            .build_sync()
+            .map_err(|e| setup(e.to_string()))?;
+        let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| !v.is_empty() && v != "0");
+        Ok(Self {
+            client,
+            offline,
+            observer,
+        })
+    }
+
+    /// The cached file, or a download into the cache.
+    fn fetch(&self, repo: &str, file: &str) -> Result<PathBuf, ClipError> {
+        let (owner, name) = repo.split_once('/').unwrap_or(("", repo));
+        let handle = self.client.model(owner, name);
+        let cached = handle
+            .download_file()
+            .filename(file)
+            .local_files_only(true)
+            .send();
+        if let Ok(path) = cached {
+            return Ok(path);
+        }
+        let fail = |reason: String| ClipError::Download {
+            repo: repo.to_owned(),
+            file: file.to_owned(),
+            reason,
+        };
+        if self.offline {
+            return Err(fail("it is not in the cache and HF_HUB_OFFLINE is set".into()));
+        }
+        let progress = self.observer.clone().map(|observer| {
+            hf_hub::progress::Progress::new(ProgressBridge { observer })
+        });
+        handle
+            .download_file()
+            .filename(file)
+            .maybe_progress(progress)
+            .send()
+            .map_err(|e| fail(describe_hub_error(&e)))
+    }
+}
+
+fn describe_hub_error(e: &hf_hub::HFError) -> String {
+    match e {
+        hf_hub::HFError::RepoNotFound { .. } => "the repository does not exist (or is private)".into(),
+        hf_hub::HFError::EntryNotFound { .. } => "the repository has no such file".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Adapts hf-hub's progress events to our observer.
+struct ProgressBridge {
+    observer: Arc<dyn DownloadObserver>,
+}
+
+impl hf_hub::progress::ProgressHandler for ProgressBridge {
+    fn on_progress(&self, event: &hf_hub::progress::ProgressEvent) {
+        use hf_hub::progress::{DownloadEvent, ProgressEvent};
+        match event {
+            ProgressEvent::Download(DownloadEvent::Progress { files }) => {
+                for f in files {
+                    self.observer.progress(&f.filename, f.bytes_completed, f.total_bytes);
+                }
+            }
+            ProgressEvent::Download(DownloadEvent::AggregateProgress {
+                bytes_completed,
+                total_bytes,
+                ..
+            }) => self.observer.progress("", *bytes_completed, *total_bytes),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repo_ids_are_told_from_paths() {
+        assert!(looks_like_repo_id(DEFAULT_MODEL));
+        assert!(looks_like_repo_id("openai/clip-vit-base-patch32"));
+        assert!(!looks_like_repo_id("./models/x"));
+        assert!(!looks_like_repo_id("a/b/c"));
+        assert!(!looks_like_repo_id("/abs"));
+        assert!(!looks_like_repo_id("weights.pt"));
+        assert!(!looks_like_repo_id("../x"));
+    }
+}

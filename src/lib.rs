@@ -1,0 +1,7 @@
+//! alfa: zero- and few-shot visual anomaly detection with CLIP (ALFA), its baselines,
+//! evaluation, and the inspection GUI.
+
+pub mod app;
+pub mod bench;
+pub mod cli;
+pub mod clip;

@@ -1,0 +1,135 @@
+//! Bad input gets a clear error naming the file and the problem, never a panic.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{fixtures, shared_tokenizer};
+
+/// Runs `alfa embed` and returns (success, stderr).
+fn embed(model: &Path, extra: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_alfa"))
+        .arg("embed")
+        .arg("--model")
+        .arg(model)
+        .arg("--tokenizer")
+        .arg(shared_tokenizer())
+        .args(extra)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    (out.status.success(), stderr)
+}
+
+/// A copy of the tiny GELU model in a temp dir, to break.
+fn model_copy() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("model");
+    std::fs::create_dir(&dir).unwrap();
+    for f in ["open_clip_config.json", "open_clip_model.safetensors"] {
+        std::fs::copy(fixtures().join("tiny-gelu").join(f), dir.join(f)).unwrap();
+    }
+    (tmp, dir)
+}
+
+#[test]
+fn working_model_embeds() {
+    let (_tmp, dir) = model_copy();
+    let (ok, stderr) = embed(&dir, &["--text", "a photo of a bottle"]);
+    assert!(ok, "{stderr}");
+}
+
+#[test]
+fn missing_weights_say_what_is_expected() {
+    let (_tmp, dir) = model_copy();
+    std::fs::remove_file(dir.join("open_clip_model.safetensors")).unwrap();
+    let (ok, stderr) = embed(&dir, &["--text", "x"]);
+    assert!(!ok);
+    assert!(stderr.contains("no weights") && stderr.contains("open_clip_model.safetensors"), "{stderr}");
+}
+
+#[test]
+fn truncated_weights_name_the_file() {
+    let (_tmp, dir) = model_copy();
+    let weights = dir.join("open_clip_model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    let (ok, stderr) = embed(&dir, &["--text", "x"]);
+    assert!(!ok);
+    assert!(stderr.contains("open_clip_model.safetensors"), "{stderr}");
+}
+
+#[test]
+fn shape_mismatch_names_tensor_and_both_shapes() {
+    let (_tmp, dir) = model_copy();
+    let config = dir.join("open_clip_config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    // 48 -> 64 wide vision tower (head_width 16 still divides it).
+    std::fs::write(&config, text.replace("\"width\": 48", "\"width\": 64")).unwrap();
+    let (ok, stderr) = embed(&dir, &["--text", "x"]);
+    assert!(!ok);
+    assert!(stderr.contains("visual.conv1.weight"), "{stderr}");
+    assert!(stderr.contains("[48, 3, 8, 8]") && stderr.contains("[64, 3, 8, 8]"), "{stderr}");
+}
+
+#[test]
+fn unknown_architecture_field_is_named() {
+    let (_tmp, dir) = model_copy();
+    let config = dir.join("open_clip_config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("\"patch_size\": 8", "\"patch_size\": 8, \"frobnicate\": 1")).unwrap();
+    let (ok, stderr) = embed(&dir, &["--text", "x"]);
+    assert!(!ok);
+    assert!(stderr.contains("frobnicate") && stderr.contains("open_clip_config.json"), "{stderr}");
+}
+
+#[test]
+fn corrupt_image_names_the_file() {
+    let (tmp, dir) = model_copy();
+    let bad = tmp.path().join("broken.png");
+    std::fs::write(&bad, b"\x89PNG\r\n\x1a\nnot really a png").unwrap();
+    let (ok, stderr) = embed(&dir, &["--image", bad.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(stderr.contains("broken.png"), "{stderr}");
+    let missing = tmp.path().join("nope.jpg");
+    let (ok, stderr) = embed(&dir, &["--image", missing.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(stderr.contains("nope.jpg"), "{stderr}");
+}
+
+#[test]
+fn empty_text_is_refused() {
+    let (_tmp, dir) = model_copy();
+    let (ok, stderr) = embed(&dir, &["--text", "a bottle", "--text", "   "]);
+    assert!(!ok);
+    assert!(stderr.contains("empty"), "{stderr}");
+}
+
+#[test]
+fn uncached_hub_model_offline_says_what_to_download() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_alfa"))
+        .args(["embed", "--model", "someone/not-cached-model", "--text", "x"])
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HUB_CACHE", tmp.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("someone/not-cached-model") && stderr.contains("--model FOLDER"), "{stderr}");
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let (_tmp, dir) = model_copy();
+    let weights = dir.join("open_clip_model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&weights, &candle_core::Device::Cpu).unwrap();
+    assert!(tensors.remove("visual.ln_post.bias").is_some());
+    candle_core::safetensors::save(&tensors, &weights).unwrap();
+    let (ok, stderr) = embed(&dir, &["--text", "x"]);
+    assert!(!ok);
+    assert!(stderr.contains("visual.ln_post.bias"), "{stderr}");
+}
