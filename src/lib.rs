@@ -5,3 +5,4 @@ pub mod app;
 pub mod bench;
 pub mod cli;
 pub mod clip;
+pub mod detect;

@@ -133,3 +133,29 @@ fn missing_tensor_is_named() {
     assert!(!ok);
     assert!(stderr.contains("visual.ln_post.bias"), "{stderr}");
 }
+
+/// A model already in the Hugging Face cache (as Python's `huggingface_hub` lays it
+/// out) is used as it is, without the network.
+#[test]
+fn hub_model_in_the_cache_is_used_offline() {
+    let cache = tempfile::tempdir().unwrap();
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let repo = cache.path().join("models--someone--tiny-gelu");
+    let snapshot = repo.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    for f in ["open_clip_config.json", "open_clip_model.safetensors"] {
+        std::fs::copy(fixtures().join("tiny-gelu").join(f), snapshot.join(f)).unwrap();
+    }
+    std::fs::copy(shared_tokenizer(), snapshot.join("tokenizer.json")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_alfa"))
+        .args(["embed", "--model", "someone/tiny-gelu", "--text", "a photo of a bottle"])
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HUB_CACHE", cache.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["texts"][0]["embedding"].as_array().unwrap().len(), 16);
+}

@@ -1,6 +1,7 @@
 //! OpenCLIP in candle: config, weights, tokenizer, preprocessing and the two towers.
 
 pub mod config;
+pub mod kernels;
 pub mod model;
 pub mod preprocess;
 pub mod source;

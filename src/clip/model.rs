@@ -7,9 +7,10 @@
 //! features), and the blocks themselves (AnoVL's V-V path runs beside them).
 
 use candle_core::{D, DType, Device, IndexOp, Module, Tensor};
-use candle_nn::{LayerNorm, Linear};
+use candle_nn::LayerNorm;
 
 use super::ClipError;
+use super::kernels;
 use super::config::{ModelConfig, TextConfig, VisionConfig};
 
 /// OpenCLIP uses `nn.LayerNorm`'s default epsilon everywhere.
@@ -59,8 +60,8 @@ pub enum Activation {
 impl Activation {
     fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            Self::Gelu => x.gelu_erf(),
-            Self::QuickGelu => x * candle_nn::ops::sigmoid(&(x * 1.702)?)?,
+            Self::Gelu => kernels::gelu_erf(x),
+            Self::QuickGelu => kernels::quick_gelu(x),
         }
     }
 }
@@ -78,19 +79,52 @@ fn linear(
     prefix: &str,
     out_dim: usize,
     in_dim: usize,
-) -> Result<Linear, ClipError> {
-    Ok(Linear::new(
-        src.tensor(&format!("{prefix}.weight"), &[out_dim, in_dim])?,
+) -> Result<Dense, ClipError> {
+    Ok(Dense::new(
+        &src.tensor(&format!("{prefix}.weight"), &[out_dim, in_dim])?,
         Some(src.tensor(&format!("{prefix}.bias"), &[out_dim])?),
-    ))
+    )?)
+}
+
+/// `x W^T + b` over all leading dimensions as one 2-D matmul (the fast kernel),
+/// with the weight transposed once at load time.
+pub struct Dense {
+    /// [in, out]
+    weight_t: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Dense {
+    /// From a PyTorch-layout weight [out, in].
+    fn new(weight: &Tensor, bias: Option<Tensor>) -> candle_core::Result<Self> {
+        Self::from_transposed(weight.t()?.contiguous()?, bias)
+    }
+
+    /// From a weight already laid out [in, out] (`visual.proj`, `text_projection`).
+    fn from_transposed(weight_t: Tensor, bias: Option<Tensor>) -> candle_core::Result<Self> {
+        Ok(Self { weight_t, bias })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let mut dims = x.dims().to_vec();
+        let inner = dims.pop().unwrap_or(1);
+        let rows = x.elem_count() / inner.max(1);
+        let y = kernels::matmul(&x.contiguous()?.reshape((rows, inner))?, &self.weight_t)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        dims.push(self.weight_t.dim(1)?);
+        y.reshape(dims)
+    }
 }
 
 /// `nn.MultiheadAttention` with its fused `in_proj` as OpenCLIP stores it.
 pub struct Attention {
-    in_proj: Linear,
+    in_proj: Dense,
     /// The value third of `in_proj`, kept apart so values alone cost one matmul.
-    value_proj: Linear,
-    out_proj: Linear,
+    value_proj: Dense,
+    out_proj: Dense,
     heads: usize,
     head_dim: usize,
 }
@@ -99,12 +133,12 @@ impl Attention {
     fn new(src: &dyn TensorSource, prefix: &str, width: usize, heads: usize) -> Result<Self, ClipError> {
         let weight = src.tensor(&format!("{prefix}.in_proj_weight"), &[3 * width, width])?;
         let bias = src.tensor(&format!("{prefix}.in_proj_bias"), &[3 * width])?;
-        let value_proj = Linear::new(
-            weight.narrow(0, 2 * width, width)?.contiguous()?,
+        let value_proj = Dense::new(
+            &weight.narrow(0, 2 * width, width)?,
             Some(bias.narrow(0, 2 * width, width)?.contiguous()?),
-        );
+        )?;
         Ok(Self {
-            in_proj: Linear::new(weight, Some(bias)),
+            in_proj: Dense::new(&weight, Some(bias))?,
             value_proj,
             out_proj: linear(src, &format!("{prefix}.out_proj"), width, width)?,
             heads,
@@ -163,8 +197,8 @@ pub struct ResidualAttentionBlock {
     pub ln_1: LayerNorm,
     pub attn: Attention,
     pub ln_2: LayerNorm,
-    c_fc: Linear,
-    c_proj: Linear,
+    c_fc: Dense,
+    c_proj: Dense,
     act: Activation,
 }
 
@@ -252,15 +286,15 @@ pub struct VisionOutput {
 
 /// OpenCLIP's `VisionTransformer` (class-token pooling, `ln_pre`, `ln_post`, `proj`).
 pub struct VisionTransformer {
-    /// `conv1` as a matrix over flattened patches [W, 3 * P * P]: a stride-P
-    /// convolution is exactly this matmul, and the matmul is the faster kernel.
-    patch_weight: Tensor,
+    /// `conv1` as a linear map of flattened patches: a stride-P convolution is
+    /// exactly this matmul, and the matmul is the faster kernel.
+    patch_embed: Dense,
     class_embedding: Tensor,
     positional_embedding: Tensor,
     ln_pre: LayerNorm,
     blocks: Vec<ResidualAttentionBlock>,
     ln_post: LayerNorm,
-    proj: Tensor,
+    proj: Dense,
     patch_size: usize,
     grid: usize,
     width: usize,
@@ -271,13 +305,13 @@ impl VisionTransformer {
         let (w, p, g) = (cfg.width, cfg.patch_size, cfg.grid());
         let conv = src.tensor("visual.conv1.weight", &[w, 3, p, p])?;
         Ok(Self {
-            patch_weight: conv.reshape((w, 3 * p * p))?.t()?.contiguous()?,
+            patch_embed: Dense::new(&conv.reshape((w, 3 * p * p))?, None)?,
             class_embedding: src.tensor("visual.class_embedding", &[w])?,
             positional_embedding: src.tensor("visual.positional_embedding", &[1 + g * g, w])?,
             ln_pre: layer_norm(src, "visual.ln_pre", w)?,
             blocks: blocks(src, "visual.transformer", cfg.layers, w, cfg.heads(), cfg.mlp_width(), act)?,
             ln_post: layer_norm(src, "visual.ln_post", w)?,
-            proj: src.tensor("visual.proj", &[w, embed_dim])?,
+            proj: Dense::from_transposed(src.tensor("visual.proj", &[w, embed_dim])?, None)?,
             patch_size: p,
             grid: g,
             width: w,
@@ -308,9 +342,8 @@ impl VisionTransformer {
         let patches = pixels
             .reshape((b, 3, g, p, g, p))?
             .permute((0, 2, 4, 1, 3, 5))? // [B, gy, gx, 3, py, px]
-            .reshape((b * g * g, 3 * p * p))?
-            .matmul(&self.patch_weight)?
-            .reshape((b, g * g, self.width))?;
+            .reshape((b, g * g, 3 * p * p))?;
+        let patches = self.patch_embed.forward(&patches)?;
         let class = self
             .class_embedding
             .reshape((1, 1, self.width))?
@@ -344,7 +377,7 @@ impl VisionTransformer {
 
     /// `ln_post` then `proj` on tokens [B, L, W] -> [B, L, E] (or [B, W] -> [B, E]).
     pub fn project(&self, tokens: &Tensor) -> candle_core::Result<Tensor> {
-        self.ln_post.forward(tokens)?.broadcast_matmul(&self.proj)
+        self.proj.forward(&self.ln_post.forward(tokens)?)
     }
 
     /// Attention values taken into the joint space: `ln_post(out_proj(v)) @ proj` [B, L, E].
@@ -399,7 +432,7 @@ pub struct TextTransformer {
     positional_embedding: Tensor,
     blocks: Vec<ResidualAttentionBlock>,
     ln_final: LayerNorm,
-    text_projection: Tensor,
+    text_projection: Dense,
     context_length: usize,
 }
 
@@ -411,7 +444,7 @@ impl TextTransformer {
             positional_embedding: src.tensor("positional_embedding", &[cfg.context_length, w])?,
             blocks: blocks(src, "transformer", cfg.layers, w, cfg.heads, cfg.mlp_width(), act)?,
             ln_final: layer_norm(src, "ln_final", w)?,
-            text_projection: src.tensor("text_projection", &[w, embed_dim])?,
+            text_projection: Dense::from_transposed(src.tensor("text_projection", &[w, embed_dim])?, None)?,
             context_length: cfg.context_length,
         })
     }
@@ -458,7 +491,7 @@ impl TextTransformer {
         let pooled = x
             .gather(&eot.reshape((t, 1, 1))?.broadcast_as((t, 1, x.dim(2)?))?.contiguous()?, 1)?
             .squeeze(1)?;
-        Ok((pooled.matmul(&self.text_projection)?, layers))
+        Ok((self.text_projection.forward(&pooled)?, layers))
     }
 }
 

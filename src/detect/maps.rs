@@ -1,0 +1,184 @@
+//! Dense maps: window scores to a patch map (harmonic aggregation), scales
+//! combined, bilinear upsampling and Gaussian smoothing (METHOD section 4).
+
+/// A row-major grid of scores.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grid {
+    pub width: usize,
+    pub height: usize,
+    pub values: Vec<f32>,
+}
+
+impl Grid {
+    pub fn new(width: usize, height: usize, values: Vec<f32>) -> Self {
+        assert_eq!(values.len(), width * height, "grid {width}x{height}");
+        Self { width, height, values }
+    }
+
+    pub fn at(&self, x: usize, y: usize) -> f32 {
+        self.values[y * self.width + x]
+    }
+
+    pub fn max(&self) -> f32 {
+        self.values.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+    }
+}
+
+/// Scores are probabilities; this floor keeps `1 / s` finite.
+const MIN_SCORE: f32 = 1e-6;
+
+/// The patch map of one scale: each patch gets the harmonic mean of the scores of
+/// the `scale` x `scale` windows (stride 1, row-major by top-left corner) covering it.
+pub fn harmonic_patch_map(window_scores: &[f32], grid: usize, scale: usize) -> Grid {
+    let positions = grid + 1 - scale;
+    assert_eq!(window_scores.len(), positions * positions, "one score per window");
+    let mut inverse_sum = vec![0f32; grid * grid];
+    let mut count = vec![0u32; grid * grid];
+    for top in 0..positions {
+        for left in 0..positions {
+            let inv = 1.0 / window_scores[top * positions + left].max(MIN_SCORE);
+            for y in top..top + scale {
+                for x in left..left + scale {
+                    inverse_sum[y * grid + x] += inv;
+                    count[y * grid + x] += 1;
+                }
+            }
+        }
+    }
+    let values = inverse_sum.iter().zip(&count).map(|(s, &n)| n as f32 / s).collect();
+    Grid::new(grid, grid, values)
+}
+
+/// Element-wise harmonic mean of maps of one size (combining scales).
+pub fn harmonic_mean(maps: &[Grid]) -> Grid {
+    let first = &maps[0];
+    let values = (0..first.values.len())
+        .map(|i| {
+            let inv: f32 = maps.iter().map(|m| 1.0 / m.values[i].max(MIN_SCORE)).sum();
+            maps.len() as f32 / inv
+        })
+        .collect();
+    Grid::new(first.width, first.height, values)
+}
+
+/// Bilinear resize with PyTorch's `align_corners=False` sampling.
+pub fn resize_bilinear(map: &Grid, width: usize, height: usize) -> Grid {
+    let axis = |out: usize, inp: usize| -> Vec<(usize, usize, f32)> {
+        let scale = inp as f32 / out as f32;
+        (0..out)
+            .map(|o| {
+                let src = ((o as f32 + 0.5) * scale - 0.5).max(0.0);
+                let i0 = (src.floor() as usize).min(inp - 1);
+                let i1 = (i0 + 1).min(inp - 1);
+                (i0, i1, src - i0 as f32)
+            })
+            .collect()
+    };
+    let xs = axis(width, map.width);
+    let ys = axis(height, map.height);
+    let mut values = Vec::with_capacity(width * height);
+    for &(y0, y1, fy) in &ys {
+        for &(x0, x1, fx) in &xs {
+            let top = map.at(x0, y0) * (1.0 - fx) + map.at(x1, y0) * fx;
+            let bottom = map.at(x0, y1) * (1.0 - fx) + map.at(x1, y1) * fx;
+            values.push(top * (1.0 - fy) + bottom * fy);
+        }
+    }
+    Grid::new(width, height, values)
+}
+
+/// Gaussian smoothing as `scipy.ndimage.gaussian_filter(sigma, truncate=4)` with its
+/// default `reflect` boundary (d c b a | a b c d), which WinCLIP-style code uses.
+pub fn gaussian_blur(map: &Grid, sigma: f32) -> Grid {
+    if sigma <= 0.0 {
+        return map.clone();
+    }
+    let radius = (4.0 * sigma + 0.5) as isize;
+    let mut kernel: Vec<f32> = (-radius..=radius)
+        .map(|i| (-0.5 * (i as f32 / sigma).powi(2)).exp())
+        .collect();
+    let total: f32 = kernel.iter().sum();
+    kernel.iter_mut().for_each(|k| *k /= total);
+    let reflect = |i: isize, n: usize| -> usize {
+        let n = n as isize;
+        let period = 2 * n;
+        let mut i = i.rem_euclid(period);
+        if i >= n {
+            i = period - 1 - i;
+        }
+        i as usize
+    };
+    let (w, h) = (map.width, map.height);
+    let mut horizontal = vec![0f32; w * h];
+    for y in 0..h {
+        for x in 0..w {
+            horizontal[y * w + x] = kernel
+                .iter()
+                .enumerate()
+                .map(|(k, kv)| kv * map.values[y * w + reflect(x as isize + k as isize - radius, w)])
+                .sum();
+        }
+    }
+    let mut values = vec![0f32; w * h];
+    for y in 0..h {
+        for x in 0..w {
+            values[y * w + x] = kernel
+                .iter()
+                .enumerate()
+                .map(|(k, kv)| kv * horizontal[reflect(y as isize + k as isize - radius, h) * w + x])
+                .sum();
+        }
+    }
+    Grid::new(w, h, values)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn harmonic_aggregation_on_a_known_grid() {
+        // 3x3 grid, scale 2: four windows with scores 0.5, 0.25, 0.5, 1.0.
+        let map = harmonic_patch_map(&[0.5, 0.25, 0.5, 1.0], 3, 2);
+        // Corner (0,0): only window 0 -> 0.5.
+        assert!((map.at(0, 0) - 0.5).abs() < 1e-6);
+        // (1,0): windows 0 and 1 -> 2 / (2 + 4) = 1/3.
+        assert!((map.at(1, 0) - 1.0 / 3.0).abs() < 1e-6);
+        // Centre: all four -> 4 / (2 + 4 + 2 + 1) = 4/9.
+        assert!((map.at(1, 1) - 4.0 / 9.0).abs() < 1e-6);
+        // (2,2): only window 3 -> 1.0.
+        assert!((map.at(2, 2) - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn scales_combine_by_harmonic_mean() {
+        let a = Grid::new(2, 1, vec![0.5, 0.2]);
+        let b = Grid::new(2, 1, vec![0.25, 0.2]);
+        let m = harmonic_mean(&[a, b]);
+        assert!((m.values[0] - 2.0 / 6.0).abs() < 1e-6);
+        assert!((m.values[1] - 0.2).abs() < 1e-6);
+    }
+
+    #[test]
+    fn bilinear_matches_align_corners_false() {
+        // torch.nn.functional.interpolate([[0, 1]], size=4, mode='linear') = [0, .25, .75, 1]
+        let m = resize_bilinear(&Grid::new(2, 1, vec![0.0, 1.0]), 4, 1);
+        let expected = [0.0, 0.25, 0.75, 1.0];
+        for (v, e) in m.values.iter().zip(expected) {
+            assert!((v - e).abs() < 1e-6, "{:?}", m.values);
+        }
+    }
+
+    #[test]
+    fn gaussian_keeps_mass_and_constants() {
+        let constant = gaussian_blur(&Grid::new(7, 5, vec![0.3; 35]), 4.0);
+        assert!(constant.values.iter().all(|v| (v - 0.3).abs() < 1e-6));
+        let mut spike = vec![0f32; 41 * 41];
+        spike[20 * 41 + 20] = 1.0;
+        let blurred = gaussian_blur(&Grid::new(41, 41, spike), 4.0);
+        let total: f32 = blurred.values.iter().sum();
+        assert!((total - 1.0).abs() < 1e-4, "{total}");
+        // Peak of a 2-D Gaussian with sigma 4: 1 / (2 pi 16) ~ 0.00995.
+        assert!((blurred.at(20, 20) - 0.00995).abs() < 3e-4, "{}", blurred.at(20, 20));
+    }
+}
