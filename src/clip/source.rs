@@ -102,16 +102,11 @@ impl ModelRequest {
                     HUB_WEIGHT_FILES.join(" or ")
                 ),
             })?;
-        let tokenizer = match &self.tokenizer {
-            Some(t) => t.clone(),
-            None if dir.join(TOKENIZER_FILE).is_file() => dir.join(TOKENIZER_FILE),
-            None => self.default_tokenizer()?,
-        };
         Ok(ModelFiles {
             name: name.to_owned(),
             config,
             weights,
-            tokenizer,
+            tokenizer: self.tokenizer_in(dir)?,
         })
     }
 
@@ -123,16 +118,11 @@ impl ModelRequest {
         } else {
             self.builtin_config(name)?
         };
-        let tokenizer = match &self.tokenizer {
-            Some(t) => t.clone(),
-            None if dir.join(TOKENIZER_FILE).is_file() => dir.join(TOKENIZER_FILE),
-            None => self.default_tokenizer()?,
-        };
         Ok(ModelFiles {
             name: name.to_owned(),
             config,
             weights: file.to_owned(),
-            tokenizer,
+            tokenizer: self.tokenizer_in(dir)?,
         })
     }
 
@@ -151,22 +141,11 @@ impl ModelRequest {
         let hub = Hub::new(self.observer.clone())?;
         let config_path = hub.fetch(repo, CONFIG_FILE)?;
         let config = OpenClipConfig::from_file(&config_path)?;
-        let mut last_error = None;
-        let mut weights = None;
-        for file in HUB_WEIGHT_FILES {
-            match hub.fetch(repo, file) {
-                Ok(path) => {
-                    weights = Some(path);
-                    break;
-                }
-                Err(e) => last_error = Some(e),
-            }
-        }
-        let weights = match (weights, last_error) {
-            (Some(w), _) => w,
-            (None, Some(e)) => return Err(e),
-            (None, None) => unreachable!("HUB_WEIGHT_FILES is not empty"),
-        };
+        // Prefer safetensors; older repos only have the PyTorch pickle.
+        let [preferred, fallback] = HUB_WEIGHT_FILES;
+        let weights = hub
+            .fetch(repo, preferred)
+            .or_else(|_| hub.fetch(repo, fallback))?;
         let tokenizer = match &self.tokenizer {
             Some(t) => t.clone(),
             None => hub
@@ -181,8 +160,13 @@ impl ModelRequest {
         })
     }
 
-    fn default_tokenizer(&self) -> Result<PathBuf, ClipError> {
-        Hub::new(self.observer.clone())?.fetch(DEFAULT_TOKENIZER_REPO, TOKENIZER_FILE)
+    /// `--tokenizer`, else `tokenizer.json` in `dir`, else CLIP's from the hub (cache first).
+    fn tokenizer_in(&self, dir: &Path) -> Result<PathBuf, ClipError> {
+        match &self.tokenizer {
+            Some(t) => Ok(t.clone()),
+            None if dir.join(TOKENIZER_FILE).is_file() => Ok(dir.join(TOKENIZER_FILE)),
+            None => Hub::new(self.observer.clone())?.fetch(DEFAULT_TOKENIZER_REPO, TOKENIZER_FILE),
+        }
     }
 }
 
