@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::clip::model::ClipModel;
 use crate::clip::tokenizer::{END_OF_TEXT, START_OF_TEXT};
 use crate::clip::{OpenClipConfig, RandomWeights};
+use crate::detect::maps::window_indices;
 
 #[derive(Debug, Serialize)]
 pub struct ClipBenchReport {
@@ -76,22 +77,6 @@ fn prompt_ids(count: usize, width: usize, vocab: usize, device: &Device) -> Resu
     Ok(Tensor::from_vec(data, (count, width), device)?)
 }
 
-/// Row-major patch indices of every stride-1 `scale` x `scale` window on a `grid` x `grid` grid.
-pub fn window_indices(grid: usize, scale: usize) -> Vec<Vec<u32>> {
-    let positions = grid + 1 - scale;
-    let mut windows = Vec::with_capacity(positions * positions);
-    for top in 0..positions {
-        for left in 0..positions {
-            windows.push(
-                (0..scale)
-                    .flat_map(|dy| (0..scale).map(move |dx| ((top + dy) * grid + left + dx) as u32))
-                    .collect(),
-            );
-        }
-    }
-    windows
-}
-
 pub fn clip_forward(arch: &str, repeats: usize, log: impl Fn(&str)) -> Result<ClipBenchReport> {
     let config = OpenClipConfig::builtin(arch).with_context(|| {
         format!("unknown architecture `{arch}` (known: {})", OpenClipConfig::BUILTIN_ARCHS.join(", "))
@@ -130,7 +115,7 @@ pub fn clip_forward(arch: &str, repeats: usize, log: impl Fn(&str)) -> Result<Cl
     let windows_365_s = time(repeats, || {
         let embedded = model.vision.embed(&b1)?;
         for w in &windows {
-            model.vision.forward_windows(&embedded, w)?;
+            model.vision.forward_windows(&embedded, w, Default::default())?;
         }
         Ok(())
     })?;
@@ -145,17 +130,4 @@ pub fn clip_forward(arch: &str, repeats: usize, log: impl Fn(&str)) -> Result<Cl
         text_150_truncated_s,
         windows_365_s,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn window_counts_match_winclip() {
-        assert_eq!(window_indices(15, 2).len() + window_indices(15, 3).len(), 365);
-        assert_eq!(window_indices(4, 2)[0], vec![0, 1, 4, 5]);
-        assert_eq!(window_indices(4, 2).last().unwrap(), &vec![10, 11, 14, 15]);
-        assert_eq!(window_indices(3, 3), vec![(0..9).collect::<Vec<u32>>()]);
-    }
 }

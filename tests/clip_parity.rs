@@ -171,7 +171,9 @@ fn window_features_match_openclip() {
         for w in windows {
             let key = w["name"].as_str().unwrap();
             let indices = f.expected(&format!("{key}_indices")).to_dtype(DType::U32).unwrap();
-            let ours = vision.forward_windows(&embedded, &indices.unsqueeze(0).unwrap()).unwrap();
+            let (ours, _) = vision
+                .forward_windows(&embedded, &indices.unsqueeze(0).unwrap(), VisionCapture::default())
+                .unwrap();
             assert_close(
                 &format!("{name} {key}"),
                 &ours.i((.., 0, ..)).unwrap(),

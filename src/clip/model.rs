@@ -408,9 +408,16 @@ impl VisionTransformer {
     /// Window features (WinCLIP): for each window, the class token and only that
     /// window's patch tokens (each with its own position embedding) go through the
     /// transformer. `embedded` is `embed`'s output [B, 1 + G*G, W]; `windows` [K, n]
-    /// holds row-major patch indices (u32). Returns [B, K, E], unnormalised.
-    /// All B*K sequences run as one batch: the caller chunks `windows` to bound memory.
-    pub fn forward_windows(&self, embedded: &Tensor, windows: &Tensor) -> candle_core::Result<Tensor> {
+    /// holds row-major patch indices (u32). Returns the pooled features [B, K, E],
+    /// unnormalised, and with `capture.last_values` the last block's values
+    /// [B, K, 1 + n, W] (class token first). All B*K sequences run as one batch:
+    /// the caller chunks `windows` to bound memory.
+    pub fn forward_windows(
+        &self,
+        embedded: &Tensor,
+        windows: &Tensor,
+        capture: VisionCapture,
+    ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
         let (b, _, w) = embedded.dims3()?;
         let (k, n) = windows.dims2()?;
         let device = windows.device();
@@ -421,8 +428,9 @@ impl VisionTransformer {
         let tokens = embedded
             .index_select(&index, 1)?
             .reshape((b * k, 1 + n, w))?;
-        let (out, _, _) = self.forward_embedded(&tokens, VisionCapture::default())?;
-        self.pool(&out)?.reshape((b, k, ()))
+        let (out, _, values) = self.forward_embedded(&tokens, capture)?;
+        let values = values.map(|v| v.reshape((b, k, 1 + n, w))).transpose()?;
+        Ok((self.pool(&out)?.reshape((b, k, ()))?, values))
     }
 }
 

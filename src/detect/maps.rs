@@ -24,6 +24,22 @@ impl Grid {
     }
 }
 
+/// Row-major patch indices of every stride-1 `scale` x `scale` window on a `grid` x `grid` grid.
+pub fn window_indices(grid: usize, scale: usize) -> Vec<Vec<u32>> {
+    let positions = grid + 1 - scale;
+    let mut windows = Vec::with_capacity(positions * positions);
+    for top in 0..positions {
+        for left in 0..positions {
+            windows.push(
+                (0..scale)
+                    .flat_map(|dy| (0..scale).map(move |dx| ((top + dy) * grid + left + dx) as u32))
+                    .collect(),
+            );
+        }
+    }
+    windows
+}
+
 /// Scores are probabilities; this floor keeps `1 / s` finite.
 const MIN_SCORE: f32 = 1e-6;
 
@@ -135,6 +151,14 @@ pub fn gaussian_blur(map: &Grid, sigma: f32) -> Grid {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn window_counts_match_winclip() {
+        assert_eq!(window_indices(15, 2).len() + window_indices(15, 3).len(), 365);
+        assert_eq!(window_indices(4, 2)[0], vec![0, 1, 4, 5]);
+        assert_eq!(window_indices(4, 2).last().unwrap(), &vec![10, 11, 14, 15]);
+        assert_eq!(window_indices(3, 3), vec![(0..9).collect::<Vec<u32>>()]);
+    }
 
     #[test]
     fn harmonic_aggregation_on_a_known_grid() {

@@ -1,7 +1,24 @@
-//! Anomaly detection on top of CLIP: ALFA's building blocks (contextual scoring,
-//! global-to-local projection, dense maps). The `Detector` engine, the baselines and
-//! few-shot mode build on these.
+//! Anomaly detection on top of CLIP: the ALFA engine and its building blocks
+//! (contextual scoring, global-to-local projection, dense maps, text-feature cache).
 
 pub mod context;
+pub mod engine;
 pub mod maps;
 pub mod ridge;
+pub mod text_cache;
+
+pub use engine::{ClassPrompts, DetectSettings, Detection, Detector, WindowMode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DetectError {
+    #[error(transparent)]
+    Clip(#[from] crate::clip::ClipError),
+    #[error(transparent)]
+    Prompts(#[from] crate::prompts::PromptError),
+    #[error("the prompt set of `{0}` has a label without prompts")]
+    EmptyLabel(String),
+    #[error("invalid settings: {0}")]
+    Settings(String),
+    #[error(transparent)]
+    Tensor(#[from] candle_core::Error),
+}

@@ -1,0 +1,412 @@
+//! The ALFA detector (METHOD sections 2 to 4): one engine the CLI, the evaluation
+//! and the GUI all call. It owns the model and the text-feature cache, takes an
+//! image and settings, and returns a result; it prints nothing.
+
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{D, DType, IndexOp, Tensor};
+use image::DynamicImage;
+use serde::Serialize;
+
+use super::context::{ContextualSelection, contextual_scoring};
+use super::maps::{Grid, gaussian_blur, harmonic_mean, harmonic_patch_map, resize_bilinear, window_indices};
+use super::ridge::project_text;
+use super::text_cache::TextFeatureCache;
+use super::DetectError;
+use crate::clip::preprocess::{Preprocessor, ResizeMode};
+use crate::clip::{Clip, VisionCapture, l2_normalize};
+use crate::prompts::{ExpandedPrompts, PromptSource};
+
+/// How window features are computed (METHOD section 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum WindowMode {
+    /// Only the window's patch tokens (with their position embeddings) and the class
+    /// token go through the ViT (WinCLIP's construction): fast.
+    Tokens,
+    /// The image with everything outside the window blacked out goes through the
+    /// whole ViT (the paper's construction): one full forward per window, slow.
+    Pixels,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct DetectSettings {
+    /// Window sizes in patches (stride 1).
+    pub scales: Vec<usize>,
+    pub window_mode: WindowMode,
+    /// Ridge regulariser of the global-to-local projection. Chosen as 0.1 on the
+    /// fixture models (the map hardly changes between 0.01 and 1); see the README.
+    pub ridge_lambda: f32,
+    /// Sharpness `k` and threshold `tau` of contextual scoring.
+    pub context_k: f32,
+    pub context_tau: f32,
+    /// Gaussian smoothing of the map at the input resolution, in pixels.
+    pub sigma: f32,
+    /// How many descriptors to report.
+    pub top_descriptors: usize,
+    /// Windows per forward batch in tokens mode (memory bound), images in pixels mode.
+    pub window_batch: usize,
+}
+
+impl Default for DetectSettings {
+    fn default() -> Self {
+        Self {
+            scales: vec![2, 3],
+            window_mode: WindowMode::Tokens,
+            ridge_lambda: 0.1,
+            context_k: 1.0,
+            context_tau: 0.0,
+            sigma: 4.0,
+            top_descriptors: 5,
+            window_batch: 256,
+        }
+    }
+}
+
+/// A class's prompts with their (normalised) text features.
+pub struct ClassPrompts {
+    pub prompts: ExpandedPrompts,
+    normal: Tensor,
+    abnormal: Tensor,
+    descriptors: Tensor,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PromptVerdict {
+    pub text: String,
+    pub source: PromptSource,
+    /// Cosine between the image and the prompt, `d(t)`.
+    pub similarity: f32,
+    /// Contextual score `S_c(t)`.
+    pub score: f32,
+    pub kept: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PromptReport {
+    pub normal: Vec<PromptVerdict>,
+    pub abnormal: Vec<PromptVerdict>,
+    /// A label lost every prompt and kept its best ones instead.
+    pub normal_fallback: bool,
+    pub abnormal_fallback: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DescriptorMatch {
+    pub text: String,
+    pub similarity: f32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StageTime {
+    pub stage: &'static str,
+    pub seconds: f64,
+}
+
+/// Everything the engine knows about one image.
+#[derive(Debug, Clone, Serialize)]
+pub struct Detection {
+    /// `(S_G + max S_L) / 2`.
+    pub image_score: f32,
+    /// `S_G`: the global score.
+    pub global_score: f32,
+    /// `max S_L`: the largest value of the patch map.
+    pub local_max: f32,
+    /// The anomaly map at the input image's resolution.
+    #[serde(skip)]
+    pub map: Grid,
+    /// The patch-level map before upsampling (grid x grid).
+    #[serde(skip)]
+    pub patch_map: Grid,
+    pub prompts: PromptReport,
+    pub descriptors: Vec<DescriptorMatch>,
+    pub timings: Vec<StageTime>,
+}
+
+pub struct Detector {
+    pub clip: Clip,
+    cache: TextFeatureCache,
+    /// Detection sees the whole image squashed to the model's square input: a
+    /// centre crop would hide defects near the border of non-square images.
+    preprocessor: Preprocessor,
+}
+
+impl Detector {
+    /// `model_identity` keys the text-feature cache in `cache_dir` (memory only if `None`).
+    pub fn new(clip: Clip, model_identity: &str, cache_dir: Option<&Path>) -> Self {
+        let dim = clip.config.model_cfg.embed_dim;
+        let mut preprocessor = clip.preprocessor.clone();
+        preprocessor.resize_mode = ResizeMode::Squash;
+        Self {
+            cache: TextFeatureCache::open(cache_dir, model_identity, dim),
+            clip,
+            preprocessor,
+        }
+    }
+
+    /// Texts that went through the text tower so far (cache misses).
+    pub fn texts_encoded(&self) -> usize {
+        self.cache.encoded
+    }
+
+    /// Encodes (or fetches from the cache) a class's prompts and descriptors.
+    pub fn encode_class(&mut self, prompts: ExpandedPrompts) -> Result<ClassPrompts, DetectError> {
+        if prompts.normal.is_empty() || prompts.abnormal.is_empty() {
+            return Err(DetectError::EmptyLabel(prompts.class.clone()));
+        }
+        let texts = |list: &[crate::prompts::Prompt]| list.iter().map(|p| p.text.clone()).collect::<Vec<_>>();
+        let normal = self.cache.features(&self.clip, &texts(&prompts.normal))?;
+        let abnormal = self.cache.features(&self.clip, &texts(&prompts.abnormal))?;
+        let descriptors = if prompts.descriptors.is_empty() {
+            Tensor::zeros((0, self.clip.config.model_cfg.embed_dim), DType::F32, &self.clip.device)?
+        } else {
+            self.cache.features(&self.clip, &prompts.descriptors)?
+        };
+        Ok(ClassPrompts {
+            prompts,
+            normal,
+            abnormal,
+            descriptors,
+        })
+    }
+
+    pub fn detect(
+        &self,
+        image: &DynamicImage,
+        class: &ClassPrompts,
+        settings: &DetectSettings,
+    ) -> Result<Detection, DetectError> {
+        let grid = self.clip.model.vision.grid();
+        if let Some(&s) = settings.scales.iter().find(|&&s| s == 0 || s > grid) {
+            return Err(DetectError::Settings(format!("scale {s} must be between 1 and the grid size {grid}")));
+        }
+        if settings.scales.is_empty() {
+            return Err(DetectError::Settings("at least one scale is needed".into()));
+        }
+        let mut timings = Vec::new();
+        let mut clock = Instant::now();
+        let mut lap = |stage: &'static str, timings: &mut Vec<StageTime>| {
+            timings.push(StageTime { stage, seconds: clock.elapsed().as_secs_f64() });
+            clock = Instant::now();
+        };
+        let device = &self.clip.device;
+        let vision = &self.clip.model.vision;
+        let scale = self.clip.model.logit_scale.min(100.0);
+
+        let pixels = self.preprocessor.tensor(image, device)?.unsqueeze(0)?;
+        lap("preprocess", &mut timings);
+
+        // Global pass: the image feature and the value features of every token.
+        let global = vision.forward_detailed(&pixels, VisionCapture { layers: false, last_values: true })?;
+        let image_feature = l2_normalize(&global.pooled)?; // [1, E]
+        let global_values = vision.project_values(&global.last_values.expect("captured"))?.i(0)?; // [L, E]
+        lap("global", &mut timings);
+
+        // Contextual scoring of the prompts for this image.
+        let sims = |features: &Tensor| -> candle_core::Result<Vec<f32>> {
+            features.matmul(&image_feature.t()?)?.squeeze(1)?.to_vec1::<f32>()
+        };
+        let normal_sims = sims(&class.normal)?;
+        let abnormal_sims = sims(&class.abnormal)?;
+        let selection = contextual_scoring(&normal_sims, &abnormal_sims, settings.context_k, settings.context_tau)
+            .ok_or_else(|| DetectError::EmptyLabel(class.prompts.class.clone()))?;
+        let text_features = Tensor::cat(
+            &[&kept_mean(&class.normal, &selection.normal)?, &kept_mean(&class.abnormal, &selection.abnormal)?],
+            0,
+        )?; // [2, E]: f+, f-
+        let global_score = abnormal_probability(&image_feature, &text_features, scale)?[0];
+        lap("prompts", &mut timings);
+
+        // Local windows.
+        let text_rows = text_features.flatten_all()?.to_vec1::<f32>()?;
+        let e = self.clip.config.model_cfg.embed_dim;
+        let mut scale_maps = Vec::with_capacity(settings.scales.len());
+        let mut window_time = 0.0;
+        let mut aligner_time = 0.0;
+        for &s in &settings.scales {
+            let windows = window_indices(grid, s);
+            let start = Instant::now();
+            let (local_features, local_values) = match settings.window_mode {
+                WindowMode::Tokens => self.window_features_tokens(&pixels, &windows, settings.window_batch)?,
+                WindowMode::Pixels => self.window_features_pixels(&pixels, &windows, settings.window_batch)?,
+            };
+            window_time += start.elapsed().as_secs_f64();
+            let start = Instant::now();
+            let local_features = l2_normalize(&local_features)?.to_vec2::<f32>()?; // [K, E]
+            let local_values = local_values.flatten_all()?.to_vec1::<f32>()?; // [K, s*s, E]
+            let per_window = s * s * e;
+            let global_rows = global_values.to_vec2::<f32>()?;
+            let scores: Vec<f32> = windows
+                .iter()
+                .enumerate()
+                .map(|(k, patches)| {
+                    let vg: Vec<f32> = patches.iter().flat_map(|&p| global_rows[1 + p as usize].iter().copied()).collect();
+                    let vl = &local_values[k * per_window..(k + 1) * per_window];
+                    let projected = project_text(&text_rows, &vg, vl, e, settings.ridge_lambda);
+                    let (fn_, fa) = projected.split_at(e);
+                    let f = &local_features[k];
+                    let logit = scale * (cosine(f, fa) - cosine(f, fn_));
+                    logistic(logit)
+                })
+                .collect();
+            scale_maps.push(harmonic_patch_map(&scores, grid, s));
+            aligner_time += start.elapsed().as_secs_f64();
+        }
+        timings.push(StageTime { stage: "windows", seconds: window_time });
+        timings.push(StageTime { stage: "aligner", seconds: aligner_time });
+        clock = Instant::now();
+
+        let patch_map = harmonic_mean(&scale_maps);
+        let local_max = patch_map.max();
+        let map = gaussian_blur(
+            &resize_bilinear(&patch_map, image.width() as usize, image.height() as usize),
+            settings.sigma,
+        );
+        let descriptors = self.top_descriptors(&image_feature, class, settings.top_descriptors)?;
+        timings.push(StageTime { stage: "map", seconds: clock.elapsed().as_secs_f64() });
+
+        Ok(Detection {
+            image_score: (global_score + local_max) / 2.0,
+            global_score,
+            local_max,
+            map,
+            patch_map,
+            prompts: report(&class.prompts, &selection),
+            descriptors,
+            timings,
+        })
+    }
+
+    /// Tokens mode: pooled window features [K, E] and the windows' projected patch
+    /// values [K, s*s, E].
+    fn window_features_tokens(
+        &self,
+        pixels: &Tensor,
+        windows: &[Vec<u32>],
+        batch: usize,
+    ) -> Result<(Tensor, Tensor), DetectError> {
+        let vision = &self.clip.model.vision;
+        let embedded = vision.embed(pixels)?;
+        let n = windows[0].len();
+        let mut features = Vec::new();
+        let mut values = Vec::new();
+        for chunk in windows.chunks(batch.max(1)) {
+            let index = Tensor::from_vec(chunk.concat(), (chunk.len(), n), &self.clip.device)?;
+            let (pooled, v) =
+                vision.forward_windows(&embedded, &index, VisionCapture { layers: false, last_values: true })?;
+            features.push(pooled.i(0)?);
+            let v = v.expect("captured").i(0)?; // [k, 1 + n, W]
+            values.push(vision.project_values(&v)?.narrow(1, 1, n)?);
+        }
+        Ok((Tensor::cat(&features, 0)?, Tensor::cat(&values, 0)?))
+    }
+
+    /// Pixels mode: the image with everything outside the window black, through the whole ViT.
+    fn window_features_pixels(
+        &self,
+        pixels: &Tensor,
+        windows: &[Vec<u32>],
+        batch: usize,
+    ) -> Result<(Tensor, Tensor), DetectError> {
+        let vision = &self.clip.model.vision;
+        let (grid, size) = (vision.grid(), vision.image_size());
+        let patch = size / grid;
+        let device = &self.clip.device;
+        // Black in normalised units, per channel.
+        let pre = &self.preprocessor;
+        let black: Vec<f32> = (0..3).map(|c| -pre.mean[c] / pre.std[c]).collect();
+        let black = Tensor::from_vec(black, (1, 3, 1, 1), device)?;
+        let mut features = Vec::new();
+        let mut values = Vec::new();
+        for chunk in windows.chunks(batch.clamp(1, 16)) {
+            let masks: Vec<f32> = chunk
+                .iter()
+                .flat_map(|w| {
+                    let inside: std::collections::HashSet<u32> = w.iter().copied().collect();
+                    (0..size * size).map(move |i| {
+                        let (y, x) = (i / size, i % size);
+                        f32::from(u8::from(inside.contains(&(((y / patch) * grid + x / patch) as u32))))
+                    })
+                })
+                .collect();
+            let mask = Tensor::from_vec(masks, (chunk.len(), 1, size, size), device)?;
+            let masked = (pixels.broadcast_mul(&mask)? + black.broadcast_mul(&(1.0 - &mask)?)?)?;
+            let out = vision.forward_detailed(&masked, VisionCapture { layers: false, last_values: true })?;
+            features.push(out.pooled);
+            let projected = vision.project_values(&out.last_values.expect("captured"))?; // [k, L, E]
+            for (k, w) in chunk.iter().enumerate() {
+                let index = Tensor::from_vec(w.iter().map(|p| p + 1).collect::<Vec<u32>>(), w.len(), device)?;
+                values.push(projected.i(k)?.index_select(&index, 0)?.unsqueeze(0)?);
+            }
+        }
+        Ok((Tensor::cat(&features, 0)?, Tensor::cat(&values, 0)?))
+    }
+
+    fn top_descriptors(
+        &self,
+        image_feature: &Tensor,
+        class: &ClassPrompts,
+        top: usize,
+    ) -> Result<Vec<DescriptorMatch>, DetectError> {
+        if class.prompts.descriptors.is_empty() || top == 0 {
+            return Ok(Vec::new());
+        }
+        let sims = class.descriptors.matmul(&image_feature.t()?)?.squeeze(1)?.to_vec1::<f32>()?;
+        let mut matches: Vec<DescriptorMatch> = class
+            .prompts
+            .descriptors
+            .iter()
+            .zip(sims)
+            .map(|(text, similarity)| DescriptorMatch { text: text.clone(), similarity })
+            .collect();
+        matches.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
+        matches.truncate(top);
+        Ok(matches)
+    }
+}
+
+/// `normalise(mean of the kept rows)` [1, E].
+fn kept_mean(features: &Tensor, verdicts: &[super::context::ScoredPrompt]) -> candle_core::Result<Tensor> {
+    let kept: Vec<u32> = verdicts.iter().filter(|p| p.kept).map(|p| p.index as u32).collect();
+    let index = Tensor::from_vec(kept.clone(), kept.len(), features.device())?;
+    l2_normalize(&features.index_select(&index, 0)?.mean_keepdim(0)?)
+}
+
+/// `softmax(scale * [<f, f+>, <f, f->])[abnormal]` per row of `features` [N, E].
+fn abnormal_probability(features: &Tensor, text: &Tensor, scale: f32) -> candle_core::Result<Vec<f32>> {
+    let logits = (features.matmul(&text.t()?)? * scale as f64)?; // [N, 2]
+    candle_nn::ops::softmax(&logits, D::Minus1)?.i((.., 1))?.to_vec1::<f32>()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    // `a` is already unit length; `b` is renormalised here.
+    dot / nb.max(f32::MIN_POSITIVE)
+}
+
+fn logistic(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+fn report(prompts: &ExpandedPrompts, selection: &ContextualSelection) -> PromptReport {
+    let verdicts = |list: &[crate::prompts::Prompt], scored: &[super::context::ScoredPrompt]| {
+        scored
+            .iter()
+            .map(|s| PromptVerdict {
+                text: list[s.index].text.clone(),
+                source: list[s.index].source,
+                similarity: s.similarity,
+                score: s.score,
+                kept: s.kept,
+            })
+            .collect()
+    };
+    PromptReport {
+        normal: verdicts(&prompts.normal, &selection.normal),
+        abnormal: verdicts(&prompts.abnormal, &selection.abnormal),
+        normal_fallback: selection.normal_fallback,
+        abnormal_fallback: selection.abnormal_fallback,
+    }
+}

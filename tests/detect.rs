@@ -1,0 +1,121 @@
+//! The ALFA engine end to end on the tiny fixture model and generated images.
+
+mod common;
+
+use alfa::clip::{Clip, ModelRequest};
+use alfa::detect::{DetectSettings, Detector, WindowMode};
+use alfa::prompts::PromptStore;
+use candle_core::Device;
+use common::{fixtures, shared_tokenizer};
+use image::{DynamicImage, Rgb, RgbImage};
+
+fn detector(cache: Option<&std::path::Path>) -> Detector {
+    let files = ModelRequest {
+        model: Some(fixtures().join("tiny-gelu").display().to_string()),
+        tokenizer: Some(shared_tokenizer()),
+        ..Default::default()
+    }
+    .resolve()
+    .unwrap();
+    let clip = Clip::load(&files, &Device::Cpu).unwrap();
+    Detector::new(clip, &files.identity(), cache)
+}
+
+/// A textured part with a dark blob: not square, not the model's size.
+fn test_image(width: u32, height: u32) -> DynamicImage {
+    DynamicImage::ImageRgb8(RgbImage::from_fn(width, height, |x, y| {
+        let blob = (x as i32 - 30).pow(2) + (y as i32 - 20).pow(2) < 64;
+        if blob { Rgb([20, 10, 5]) } else { Rgb([(100 + x % 40) as u8, (120 + y % 30) as u8, 140]) }
+    }))
+}
+
+fn small_prompts() -> alfa::prompts::ExpandedPrompts {
+    let mut p = PromptStore { dir: None }.resolve("bottle").unwrap().set.expand();
+    // A few prompts keep the debug-build test fast; the full set is exercised elsewhere.
+    p.normal.truncate(12);
+    p.abnormal.truncate(12);
+    p.descriptors.truncate(6);
+    p
+}
+
+#[test]
+fn both_window_modes_give_maps_of_the_input_size() {
+    let mut det = detector(None);
+    let class = det.encode_class(small_prompts()).unwrap();
+    let image = test_image(57, 41);
+    for mode in [WindowMode::Tokens, WindowMode::Pixels] {
+        let settings = DetectSettings { window_mode: mode, ..Default::default() };
+        let d = det.detect(&image, &class, &settings).unwrap();
+        assert_eq!((d.map.width, d.map.height), (57, 41), "{mode:?}");
+        assert_eq!((d.patch_map.width, d.patch_map.height), (4, 4));
+        assert!(d.map.values.iter().all(|v| v.is_finite() && (0.0..=1.0).contains(v)));
+        assert!((0.0..=1.0).contains(&d.global_score));
+        assert!((d.image_score - (d.global_score + d.local_max) / 2.0).abs() < 1e-6);
+        assert_eq!(d.prompts.normal.len(), 12);
+        assert!(d.prompts.normal.iter().any(|p| p.kept) && d.prompts.abnormal.iter().any(|p| p.kept));
+        assert_eq!(d.descriptors.len(), 5);
+        assert!(d.descriptors.windows(2).all(|w| w[0].similarity >= w[1].similarity));
+        let stages: Vec<_> = d.timings.iter().map(|t| t.stage).collect();
+        assert_eq!(stages, ["preprocess", "global", "prompts", "windows", "aligner", "map"]);
+    }
+}
+
+#[test]
+fn the_two_window_modes_differ_and_results_are_deterministic() {
+    let mut det = detector(None);
+    let class = det.encode_class(small_prompts()).unwrap();
+    let image = test_image(48, 48);
+    let tokens = DetectSettings::default();
+    let a = det.detect(&image, &class, &tokens).unwrap();
+    let b = det.detect(&image, &class, &tokens).unwrap();
+    assert_eq!(a.map, b.map);
+    assert_eq!(a.image_score, b.image_score);
+    let pixels = DetectSettings { window_mode: WindowMode::Pixels, ..Default::default() };
+    let c = det.detect(&image, &class, &pixels).unwrap();
+    assert_ne!(a.patch_map, c.patch_map);
+    assert_eq!(a.global_score, c.global_score, "the global path does not depend on the window mode");
+}
+
+#[test]
+fn cached_prompts_are_not_encoded_again() {
+    let cache = tempfile::tempdir().unwrap();
+    let prompts = small_prompts();
+    let unique = prompts.normal.len() + prompts.abnormal.len() + prompts.descriptors.len();
+    let mut det = detector(Some(cache.path()));
+    det.encode_class(prompts.clone()).unwrap();
+    assert_eq!(det.texts_encoded(), unique);
+    det.encode_class(prompts.clone()).unwrap();
+    assert_eq!(det.texts_encoded(), unique, "second call: all hits in memory");
+    // A new detector reads the cache from disk; an edit re-encodes only the changed prompt.
+    let mut det = detector(Some(cache.path()));
+    let mut edited = prompts.clone();
+    edited.abnormal[0].text = "An abnormal image of bottle with a freshly edited crack.".into();
+    det.encode_class(edited).unwrap();
+    assert_eq!(det.texts_encoded(), 1);
+}
+
+#[test]
+fn cached_features_equal_fresh_ones() {
+    let cache = tempfile::tempdir().unwrap();
+    let mut first = detector(Some(cache.path()));
+    let image = test_image(40, 40);
+    let settings = DetectSettings::default();
+    let class = first.encode_class(small_prompts()).unwrap();
+    let fresh = first.detect(&image, &class, &settings).unwrap();
+    let mut second = detector(Some(cache.path()));
+    let class = second.encode_class(small_prompts()).unwrap();
+    assert_eq!(second.texts_encoded(), 0);
+    let cached = second.detect(&image, &class, &settings).unwrap();
+    assert_eq!(fresh.image_score, cached.image_score);
+}
+
+#[test]
+fn bad_scales_are_refused() {
+    let mut det = detector(None);
+    let class = det.encode_class(small_prompts()).unwrap();
+    let image = test_image(40, 40);
+    for scales in [vec![], vec![0], vec![5]] {
+        let settings = DetectSettings { scales: scales.clone(), ..Default::default() };
+        assert!(det.detect(&image, &class, &settings).is_err(), "{scales:?}");
+    }
+}
