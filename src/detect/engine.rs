@@ -35,8 +35,9 @@ pub struct DetectSettings {
     /// Window sizes in patches (stride 1).
     pub scales: Vec<usize>,
     pub window_mode: WindowMode,
-    /// Ridge regulariser of the global-to-local projection. Chosen as 0.1 on the
-    /// fixture models (the map hardly changes between 0.01 and 1); see the README.
+    /// Ridge regulariser of the global-to-local projection. 0.1 is a provisional
+    /// default: choosing it by measurement needs the real weights and a dataset,
+    /// which this project's build machines cannot download (see the README).
     pub ridge_lambda: f32,
     /// Sharpness `k` and threshold `tau` of contextual scoring.
     pub context_k: f32,
