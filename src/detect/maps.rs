@@ -125,26 +125,28 @@ pub fn gaussian_blur(map: &Grid, sigma: f32) -> Grid {
         i as usize
     };
     let (w, h) = (map.width, map.height);
-    let mut horizontal = vec![0f32; w * h];
-    for y in 0..h {
-        for x in 0..w {
-            horizontal[y * w + x] = kernel
-                .iter()
-                .enumerate()
-                .map(|(k, kv)| kv * map.values[y * w + reflect(x as isize + k as isize - radius, w)])
-                .sum();
-        }
-    }
-    let mut values = vec![0f32; w * h];
-    for y in 0..h {
-        for x in 0..w {
-            values[y * w + x] = kernel
-                .iter()
-                .enumerate()
-                .map(|(k, kv)| kv * horizontal[reflect(y as isize + k as isize - radius, h) * w + x])
-                .sum();
-        }
-    }
+    // One separable pass along x or y.
+    let pass = |src: &[f32], along_x: bool| -> Vec<f32> {
+        (0..h)
+            .flat_map(|y| (0..w).map(move |x| (x, y)))
+            .map(|(x, y)| {
+                kernel
+                    .iter()
+                    .enumerate()
+                    .map(|(k, kv)| {
+                        let offset = k as isize - radius;
+                        let i = if along_x {
+                            y * w + reflect(x as isize + offset, w)
+                        } else {
+                            reflect(y as isize + offset, h) * w + x
+                        };
+                        kv * src[i]
+                    })
+                    .sum()
+            })
+            .collect()
+    };
+    let values = pass(&pass(&map.values, true), false);
     Grid::new(w, h, values)
 }
 
