@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # alfa's CLIP timings next to OpenCLIP's on PyTorch, same machine, same run.
 #
-#   benches/compare.sh [CARGO FLAGS...]      e.g. benches/compare.sh --features openblas
+#   benches/compare.sh [CARGO FLAGS...]
 #
 # Needs the reference venv (tests/fixtures/requirements.txt) at .venv, or PYTHON=...
 # Prints a Markdown table for the README; ratio = alfa / PyTorch (below 1 is faster).

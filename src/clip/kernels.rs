@@ -1,23 +1,9 @@
-//! The CPU hot spots of the towers, where candle's generic kernels are slow.
-//!
-//! - `matmul`: with the `openblas` feature, f32 matmuls on the CPU go to OpenBLAS's
-//!   `sgemm` (about twice the throughput of the pure-Rust `gemm` crate on the
-//!   machines we measured; see the README's performance table). Elsewhere, candle.
-//! - `gelu_erf` / `quick_gelu`: candle's CPU activations run on one thread; these
-//!   run on all cores. The exact GELU uses Abramowitz & Stegun 7.1.26 for erf
-//!   (|error| < 1.5e-7, the approximation PyTorch's vectorised CPU erf uses).
+//! CPU activations: candle's run on one thread; these run on all cores. The exact
+//! GELU uses Abramowitz & Stegun 7.1.26 for erf (|error| < 1.5e-7, the approximation
+//! PyTorch's vectorised CPU erf uses). Other devices use candle's kernels.
 
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
-
-/// `a @ b` for `a` [M, K] and `b` [K, N].
-pub fn matmul(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
-    #[cfg(feature = "openblas")]
-    if matches!(a.device(), Device::Cpu) && a.dtype() == DType::F32 && b.dtype() == DType::F32 {
-        return a.apply_op2_no_bwd(b, &blas::Sgemm);
-    }
-    a.matmul(b)
-}
 
 #[derive(Clone, Copy)]
 enum Act {
@@ -92,69 +78,6 @@ pub fn quick_gelu(x: &Tensor) -> candle_core::Result<Tensor> {
     }
 }
 
-#[cfg(feature = "openblas")]
-mod blas {
-    use candle_core::{CpuStorage, CustomOp2, Layout, Shape};
-
-    // The system OpenBLAS (`libopenblas-dev`) provides `cblas_sgemm`.
-    #[link(name = "openblas")]
-    unsafe extern "C" {}
-
-    pub struct Sgemm;
-
-    impl CustomOp2 for Sgemm {
-        fn name(&self) -> &'static str {
-            "alfa-sgemm"
-        }
-
-        fn cpu_fwd(
-            &self,
-            s1: &CpuStorage,
-            l1: &Layout,
-            s2: &CpuStorage,
-            l2: &Layout,
-        ) -> candle_core::Result<(CpuStorage, Shape)> {
-            let (CpuStorage::F32(a), CpuStorage::F32(b)) = (s1, s2) else {
-                candle_core::bail!("sgemm expects f32");
-            };
-            let (m, k) = l1.shape().dims2()?;
-            let (k2, n) = l2.shape().dims2()?;
-            if k != k2 {
-                candle_core::bail!("sgemm: [{m}, {k}] @ [{k2}, {n}]");
-            }
-            let (Some((a0, a1)), Some((b0, b1))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
-                candle_core::bail!("sgemm expects contiguous operands");
-            };
-            let (a, b) = (&a[a0..a1], &b[b0..b1]);
-            let mut c = vec![0f32; m * n];
-            if m > 0 && n > 0 && k > 0 {
-                let int = |v: usize| i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("sgemm: {v} too large")));
-                let (mi, ni, ki) = (int(m)?, int(n)?, int(k)?);
-                // SAFETY: row-major a [m, k], b [k, n], c [m, n] with exactly those lengths.
-                unsafe {
-                    cblas_sys::cblas_sgemm(
-                        cblas_sys::CBLAS_LAYOUT::CblasRowMajor,
-                        cblas_sys::CBLAS_TRANSPOSE::CblasNoTrans,
-                        cblas_sys::CBLAS_TRANSPOSE::CblasNoTrans,
-                        mi,
-                        ni,
-                        ki,
-                        1.0,
-                        a.as_ptr(),
-                        ki,
-                        b.as_ptr(),
-                        ni,
-                        0.0,
-                        c.as_mut_ptr(),
-                        ni,
-                    );
-                }
-            }
-            Ok((CpuStorage::F32(c), Shape::from((m, n))))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,13 +92,5 @@ mod tests {
         assert!(diff(gelu_erf(&x).unwrap(), x.gelu_erf().unwrap()) < 1e-6);
         let quick = (&x * candle_nn::ops::sigmoid(&(&x * 1.702).unwrap()).unwrap()).unwrap();
         assert!(diff(quick_gelu(&x).unwrap(), quick) < 1e-6);
-    }
-
-    #[test]
-    fn matmul_matches_candle() {
-        let a = Tensor::randn(0f32, 1.0, (37, 19), &Device::Cpu).unwrap();
-        let b = Tensor::randn(0f32, 1.0, (19, 23), &Device::Cpu).unwrap();
-        let d = (matmul(&a, &b).unwrap() - a.matmul(&b).unwrap()).unwrap();
-        assert!(d.abs().unwrap().max(0).unwrap().max(0).unwrap().to_scalar::<f32>().unwrap() < 1e-4);
     }
 }

@@ -109,7 +109,7 @@ impl Dense {
         let mut dims = x.dims().to_vec();
         let inner = dims.pop().unwrap_or(1);
         let rows = x.elem_count() / inner.max(1);
-        let y = kernels::matmul(&x.contiguous()?.reshape((rows, inner))?, &self.weight_t)?;
+        let y = x.contiguous()?.reshape((rows, inner))?.matmul(&self.weight_t)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
