@@ -54,10 +54,9 @@ pub enum ClipError {
     ModelNotFound { model: String, reason: String },
     #[error(
         "could not get `{file}` from the Hugging Face repo `{repo}`: {reason}.\n\
-         To use the model offline, download https://huggingface.co/{repo}/resolve/main/{file} \
-         (with open_clip_config.json, open_clip_model.safetensors and \
-         https://huggingface.co/openai/clip-vit-base-patch32/resolve/main/tokenizer.json) \
-         into one folder and pass `--model FOLDER`"
+         To work offline, put open_clip_config.json and open_clip_model.safetensors from \
+         https://huggingface.co/{repo} and tokenizer.json from \
+         https://huggingface.co/openai/clip-vit-base-patch32 into one folder and pass `--model FOLDER`"
     )]
     Download {
         repo: String,
