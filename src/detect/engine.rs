@@ -222,6 +222,7 @@ impl Detector {
         // Local windows.
         let text_rows = text_features.flatten_all()?.to_vec1::<f32>()?;
         let e = self.clip.config.model_cfg.embed_dim;
+        let global_rows = global_values.to_vec2::<f32>()?; // [L, E]
         let mut scale_maps = Vec::with_capacity(settings.scales.len());
         let mut window_time = 0.0;
         let mut aligner_time = 0.0;
@@ -237,7 +238,6 @@ impl Detector {
             let local_features = l2_normalize(&local_features)?.to_vec2::<f32>()?; // [K, E]
             let local_values = local_values.flatten_all()?.to_vec1::<f32>()?; // [K, s*s, E]
             let per_window = s * s * e;
-            let global_rows = global_values.to_vec2::<f32>()?;
             let scores: Vec<f32> = windows
                 .iter()
                 .enumerate()
@@ -370,7 +370,8 @@ impl Detector {
 /// `normalise(mean of the kept rows)` [1, E].
 fn kept_mean(features: &Tensor, verdicts: &[super::context::ScoredPrompt]) -> candle_core::Result<Tensor> {
     let kept: Vec<u32> = verdicts.iter().filter(|p| p.kept).map(|p| p.index as u32).collect();
-    let index = Tensor::from_vec(kept.clone(), kept.len(), features.device())?;
+    let count = kept.len();
+    let index = Tensor::from_vec(kept, count, features.device())?;
     l2_normalize(&features.index_select(&index, 0)?.mean_keepdim(0)?)
 }
 
