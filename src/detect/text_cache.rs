@@ -13,11 +13,19 @@ use crate::clip::{Clip, ClipError};
 /// length, and each batch is cut to its longest prompt.
 const TEXT_BATCH: usize = 64;
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct CacheFile {
     model: String,
     dim: usize,
     features: HashMap<String, Vec<f32>>,
+}
+
+/// `CacheFile` by reference, so saving does not copy the features.
+#[derive(Serialize)]
+struct CacheFileRef<'a> {
+    model: &'a str,
+    dim: usize,
+    features: &'a HashMap<String, Vec<f32>>,
 }
 
 /// L2-normalised text features of one model.
@@ -94,10 +102,10 @@ impl TextFeatureCache {
     /// Best effort: a cache that cannot be written only costs time later.
     fn save(&self) {
         let Some(file) = &self.file else { return };
-        let content = CacheFile {
-            model: self.model.clone(),
+        let content = CacheFileRef {
+            model: &self.model,
             dim: self.dim,
-            features: self.features.clone(),
+            features: &self.features,
         };
         let Ok(json) = serde_json::to_vec(&content) else { return };
         if let Some(parent) = file.parent()
