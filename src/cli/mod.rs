@@ -1,15 +1,16 @@
 //! The command line: `alfa` opens the inspection window; subcommands work headless.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::bench;
 use crate::clip::{self, Clip, DownloadObserver, ModelRequest};
+
+mod embed;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -98,7 +99,7 @@ pub struct BenchArgs {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         None => crate::app::run(cli.gui),
-        Some(Command::Embed(args)) => embed(args),
+        Some(Command::Embed(args)) => embed::run(args),
         Some(Command::Bench(args)) => run_bench(args),
     }
 }
@@ -141,64 +142,6 @@ impl ModelArgs {
         let device = clip::device(self.cpu)?;
         Ok(Clip::load(&files, &device)?)
     }
-}
-
-#[derive(serde::Serialize)]
-struct EmbedOutput {
-    images: Vec<ImageEmbedding>,
-    texts: Vec<TextEmbedding>,
-}
-
-#[derive(serde::Serialize)]
-struct ImageEmbedding {
-    file: String,
-    embedding: Vec<f32>,
-}
-
-#[derive(serde::Serialize)]
-struct TextEmbedding {
-    text: String,
-    embedding: Vec<f32>,
-}
-
-/// Images go through the model in batches of this many (bounded memory).
-const EMBED_BATCH: usize = 8;
-
-fn embed(args: EmbedArgs) -> Result<()> {
-    if args.images.is_empty() && args.texts.is_empty() {
-        bail!("nothing to embed: give at least one --image FILE or --text TEXT");
-    }
-    if let Some(i) = args.texts.iter().position(|t| t.trim().is_empty()) {
-        bail!("--text number {} is empty: a prompt needs at least one word", i + 1);
-    }
-    // Decode every image before loading the model, so a bad file fails fast.
-    let decoded = args
-        .images
-        .iter()
-        .map(|p| clip::open_image(p))
-        .collect::<Result<Vec<_>, _>>()?;
-    let clip = args.model.load()?;
-    let mut images = Vec::with_capacity(decoded.len());
-    for (paths, batch) in args.images.chunks(EMBED_BATCH).zip(decoded.chunks(EMBED_BATCH)) {
-        let rows = clip.encode_images(batch)?.to_vec2::<f32>()?;
-        images.extend(paths.iter().zip(rows).map(|(p, embedding)| ImageEmbedding {
-            file: p.display().to_string(),
-            embedding,
-        }));
-    }
-    let mut texts = Vec::with_capacity(args.texts.len());
-    for batch in args.texts.chunks(64) {
-        let refs: Vec<&str> = batch.iter().map(String::as_str).collect();
-        let rows = clip.encode_texts(&refs)?.to_vec2::<f32>()?;
-        texts.extend(batch.iter().zip(rows).map(|(t, embedding)| TextEmbedding {
-            text: t.clone(),
-            embedding,
-        }));
-    }
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer(&mut out, &EmbedOutput { images, texts })?;
-    writeln!(out).context("cannot write to stdout")?;
-    Ok(())
 }
 
 fn run_bench(args: BenchArgs) -> Result<()> {
