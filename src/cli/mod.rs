@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::bench;
 use crate::clip::{self, Clip, DownloadObserver, ModelRequest};
 
+mod detect;
 mod embed;
 
 #[derive(Parser, Debug)]
@@ -67,6 +68,13 @@ pub enum Command {
     /// Output: {"images": [{"file", "embedding"}], "texts": [{"text", "embedding"}]},
     /// in input order.
     Embed(EmbedArgs),
+    /// Anomaly maps, overlays and JSON records for images and folders (ALFA, zero-shot).
+    ///
+    /// For each image: OUT/<stem>.tiff (float32 map at the image's size), OUT/<stem>_overlay.png
+    /// (heatmap with a colour legend) and OUT/<stem>.json (scores, kept and dropped prompts,
+    /// descriptors, stage times); OUT/scores.csv lists the image scores. Exits non-zero
+    /// when any image failed; the others are still written.
+    Detect(detect::DetectArgs),
     /// Benchmarks (timings on random weights of the real shapes).
     Bench(BenchArgs),
 }
@@ -100,6 +108,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         None => crate::app::run(cli.gui),
         Some(Command::Embed(args)) => embed::run(args),
+        Some(Command::Detect(args)) => detect::run(args),
         Some(Command::Bench(args)) => run_bench(args),
     }
 }

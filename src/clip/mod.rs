@@ -84,18 +84,29 @@ pub fn device(prefer_cpu: bool) -> Result<Device, ClipError> {
     Ok(Device::Cpu)
 }
 
+/// Images larger than this are refused before decoding: the decoded image, its
+/// float map at full resolution and the overlay would need gigabytes.
+pub const MAX_IMAGE_PIXELS: u64 = 100_000_000;
+
 /// Reads an image file, naming the file in the error.
 pub fn open_image(path: &Path) -> Result<DynamicImage, ClipError> {
-    let reader = image::ImageReader::open(path)
-        .and_then(|r| r.with_guessed_format())
-        .map_err(|e| ClipError::Image {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
-    reader.decode().map_err(|e| ClipError::Image {
+    let failed = |reason: String| ClipError::Image {
         path: path.to_owned(),
-        reason: e.to_string(),
-    })
+        reason,
+    };
+    let reader = || {
+        image::ImageReader::open(path)
+            .and_then(|r| r.with_guessed_format())
+            .map_err(|e| failed(e.to_string()))
+    };
+    let (width, height) = reader()?.into_dimensions().map_err(|e| failed(e.to_string()))?;
+    if u64::from(width) * u64::from(height) > MAX_IMAGE_PIXELS {
+        return Err(failed(format!(
+            "{width} x {height} pixels is over the limit of {} megapixels: downscale or tile it first",
+            MAX_IMAGE_PIXELS / 1_000_000
+        )));
+    }
+    reader()?.decode().map_err(|e| failed(e.to_string()))
 }
 
 /// A loaded CLIP: model, tokenizer and preprocessing, on one device.

@@ -3,6 +3,8 @@
 
 pub mod context;
 pub mod engine;
+pub mod export;
+pub mod inputs;
 pub mod maps;
 pub mod ridge;
 pub mod text_cache;
@@ -19,6 +21,8 @@ pub enum DetectError {
     EmptyLabel(String),
     #[error("invalid settings: {0}")]
     Settings(String),
+    #[error(transparent)]
+    Export(#[from] export::ExportError),
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
 }

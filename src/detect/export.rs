@@ -1,0 +1,239 @@
+//! Files a detection leaves behind: the float32 anomaly map as TIFF (the MVTec AD
+//! evaluation format) and the heatmap overlay as PNG with a colour legend.
+//! Every file is written atomically, so an interrupted run never leaves a
+//! half-written map that a later evaluation would read.
+
+use std::io::{BufWriter, Cursor, Write};
+use std::path::{Path, PathBuf};
+
+use ab_glyph::{Font, FontRef, PxScale, ScaleFont};
+use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
+
+use super::maps::Grid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("cannot write {}: {reason}", path.display())]
+    Write { path: PathBuf, reason: String },
+    #[error("cannot read the map {}: {reason}", path.display())]
+    Read { path: PathBuf, reason: String },
+}
+
+/// Writes `bytes` to a temporary file beside `path`, then renames it into place.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
+    let failed = |e: std::io::Error| ExportError::Write {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(failed)?;
+    }
+    let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
+    tmp_name.push(".partial");
+    let tmp = path.with_file_name(tmp_name);
+    let result = std::fs::File::create(&tmp)
+        .and_then(|f| {
+            let mut w = BufWriter::new(f);
+            w.write_all(bytes)?;
+            w.into_inner().map_err(|e| e.into_error())?.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(failed)
+}
+
+/// The map as a single-channel float32 TIFF, values unchanged.
+pub fn map_tiff_bytes(map: &Grid) -> Result<Vec<u8>, tiff::TiffError> {
+    let mut out = Cursor::new(Vec::new());
+    tiff::encoder::TiffEncoder::new(&mut out)?.write_image::<tiff::encoder::colortype::Gray32Float>(
+        map.width as u32,
+        map.height as u32,
+        &map.values,
+    )?;
+    Ok(out.into_inner())
+}
+
+pub fn write_map_tiff(path: &Path, map: &Grid) -> Result<(), ExportError> {
+    let bytes = map_tiff_bytes(map).map_err(|e| ExportError::Write {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    write_atomic(path, &bytes)
+}
+
+/// Reads a single-channel float32 TIFF map.
+pub fn read_map_tiff(path: &Path) -> Result<Grid, ExportError> {
+    let failed = |reason: String| ExportError::Read {
+        path: path.to_owned(),
+        reason,
+    };
+    let file = std::fs::File::open(path).map_err(|e| failed(e.to_string()))?;
+    let mut decoder = tiff::decoder::Decoder::new(std::io::BufReader::new(file)).map_err(|e| failed(e.to_string()))?;
+    let (width, height) = decoder.dimensions().map_err(|e| failed(e.to_string()))?;
+    match decoder.read_image().map_err(|e| failed(e.to_string()))? {
+        tiff::decoder::DecodingResult::F32(values) if values.len() == (width * height) as usize => {
+            Ok(Grid::new(width as usize, height as usize, values))
+        }
+        _ => Err(failed("expected one float32 channel".into())),
+    }
+}
+
+/// Colour maps for overlays; both are perceptually ordered, cividis also reads
+/// for colour-blind viewers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ColorMap {
+    #[default]
+    Turbo,
+    Cividis,
+}
+
+impl ColorMap {
+    /// Colour of `t` in [0, 1].
+    pub fn color(self, t: f32) -> Rgb<u8> {
+        let gradient = match self {
+            ColorMap::Turbo => colorous::TURBO,
+            ColorMap::Cividis => colorous::CIVIDIS,
+        };
+        let c = gradient.eval_continuous(f64::from(t.clamp(0.0, 1.0)));
+        Rgb([c.r, c.g, c.b])
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct OverlayStyle {
+    /// Map values shown from the first colour to the last; outside is clamped.
+    pub range: (f32, f32),
+    /// Weight of the heatmap over the image.
+    pub opacity: f32,
+    pub color_map: ColorMap,
+}
+
+impl Default for OverlayStyle {
+    fn default() -> Self {
+        Self {
+            range: (0.0, 1.0),
+            opacity: 0.5,
+            color_map: ColorMap::Turbo,
+        }
+    }
+}
+
+/// The legend panel never gets smaller than this, so it stays readable beside tiny images.
+const MIN_LEGEND_HEIGHT: u32 = 200;
+
+/// The image with the heatmap blended over it and a colour legend on the right
+/// labelled with the map values of `style.range`. `map` must have the image's size.
+pub fn render_overlay(image: &DynamicImage, map: &Grid, style: &OverlayStyle) -> RgbImage {
+    let base = image.to_rgb8();
+    let (w, h) = base.dimensions();
+    assert_eq!((map.width, map.height), (w as usize, h as usize), "the map has the image's size");
+    let (lo, hi) = style.range;
+    let span = (hi - lo).max(f32::EPSILON);
+    let alpha = style.opacity.clamp(0.0, 1.0);
+
+    let font_px = (h as f32 / 28.0).clamp(12.0, 48.0);
+    let legend_w = (font_px * 5.0).ceil() as u32;
+    let canvas_h = h.max(MIN_LEGEND_HEIGHT);
+    let mut canvas = RgbImage::from_pixel(w + legend_w, canvas_h, Rgb([255, 255, 255]));
+    for (x, y, p) in base.enumerate_pixels() {
+        let c = style.color_map.color((map.at(x as usize, y as usize) - lo) / span);
+        let blend = |i: usize| (f32::from(p[i]) * (1.0 - alpha) + f32::from(c[i]) * alpha).round() as u8;
+        canvas.put_pixel(x, y, Rgb([blend(0), blend(1), blend(2)]));
+    }
+
+    // Colour bar: top is the high end of the range.
+    let margin = (font_px * 0.8) as u32;
+    let bar_x = w + margin / 2;
+    let bar_w = (font_px * 0.9) as u32;
+    let (bar_top, bar_bottom) = (margin, canvas_h - margin);
+    let bar_h = (bar_bottom - bar_top).max(1);
+    for y in bar_top..bar_bottom {
+        let t = 1.0 - (y - bar_top) as f32 / bar_h as f32;
+        let c = style.color_map.color(t);
+        for x in bar_x..bar_x + bar_w {
+            canvas.put_pixel(x, y, c);
+        }
+    }
+    let font = FontRef::try_from_slice(epaint_default_fonts::HACK_REGULAR).expect("egui's bundled font parses");
+    let scaled = font.as_scaled(PxScale::from(font_px));
+    for i in 0..=4 {
+        let t = i as f32 / 4.0;
+        let y = bar_bottom as f32 - t * bar_h as f32;
+        let x = bar_x + bar_w + 3;
+        for dx in 0..3 {
+            canvas.put_pixel(x - 3 + dx, (y as u32).min(canvas_h - 1), Rgb([0, 0, 0]));
+        }
+        let label = format!("{:.2}", lo + t * (hi - lo));
+        draw_text(&mut canvas, &scaled, &label, x as f32 + 2.0, y - font_px / 2.0);
+    }
+    canvas
+}
+
+/// Black text with its top-left corner at (x, y), clipped to the canvas.
+fn draw_text<F: Font>(canvas: &mut RgbImage, font: &ab_glyph::PxScaleFont<F>, text: &str, x: f32, y: f32) {
+    let mut caret = x;
+    for ch in text.chars() {
+        let mut glyph = font.scaled_glyph(ch);
+        glyph.position = ab_glyph::point(caret, y + font.ascent());
+        caret += font.h_advance(glyph.id);
+        let Some(outline) = font.outline_glyph(glyph) else { continue };
+        let bounds = outline.px_bounds();
+        outline.draw(|gx, gy, coverage| {
+            let (px, py) = (bounds.min.x as i64 + gx as i64, bounds.min.y as i64 + gy as i64);
+            if px >= 0 && py >= 0 && (px as u32) < canvas.width() && (py as u32) < canvas.height() {
+                let p = canvas.get_pixel_mut(px as u32, py as u32);
+                for v in &mut p.0 {
+                    *v = (f32::from(*v) * (1.0 - coverage)).round() as u8;
+                }
+            }
+        });
+    }
+}
+
+pub fn write_overlay_png(path: &Path, overlay: &RgbImage) -> Result<(), ExportError> {
+    let mut bytes = Cursor::new(Vec::new());
+    overlay.write_to(&mut bytes, ImageFormat::Png).map_err(|e| ExportError::Write {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    write_atomic(path, &bytes.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiff_round_trip_keeps_every_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let map = Grid::new(3, 2, vec![0.0, 0.25, 1.0, -1.5, f32::MIN_POSITIVE, 0.123_456_79]);
+        let path = dir.path().join("a/b/map.tiff");
+        write_map_tiff(&path, &map).unwrap();
+        assert_eq!(read_map_tiff(&path).unwrap(), map);
+        assert!(!dir.path().join("a/b/map.tiff.partial").exists());
+    }
+
+    #[test]
+    fn overlay_blends_the_map_and_adds_a_legend() {
+        let image = DynamicImage::ImageRgb8(RgbImage::from_pixel(40, 30, Rgb([128, 128, 128])));
+        let mut values = vec![0.0; 40 * 30];
+        values[15 * 40 + 20] = 1.0;
+        let map = Grid::new(40, 30, values);
+        let style = OverlayStyle::default();
+        let overlay = render_overlay(&image, &map, &style);
+        assert!(overlay.width() > 40 && overlay.height() == MIN_LEGEND_HEIGHT);
+        let hot = style.color_map.color(1.0);
+        let expected = |i: usize| ((128.0 + f32::from(hot[i])) / 2.0).round() as u8;
+        assert_eq!(overlay.get_pixel(20, 15).0, [expected(0), expected(1), expected(2)]);
+        assert_ne!(overlay.get_pixel(20, 15), overlay.get_pixel(0, 0));
+        // The legend has dark text pixels.
+        let legend_dark = (40..overlay.width())
+            .flat_map(|x| (0..overlay.height()).map(move |y| (x, y)))
+            .filter(|&(x, y)| overlay.get_pixel(x, y).0.iter().all(|&v| v < 60))
+            .count();
+        assert!(legend_dark > 20, "{legend_dark}");
+    }
+}

@@ -1,0 +1,229 @@
+//! `alfa detect` end to end: the binary on generated images with the tiny fixture model.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use alfa::detect::export::read_map_tiff;
+use common::{fixtures, shared_tokenizer};
+use image::{DynamicImage, ImageBuffer, Luma, LumaA, Rgb, Rgba};
+
+struct Run {
+    _cache: tempfile::TempDir,
+    cache: PathBuf,
+}
+
+impl Run {
+    fn new() -> Self {
+        let cache = tempfile::tempdir().unwrap();
+        let path = cache.path().to_owned();
+        Self { _cache: cache, cache: path }
+    }
+
+    /// `alfa detect` with the tiny model, small prompt sets and a private cache.
+    fn detect(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_alfa"))
+            .arg("detect")
+            .arg("--model")
+            .arg(fixtures().join("tiny-gelu"))
+            .arg("--tokenizer")
+            .arg(shared_tokenizer())
+            .args(args)
+            .env("XDG_CACHE_HOME", &self.cache)
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap()
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A part with a dark spot, in any pixel format.
+fn part(width: u32, height: u32) -> DynamicImage {
+    DynamicImage::ImageRgb8(ImageBuffer::from_fn(width, height, |x, y| {
+        if (x as i32 - 20).pow(2) + (y as i32 - 14).pow(2) < 30 {
+            Rgb([15, 10, 5])
+        } else {
+            Rgb([(90 + x % 50) as u8, (110 + y % 40) as u8, 150])
+        }
+    }))
+}
+
+fn save(image: &DynamicImage, path: &Path) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    image.save(path).unwrap();
+}
+
+#[test]
+fn every_pixel_format_gives_a_map_of_its_size_and_a_bad_file_fails_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    let base = part(48, 36);
+    save(&base, &input.join("rgb.png"));
+    save(&DynamicImage::ImageLuma8(base.to_luma8()), &input.join("gray.png"));
+    let gray16: ImageBuffer<Luma<u16>, Vec<u16>> = ImageBuffer::from_fn(40, 30, |x, y| Luma([(x * 1500 + y * 700) as u16]));
+    save(&DynamicImage::ImageLuma16(gray16), &input.join("gray16.png"));
+    let rgba: ImageBuffer<Rgba<u8>, Vec<u8>> = ImageBuffer::from_fn(30, 50, |x, y| Rgba([200, x as u8 * 5, y as u8 * 4, (x * 8) as u8]));
+    save(&DynamicImage::ImageRgba8(rgba), &input.join("alpha.png"));
+    let la: ImageBuffer<LumaA<u8>, Vec<u8>> = ImageBuffer::from_pixel(20, 20, LumaA([90, 128]));
+    save(&DynamicImage::ImageLumaA8(la), &input.join("gray_alpha.png"));
+    // Smaller than one patch of the model.
+    save(&part(3, 2), &input.join("tiny.png"));
+    save(&DynamicImage::ImageRgb16(part(24, 24).to_rgb16()), &input.join("rgb16.tiff"));
+    std::fs::write(input.join("broken.png"), b"\x89PNG\r\n\x1a\nthis is not a png").unwrap();
+
+    let out = dir.path().join("out");
+    let run = Run::new();
+    let result = run.detect(&["--class", "bottle", "--json", "--out", out.to_str().unwrap(), input.to_str().unwrap()]);
+    assert!(!result.status.success(), "a broken file makes the exit status non-zero");
+    let err = stderr(&result);
+    assert!(err.contains("broken.png"), "{err}");
+    assert!(err.contains("1 of 8 image(s) failed"), "{err}");
+
+    let lines: Vec<serde_json::Value> = String::from_utf8(result.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 7, "one JSON line per good image");
+    for (stem, size) in [
+        ("rgb", (48, 36)),
+        ("gray", (48, 36)),
+        ("gray16", (40, 30)),
+        ("alpha", (30, 50)),
+        ("gray_alpha", (20, 20)),
+        ("tiny", (3, 2)),
+        ("rgb16", (24, 24)),
+    ] {
+        let map = read_map_tiff(&out.join(format!("{stem}.tiff"))).unwrap();
+        assert_eq!((map.width, map.height), size, "{stem}");
+        assert!(map.values.iter().all(|v| v.is_finite() && (0.0..=1.0).contains(v)), "{stem}");
+        let overlay = image::open(out.join(format!("{stem}_overlay.png"))).unwrap();
+        assert!(overlay.width() > size.0 as u32 && overlay.height() >= size.1 as u32, "{stem}: legend beside the image");
+        let record: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join(format!("{stem}.json"))).unwrap()).unwrap();
+        let image_score = record["image_score"].as_f64().unwrap();
+        let (sg, sl) = (record["global_score"].as_f64().unwrap(), record["local_max"].as_f64().unwrap());
+        assert!((image_score - (sg + sl) / 2.0).abs() < 1e-6, "{stem}");
+        assert!((sl - f64::from(map.values.iter().copied().fold(0.0, f32::max))).abs() < 0.5);
+        let normal = record["prompts"]["normal"].as_array().unwrap();
+        assert!(normal.iter().all(|p| p["score"].is_number() && p["similarity"].is_number() && p["kept"].is_boolean()));
+        assert!(normal.iter().any(|p| p["kept"] == true));
+        assert!(record["prompts"]["normal_fallback"].is_boolean());
+        assert_eq!(record["descriptors"].as_array().unwrap().len(), 5);
+        let stages: Vec<&str> = record["timings"].as_array().unwrap().iter().map(|t| t["stage"].as_str().unwrap()).collect();
+        assert_eq!(stages, ["preprocess", "global", "prompts", "windows", "aligner", "map"]);
+        assert!(lines.iter().any(|l| l["file"] == record["file"] && l["image_score"] == record["image_score"]));
+    }
+    assert!(!out.join("broken.tiff").exists());
+    let scores = std::fs::read_to_string(out.join("scores.csv")).unwrap();
+    assert_eq!(scores.lines().count(), 8, "header and seven images:\n{scores}");
+    assert!(scores.starts_with("path,score\n"));
+}
+
+#[test]
+fn outputs_are_never_overwritten_without_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("part.png");
+    save(&part(32, 32), &image);
+    let out = dir.path().join("out");
+    let run = Run::new();
+    let args = ["--class", "bottle", "--out", out.to_str().unwrap(), image.to_str().unwrap()];
+    assert!(run.detect(&args).status.success());
+    let map = out.join("part.tiff");
+    std::fs::write(&map, b"keep me").unwrap();
+
+    let again = run.detect(&args);
+    assert!(!again.status.success());
+    assert!(stderr(&again).contains("--force"), "{}", stderr(&again));
+    assert_eq!(std::fs::read(&map).unwrap(), b"keep me");
+
+    let forced = run.detect(&[&args[..], &["--force"]].concat());
+    assert!(forced.status.success(), "{}", stderr(&forced));
+    assert_eq!(read_map_tiff(&map).unwrap().width, 32);
+}
+
+#[test]
+fn an_mvtec_layout_keeps_the_evaluation_layout_and_names_the_class() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("dataset");
+    save(&part(40, 40), &root.join("widget/train/good/000.png"));
+    save(&part(40, 40), &root.join("widget/test/good/000.png"));
+    save(&part(40, 40), &root.join("widget/test/crack/000.png"));
+    save(&part(40, 40), &root.join("widget/ground_truth/crack/000_mask.png"));
+    let out = dir.path().join("maps");
+    // No --class: the layout names it; `widget` has no prompt set of its own.
+    let result = Run::new().detect(&["--out", out.to_str().unwrap(), root.to_str().unwrap()]);
+    assert!(result.status.success(), "{}", stderr(&result));
+    assert!(stderr(&result).contains("generic"), "the generic fallback is announced: {}", stderr(&result));
+    for defect in ["good", "crack"] {
+        assert!(out.join(format!("widget/test/{defect}/000.tiff")).is_file(), "{defect}");
+        let record: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join(format!("widget/test/{defect}/000.json"))).unwrap()).unwrap();
+        assert_eq!(record["class"], "widget");
+        assert_eq!(record["generic_fallback"], true);
+    }
+    assert!(!out.join("widget/train").exists() && !out.join("widget/ground_truth").exists());
+    let scores = std::fs::read_to_string(out.join("scores.csv")).unwrap();
+    assert!(scores.contains("widget/test/crack/000.tiff,"), "{scores}");
+}
+
+#[test]
+fn bad_inputs_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let run = Run::new();
+
+    let image = dir.path().join("plain.png");
+    save(&part(16, 16), &image);
+    let no_class = run.detect(&["--out", out.to_str().unwrap(), image.to_str().unwrap()]);
+    assert!(!no_class.status.success());
+    assert!(stderr(&no_class).contains("--class"), "{}", stderr(&no_class));
+
+    let missing = run.detect(&["--class", "bottle", "--out", out.to_str().unwrap(), "no/such/image.png"]);
+    assert!(stderr(&missing).contains("no/such/image.png"), "{}", stderr(&missing));
+
+    // A PNG whose header claims 100000 x 100000 pixels.
+    let huge = dir.path().join("huge.png");
+    std::fs::write(&huge, png_header(100_000, 100_000)).unwrap();
+    let result = run.detect(&["--class", "bottle", "--out", out.to_str().unwrap(), huge.to_str().unwrap()]);
+    assert!(!result.status.success());
+    let err = stderr(&result);
+    assert!(err.contains("huge.png") && err.contains("100000 x 100000 pixels is over the limit"), "{err}");
+
+    let prompts = dir.path().join("mine.toml");
+    std::fs::write(&prompts, "[class]\nid = \"x\"\nname = \"x\nkind = \"object\"\n").unwrap();
+    let result = run.detect(&["--class", "x", "--prompts", prompts.to_str().unwrap(), "--out", out.to_str().unwrap(), image.to_str().unwrap()]);
+    assert!(!result.status.success());
+    let err = stderr(&result);
+    assert!(err.contains("mine.toml") && err.contains("line 3"), "{err}");
+}
+
+/// A PNG header of the given size with an empty pixel stream.
+fn png_header(width: u32, height: u32) -> Vec<u8> {
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend(width.to_be_bytes());
+    ihdr.extend(height.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]); // 8-bit RGB
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    for chunk in [ihdr, b"IDAT".to_vec(), b"IEND".to_vec()] {
+        png.extend((chunk.len() as u32 - 4).to_be_bytes());
+        png.extend(&chunk);
+        png.extend(crc32(&chunk).to_be_bytes());
+    }
+    png
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
