@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # alfa's CLIP timings next to OpenCLIP's on PyTorch, same machine, same run.
 #
-#   benches/compare.sh [CARGO FLAGS...]
+#   benches/compare.sh [CARGO FLAGS...]            the CLIP towers
+#   ENGINE=1 benches/compare.sh [CARGO FLAGS...]   the whole detector on a 900x900 image
 #
 # Needs the reference venv (tests/fixtures/requirements.txt) at .venv, or PYTHON=...
 # Prints a Markdown table for the README; ratio = alfa / PyTorch (below 1 is faster).
@@ -10,6 +11,31 @@ cd "$(dirname "$0")/.."
 python=${PYTHON:-.venv/bin/python}
 threads=${THREADS:-$(nproc)}
 repeats=${REPEATS:-3}
+
+if [ -n "${ENGINE:-}" ]; then
+  tokenizer=${TOKENIZER:-../shared/clip/tokenizer.json}
+  ours=$(cargo run --quiet --release "$@" -- bench --engine --json --repeats "$repeats" --tokenizer "$tokenizer" ${PIXELS:+--pixels})
+  texts=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["class_texts"])' "$ours")
+  reference=$("$python" benches/openclip_bench.py --threads "$threads" --repeats "$repeats" --texts "$texts" --text-batch 150)
+  python3 - "$ours" "$reference" "$*" <<'PY'
+import json, platform, sys
+ours, ref, flags = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+n = ours["class_texts"]
+print(f"ViT-B-16-plus-240, random weights, {ours['threads']} threads, {cpu}; alfa {flags or '(default features)'}, "
+      f"open_clip_torch {ref.get('open_clip', '?')} / torch {ref['torch']}; one {ours['image']} image, scales 2,3\n")
+print("| case | alfa (s) | PyTorch (s) | ratio |")
+print("|---|---|---|---|")
+torch_image = ref["image_b1_s"] + ref["windows_365_s"]
+for run in ours["runs"]:
+    stages = ", ".join(f"{s['stage']} {s['seconds']:.2f}" for s in run["stages"])
+    print(f"| detect, {run['window_mode']} mode ({stages}) vs PyTorch global forward + 365 windows | "
+          f"{run['total_s']:.3f} | {torch_image:.3f} | {run['total_s'] / torch_image:.2f} |")
+print(f"| encode the class's {n} prompts, cut to the longest per batch (alfa) vs 77 tokens (PyTorch) | "
+      f"{ours['class_text_s']:.3f} | {ref[f'text_{n}_s']:.3f} | {ours['class_text_s'] / ref[f'text_{n}_s']:.2f} |")
+PY
+  exit 0
+fi
 
 ours=$(cargo run --quiet --release "$@" -- bench --json --repeats "$repeats")
 reference=$("$python" benches/openclip_bench.py --threads "$threads" --repeats "$repeats")

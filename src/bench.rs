@@ -1,5 +1,5 @@
-//! Timings of the CLIP towers on random weights of a real architecture's shapes
-//! (`alfa bench`). `benches/openclip_bench.py` times the same cases with OpenCLIP on
+//! Timings of the CLIP towers and of the whole detector on random weights of a real
+//! architecture's shapes (`alfa bench`, `alfa bench --engine`). `benches/openclip_bench.py` times the same cases with OpenCLIP on
 //! PyTorch; `benches/compare.sh` runs both and prints them side by side.
 
 use std::time::Instant;
@@ -10,8 +10,11 @@ use serde::Serialize;
 
 use crate::clip::model::ClipModel;
 use crate::clip::tokenizer::{END_OF_TEXT, START_OF_TEXT};
-use crate::clip::{OpenClipConfig, RandomWeights};
+use crate::clip::{Clip, OpenClipConfig, RandomWeights};
+use crate::detect::engine::StageTime;
 use crate::detect::maps::window_indices;
+use crate::detect::{DetectSettings, Detector, WindowMode};
+use crate::prompts::PromptStore;
 
 #[derive(Debug, Serialize)]
 pub struct ClipBenchReport {
@@ -129,5 +132,108 @@ pub fn clip_forward(arch: &str, repeats: usize, log: impl Fn(&str)) -> Result<Cl
         text_150_s,
         text_150_truncated_s,
         windows_365_s,
+    })
+}
+
+/// One configuration of the whole detector on one image.
+#[derive(Debug, Serialize)]
+pub struct EngineTiming {
+    pub window_mode: WindowMode,
+    /// Median wall time of `detect`, all stages.
+    pub total_s: f64,
+    /// The stages of the median run.
+    pub stages: Vec<StageTime>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EngineBenchReport {
+    #[serde(rename = "impl")]
+    pub implementation: String,
+    pub arch: String,
+    pub threads: usize,
+    pub image: String,
+    pub class: String,
+    /// Prompts and descriptors of the class, encoded with a cold cache.
+    pub class_texts: usize,
+    /// Encoding them in length-sorted batches cut to the longest prompt in each.
+    pub class_text_s: f64,
+    pub runs: Vec<EngineTiming>,
+}
+
+impl EngineBenchReport {
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "alfa detector ({} threads), {} random weights, one {} image, class `{}`\n\
+             encode {} prompts + descriptors (cold cache) {:>8.3} s\n",
+            self.threads, self.arch, self.image, self.class, self.class_texts, self.class_text_s
+        );
+        for run in &self.runs {
+            let stages: Vec<String> = run.stages.iter().map(|s| format!("{} {:.3}", s.stage, s.seconds)).collect();
+            out.push_str(&format!(
+                "detect, {:?} mode: {:>8.3} s  ({})\n",
+                run.window_mode,
+                run.total_s,
+                stages.join(", ")
+            ));
+        }
+        out
+    }
+}
+
+/// The whole detector on a `size` x `size` image with the default settings, after
+/// the class's text features are cached; `pixels` adds the paper's slow mode.
+pub fn engine(
+    arch: &str,
+    tokenizer: &std::path::Path,
+    size: u32,
+    repeats: usize,
+    pixels: bool,
+    log: impl Fn(&str),
+) -> Result<EngineBenchReport> {
+    let config = OpenClipConfig::builtin(arch)
+        .with_context(|| format!("unknown architecture `{arch}`"))?;
+    let device = Device::Cpu;
+    let clip = Clip::from_source(&config, &RandomWeights { device: device.clone() }, tokenizer, &device)?;
+    let mut detector = Detector::new(clip, &format!("random {arch}"), None);
+    let class = "bottle";
+    let prompts = PromptStore { dir: None }.resolve(class)?.set.expand();
+    let class_texts = prompts.normal.len() + prompts.abnormal.len() + prompts.descriptors.len();
+    let start = Instant::now();
+    let encoded = detector.encode_class(prompts)?;
+    let class_text_s = start.elapsed().as_secs_f64();
+    log(&format!("encoded {} texts in {class_text_s:.3} s", detector.texts_encoded()));
+
+    // A textured part with a defect, so the numbers are not those of a constant image.
+    let image = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(size, size, |x, y| {
+        let spot = (x as i64 - 600).pow(2) + (y as i64 - 300).pow(2) < 40 * 40;
+        if spot { image::Rgb([30, 20, 10]) } else { image::Rgb([(x % 97) as u8 + 100, (y % 89) as u8 + 90, 140]) }
+    }));
+    let mut runs = Vec::new();
+    let modes: &[WindowMode] = if pixels { &[WindowMode::Tokens, WindowMode::Pixels] } else { &[WindowMode::Tokens] };
+    for &window_mode in modes {
+        let settings = DetectSettings { window_mode, ..Default::default() };
+        // Pixels mode is hundreds of full forwards: time it once after the warm-up.
+        let repeats = if window_mode == WindowMode::Pixels { 1 } else { repeats };
+        let mut detections = Vec::new();
+        detector.detect(&image, &encoded, &settings)?;
+        for _ in 0..repeats {
+            let start = Instant::now();
+            let d = detector.detect(&image, &encoded, &settings)?;
+            detections.push((start.elapsed().as_secs_f64(), d.timings));
+        }
+        detections.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (total_s, stages) = detections.swap_remove(detections.len() / 2);
+        log(&format!("detect, {window_mode:?} mode: {total_s:.3} s"));
+        runs.push(EngineTiming { window_mode, total_s, stages });
+    }
+    Ok(EngineBenchReport {
+        implementation: "alfa".into(),
+        arch: arch.into(),
+        threads: candle_core::utils::get_num_threads(),
+        image: format!("{size}x{size}"),
+        class: class.into(),
+        class_texts,
+        class_text_s,
+        runs,
     })
 }

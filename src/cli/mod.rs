@@ -102,6 +102,18 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Time the whole detector (one image, the shipped `bottle` prompts) instead of the towers.
+    #[arg(long)]
+    pub engine: bool,
+    /// With --engine: also time the paper's `pixels` window mode (hundreds of full forwards).
+    #[arg(long, requires = "engine")]
+    pub pixels: bool,
+    /// With --engine: side of the square test image, in pixels.
+    #[arg(long, default_value_t = 900, requires = "engine")]
+    pub image_size: u32,
+    /// With --engine: CLIP's tokenizer.json [default: from the Hugging Face cache or hub].
+    #[arg(long, value_name = "FILE", requires = "engine")]
+    pub tokenizer: Option<PathBuf>,
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -154,7 +166,21 @@ impl ModelArgs {
 }
 
 fn run_bench(args: BenchArgs) -> Result<()> {
-    let report = bench::clip_forward(&args.arch, args.repeats.max(1), |line| eprintln!("{line}"))?;
+    let log = |line: &str| eprintln!("{line}");
+    if args.engine {
+        let tokenizer = match args.tokenizer {
+            Some(t) => t,
+            None => clip::source::default_tokenizer(ModelArgs::default().request().observer)?,
+        };
+        let report = bench::engine(&args.arch, &tokenizer, args.image_size, args.repeats.max(1), args.pixels, log)?;
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            println!("{}", report.table());
+        }
+        return Ok(());
+    }
+    let report = bench::clip_forward(&args.arch, args.repeats.max(1), log)?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {

@@ -165,9 +165,14 @@ impl ModelRequest {
         match &self.tokenizer {
             Some(t) => Ok(t.clone()),
             None if dir.join(TOKENIZER_FILE).is_file() => Ok(dir.join(TOKENIZER_FILE)),
-            None => Hub::new(self.observer.clone())?.fetch(DEFAULT_TOKENIZER_REPO, TOKENIZER_FILE),
+            None => default_tokenizer(self.observer.clone()),
         }
     }
+}
+
+/// CLIP's `tokenizer.json` from the hub (the Hugging Face cache first).
+pub fn default_tokenizer(observer: Option<Arc<dyn DownloadObserver>>) -> Result<PathBuf, ClipError> {
+    Hub::new(observer)?.fetch(DEFAULT_TOKENIZER_REPO, TOKENIZER_FILE)
 }
 
 /// `owner/name` with no path-like parts.
