@@ -151,18 +151,28 @@ impl Detector {
         self.cache.encoded
     }
 
+    /// The image squashed to the model's input, normalised [1, 3, S, S].
+    pub fn pixels(&self, image: &DynamicImage) -> Result<Tensor, DetectError> {
+        Ok(self.preprocessor.tensor(image, &self.clip.device)?.unsqueeze(0)?)
+    }
+
+    /// Normalised text features [N, E] of `texts`, encoded only when not cached.
+    pub fn text_features(&mut self, texts: &[String]) -> Result<Tensor, DetectError> {
+        Ok(self.cache.features(&self.clip, texts)?)
+    }
+
     /// Encodes (or fetches from the cache) a class's prompts and descriptors.
     pub fn encode_class(&mut self, prompts: ExpandedPrompts) -> Result<ClassPrompts, DetectError> {
         if prompts.normal.is_empty() || prompts.abnormal.is_empty() {
             return Err(DetectError::EmptyLabel(prompts.class.clone()));
         }
         let texts = |list: &[crate::prompts::Prompt]| list.iter().map(|p| p.text.clone()).collect::<Vec<_>>();
-        let normal = self.cache.features(&self.clip, &texts(&prompts.normal))?;
-        let abnormal = self.cache.features(&self.clip, &texts(&prompts.abnormal))?;
+        let normal = self.text_features(&texts(&prompts.normal))?;
+        let abnormal = self.text_features(&texts(&prompts.abnormal))?;
         let descriptors = if prompts.descriptors.is_empty() {
             Tensor::zeros((0, self.clip.config.model_cfg.embed_dim), DType::F32, &self.clip.device)?
         } else {
-            self.cache.features(&self.clip, &prompts.descriptors)?
+            self.text_features(&prompts.descriptors)?
         };
         Ok(ClassPrompts {
             prompts,
@@ -191,11 +201,10 @@ impl Detector {
             timings.push(StageTime { stage, seconds: clock.elapsed().as_secs_f64() });
             clock = Instant::now();
         };
-        let device = &self.clip.device;
         let vision = &self.clip.model.vision;
         let scale = self.clip.model.logit_scale.min(100.0);
 
-        let pixels = self.preprocessor.tensor(image, device)?.unsqueeze(0)?;
+        let pixels = self.pixels(image)?;
         lap("preprocess", &mut timings);
 
         // Global pass: the image feature and the value features of every token.

@@ -6,10 +6,13 @@ pub mod engine;
 pub mod export;
 pub mod inputs;
 pub mod maps;
+pub mod memory;
+pub mod method;
 pub mod ridge;
 pub mod text_cache;
 
 pub use engine::{ClassPrompts, DetectSettings, Detection, Detector, WindowMode};
+pub use method::{ClassSpec, Method, MethodKind, Scored};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DetectError {
@@ -19,6 +22,8 @@ pub enum DetectError {
     Prompts(#[from] crate::prompts::PromptError),
     #[error("the prompt set of `{0}` has a label without prompts")]
     EmptyLabel(String),
+    #[error("the method has no class prepared: call `prepare` first")]
+    NotPrepared,
     #[error("invalid settings: {0}")]
     Settings(String),
     #[error(transparent)]

@@ -1,0 +1,52 @@
+//! The methods the evaluation compares, behind one interface: ALFA and the
+//! baselines of METHOD section 6, zero-shot or with normal reference images.
+
+use image::DynamicImage;
+
+use super::DetectError;
+use super::maps::Grid;
+use crate::prompts::ExpandedPrompts;
+
+/// Which method to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum MethodKind {
+    /// ALFA: prompt adaptation + fine-grained aligner (+ memory bank with references).
+    Alfa,
+    /// Plain CLIP: two prompts, last-layer patch tokens for the map.
+    Clip,
+    /// WinCLIP: prompt ensemble and window features (WinCLIP+ with references).
+    Winclip,
+    /// AnoVL, training-free adaptation (V-V attention path).
+    AnovlTfa,
+    /// AnoVL with test-time adaptation (5 AdamW steps per image).
+    AnovlTta,
+}
+
+/// The class being inspected.
+#[derive(Debug, Clone)]
+pub struct ClassSpec {
+    /// The dataset's spelling (`metal_nut`).
+    pub id: String,
+    /// The readable name put in prompts (`metal nut`).
+    pub name: String,
+    /// The class's prompt set, expanded (ALFA uses it; baselines use their own prompts).
+    pub prompts: ExpandedPrompts,
+}
+
+/// What every method gives for one image.
+#[derive(Debug, Clone)]
+pub struct Scored {
+    pub image_score: f32,
+    /// The anomaly map at the image's resolution.
+    pub map: Grid,
+}
+
+pub trait Method {
+    fn kind(&self) -> MethodKind;
+    /// Prepares a class: text features, and a memory bank when `references` (normal
+    /// images) are given; none means zero-shot.
+    fn prepare(&mut self, class: &ClassSpec, references: &[DynamicImage]) -> Result<(), DetectError>;
+    /// Scores one image of the prepared class.
+    fn score(&mut self, image: &DynamicImage) -> Result<Scored, DetectError>;
+}
