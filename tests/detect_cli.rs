@@ -227,3 +227,41 @@ fn crc32(bytes: &[u8]) -> u32 {
     }
     !crc
 }
+
+#[test]
+fn references_switch_detect_to_few_shot() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts_dir = dir.path().join("prompts");
+    let good = dir.path().join("good.png");
+    save(&part(32, 32), &good);
+    let alfa = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_alfa")).args(args).output().unwrap()
+    };
+    let pd = prompts_dir.to_str().unwrap();
+    let listed = alfa(&["refs", "list", "--class", "bottle", "--prompts-dir", pd]);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("zero-shot"));
+    let added = alfa(&["refs", "add", "--class", "bottle", "--prompts-dir", pd, good.to_str().unwrap(), good.to_str().unwrap()]);
+    assert!(added.status.success(), "{}", stderr(&added));
+    let listed = String::from_utf8(alfa(&["refs", "list", "--class", "bottle", "--prompts-dir", pd]).stdout).unwrap();
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+
+    let run = Run::new();
+    let out = dir.path().join("out");
+    let few = run.detect(&["--class", "bottle", "--prompts-dir", pd, "--shots", "1", "--seed", "3", "--json", "--out", out.to_str().unwrap(), good.to_str().unwrap()]);
+    assert!(few.status.success(), "{}", stderr(&few));
+    assert!(stderr(&few).contains("few-shot for `bottle`: 1 reference image(s)"), "{}", stderr(&few));
+    let record: serde_json::Value = serde_json::from_slice(&few.stdout).unwrap();
+    // The query is one of the references: its few-shot term vanishes.
+    assert_eq!(record["few_shot"]["references"], 1);
+    assert!(record["few_shot"]["max_score"].as_f64().unwrap().abs() < 1e-5);
+    assert!(record["few_shot"]["nearest"]["region"].is_array());
+
+    let zero = run.detect(&["--class", "bottle", "--prompts-dir", pd, "--zero-shot", "--json", "--force", "--out", out.to_str().unwrap(), good.to_str().unwrap()]);
+    let record: serde_json::Value = serde_json::from_slice(&zero.stdout).unwrap();
+    assert!(record["few_shot"].is_null());
+
+    let removed = alfa(&["refs", "remove", "--class", "bottle", "--prompts-dir", pd, "good.png", "good-1.png"]);
+    assert!(removed.status.success(), "{}", stderr(&removed));
+    let fresh = run.detect(&["--class", "bottle", "--prompts-dir", pd, "--force", "--out", out.to_str().unwrap(), good.to_str().unwrap()]);
+    assert!(stderr(&fresh).contains("zero-shot for `bottle`: no reference images"), "{}", stderr(&fresh));
+}

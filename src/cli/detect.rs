@@ -14,6 +14,7 @@ use super::ModelArgs;
 use crate::clip::{self, Clip};
 use crate::detect::export::{self, ColorMap, OverlayStyle};
 use crate::detect::inputs::{self, InputImage};
+use crate::detect::references::{ReferenceBank, draw, list_references, references_dir};
 use crate::detect::text_cache::default_cache_dir;
 use crate::detect::{ClassPrompts, DetectSettings, Detection, Detector, WindowMode};
 use crate::prompts::{PromptStore, ResolvedPrompts};
@@ -33,6 +34,19 @@ pub struct DetectArgs {
     /// Folder of prompt sets that take precedence over the shipped ones.
     #[arg(long, value_name = "DIR", default_value = "prompts")]
     pub prompts_dir: PathBuf,
+    /// Folder of normal reference images for few-shot mode, instead of the class's
+    /// own (<prompts-dir>/<class>.refs/, managed with `alfa refs`).
+    #[arg(long, value_name = "DIR")]
+    pub refs: Option<PathBuf>,
+    /// Use K of the reference images, drawn with --seed (default: all of them).
+    #[arg(long, value_name = "K")]
+    pub shots: Option<usize>,
+    /// Seed of the --shots draw.
+    #[arg(long, default_value_t = 0, requires = "shots")]
+    pub seed: u64,
+    /// Ignore reference images even when the class has some.
+    #[arg(long, conflicts_with_all = ["refs", "shots"])]
+    pub zero_shot: bool,
     /// Window sizes of the fine-grained aligner, in patches.
     #[arg(long, value_delimiter = ',', default_value = "2,3", value_name = "S,...")]
     pub scales: Vec<usize>,
@@ -165,7 +179,7 @@ pub fn run(args: DetectArgs) -> Result<()> {
     let clip = Clip::load(&files, &clip::device(args.model.cpu)?)?;
     let mut detector = Detector::new(clip, &identity, default_cache_dir().as_deref());
 
-    let mut prompt_sets: HashMap<String, (ResolvedPrompts, ClassPrompts)> = HashMap::new();
+    let mut prompt_sets: HashMap<String, (ResolvedPrompts, ClassPrompts, Option<ReferenceBank>)> = HashMap::new();
     let store = PromptStore {
         dir: Some(args.prompts_dir.clone()),
     };
@@ -189,10 +203,11 @@ pub fn run(args: DetectArgs) -> Result<()> {
                 });
             }
             let encoded = detector.encode_class(resolved.set.expand())?;
-            prompt_sets.insert(class.clone(), (resolved, encoded));
+            let bank = bar.suspend(|| reference_bank(&detector, &args, class, &settings))?;
+            prompt_sets.insert(class.clone(), (resolved, encoded, bank));
         }
-        let (resolved, class_prompts) = &prompt_sets[class];
-        let result = detect_one(&detector, image, class_prompts, &settings, &args, outputs).and_then(|detection| {
+        let (resolved, class_prompts, bank) = &prompt_sets[class];
+        let result = detect_one(&detector, image, class_prompts, bank.as_ref(), &settings, &args, outputs).and_then(|detection| {
             let record = Record {
                 file: image.path.display().to_string(),
                 class,
@@ -236,16 +251,55 @@ pub fn run(args: DetectArgs) -> Result<()> {
     Ok(())
 }
 
+/// The class's few-shot bank, or `None` (zero-shot), saying which on stderr.
+fn reference_bank(detector: &Detector, args: &DetectArgs, class: &str, settings: &DetectSettings) -> Result<Option<ReferenceBank>> {
+    if args.zero_shot {
+        return Ok(None);
+    }
+    let dir = args.refs.clone().unwrap_or_else(|| references_dir(&args.prompts_dir, class));
+    let mut files = list_references(&dir)?;
+    if args.refs.is_some() && files.is_empty() {
+        bail!("no reference images in {}", dir.display());
+    }
+    if let Some(shots) = args.shots {
+        files = draw(&files, shots, args.seed);
+    }
+    if files.is_empty() {
+        eprintln!(
+            "zero-shot for `{class}`: no reference images (add normal images with `alfa refs add --class {class} IMAGE...`)"
+        );
+        return Ok(None);
+    }
+    let bar = ProgressBar::new(files.len() as u64);
+    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} reference images").expect("the template is valid"));
+    let build = detector.build_reference_bank(&files, settings, |done, _| bar.set_position(done as u64))?;
+    bar.finish_and_clear();
+    for (file, reason) in &build.skipped {
+        eprintln!("warning: skipped reference {}: {reason}", file.display());
+    }
+    match build.bank {
+        Some(bank) => {
+            eprintln!("few-shot for `{class}`: {} reference image(s) from {}", bank.files.len(), dir.display());
+            Ok(Some(bank))
+        }
+        None => {
+            eprintln!("zero-shot for `{class}`: none of the reference images in {} could be read", dir.display());
+            Ok(None)
+        }
+    }
+}
+
 fn detect_one(
     detector: &Detector,
     image: &InputImage,
     class: &ClassPrompts,
+    references: Option<&ReferenceBank>,
     settings: &DetectSettings,
     args: &DetectArgs,
     outputs: &Outputs,
 ) -> Result<Detection> {
     let decoded = clip::open_image(&image.path)?;
-    let detection = detector.detect(&decoded, class, settings)?;
+    let detection = detector.detect_with_references(&decoded, class, references, settings)?;
     export::write_map_tiff(&outputs.map, &detection.map)?;
     let range = match args.overlay_range {
         OverlayRange::Fixed(lo, hi) => (lo, hi),

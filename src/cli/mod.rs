@@ -12,6 +12,7 @@ use crate::clip::{self, Clip, DownloadObserver, ModelRequest};
 
 mod detect;
 mod embed;
+mod refs;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -75,6 +76,8 @@ pub enum Command {
     /// descriptors, stage times); OUT/scores.csv lists the image scores. Exits non-zero
     /// when any image failed; the others are still written.
     Detect(detect::DetectArgs),
+    /// Normal reference images of a class, for few-shot detection.
+    Refs(refs::RefsArgs),
     /// Benchmarks (timings on random weights of the real shapes).
     Bench(BenchArgs),
 }
@@ -121,6 +124,7 @@ pub fn run(cli: Cli) -> Result<()> {
         None => crate::app::run(cli.gui),
         Some(Command::Embed(args)) => embed::run(args),
         Some(Command::Detect(args)) => detect::run(args),
+        Some(Command::Refs(args)) => refs::run(args),
         Some(Command::Bench(args)) => run_bench(args),
     }
 }

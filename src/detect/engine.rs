@@ -2,7 +2,7 @@
 //! and the GUI all call. It owns the model and the text-feature cache, takes an
 //! image and settings, and returns a result; it prints nothing.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{D, DType, IndexOp, Tensor};
@@ -10,7 +10,9 @@ use image::DynamicImage;
 use serde::Serialize;
 
 use super::context::{ContextualSelection, contextual_scoring};
-use super::maps::{Grid, gaussian_blur, harmonic_mean, harmonic_patch_map, resize_bilinear, window_indices};
+use super::maps::{Grid, gaussian_blur, harmonic_mean, harmonic_patch_map, mean_patch_map, resize_bilinear, window_indices};
+use super::memory::few_shot_score;
+use super::references::{ReferenceBank, ReferenceRegion};
 use super::ridge::project_text;
 use super::text_cache::TextFeatureCache;
 use super::DetectError;
@@ -122,12 +124,31 @@ pub struct Detection {
     pub patch_map: Grid,
     pub prompts: PromptReport,
     pub descriptors: Vec<DescriptorMatch>,
+    /// Present in few-shot mode.
+    pub few_shot: Option<FewShotReport>,
     pub timings: Vec<StageTime>,
+}
+
+/// What the references say about an image.
+#[derive(Debug, Clone, Serialize)]
+pub struct FewShotReport {
+    pub references: usize,
+    /// The largest few-shot patch score, added to the image score.
+    pub max_score: f32,
+    /// The patch `[x, y]` of the grid where the final map peaks.
+    pub worst_patch: [usize; 2],
+    /// The reference window nearest to the query window there.
+    pub nearest: Option<ReferenceRegion>,
+    /// The few-shot patch map (grid x grid) before fusion.
+    #[serde(skip)]
+    pub map: Grid,
 }
 
 pub struct Detector {
     pub clip: Clip,
     cache: TextFeatureCache,
+    cache_dir: Option<PathBuf>,
+    model_identity: String,
     /// Detection sees the whole image squashed to the model's square input: a
     /// centre crop would hide defects near the border of non-square images.
     preprocessor: Preprocessor,
@@ -141,9 +162,20 @@ impl Detector {
         preprocessor.resize_mode = ResizeMode::Squash;
         Self {
             cache: TextFeatureCache::open(cache_dir, model_identity, dim),
+            cache_dir: cache_dir.map(Path::to_owned),
+            model_identity: model_identity.to_owned(),
             clip,
             preprocessor,
         }
+    }
+
+    /// Where text features and reference features are cached (`None`: memory only).
+    pub fn cache_dir(&self) -> Option<&Path> {
+        self.cache_dir.as_deref()
+    }
+
+    pub fn model_identity(&self) -> &str {
+        &self.model_identity
     }
 
     /// Texts that went through the text tower so far (cache misses).
@@ -182,12 +214,33 @@ impl Detector {
         })
     }
 
+    /// Zero-shot detection.
     pub fn detect(
         &self,
         image: &DynamicImage,
         class: &ClassPrompts,
         settings: &DetectSettings,
     ) -> Result<Detection, DetectError> {
+        self.detect_with_references(image, class, None, settings)
+    }
+
+    /// Detection, few-shot when a reference bank is given (METHOD section 5): the
+    /// few-shot map is averaged with the zero-shot local map and its maximum is added
+    /// to the image score.
+    pub fn detect_with_references(
+        &self,
+        image: &DynamicImage,
+        class: &ClassPrompts,
+        references: Option<&ReferenceBank>,
+        settings: &DetectSettings,
+    ) -> Result<Detection, DetectError> {
+        if let Some(bank) = references {
+            if bank.window_mode != settings.window_mode || settings.scales.iter().any(|&s| bank.scale(s).is_none()) {
+                return Err(DetectError::Settings(
+                    "the reference bank was built with other scales or another window mode: rebuild it".into(),
+                ));
+            }
+        }
         let grid = self.clip.model.vision.grid();
         if let Some(&s) = settings.scales.iter().find(|&&s| s == 0 || s > grid) {
             return Err(DetectError::Settings(format!("scale {s} must be between 1 and the grid size {grid}")));
@@ -233,17 +286,24 @@ impl Detector {
         let e = self.clip.config.model_cfg.embed_dim;
         let global_rows = global_values.to_vec2::<f32>()?; // [L, E]
         let mut scale_maps = Vec::with_capacity(settings.scales.len());
+        let mut few_shot_maps = Vec::new();
+        let mut nearest_windows = Vec::new();
         let mut window_time = 0.0;
         let mut aligner_time = 0.0;
         for &s in &settings.scales {
             let windows = window_indices(grid, s);
             let start = Instant::now();
-            let (local_features, local_values) = match settings.window_mode {
-                WindowMode::Tokens => self.window_features_tokens(&pixels, &windows, settings.window_batch)?,
-                WindowMode::Pixels => self.window_features_pixels(&pixels, &windows, settings.window_batch)?,
-            };
+            let (local_features, local_values) =
+                self.window_features(&pixels, s, settings.window_mode, settings.window_batch, true)?;
+            let local_values = local_values.expect("values were asked for");
             window_time += start.elapsed().as_secs_f64();
             let start = Instant::now();
+            if let Some(bank) = references.and_then(|r| r.scale(s)) {
+                let nearest = bank.nearest(&local_features)?;
+                let scores: Vec<f32> = nearest.iter().map(|n| few_shot_score(n.similarity)).collect();
+                few_shot_maps.push(mean_patch_map(&scores, grid, s));
+                nearest_windows.push((s, nearest));
+            }
             let local_features = l2_normalize(&local_features)?.to_vec2::<f32>()?; // [K, E]
             let local_values = local_values.flatten_all()?.to_vec1::<f32>()?; // [K, s*s, E]
             let per_window = s * s * e;
@@ -267,8 +327,37 @@ impl Detector {
         timings.push(StageTime { stage: "aligner", seconds: aligner_time });
         clock = Instant::now();
 
-        let patch_map = harmonic_mean(&scale_maps);
-        let local_max = patch_map.max();
+        let zero_shot_map = harmonic_mean(&scale_maps);
+        let local_max = zero_shot_map.max();
+        let mut image_score = (global_score + local_max) / 2.0;
+        let (patch_map, few_shot) = match references {
+            Some(bank) if !few_shot_maps.is_empty() => {
+                let few_shot_map = mean(&few_shot_maps);
+                let few_shot_max = few_shot_map.max();
+                image_score += few_shot_max;
+                let patch_map = mean(&[zero_shot_map, few_shot_map.clone()]);
+                let worst = argmax(&patch_map.values);
+                let (worst_x, worst_y) = (worst % grid, worst / grid);
+                // The nearest reference window of the query window (first scale)
+                // that covers the worst patch and is farthest from the bank.
+                let (s, nearest) = &nearest_windows[0];
+                let positions = grid + 1 - s;
+                let covering = nearest.iter().enumerate().filter(|(k, _)| {
+                    let (top, left) = (k / positions, k % positions);
+                    (top..top + s).contains(&worst_y) && (left..left + s).contains(&worst_x)
+                });
+                let farthest = covering.min_by(|a, b| a.1.similarity.total_cmp(&b.1.similarity)).map(|(_, n)| n);
+                let report = FewShotReport {
+                    references: bank.files.len(),
+                    max_score: few_shot_max,
+                    worst_patch: [worst_x, worst_y],
+                    nearest: farthest.map(|n| bank.region(n, *s, grid)),
+                    map: few_shot_map,
+                };
+                (patch_map, Some(report))
+            }
+            _ => (zero_shot_map, None),
+        };
         let map = gaussian_blur(
             &resize_bilinear(&patch_map, image.width() as usize, image.height() as usize),
             settings.sigma,
@@ -277,15 +366,33 @@ impl Detector {
         timings.push(StageTime { stage: "map", seconds: clock.elapsed().as_secs_f64() });
 
         Ok(Detection {
-            image_score: (global_score + local_max) / 2.0,
+            image_score,
             global_score,
             local_max,
             map,
             patch_map,
             prompts: report(&class.prompts, &selection),
             descriptors,
+            few_shot,
             timings,
         })
+    }
+
+    /// Pooled window features [K, E] (not normalised) of every `scale` x `scale`
+    /// window, and with `values` the windows' projected patch values [K, s*s, E].
+    pub fn window_features(
+        &self,
+        pixels: &Tensor,
+        scale: usize,
+        mode: WindowMode,
+        batch: usize,
+        values: bool,
+    ) -> Result<(Tensor, Option<Tensor>), DetectError> {
+        let windows = window_indices(self.clip.model.vision.grid(), scale);
+        match mode {
+            WindowMode::Tokens => self.window_features_tokens(pixels, &windows, batch, values),
+            WindowMode::Pixels => self.window_features_pixels(pixels, &windows, batch, values),
+        }
     }
 
     /// Tokens mode: pooled window features [K, E] and the windows' projected patch
@@ -295,7 +402,8 @@ impl Detector {
         pixels: &Tensor,
         windows: &[Vec<u32>],
         batch: usize,
-    ) -> Result<(Tensor, Tensor), DetectError> {
+        with_values: bool,
+    ) -> Result<(Tensor, Option<Tensor>), DetectError> {
         let vision = &self.clip.model.vision;
         let embedded = vision.embed(pixels)?;
         let n = windows[0].len();
@@ -303,13 +411,15 @@ impl Detector {
         let mut values = Vec::new();
         for chunk in windows.chunks(batch.max(1)) {
             let index = Tensor::from_vec(chunk.concat(), (chunk.len(), n), &self.clip.device)?;
-            let (pooled, v) =
-                vision.forward_windows(&embedded, &index, VisionCapture { layers: false, last_values: true })?;
+            let capture = VisionCapture { layers: false, last_values: with_values };
+            let (pooled, v) = vision.forward_windows(&embedded, &index, capture)?;
             features.push(pooled.i(0)?);
-            let v = v.expect("captured").i(0)?; // [k, 1 + n, W]
-            values.push(vision.project_values(&v)?.narrow(1, 1, n)?);
+            if let Some(v) = v {
+                values.push(vision.project_values(&v.i(0)?)?.narrow(1, 1, n)?); // [k, n, E]
+            }
         }
-        Ok((Tensor::cat(&features, 0)?, Tensor::cat(&values, 0)?))
+        let values = if with_values { Some(Tensor::cat(&values, 0)?) } else { None };
+        Ok((Tensor::cat(&features, 0)?, values))
     }
 
     /// Pixels mode: the image with everything outside the window black, through the whole ViT.
@@ -318,7 +428,8 @@ impl Detector {
         pixels: &Tensor,
         windows: &[Vec<u32>],
         batch: usize,
-    ) -> Result<(Tensor, Tensor), DetectError> {
+        with_values: bool,
+    ) -> Result<(Tensor, Option<Tensor>), DetectError> {
         let vision = &self.clip.model.vision;
         let (grid, size) = (vision.grid(), vision.image_size());
         let patch = size / grid;
@@ -342,15 +453,18 @@ impl Detector {
                 .collect();
             let mask = Tensor::from_vec(masks, (chunk.len(), 1, size, size), device)?;
             let masked = (pixels.broadcast_mul(&mask)? + black.broadcast_mul(&(1.0 - &mask)?)?)?;
-            let out = vision.forward_detailed(&masked, VisionCapture { layers: false, last_values: true })?;
+            let out = vision.forward_detailed(&masked, VisionCapture { layers: false, last_values: with_values })?;
             features.push(out.pooled);
-            let projected = vision.project_values(&out.last_values.expect("captured"))?; // [k, L, E]
-            for (k, w) in chunk.iter().enumerate() {
-                let index = Tensor::from_vec(w.iter().map(|p| p + 1).collect::<Vec<u32>>(), w.len(), device)?;
-                values.push(projected.i(k)?.index_select(&index, 0)?.unsqueeze(0)?);
+            if let Some(v) = out.last_values {
+                let projected = vision.project_values(&v)?; // [k, L, E]
+                for (k, w) in chunk.iter().enumerate() {
+                    let index = Tensor::from_vec(w.iter().map(|p| p + 1).collect::<Vec<u32>>(), w.len(), device)?;
+                    values.push(projected.i(k)?.index_select(&index, 0)?.unsqueeze(0)?);
+                }
             }
         }
-        Ok((Tensor::cat(&features, 0)?, Tensor::cat(&values, 0)?))
+        let values = if with_values { Some(Tensor::cat(&values, 0)?) } else { None };
+        Ok((Tensor::cat(&features, 0)?, values))
     }
 
     fn top_descriptors(
@@ -388,6 +502,19 @@ fn kept_mean(features: &Tensor, verdicts: &[super::context::ScoredPrompt]) -> ca
 fn abnormal_probability(features: &Tensor, text: &Tensor, scale: f32) -> candle_core::Result<Vec<f32>> {
     let logits = (features.matmul(&text.t()?)? * scale as f64)?; // [N, 2]
     candle_nn::ops::softmax(&logits, D::Minus1)?.i((.., 1))?.to_vec1::<f32>()
+}
+
+/// Element-wise mean of maps of one size.
+fn mean(maps: &[Grid]) -> Grid {
+    let first = &maps[0];
+    let values = (0..first.values.len())
+        .map(|i| maps.iter().map(|m| m.values[i]).sum::<f32>() / maps.len() as f32)
+        .collect();
+    Grid::new(first.width, first.height, values)
+}
+
+fn argmax(values: &[f32]) -> usize {
+    values.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i)
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f32 {

@@ -43,25 +43,41 @@ pub fn window_indices(grid: usize, scale: usize) -> Vec<Vec<u32>> {
 /// Scores are probabilities; this floor keeps `1 / s` finite.
 const MIN_SCORE: f32 = 1e-6;
 
-/// The patch map of one scale: each patch gets the harmonic mean of the scores of
-/// the `scale` x `scale` windows (stride 1, row-major by top-left corner) covering it.
-pub fn harmonic_patch_map(window_scores: &[f32], grid: usize, scale: usize) -> Grid {
+/// Per patch, the sum of `term(score)` over the `scale` x `scale` windows (stride 1,
+/// row-major by top-left corner) covering it, and how many there are.
+fn accumulate_windows(window_scores: &[f32], grid: usize, scale: usize, term: impl Fn(f32) -> f32) -> (Vec<f32>, Vec<u32>) {
     let positions = grid + 1 - scale;
     assert_eq!(window_scores.len(), positions * positions, "one score per window");
-    let mut inverse_sum = vec![0f32; grid * grid];
+    let mut sum = vec![0f32; grid * grid];
     let mut count = vec![0u32; grid * grid];
     for top in 0..positions {
         for left in 0..positions {
-            let inv = 1.0 / window_scores[top * positions + left].max(MIN_SCORE);
+            let t = term(window_scores[top * positions + left]);
             for y in top..top + scale {
                 for x in left..left + scale {
-                    inverse_sum[y * grid + x] += inv;
+                    sum[y * grid + x] += t;
                     count[y * grid + x] += 1;
                 }
             }
         }
     }
+    (sum, count)
+}
+
+/// The patch map of one scale: each patch gets the harmonic mean of the scores of
+/// the windows covering it.
+pub fn harmonic_patch_map(window_scores: &[f32], grid: usize, scale: usize) -> Grid {
+    let (inverse_sum, count) = accumulate_windows(window_scores, grid, scale, |v| 1.0 / v.max(MIN_SCORE));
     let values = inverse_sum.iter().zip(&count).map(|(s, &n)| n as f32 / s).collect();
+    Grid::new(grid, grid, values)
+}
+
+/// The patch map of one scale: each patch gets the mean of the scores of the
+/// windows covering it (few-shot distances, where one near-zero window must not
+/// hide the others as it would in a harmonic mean).
+pub fn mean_patch_map(window_scores: &[f32], grid: usize, scale: usize) -> Grid {
+    let (sum, count) = accumulate_windows(window_scores, grid, scale, |v| v);
+    let values = sum.iter().zip(&count).map(|(s, &n)| s / n as f32).collect();
     Grid::new(grid, grid, values)
 }
 
@@ -173,6 +189,15 @@ mod tests {
         // Centre: all four -> 4 / (2 + 4 + 2 + 1) = 4/9.
         assert!((map.at(1, 1) - 4.0 / 9.0).abs() < 1e-6);
         // (2,2): only window 3 -> 1.0.
+        assert!((map.at(2, 2) - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn mean_aggregation_on_the_same_grid() {
+        let map = mean_patch_map(&[0.5, 0.25, 0.5, 1.0], 3, 2);
+        assert!((map.at(0, 0) - 0.5).abs() < 1e-6);
+        assert!((map.at(1, 0) - 0.375).abs() < 1e-6);
+        assert!((map.at(1, 1) - 2.25 / 4.0).abs() < 1e-6);
         assert!((map.at(2, 2) - 1.0).abs() < 1e-6);
     }
 

@@ -3,8 +3,12 @@
 
 use image::DynamicImage;
 
+use std::path::PathBuf;
+
 use super::DetectError;
+use super::engine::{ClassPrompts, DetectSettings, Detector};
 use super::maps::Grid;
+use super::references::ReferenceBank;
 use crate::prompts::ExpandedPrompts;
 
 /// Which method to run.
@@ -49,4 +53,49 @@ pub trait Method {
     fn prepare(&mut self, class: &ClassSpec, references: &[DynamicImage]) -> Result<(), DetectError>;
     /// Scores one image of the prepared class.
     fn score(&mut self, image: &DynamicImage) -> Result<Scored, DetectError>;
+}
+
+/// ALFA behind the evaluation's interface.
+pub struct AlfaMethod {
+    pub detector: Detector,
+    pub settings: DetectSettings,
+    class: Option<ClassPrompts>,
+    references: Option<ReferenceBank>,
+}
+
+impl AlfaMethod {
+    pub fn new(detector: Detector, settings: DetectSettings) -> Self {
+        Self {
+            detector,
+            settings,
+            class: None,
+            references: None,
+        }
+    }
+}
+
+impl Method for AlfaMethod {
+    fn kind(&self) -> MethodKind {
+        MethodKind::Alfa
+    }
+
+    fn prepare(&mut self, class: &ClassSpec, references: &[DynamicImage]) -> Result<(), DetectError> {
+        self.class = Some(self.detector.encode_class(class.prompts.clone())?);
+        let named: Vec<(PathBuf, DynamicImage)> = references
+            .iter()
+            .enumerate()
+            .map(|(i, image)| (PathBuf::from(format!("reference {i}")), image.clone()))
+            .collect();
+        self.references = self.detector.reference_bank(&named, &self.settings, |_, _| ())?.bank;
+        Ok(())
+    }
+
+    fn score(&mut self, image: &DynamicImage) -> Result<Scored, DetectError> {
+        let class = self.class.as_ref().ok_or(DetectError::NotPrepared)?;
+        let d = self.detector.detect_with_references(image, class, self.references.as_ref(), &self.settings)?;
+        Ok(Scored {
+            image_score: d.image_score,
+            map: d.map,
+        })
+    }
 }

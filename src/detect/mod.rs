@@ -8,11 +8,12 @@ pub mod inputs;
 pub mod maps;
 pub mod memory;
 pub mod method;
+pub mod references;
 pub mod ridge;
 pub mod text_cache;
 
 pub use engine::{ClassPrompts, DetectSettings, Detection, Detector, WindowMode};
-pub use method::{ClassSpec, Method, MethodKind, Scored};
+pub use method::{AlfaMethod, ClassSpec, Method, MethodKind, Scored};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DetectError {
@@ -24,6 +25,8 @@ pub enum DetectError {
     EmptyLabel(String),
     #[error("the method has no class prepared: call `prepare` first")]
     NotPrepared,
+    #[error("{0}")]
+    References(String),
     #[error("invalid settings: {0}")]
     Settings(String),
     #[error(transparent)]

@@ -39,9 +39,9 @@ pub struct TextFeatureCache {
     pub encoded: usize,
 }
 
-/// FNV-1a: a file name from the model identity that is stable across builds.
-fn fnv1a(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+/// FNV-1a: file names from model identities and file contents, stable across builds.
+pub(crate) fn fnv1a(text: &[u8]) -> u64 {
+    text.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// `$XDG_CACHE_HOME/alfa` or `~/.cache/alfa`.
@@ -56,7 +56,7 @@ impl TextFeatureCache {
     /// A cache for `model` (its identity string) in `dir`; a missing, stale or
     /// unreadable file just starts an empty cache.
     pub fn open(dir: Option<&Path>, model: &str, dim: usize) -> Self {
-        let file = dir.map(|d| d.join("text-features").join(format!("{:016x}.json", fnv1a(model))));
+        let file = dir.map(|d| d.join("text-features").join(format!("{:016x}.json", fnv1a(model.as_bytes()))));
         let features = file
             .as_ref()
             .and_then(|f| std::fs::read(f).ok())

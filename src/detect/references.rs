@@ -1,0 +1,271 @@
+//! Few-shot references: a class's normal reference images and the memory bank
+//! built from them (METHOD section 5).
+//!
+//! The images live in `<prompts dir>/<class>.refs/` as copies (the user's files are
+//! never moved or changed). Their window features are cached on disk per model, per
+//! window mode and per image content, so a bank is rebuilt only for new images or
+//! when the model changes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::Tensor;
+use image::DynamicImage;
+
+use super::DetectError;
+use super::engine::{DetectSettings, Detector, WindowMode};
+use super::inputs::is_image;
+use super::memory::{MemoryBank, Nearest};
+use super::text_cache::fnv1a;
+use crate::clip;
+
+/// The folder of a class's reference images.
+pub fn references_dir(prompts_dir: &Path, class: &str) -> PathBuf {
+    prompts_dir.join(format!("{class}.refs"))
+}
+
+/// The images in `dir`, sorted; a missing folder has none.
+pub fn list_references(dir: &Path) -> Result<Vec<PathBuf>, DetectError> {
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let failed = |e: std::io::Error| DetectError::References(format!("cannot list {}: {e}", dir.display()));
+    let mut images = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(failed)? {
+        let path = entry.map_err(failed)?.path();
+        if path.is_file() && is_image(&path) {
+            images.push(path);
+        }
+    }
+    images.sort();
+    Ok(images)
+}
+
+/// Copies `images` into `dir` (decoding each first, so a broken file is refused);
+/// returns the copies. A name already taken gets a numeric suffix.
+pub fn add_references(dir: &Path, images: &[PathBuf]) -> Result<Vec<PathBuf>, DetectError> {
+    for image in images {
+        clip::open_image(image)?;
+    }
+    std::fs::create_dir_all(dir).map_err(|e| DetectError::References(format!("cannot create {}: {e}", dir.display())))?;
+    let mut added = Vec::new();
+    for image in images {
+        let stem = image.file_stem().and_then(|s| s.to_str()).unwrap_or("reference");
+        let ext = image.extension().and_then(|s| s.to_str()).unwrap_or("png");
+        let mut target = dir.join(format!("{stem}.{ext}"));
+        let mut n = 1;
+        while target.exists() {
+            target = dir.join(format!("{stem}-{n}.{ext}"));
+            n += 1;
+        }
+        std::fs::copy(image, &target).map_err(|e| {
+            DetectError::References(format!("cannot copy {} to {}: {e}", image.display(), target.display()))
+        })?;
+        added.push(target);
+    }
+    Ok(added)
+}
+
+/// Removes the references named `names` (file names in `dir`) and returns them.
+pub fn remove_references(dir: &Path, names: &[String]) -> Result<Vec<PathBuf>, DetectError> {
+    let present = list_references(dir)?;
+    let mut removed = Vec::new();
+    for name in names {
+        let file_name = Path::new(name).file_name().unwrap_or_default();
+        let Some(path) = present.iter().find(|p| p.file_name() == Some(file_name)) else {
+            let known: Vec<String> =
+                present.iter().filter_map(|p| p.file_name()?.to_str().map(str::to_owned)).collect();
+            return Err(DetectError::References(format!(
+                "`{name}` is not a reference in {} (there: {})",
+                dir.display(),
+                if known.is_empty() { "none".into() } else { known.join(", ") }
+            )));
+        };
+        std::fs::remove_file(path).map_err(|e| DetectError::References(format!("cannot remove {}: {e}", path.display())))?;
+        removed.push(path.clone());
+    }
+    Ok(removed)
+}
+
+/// `shots` of `candidates` drawn without replacement, repeatably for a `seed`
+/// (SplitMix64 + Fisher-Yates: the same draw on every platform and version).
+pub fn draw(candidates: &[PathBuf], shots: usize, seed: u64) -> Vec<PathBuf> {
+    let mut state = seed;
+    let mut next = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut pool = candidates.to_vec();
+    let take = shots.min(pool.len());
+    for i in 0..take {
+        let j = i + (next() % (pool.len() - i) as u64) as usize;
+        pool.swap(i, j);
+    }
+    pool.truncate(take);
+    pool
+}
+
+/// A class's memory bank: window features of every reference at every scale.
+pub struct ReferenceBank {
+    pub files: Vec<PathBuf>,
+    /// Size of each reference image, to map a bank window back to its pixels.
+    pub sizes: Vec<(u32, u32)>,
+    pub window_mode: WindowMode,
+    banks: HashMap<usize, MemoryBank>,
+}
+
+impl ReferenceBank {
+    /// The bank of window size `scale`, if it was built.
+    pub fn scale(&self, scale: usize) -> Option<&MemoryBank> {
+        self.banks.get(&scale)
+    }
+}
+
+/// The outcome of building a bank.
+pub struct BankBuild {
+    /// `None` when no reference could be used: zero-shot.
+    pub bank: Option<ReferenceBank>,
+    /// References whose features were computed now / read from the disk cache.
+    pub computed: usize,
+    pub reused: usize,
+    /// References that could not be decoded, with the reason: skipped, not fatal.
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// Where a window of a reference lies, for showing it beside the query.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReferenceRegion {
+    pub file: PathBuf,
+    /// Pixel box `[x0, y0, x1, y1)` in the reference image.
+    pub region: [u32; 4],
+    pub similarity: f32,
+}
+
+impl ReferenceBank {
+    /// The pixel box of the nearest window `found` at window size `scale`.
+    pub fn region(&self, found: &Nearest, scale: usize, grid: usize) -> ReferenceRegion {
+        let positions = grid + 1 - scale;
+        let (top, left) = (found.origin.index / positions, found.origin.index % positions);
+        let (w, h) = self.sizes[found.origin.reference];
+        let x = |patch: usize| (patch as u64 * u64::from(w) / grid as u64) as u32;
+        let y = |patch: usize| (patch as u64 * u64::from(h) / grid as u64) as u32;
+        ReferenceRegion {
+            file: self.files[found.origin.reference].clone(),
+            region: [x(left), y(top), x(left + scale), y(top + scale)],
+            similarity: found.similarity,
+        }
+    }
+}
+
+impl Detector {
+    /// The memory bank of the reference `files` for the scales and window mode of
+    /// `settings`; a file that cannot be read or decoded is skipped and reported.
+    pub fn build_reference_bank(
+        &self,
+        files: &[PathBuf],
+        settings: &DetectSettings,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<BankBuild, DetectError> {
+        let mut images = Vec::with_capacity(files.len());
+        let mut skipped = Vec::new();
+        for file in files {
+            match clip::open_image(file) {
+                Ok(image) => images.push((file.clone(), image)),
+                Err(e) => skipped.push((file.clone(), e.to_string())),
+            }
+        }
+        let mut build = self.reference_bank(&images, settings, &mut progress)?;
+        build.skipped = skipped;
+        Ok(build)
+    }
+
+    /// The memory bank of decoded reference images. Features are cached under
+    /// `<cache>/references/<model>/`, keyed by the pixels, the window mode and the scale.
+    pub fn reference_bank(
+        &self,
+        images: &[(PathBuf, DynamicImage)],
+        settings: &DetectSettings,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<BankBuild, DetectError> {
+        let cache = self.cache_dir().map(|d| {
+            d.join("references").join(format!("{:016x}", fnv1a(self.model_identity().as_bytes())))
+        });
+        let mode = match settings.window_mode {
+            WindowMode::Tokens => "tokens",
+            WindowMode::Pixels => "pixels",
+        };
+        let mut per_scale: HashMap<usize, Vec<Tensor>> = HashMap::new();
+        let (mut computed, mut reused) = (0, 0);
+        for (i, (_, image)) in images.iter().enumerate() {
+            progress(i, images.len());
+            let rgb = image.to_rgb8();
+            let key = format!("{:016x}-{}x{}-{mode}", fnv1a(rgb.as_raw()), rgb.width(), rgb.height());
+            let file = |s: usize| cache.as_ref().map(|d| d.join(format!("{key}-s{s}.safetensors")));
+            let mut pixels = None;
+            for &s in &settings.scales {
+                let cached = file(s)
+                    .and_then(|f| candle_core::safetensors::load(f, &self.clip.device).ok())
+                    .and_then(|mut t| t.remove("features"));
+                let features = match cached {
+                    Some(features) => features,
+                    None => {
+                        if pixels.is_none() {
+                            pixels = Some(self.pixels(image)?);
+                        }
+                        let pixels = pixels.as_ref().expect("set above");
+                        let (features, _) =
+                            self.window_features(pixels, s, settings.window_mode, settings.window_batch, false)?;
+                        if let Some(f) = file(s)
+                            && let Some(dir) = f.parent()
+                            && std::fs::create_dir_all(dir).is_ok()
+                        {
+                            // Best effort: a cache that cannot be written only costs time later.
+                            let _ = candle_core::safetensors::save(&HashMap::from([("features", features.clone())]), f);
+                        }
+                        features
+                    }
+                };
+                per_scale.entry(s).or_default().push(features);
+            }
+            if pixels.is_some() { computed += 1 } else { reused += 1 }
+        }
+        progress(images.len(), images.len());
+        let bank = if images.is_empty() {
+            None
+        } else {
+            let banks = per_scale
+                .into_iter()
+                .map(|(s, blocks)| Ok((s, MemoryBank::new(&blocks)?)))
+                .collect::<Result<_, candle_core::Error>>()?;
+            Some(ReferenceBank {
+                files: images.iter().map(|(f, _)| f.clone()).collect(),
+                sizes: images.iter().map(|(_, i)| (i.width(), i.height())).collect(),
+                window_mode: settings.window_mode,
+                banks,
+            })
+        };
+        Ok(BankBuild { bank, computed, reused, skipped: Vec::new() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draws_are_repeatable_distinct_and_bounded() {
+        let files: Vec<PathBuf> = (0..10).map(|i| PathBuf::from(format!("{i}.png"))).collect();
+        let a = draw(&files, 4, 7);
+        assert_eq!(a, draw(&files, 4, 7));
+        assert_ne!(a, draw(&files, 4, 8));
+        let mut unique = a.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), 4);
+        assert_eq!(draw(&files, 50, 1).len(), 10);
+        assert!(draw(&files, 0, 1).is_empty());
+    }
+}
