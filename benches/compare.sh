@@ -29,7 +29,8 @@ print("|---|---|---|---|")
 torch_image = ref["image_b1_s"] + ref["windows_365_s"]
 for run in ours["runs"]:
     stages = ", ".join(f"{s['stage']} {s['seconds']:.2f}" for s in run["stages"])
-    print(f"| detect, {run['window_mode']} mode ({stages}) vs PyTorch global forward + 365 windows | "
+    refs = f", {run['references']} references" if run["references"] else ""
+    print(f"| detect, {run['window_mode']} mode{refs} ({stages}) vs PyTorch global forward + 365 windows | "
           f"{run['total_s']:.3f} | {torch_image:.3f} | {run['total_s'] / torch_image:.2f} |")
 print(f"| encode the class's {n} prompts, cut to the longest per batch (alfa) vs 77 tokens (PyTorch) | "
       f"{ours['class_text_s']:.3f} | {ref[f'text_{n}_s']:.3f} | {ours['class_text_s'] / ref[f'text_{n}_s']:.2f} |")

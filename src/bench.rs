@@ -139,6 +139,8 @@ pub fn clip_forward(arch: &str, repeats: usize, log: impl Fn(&str)) -> Result<Cl
 #[derive(Debug, Serialize)]
 pub struct EngineTiming {
     pub window_mode: WindowMode,
+    /// Normal reference images in the memory bank (0: zero-shot).
+    pub references: usize,
     /// Median wall time of `detect`, all stages.
     pub total_s: f64,
     /// The stages of the median run.
@@ -170,8 +172,9 @@ impl EngineBenchReport {
         for run in &self.runs {
             let stages: Vec<String> = run.stages.iter().map(|s| format!("{} {:.3}", s.stage, s.seconds)).collect();
             out.push_str(&format!(
-                "detect, {:?} mode: {:>8.3} s  ({})\n",
+                "detect, {:?} mode, {:>2} references: {:>8.3} s  ({})\n",
                 run.window_mode,
+                run.references,
                 run.total_s,
                 stages.join(", ")
             ));
@@ -180,8 +183,12 @@ impl EngineBenchReport {
     }
 }
 
+/// References in the few-shot case (the budget: at most 30% over zero-shot).
+const FEW_SHOT_REFERENCES: usize = 16;
+
 /// The whole detector on a `size` x `size` image with the default settings, after
-/// the class's text features are cached; `pixels` adds the paper's slow mode.
+/// the class's text features are cached, zero-shot and with 16 references;
+/// `pixels` adds the paper's slow mode.
 pub fn engine(
     arch: &str,
     tokenizer: &std::path::Path,
@@ -208,23 +215,34 @@ pub fn engine(
         let spot = (x as i64 - 600).pow(2) + (y as i64 - 300).pow(2) < 40 * 40;
         if spot { image::Rgb([30, 20, 10]) } else { image::Rgb([(x % 97) as u8 + 100, (y % 89) as u8 + 90, 140]) }
     }));
+    // Few-shot: 16 references of the same kind of part (the bank is built once per
+    // class, outside the per-image time).
+    let references: Vec<(std::path::PathBuf, image::DynamicImage)> = (0..FEW_SHOT_REFERENCES)
+        .map(|i| (format!("reference {i}").into(), image.crop_imm(i as u32, 0, size - 16, size)))
+        .collect();
+    let tokens = DetectSettings::default();
+    let bank = detector.reference_bank(&references, &tokens, |_, _| ())?.bank;
+    let mut cases = vec![(WindowMode::Tokens, None), (WindowMode::Tokens, bank.as_ref())];
+    if pixels {
+        cases.push((WindowMode::Pixels, None));
+    }
     let mut runs = Vec::new();
-    let modes: &[WindowMode] = if pixels { &[WindowMode::Tokens, WindowMode::Pixels] } else { &[WindowMode::Tokens] };
-    for &window_mode in modes {
+    for (window_mode, bank) in cases {
         let settings = DetectSettings { window_mode, ..Default::default() };
         // Pixels mode is hundreds of full forwards: time it once after the warm-up.
         let repeats = if window_mode == WindowMode::Pixels { 1 } else { repeats };
         let mut detections = Vec::new();
-        detector.detect(&image, &encoded, &settings)?;
+        detector.detect_with_references(&image, &encoded, bank, &settings)?;
         for _ in 0..repeats {
             let start = Instant::now();
-            let d = detector.detect(&image, &encoded, &settings)?;
+            let d = detector.detect_with_references(&image, &encoded, bank, &settings)?;
             detections.push((start.elapsed().as_secs_f64(), d.timings));
         }
         detections.sort_by(|a, b| a.0.total_cmp(&b.0));
         let (total_s, stages) = detections.swap_remove(detections.len() / 2);
-        log(&format!("detect, {window_mode:?} mode: {total_s:.3} s"));
-        runs.push(EngineTiming { window_mode, total_s, stages });
+        let references = bank.map_or(0, |b| b.files.len());
+        log(&format!("detect, {window_mode:?} mode, {references} references: {total_s:.3} s"));
+        runs.push(EngineTiming { window_mode, references, total_s, stages });
     }
     Ok(EngineBenchReport {
         implementation: "alfa".into(),
