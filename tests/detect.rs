@@ -119,3 +119,40 @@ fn bad_scales_are_refused() {
         assert!(det.detect(&image, &class, &settings).is_err(), "{scales:?}");
     }
 }
+
+#[test]
+fn ablation_rows_switch_one_part_each() {
+    use alfa::detect::Ablation;
+    use alfa::prompts::PromptSource;
+    let mut det = detector(None);
+    let image = test_image(48, 40);
+    let mut rows = Vec::new();
+    for ablation in [Ablation::Templates, Ablation::Llm, Ablation::Context, Ablation::Full] {
+        let mut settings = DetectSettings::default();
+        let mut prompts = PromptStore { dir: None }.resolve("bottle").unwrap().set.expand();
+        // A few of each source keep the debug-build test fast.
+        for list in [&mut prompts.normal, &mut prompts.abnormal] {
+            let llm: Vec<_> = list.iter().filter(|p| p.source == PromptSource::Llm).take(6).cloned().collect();
+            list.retain(|p| p.source == PromptSource::Template);
+            list.truncate(6);
+            list.extend(llm);
+        }
+        ablation.apply(&mut settings, &mut prompts);
+        let class = det.encode_class(prompts).unwrap();
+        let d = det.detect(&image, &class, &settings).unwrap();
+        let all: Vec<_> = d.prompts.normal.iter().chain(&d.prompts.abnormal).collect();
+        match ablation {
+            Ablation::Templates => assert!(all.iter().all(|p| p.source == PromptSource::Template && p.kept)),
+            Ablation::Llm => {
+                assert!(all.iter().any(|p| p.source == PromptSource::Llm));
+                assert!(all.iter().all(|p| p.kept), "no contextual scoring: every prompt is used");
+            }
+            Ablation::Context | Ablation::Full => assert_eq!(all.len(), 24),
+        }
+        rows.push(d);
+    }
+    // Same prompts and selection, with and without the aligner: the maps differ.
+    assert_eq!(rows[2].global_score, rows[3].global_score);
+    assert_ne!(rows[2].patch_map, rows[3].patch_map);
+    assert_ne!(rows[0].global_score, rows[1].global_score);
+}

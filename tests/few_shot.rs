@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use alfa::clip::{Clip, ModelRequest};
 use alfa::detect::references::{add_references, draw, list_references, remove_references};
-use alfa::detect::{AlfaMethod, ClassSpec, DetectSettings, Detector, Method};
+use alfa::detect::{Ablation, AlfaMethod, ClassSpec, DetectSettings, Detector, Method};
 use alfa::prompts::PromptStore;
 use candle_core::Device;
 use common::{fixtures, shared_tokenizer};
@@ -149,7 +149,7 @@ fn references_of_any_size_or_mode_work_and_broken_ones_are_skipped() {
     let none = det.build_reference_bank(&[broken], &settings, |_, _| ()).unwrap();
     assert!(none.bank.is_none());
     // The method interface: zero references is zero-shot, the same as `detect`.
-    let mut method = AlfaMethod::new(detector("tiny-gelu", None, None), settings.clone());
+    let mut method = AlfaMethod::new(detector("tiny-gelu", None, None), settings.clone(), Ablation::Full);
     method.prepare(&small_class(), &[]).unwrap();
     let scored = method.score(&texture(1, true)).unwrap();
     let direct = det.detect(&texture(1, true), &class, &settings).unwrap();

@@ -50,6 +50,9 @@ pub struct DetectSettings {
     pub top_descriptors: usize,
     /// Windows per forward batch in tokens mode (memory bound), images in pixels mode.
     pub window_batch: usize,
+    /// The fine-grained aligner: project the text features into each window's
+    /// space. Off (an ablation), windows are scored against the global text features.
+    pub aligner: bool,
 }
 
 impl Default for DetectSettings {
@@ -63,6 +66,7 @@ impl Default for DetectSettings {
             sigma: 4.0,
             top_descriptors: 5,
             window_batch: 256,
+            aligner: true,
         }
     }
 }
@@ -294,8 +298,7 @@ impl Detector {
             let windows = window_indices(grid, s);
             let start = Instant::now();
             let (local_features, local_values) =
-                self.window_features(&pixels, s, settings.window_mode, settings.window_batch, true)?;
-            let local_values = local_values.expect("values were asked for");
+                self.window_features(&pixels, s, settings.window_mode, settings.window_batch, settings.aligner)?;
             window_time += start.elapsed().as_secs_f64();
             let start = Instant::now();
             if let Some(bank) = references.and_then(|r| r.scale(s)) {
@@ -305,19 +308,22 @@ impl Detector {
                 nearest_windows.push((s, nearest));
             }
             let local_features = l2_normalize(&local_features)?.to_vec2::<f32>()?; // [K, E]
-            let local_values = local_values.flatten_all()?.to_vec1::<f32>()?; // [K, s*s, E]
+            let local_values = local_values.map(|v| v.flatten_all()?.to_vec1::<f32>()).transpose()?; // [K, s*s, E]
             let per_window = s * s * e;
             let scores: Vec<f32> = windows
                 .iter()
                 .enumerate()
                 .map(|(k, patches)| {
+                    let f = &local_features[k];
+                    let Some(local_values) = &local_values else {
+                        let (fn_, fa) = text_rows.split_at(e);
+                        return logistic(scale * (cosine(f, fa) - cosine(f, fn_)));
+                    };
                     let vg: Vec<f32> = patches.iter().flat_map(|&p| global_rows[1 + p as usize].iter().copied()).collect();
                     let vl = &local_values[k * per_window..(k + 1) * per_window];
                     let projected = project_text(&text_rows, &vg, vl, e, settings.ridge_lambda);
                     let (fn_, fa) = projected.split_at(e);
-                    let f = &local_features[k];
-                    let logit = scale * (cosine(f, fa) - cosine(f, fn_));
-                    logistic(logit)
+                    logistic(scale * (cosine(f, fa) - cosine(f, fn_)))
                 })
                 .collect();
             scale_maps.push(harmonic_patch_map(&scores, grid, s));

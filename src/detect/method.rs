@@ -9,7 +9,7 @@ use super::DetectError;
 use super::engine::{ClassPrompts, DetectSettings, Detector};
 use super::maps::Grid;
 use super::references::ReferenceBank;
-use crate::prompts::ExpandedPrompts;
+use crate::prompts::{ExpandedPrompts, PromptSource};
 
 /// Which method to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
@@ -25,6 +25,36 @@ pub enum MethodKind {
     AnovlTfa,
     /// AnoVL with test-time adaptation (5 AdamW steps per image).
     AnovlTta,
+}
+
+/// The rows of ALFA's component analysis (paper Table 2), each adding one part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Ablation {
+    /// Template prompts only; every prompt kept; windows scored against the global text features.
+    Templates,
+    /// + the LLM-written prompts.
+    Llm,
+    /// + contextual scoring of the prompts per image.
+    Context,
+    /// + the fine-grained aligner: ALFA as published.
+    #[default]
+    Full,
+}
+
+impl Ablation {
+    /// The settings and prompts of this row.
+    pub fn apply(self, settings: &mut DetectSettings, prompts: &mut ExpandedPrompts) {
+        if self == Ablation::Templates {
+            prompts.normal.retain(|p| p.source == PromptSource::Template);
+            prompts.abnormal.retain(|p| p.source == PromptSource::Template);
+        }
+        if matches!(self, Ablation::Templates | Ablation::Llm) {
+            // S_c is never negative, so every prompt passes.
+            settings.context_tau = -1.0;
+        }
+        settings.aligner = self == Ablation::Full;
+    }
 }
 
 /// The class being inspected.
@@ -59,15 +89,17 @@ pub trait Method {
 pub struct AlfaMethod {
     pub detector: Detector,
     pub settings: DetectSettings,
+    pub ablation: Ablation,
     class: Option<ClassPrompts>,
     references: Option<ReferenceBank>,
 }
 
 impl AlfaMethod {
-    pub fn new(detector: Detector, settings: DetectSettings) -> Self {
+    pub fn new(detector: Detector, settings: DetectSettings, ablation: Ablation) -> Self {
         Self {
             detector,
             settings,
+            ablation,
             class: None,
             references: None,
         }
@@ -80,7 +112,9 @@ impl Method for AlfaMethod {
     }
 
     fn prepare(&mut self, class: &ClassSpec, references: &[DynamicImage]) -> Result<(), DetectError> {
-        self.class = Some(self.detector.encode_class(class.prompts.clone())?);
+        let mut prompts = class.prompts.clone();
+        self.ablation.apply(&mut self.settings, &mut prompts);
+        self.class = Some(self.detector.encode_class(prompts)?);
         let named: Vec<(PathBuf, DynamicImage)> = references
             .iter()
             .enumerate()

@@ -13,7 +13,7 @@ pub mod ridge;
 pub mod text_cache;
 
 pub use engine::{ClassPrompts, DetectSettings, Detection, Detector, WindowMode};
-pub use method::{AlfaMethod, ClassSpec, Method, MethodKind, Scored};
+pub use method::{Ablation, AlfaMethod, ClassSpec, Method, MethodKind, Scored};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DetectError {
