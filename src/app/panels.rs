@@ -141,7 +141,9 @@ impl AlfaApp {
                     }
                 }
                 Some(ModelStatus::Ready { model }) => {
-                    ui.label(format!("model: {model}"));
+                    // A folder's last part is enough to recognise it; the hover has the rest.
+                    let short = std::path::Path::new(model).file_name().map_or(model.clone(), |n| n.to_string_lossy().into_owned());
+                    ui.label(format!("model: {short}")).on_hover_text(model);
                 }
                 Some(ModelStatus::Failed { model, .. }) => {
                     ui.colored_label(NG_COLOR, format!("model {model} failed to load"));
@@ -154,7 +156,7 @@ impl AlfaApp {
             ui.label(format!("{} images, {analysed} analysed, {ng} NG", self.state.entries.len()));
             if let Some((encoded, seconds)) = self.state.last_encoding {
                 ui.separator();
-                ui.label(format!("prompts: {encoded} encoded in {seconds:.1} s"));
+                ui.label(format!("prompts: {encoded} newly encoded")).on_hover_text(format!("in {seconds:.2} s"));
             }
             if let Some(error) = &self.state.progress.error {
                 ui.separator();
