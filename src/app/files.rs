@@ -35,13 +35,22 @@ pub fn scan(paths: &[PathBuf]) -> Vec<FoundImage> {
                 path: file,
             }));
         } else {
-            found.push(FoundImage {
-                name: path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned()),
-                path: path.clone(),
-            });
+            found.push(FoundImage { name: short_name(path), path: path.clone() });
         }
     }
     found
+}
+
+/// `folder/file`: files named one by one often share their name (`000.png`) across
+/// MVTec's defect folders.
+fn short_name(path: &Path) -> String {
+    let file = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let folder = path.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());
+    match (folder, file) {
+        (Some(folder), Some(file)) => format!("{folder}/{file}"),
+        (None, Some(file)) => file,
+        _ => path.display().to_string(),
+    }
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -103,6 +112,6 @@ mod tests {
     #[test]
     fn named_files_are_kept_whatever_their_extension() {
         let found = scan(&[PathBuf::from("/nowhere/report.txt")]);
-        assert_eq!(found[0].name, "report.txt");
+        assert_eq!(found[0].name, "nowhere/report.txt");
     }
 }
