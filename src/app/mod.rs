@@ -1,44 +1,527 @@
-//! The inspection window. The full inspector (worker thread, heatmap shader, prompt
-//! editing) is being built; this window already starts from the command line.
+//! The inspection window (eframe + wgpu).
+//!
+//! The UI thread only draws and sends jobs: the engine runs on a worker thread
+//! (`worker`), results come back as messages. What the UI shows lives in `state`,
+//! apart from the widgets (`panels`, `viewer`); the heatmap is a WGSL shader in a
+//! paint callback (`heatmap`).
+
+use eframe::egui;
+
+mod colormap;
+mod export;
+mod files;
+mod heatmap;
+mod panels;
+mod prompt_editor;
+mod state;
+mod viewer;
+mod worker;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+use std::time::Instant;
 
 use anyhow::Result;
+use egui::{Key, KeyboardShortcut, Modifiers};
 
-use crate::cli::GuiArgs;
+use crate::cli::{GuiArgs, ModelArgs};
+use crate::prompts::PromptStore;
 
-pub fn run(args: GuiArgs) -> Result<()> {
-    let options = eframe::NativeOptions {
-        viewport: eframe::egui::ViewportBuilder::default()
-            .with_title("alfa")
-            .with_inner_size([1280.0, 800.0]),
-        renderer: eframe::Renderer::Wgpu,
-        ..Default::default()
-    };
-    eframe::run_native(
-        "alfa",
-        options,
-        Box::new(move |_cc| Ok(Box::new(AlfaApp { args }))),
-    )
-    .map_err(|e| anyhow::anyhow!("cannot open the window: {e}"))
+pub use colormap::Colormap;
+pub use heatmap::SHADER_SOURCE;
+pub use state::{AppState, Filter, ModelStatus, Normalisation, Settings, SortKey, Verdict};
+
+use heatmap::HeatmapContent;
+use prompt_editor::PromptEditor;
+use state::{Entry, SelectionStep, Shown};
+use viewer::ViewTransform;
+use worker::{Message, Workers};
+
+/// Key of the remembered settings in eframe's storage.
+const SETTINGS_KEY: &str = "alfa-settings";
+
+/// How the app starts.
+#[derive(Debug, Clone, Default)]
+pub struct AppOptions {
+    pub args: GuiArgs,
+    /// Text-feature cache folder (`None`: memory only, as in tests).
+    pub cache_dir: Option<PathBuf>,
+    /// Save a screenshot here once the first results are on screen, then close.
+    pub screenshot: Option<PathBuf>,
 }
 
-struct AlfaApp {
-    args: GuiArgs,
+/// Opens the window.
+pub fn run(args: GuiArgs) -> Result<()> {
+    run_with(AppOptions { args, cache_dir: crate::detect::text_cache::default_cache_dir(), screenshot: None })
+}
+
+/// `alfa screenshot`: the window with `args` loaded, saved to `out` once analysed.
+pub fn screenshot(args: GuiArgs, out: PathBuf) -> Result<()> {
+    run_with(AppOptions { args, cache_dir: crate::detect::text_cache::default_cache_dir(), screenshot: Some(out) })
+}
+
+fn run_with(options: AppOptions) -> Result<()> {
+    let native = eframe::NativeOptions {
+        viewport: egui::ViewportBuilder::default()
+            .with_title("alfa — anomaly inspection")
+            .with_inner_size([1400.0, 900.0])
+            .with_drag_and_drop(true),
+        renderer: eframe::Renderer::Wgpu,
+        // A screenshot run must not pick up a user's saved layout.
+        persist_window: options.screenshot.is_none(),
+        ..Default::default()
+    };
+    eframe::run_native("alfa", native, Box::new(move |cc| Ok(Box::new(AlfaApp::new(cc, options)))))
+        .map_err(|e| anyhow::anyhow!("cannot open the window: {e}"))
+}
+
+/// The side panel's pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SideTab {
+    Why,
+    Prompts,
+    Settings,
+}
+
+pub struct AlfaApp {
+    pub state: AppState,
+    workers: Workers,
+    editor: Option<PromptEditor>,
+    view: ViewTransform,
+    /// The heatmap pipeline is installed (the wgpu renderer is there).
+    gpu: bool,
+    tab: SideTab,
+    show_help: bool,
+    /// The class box's text, applied on Enter.
+    class_input: String,
+    /// `--arch` and `--tokenizer` from the command line; the model itself is in settings.
+    model_extra: ModelArgs,
+    next_id: worker::ItemId,
+    content: Option<HeatmapContent>,
+    screenshot: Option<PathBuf>,
+    screenshot_requested: bool,
+    prompt_sort: panels::PromptSort,
+    /// The editor's Undo button was pressed (applied after the editor is drawn).
+    undo_requested: bool,
+    /// The keyboard moved the selection: scroll the list to it.
+    scroll_to_selected: bool,
+    persist: bool,
+    /// Frames drawn so far (responsiveness is measured in frames).
+    pub frames: u64,
+}
+
+impl AlfaApp {
+    /// Builds the app on a creation context, from eframe or from a test harness.
+    pub fn new(cc: &eframe::CreationContext<'_>, options: AppOptions) -> Self {
+        let remembered: Option<Settings> = if options.screenshot.is_none() {
+            cc.storage.and_then(|s| eframe::get_value(s, SETTINGS_KEY))
+        } else {
+            None
+        };
+        let mut settings = remembered.unwrap_or_default();
+        let args = options.args;
+        if let Some(model) = &args.model.model {
+            settings.model = model.clone();
+        }
+        if args.model.cpu {
+            settings.cpu = true;
+        }
+        if let Some(class) = &args.class {
+            settings.class = class.clone();
+        }
+        let gpu = match &cc.wgpu_render_state {
+            Some(render_state) => {
+                heatmap::install(render_state);
+                true
+            }
+            None => false,
+        };
+        let workers = Workers::spawn(&cc.egui_ctx, options.cache_dir);
+        let mut app = Self {
+            class_input: settings.class.clone(),
+            state: AppState::new(settings),
+            workers,
+            editor: None,
+            view: ViewTransform::default(),
+            gpu,
+            tab: SideTab::Why,
+            show_help: false,
+            model_extra: args.model,
+            next_id: 0,
+            content: None,
+            screenshot_requested: false,
+            prompt_sort: panels::PromptSort::default(),
+            undo_requested: false,
+            scroll_to_selected: false,
+            persist: options.screenshot.is_none(),
+            screenshot: options.screenshot,
+            frames: 0,
+        };
+        app.load_model();
+        app.set_class(app.state.settings.class.clone());
+        if !args.paths.is_empty() {
+            app.open(&args.paths);
+        }
+        app
+    }
+
+    fn model_args(&self) -> ModelArgs {
+        let model = self.state.settings.model.trim();
+        ModelArgs {
+            model: (!model.is_empty()).then(|| model.to_owned()),
+            cpu: self.state.settings.cpu,
+            ..self.model_extra.clone()
+        }
+    }
+
+    /// (Re)loads the model on the worker; queued analyses wait for it.
+    pub fn load_model(&mut self) {
+        let args = self.model_args();
+        self.state.model = Some(ModelStatus::Loading {
+            model: args.model.clone().unwrap_or_else(|| crate::clip::DEFAULT_MODEL.into()),
+            file: String::new(),
+            done: 0,
+            total: 0,
+        });
+        self.workers.load_model(args);
+        self.analyse_all();
+    }
+
+    /// Switches to `class`'s prompt set and re-analyses.
+    pub fn set_class(&mut self, class: String) {
+        let class = class.trim().to_owned();
+        if class.is_empty() {
+            return;
+        }
+        match PromptStore::default_location().resolve(&class) {
+            Ok(resolved) => {
+                self.editor = Some(PromptEditor::new(resolved));
+                self.class_input = class.clone();
+                self.state.settings.class = class;
+                self.analyse_all();
+            }
+            Err(e) => self.state.notice = Some(format!("cannot read the prompts of `{class}`: {e}")),
+        }
+    }
+
+    /// Replaces the list with the images in `paths` and starts their analysis.
+    pub fn open(&mut self, paths: &[PathBuf]) {
+        let found = files::scan(paths);
+        if found.is_empty() {
+            self.state.notice = Some("no images found there".into());
+            return;
+        }
+        self.state.entries = found
+            .into_iter()
+            .map(|f| {
+                self.next_id += 1;
+                Entry { id: self.next_id, path: f.path, name: f.name, thumbnail: None, error: None, analysis: None, stale: false }
+            })
+            .collect();
+        self.state.shown = None;
+        self.content = None;
+        self.view.fit();
+        self.workers.thumbnails(self.state.entries.iter().map(|e| (e.id, e.path.clone())).collect());
+        let first = self.state.visible().first().copied();
+        if let Some(first) = first {
+            self.select(first);
+        }
+        self.analyse_all();
+    }
+
+    pub fn select(&mut self, index: usize) {
+        let Some(entry) = self.state.entries.get(index) else { return };
+        self.state.selected = Some(index);
+        if self.state.shown.as_ref().is_none_or(|s| s.id != entry.id) {
+            self.workers.picture(entry.id, entry.path.clone());
+        }
+    }
+
+    /// Analyses every image with the current prompts and settings, the selected one
+    /// first, superseding any running analysis.
+    pub fn analyse_all(&mut self) {
+        let Some(editor) = &self.editor else { return };
+        if self.state.entries.is_empty() {
+            return;
+        }
+        let selected = self.state.selected;
+        let mut order: Vec<usize> = (0..self.state.entries.len()).collect();
+        if let Some(s) = selected {
+            order.retain(|&i| i != s);
+            order.insert(0, s);
+        }
+        let items = order.iter().map(|&i| (self.state.entries[i].id, self.state.entries[i].path.clone())).collect();
+        for entry in &mut self.state.entries {
+            entry.stale = entry.analysis.is_some();
+        }
+        let generation = self.workers.analyse(editor.applied.clone(), self.state.settings.detect.clone(), items);
+        self.state.progress = state::Progress { generation, done: 0, total: order.len(), running: true, error: None };
+    }
+
+    pub fn cancel(&mut self) {
+        self.workers.cancel();
+        self.state.progress.running = false;
+    }
+
+    fn handle_messages(&mut self, ctx: &egui::Context) {
+        while let Ok(message) = self.workers.messages.try_recv() {
+            self.handle(ctx, message);
+        }
+    }
+
+    fn handle(&mut self, ctx: &egui::Context, message: Message) {
+        let state = &mut self.state;
+        match message {
+            Message::ModelLoading { model } => {
+                state.model = Some(ModelStatus::Loading { model, file: String::new(), done: 0, total: 0 });
+            }
+            Message::Download { file: f, done: d, total: t } => {
+                if let Some(ModelStatus::Loading { file, done, total, .. }) = &mut state.model {
+                    (*file, *done, *total) = (f, d, t);
+                }
+            }
+            Message::ModelReady { name } => state.model = Some(ModelStatus::Ready { model: name }),
+            Message::ModelFailed { model, error } => state.model = Some(ModelStatus::Failed { model, error }),
+            Message::PromptsEncoded { generation, encoded, seconds } => {
+                if generation == state.progress.generation {
+                    state.last_encoding = Some((encoded, seconds));
+                }
+            }
+            Message::Analysed { generation, id, outcome } => {
+                if generation != state.progress.generation {
+                    return;
+                }
+                state.progress.done += 1;
+                let Some(index) = state.index_of(id) else { return };
+                let entry = &mut state.entries[index];
+                entry.stale = false;
+                match outcome {
+                    Ok(analysis) => {
+                        entry.analysis = Some(analysis);
+                        entry.error = None;
+                    }
+                    Err(e) => {
+                        entry.analysis = None;
+                        entry.error = Some(e);
+                    }
+                }
+                if state.selected == Some(index) {
+                    self.content = None;
+                }
+            }
+            Message::AnalysisDone { generation, error } => {
+                if generation == state.progress.generation {
+                    state.progress.running = false;
+                    state.progress.error = error;
+                }
+            }
+            Message::Thumbnail { id, outcome } => {
+                let Some(index) = state.index_of(id) else { return };
+                match outcome {
+                    Ok(image) => {
+                        let texture = ctx.load_texture(format!("thumbnail-{id}"), image, egui::TextureOptions::LINEAR);
+                        state.entries[index].thumbnail = Some(texture);
+                    }
+                    Err(e) => state.entries[index].error = Some(e),
+                }
+            }
+            Message::Picture { id, outcome } => {
+                let Some(index) = state.index_of(id) else { return };
+                match outcome {
+                    Ok(picture) if state.selected == Some(index) => {
+                        state.shown = Some(Shown { id, picture });
+                        self.content = None;
+                    }
+                    Ok(_) => {}
+                    Err(e) => state.entries[index].error = Some(e),
+                }
+            }
+            Message::Picked(pick) => self.picked(pick),
+            Message::Notice(text) => state.notice = Some(text),
+        }
+    }
+
+    fn picked(&mut self, pick: worker::Pick) {
+        match pick {
+            worker::Pick::Images(paths) => self.open(&paths),
+            worker::Pick::ModelFolder(folder) => {
+                self.state.settings.model = folder.display().to_string();
+                self.load_model();
+            }
+        }
+    }
+
+    /// What the viewer draws for the selected image, rebuilt when its picture or result changes.
+    fn current_content(&mut self) -> Option<HeatmapContent> {
+        let shown = self.state.shown.as_ref()?;
+        let index = self.state.index_of(shown.id)?;
+        if self.content.is_none() {
+            let map = self.state.entries[index]
+                .analysis
+                .as_ref()
+                .map(|a| a.map.clone())
+                .filter(|m| (m.width as u32, m.height as u32) == shown.picture.image.dimensions());
+            self.content = Some(HeatmapContent { image: shown.picture.image.clone(), map, mask: shown.picture.mask.clone() });
+        }
+        self.content.clone()
+    }
+
+    fn shortcuts(&mut self, ctx: &egui::Context) {
+        let ctrl = |key| KeyboardShortcut::new(Modifiers::COMMAND, key);
+        if ctx.input_mut(|i| i.consume_shortcut(&ctrl(Key::O))) {
+            self.pick_images(false);
+        }
+        if ctx.input_mut(|i| i.consume_key(Modifiers::NONE, Key::F1)) {
+            self.show_help = !self.show_help;
+        }
+        // Plain keys belong to a text box while one is focused.
+        if ctx.memory(|m| m.focused().is_some()) {
+            return;
+        }
+        if ctx.input_mut(|i| i.consume_shortcut(&ctrl(Key::Z))) {
+            self.undo_prompts();
+        }
+        let pressed = |key| ctx.input_mut(|i| i.consume_key(Modifiers::NONE, key));
+        let step = [
+            (Key::ArrowDown, SelectionStep::Next),
+            (Key::ArrowUp, SelectionStep::Previous),
+            (Key::Home, SelectionStep::First),
+            (Key::End, SelectionStep::Last),
+        ]
+        .into_iter()
+        .find(|(key, _)| pressed(*key));
+        if let Some((_, step)) = step
+            && let Some(index) = self.state.step_selection(step)
+        {
+            self.select(index);
+            self.scroll_to_selected = true;
+        }
+        if pressed(Key::Space) {
+            self.state.settings.overlay = !self.state.settings.overlay;
+        }
+        if pressed(Key::Plus) || pressed(Key::Equals) {
+            self.view.zoom_in();
+        }
+        if pressed(Key::Minus) {
+            self.view.zoom_out();
+        }
+        if pressed(Key::F) {
+            self.view.fit();
+        }
+        if pressed(Key::Num1) {
+            self.view.actual_size(ctx.pixels_per_point());
+        }
+        if ctx.input(|i| i.events.iter().any(|e| matches!(e, egui::Event::Text(t) if t == "?"))) {
+            self.show_help = !self.show_help;
+        }
+        if pressed(Key::Escape) {
+            self.show_help = false;
+        }
+    }
+
+    pub fn undo_prompts(&mut self) {
+        if self.editor.as_mut().and_then(PromptEditor::undo).is_some() {
+            self.analyse_all();
+        }
+    }
+
+    /// Applies a prompt edit after the typing pause.
+    fn poll_editor(&mut self, ctx: &egui::Context) {
+        let now = Instant::now();
+        let Some(editor) = &mut self.editor else { return };
+        if editor.poll(now).is_some() {
+            self.analyse_all();
+        } else if let Some(wait) = editor.pending(now) {
+            ctx.request_repaint_after(wait);
+        }
+    }
+
+    /// The file dialog runs on its own thread: the window keeps drawing while it is open.
+    fn pick_images(&self, folder: bool) {
+        let outbox = self.workers.outbox();
+        std::thread::spawn(move || {
+            let dialog = rfd::FileDialog::new();
+            let paths = if folder {
+                dialog.pick_folder().map(|f| vec![f])
+            } else {
+                dialog.add_filter("images", &files::IMAGE_EXTENSIONS).pick_files()
+            };
+            if let Some(paths) = paths {
+                outbox.send(Message::Picked(worker::Pick::Images(paths)));
+            }
+        });
+    }
+
+    fn pick_model_folder(&self) {
+        let outbox = self.workers.outbox();
+        std::thread::spawn(move || {
+            if let Some(folder) = rfd::FileDialog::new().set_title("Model folder").pick_folder() {
+                outbox.send(Message::Picked(worker::Pick::ModelFolder(folder)));
+            }
+        });
+    }
+
+    fn dropped_files(&mut self, ctx: &egui::Context) {
+        let dropped: Vec<PathBuf> = ctx.input(|i| i.raw.dropped_files.iter().map(|f| f.path().to_owned()).collect());
+        if !dropped.is_empty() {
+            self.open(&dropped);
+        }
+    }
+
+    /// `alfa screenshot`: waits for the model, the analysis and the picture, then
+    /// saves the window and closes it.
+    fn screenshot_step(&mut self, ctx: &egui::Context) {
+        let Some(out) = &self.screenshot else { return };
+        let model_settled = !matches!(self.state.model, Some(ModelStatus::Loading { .. }));
+        let ready = model_settled
+            && !self.state.progress.running
+            && (self.state.entries.is_empty() || self.state.shown.is_some());
+        if ready && !self.screenshot_requested {
+            self.screenshot_requested = true;
+            let (out, closer) = (out.clone(), ctx.clone());
+            ctx.request_screenshot(move |image| {
+                match save_color_image(&image, &out) {
+                    Ok(()) => eprintln!("screenshot saved to {}", out.display()),
+                    Err(e) => eprintln!("error: cannot save the screenshot: {e:#}"),
+                }
+                closer.send_viewport_cmd(egui::ViewportCommand::Close);
+                closer.request_repaint();
+            });
+        }
+        // Keep frames coming until the window closes.
+        ctx.request_repaint();
+    }
+}
+
+fn save_color_image(image: &egui::ColorImage, path: &std::path::Path) -> Result<()> {
+    let [w, h] = image.size;
+    let rgba: Vec<u8> = image.pixels.iter().flat_map(|c| c.to_array()).collect();
+    let buffer = image::RgbaImage::from_raw(w as u32, h as u32, rgba)
+        .ok_or_else(|| anyhow::anyhow!("the screenshot has an inconsistent size"))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    buffer.save(path)?;
+    Ok(())
 }
 
 impl eframe::App for AlfaApp {
-    fn ui(&mut self, ui: &mut eframe::egui::Ui, _frame: &mut eframe::Frame) {
-        eframe::egui::CentralPanel::default().show(ui, |ui| {
-            ui.heading("alfa");
-            ui.label(format!(
-                "Model: {}",
-                self.args.model.model.as_deref().unwrap_or(crate::clip::DEFAULT_MODEL)
-            ));
-            if let Some(class) = &self.args.class {
-                ui.label(format!("Class: {class}"));
-            }
-            for path in &self.args.paths {
-                ui.label(path.display().to_string());
-            }
-        });
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        let ctx = ui.ctx().clone();
+        self.frames += 1;
+        self.handle_messages(&ctx);
+        self.dropped_files(&ctx);
+        self.shortcuts(&ctx);
+        self.poll_editor(&ctx);
+        self.panels(ui);
+        self.screenshot_step(&ctx);
+    }
+
+    fn save(&mut self, storage: &mut dyn eframe::Storage) {
+        if self.persist {
+            eframe::set_value(storage, SETTINGS_KEY, &self.state.settings);
+        }
     }
 }

@@ -80,6 +80,18 @@ pub enum Command {
     Refs(refs::RefsArgs),
     /// Benchmarks (timings on random weights of the real shapes).
     Bench(BenchArgs),
+    /// Open the inspection window with PATHs, wait for the analysis, save the window as
+    /// PNG and close (needs a display: under Xvfb on a headless machine, see the README).
+    Screenshot(ScreenshotArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ScreenshotArgs {
+    /// PNG file to write.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub gui: GuiArgs,
 }
 
 #[derive(Args, Debug)]
@@ -126,6 +138,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Detect(args)) => detect::run(args),
         Some(Command::Refs(args)) => refs::run(args),
         Some(Command::Bench(args)) => run_bench(args),
+        Some(Command::Screenshot(args)) => crate::app::screenshot(args.gui, args.out),
     }
 }
 

@@ -1,0 +1,574 @@
+//! The window's panels: toolbar, image list, side pages (why, prompts, settings),
+//! viewer controls, status bar and the help window. They read and change `AppState`
+//! and send jobs; nothing here blocks.
+
+use eframe::egui;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use egui::{Color32, RichText, Ui};
+use egui_extras::{Column, TableBuilder};
+
+use super::colormap::Colormap;
+use super::export;
+use super::heatmap::PaneParams;
+use super::prompt_editor::Field;
+use super::state::{Filter, ModelStatus, Normalisation, SortKey, Verdict};
+use super::viewer::{self, ViewerFrame};
+use super::worker::{Analysis, Message};
+use super::{AlfaApp, SideTab};
+use crate::detect::engine::PromptVerdict;
+use crate::detect::WindowMode;
+
+const NG_COLOR: Color32 = Color32::from_rgb(220, 60, 50);
+const OK_COLOR: Color32 = Color32::from_rgb(60, 170, 80);
+const WARN_COLOR: Color32 = Color32::from_rgb(230, 160, 30);
+
+/// The keyboard shortcuts, shown in the help window.
+pub const SHORTCUTS: &[(&str, &str)] = &[
+    ("Ctrl+O", "open images"),
+    ("Up / Down", "previous / next image in the list"),
+    ("Home / End", "first / last image"),
+    ("Space", "heatmap overlay on / off"),
+    ("+ / -", "zoom in / out"),
+    ("F", "fit the image to the view"),
+    ("1", "1:1 (one image pixel per screen pixel)"),
+    ("Mouse wheel / drag", "zoom at the cursor / pan"),
+    ("Ctrl+Z", "undo the last prompt edit (outside text boxes)"),
+    ("F1 or ?", "this help"),
+    ("Esc", "close this help"),
+];
+
+fn verdict_badge(ui: &mut Ui, verdict: Verdict) {
+    let color = match verdict {
+        Verdict::Ok => OK_COLOR,
+        Verdict::Ng => NG_COLOR,
+    };
+    ui.label(RichText::new(verdict.label()).strong().color(Color32::WHITE).background_color(color));
+}
+
+impl AlfaApp {
+    pub(super) fn panels(&mut self, ui: &mut Ui) {
+        egui::Panel::top("toolbar").show(ui, |ui| self.toolbar(ui));
+        egui::Panel::bottom("status").show(ui, |ui| self.status_bar(ui));
+        egui::Panel::left("images").default_size(250.0).show(ui, |ui| self.image_list(ui));
+        egui::Panel::right("side").default_size(420.0).show(ui, |ui| self.side(ui));
+        egui::CentralPanel::default().show(ui, |ui| {
+            self.model_problem(ui);
+            self.viewer_controls(ui);
+            ui.separator();
+            let content = self.current_content();
+            let (low, high) = self.state.selected.map_or((0.0, 1.0), |i| self.state.levels(i));
+            let s = &self.state.settings;
+            let params = PaneParams {
+                image_rect_px: egui::Rect::NOTHING,
+                low,
+                high,
+                threshold: s.threshold,
+                opacity: s.opacity,
+                colormap: s.colormap,
+                overlay: s.overlay,
+                outline: s.outline,
+                mask_outline: true,
+            };
+            let frame = ViewerFrame { content: content.as_ref(), params, side_by_side: s.side_by_side, gpu: self.gpu };
+            viewer::show(ui, &mut self.view, frame);
+        });
+        let ctx = ui.ctx().clone();
+        egui::Window::new("Keyboard shortcuts").open(&mut self.show_help).collapsible(false).show(&ctx, |ui| {
+            egui::Grid::new("shortcuts").striped(true).show(ui, |ui| {
+                for (keys, action) in SHORTCUTS {
+                    ui.label(RichText::new(*keys).monospace());
+                    ui.label(*action);
+                    ui.end_row();
+                }
+            });
+        });
+    }
+
+    fn toolbar(&mut self, ui: &mut Ui) {
+        ui.horizontal_wrapped(|ui| {
+            if ui.button("Open images…").clicked() {
+                self.pick_images(false);
+            }
+            if ui.button("Open folder…").clicked() {
+                self.pick_images(true);
+            }
+            ui.separator();
+            let label = ui.label("Class:");
+            let class = ui.add(egui::TextEdit::singleline(&mut self.class_input).desired_width(120.0)).labelled_by(label.id);
+            if class.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter)) {
+                self.set_class(self.class_input.clone());
+            }
+            if ui.button("Apply class").clicked() {
+                self.set_class(self.class_input.clone());
+            }
+            ui.separator();
+            let progress = &self.state.progress;
+            if progress.running {
+                let fraction = progress.done as f32 / progress.total.max(1) as f32;
+                ui.add(
+                    egui::ProgressBar::new(fraction)
+                        .desired_width(160.0)
+                        .text(format!("analysed {} of {}", progress.done, progress.total)),
+                );
+                if ui.button("Cancel").clicked() {
+                    self.cancel();
+                }
+            } else if !self.state.entries.is_empty() && ui.button("Analyse again").clicked() {
+                self.analyse_all();
+            }
+            ui.separator();
+            if ui.button("Export…").on_hover_text("Overlay PNG, map TIFF and mask PNG of this image, and the scores of the list").clicked() {
+                self.export();
+            }
+            if ui.button("Help (F1)").clicked() {
+                self.show_help = true;
+            }
+        });
+    }
+
+    fn status_bar(&mut self, ui: &mut Ui) {
+        ui.horizontal(|ui| {
+            match &self.state.model {
+                Some(ModelStatus::Loading { model, file, done, total }) => {
+                    ui.spinner();
+                    if *total > 0 {
+                        ui.label(format!("downloading {file} ({} of {} MB) for {model}", done >> 20, total >> 20));
+                    } else {
+                        ui.label(format!("loading {model}…"));
+                    }
+                }
+                Some(ModelStatus::Ready { model }) => {
+                    // A folder's last part is enough to recognise it; the hover has the rest.
+                    let short = std::path::Path::new(model).file_name().map_or(model.clone(), |n| n.to_string_lossy().into_owned());
+                    ui.label(format!("model: {short}")).on_hover_text(model);
+                }
+                Some(ModelStatus::Failed { model, .. }) => {
+                    ui.colored_label(NG_COLOR, format!("model {model} failed to load"));
+                }
+                None => {}
+            }
+            ui.separator();
+            let analysed = self.state.analysed();
+            let ng = (0..self.state.entries.len()).filter(|&i| self.state.verdict(i) == Some(Verdict::Ng)).count();
+            ui.label(format!("{} images, {analysed} analysed, {ng} NG", self.state.entries.len()));
+            if let Some((encoded, seconds)) = self.state.last_encoding {
+                ui.separator();
+                ui.label(format!("prompts: {encoded} newly encoded")).on_hover_text(format!("in {seconds:.2} s"));
+            }
+            if let Some(error) = &self.state.progress.error {
+                ui.separator();
+                ui.colored_label(NG_COLOR, error);
+            }
+            if let Some(notice) = &self.state.notice {
+                ui.separator();
+                ui.label(notice);
+            }
+        });
+    }
+
+    /// The error and what to do when the model cannot be loaded.
+    fn model_problem(&mut self, ui: &mut Ui) {
+        let Some(ModelStatus::Failed { model, error }) = &self.state.model else { return };
+        let (model, error) = (model.clone(), error.clone());
+        egui::Frame::group(ui.style()).fill(ui.visuals().extreme_bg_color).show(ui, |ui| {
+            ui.colored_label(NG_COLOR, RichText::new(format!("The model `{model}` could not be loaded")).strong());
+            egui::ScrollArea::vertical().max_height(120.0).show(ui, |ui| {
+                ui.label(RichText::new(error).monospace());
+            });
+            ui.label("Choose a folder with open_clip_config.json, the weights and tokenizer.json, or fix the network and retry.");
+            ui.horizontal(|ui| {
+                if ui.button("Choose model folder…").clicked() {
+                    self.pick_model_folder();
+                }
+                if ui.button("Retry").clicked() {
+                    self.load_model();
+                }
+            });
+        });
+    }
+
+    fn image_list(&mut self, ui: &mut Ui) {
+        ui.heading("Images");
+        ui.horizontal(|ui| {
+            ui.label("Sort:");
+            ui.selectable_value(&mut self.state.settings.sort, SortKey::Name, "name");
+            ui.selectable_value(&mut self.state.settings.sort, SortKey::Score, "score");
+        });
+        ui.horizontal(|ui| {
+            ui.label("Show:");
+            ui.selectable_value(&mut self.state.settings.filter, Filter::All, "all");
+            ui.selectable_value(&mut self.state.settings.filter, Filter::OnlyNg, "only NG");
+            ui.selectable_value(&mut self.state.settings.filter, Filter::Failed, "unreadable");
+        });
+        ui.separator();
+        let visible = self.state.visible();
+        let mut clicked = None;
+        let row_height = 56.0;
+        egui::ScrollArea::vertical().auto_shrink([false, false]).show_rows(ui, row_height, visible.len(), |ui, rows| {
+            for &index in &visible[rows] {
+                let entry = &self.state.entries[index];
+                let selected = self.state.selected == Some(index);
+                let verdict = self.state.verdict(index);
+                let response = ui
+                    .horizontal(|ui| {
+                        ui.set_min_height(row_height - 4.0);
+                        match &entry.thumbnail {
+                            Some(t) => {
+                                ui.add(egui::Image::new(t).fit_to_exact_size(egui::vec2(48.0, 48.0)));
+                            }
+                            None => {
+                                ui.allocate_exact_size(egui::vec2(48.0, 48.0), egui::Sense::hover());
+                            }
+                        }
+                        ui.vertical(|ui| {
+                            let name = ui.selectable_label(selected, &entry.name);
+                            ui.horizontal(|ui| match (entry.score(), verdict, &entry.error) {
+                                (_, _, Some(error)) => {
+                                    ui.colored_label(NG_COLOR, "unreadable").on_hover_text(error);
+                                }
+                                (Some(score), Some(verdict), None) => {
+                                    verdict_badge(ui, verdict);
+                                    let text = format!("{score:.3}");
+                                    if entry.stale {
+                                        ui.weak(text).on_hover_text("from the previous prompts; re-scoring");
+                                    } else {
+                                        ui.label(text);
+                                    }
+                                }
+                                _ => {
+                                    ui.weak("waiting");
+                                }
+                            });
+                            name
+                        })
+                        .inner
+                    })
+                    .inner;
+                if response.clicked() {
+                    clicked = Some(index);
+                }
+                if selected && self.scroll_to_selected {
+                    response.scroll_to_me(None);
+                }
+            }
+        });
+        self.scroll_to_selected = false;
+        if let Some(index) = clicked {
+            self.select(index);
+        }
+    }
+
+    fn viewer_controls(&mut self, ui: &mut Ui) {
+        let (low, high) = self.state.selected.map_or((0.0, 1.0), |i| self.state.levels(i));
+        let s = &mut self.state.settings;
+        ui.horizontal_wrapped(|ui| {
+            ui.add(egui::Slider::new(&mut s.threshold, 0.0..=1.0).text("Threshold").step_by(0.001));
+            ui.add_enabled(false, egui::Button::new("From good references…"))
+                .on_disabled_hover_text("Threshold at a target false-positive rate from good reference images: comes with few-shot mode.");
+            ui.separator();
+            ui.checkbox(&mut s.overlay, "Overlay");
+            ui.add(egui::Slider::new(&mut s.opacity, 0.0..=1.0).text("Opacity"));
+            ui.checkbox(&mut s.outline, "Outline >= threshold");
+            ui.checkbox(&mut s.side_by_side, "Side by side");
+        });
+        ui.horizontal_wrapped(|ui| {
+            egui::ComboBox::from_label("Colours")
+                .selected_text(s.colormap.label())
+                .show_ui(ui, |ui| {
+                    for map in Colormap::ALL {
+                        ui.selectable_value(&mut s.colormap, map, map.label());
+                    }
+                });
+            ui.label("Normalise:");
+            ui.selectable_value(&mut s.normalisation, Normalisation::PerSet, "per set")
+                .on_hover_text("Colours span the min and max over every analysed image, so good parts stay cold.");
+            ui.selectable_value(&mut s.normalisation, Normalisation::PerImage, "per image");
+            ui.selectable_value(&mut s.normalisation, Normalisation::Absolute, "0 to 1");
+            ui.separator();
+            if ui.button("Fit (F)").clicked() {
+                self.view.fit();
+            }
+            if ui.button("1:1").clicked() {
+                self.view.actual_size(ui.ctx().pixels_per_point());
+            }
+            viewer::legend(ui, s.colormap, low, high, s.threshold);
+        });
+    }
+
+    fn side(&mut self, ui: &mut Ui) {
+        ui.horizontal(|ui| {
+            ui.selectable_value(&mut self.tab, SideTab::Why, "Why");
+            ui.selectable_value(&mut self.tab, SideTab::Prompts, "Prompts");
+            ui.selectable_value(&mut self.tab, SideTab::Settings, "Settings");
+        });
+        ui.separator();
+        egui::ScrollArea::vertical().auto_shrink([false, false]).show(ui, |ui| match self.tab {
+            SideTab::Why => self.why(ui),
+            SideTab::Prompts => self.prompt_editor(ui),
+            SideTab::Settings => self.settings_page(ui),
+        });
+    }
+
+    fn why(&mut self, ui: &mut Ui) {
+        let Some(index) = self.state.selected else {
+            ui.label("Select an image.");
+            return;
+        };
+        let entry = &self.state.entries[index];
+        ui.heading(&entry.name);
+        if let Some(error) = &entry.error {
+            ui.colored_label(NG_COLOR, error);
+            return;
+        }
+        let Some(analysis) = entry.analysis.clone() else {
+            ui.label("Not analysed yet.");
+            return;
+        };
+        let d = &analysis.detection;
+        ui.horizontal(|ui| {
+            verdict_badge(ui, Verdict::of(d.image_score, self.state.settings.threshold));
+            ui.label(RichText::new(format!("image score {:.3}", d.image_score)).strong());
+        });
+        egui::Grid::new("scores").show(ui, |ui| {
+            ui.label("S_G (global)");
+            ui.label(format!("{:.3}", d.global_score));
+            ui.end_row();
+            ui.label("max S_L (local)");
+            ui.label(format!("{:.3}", d.local_max));
+            ui.end_row();
+        });
+        for (label, fired) in [("normal", d.prompts.normal_fallback), ("abnormal", d.prompts.abnormal_fallback)] {
+            if fired {
+                ui.colored_label(
+                    WARN_COLOR,
+                    format!("Fallback: no {label} prompt survived contextual scoring; its best prompts were used."),
+                );
+            }
+        }
+        ui.separator();
+        ui.strong("Closest descriptors");
+        let best = d.descriptors.first().map_or(1.0, |m| m.similarity.max(1e-6));
+        for m in &d.descriptors {
+            ui.add(egui::ProgressBar::new((m.similarity / best).clamp(0.0, 1.0)).text(format!("{:.3}  {}", m.similarity, m.text)));
+        }
+        ui.separator();
+        ui.horizontal(|ui| {
+            ui.label("Sort prompts by:");
+            ui.selectable_value(&mut self.prompt_sort, PromptSort::Score, "S_c");
+            ui.selectable_value(&mut self.prompt_sort, PromptSort::Similarity, "similarity");
+            ui.selectable_value(&mut self.prompt_sort, PromptSort::Text, "text");
+        });
+        for (label, verdicts) in [("Normal", &d.prompts.normal), ("Abnormal", &d.prompts.abnormal)] {
+            let kept = verdicts.iter().filter(|v| v.kept).count();
+            egui::CollapsingHeader::new(format!("{label} prompts: {kept} kept of {}", verdicts.len()))
+                .default_open(label == "Abnormal")
+                .show(ui, |ui| prompt_table(ui, label, verdicts, self.prompt_sort));
+        }
+        egui::CollapsingHeader::new("Timings").show(ui, |ui| {
+            for t in &d.timings {
+                ui.label(format!("{:<10} {:.3} s", t.stage, t.seconds));
+            }
+        });
+    }
+
+    fn prompt_editor(&mut self, ui: &mut Ui) {
+        let Some(editor) = &mut self.editor else {
+            ui.label("Name the object class in the toolbar.");
+            return;
+        };
+        ui.heading(format!("Prompts of `{}`", editor.applied.class.id));
+        match &editor.source {
+            Some(path) => ui.label(format!("from {}", path.display())),
+            None => ui.label("built in"),
+        };
+        if editor.generic_fallback {
+            ui.colored_label(WARN_COLOR, "No set for this class: the generic set is used. Edit and save to make one.");
+        }
+        ui.label("One entry per line. `{c}` is the class name; bases need `{domain}` and `{state}`. Changes re-score after a short pause.");
+        ui.horizontal(|ui| {
+            if ui.add_enabled(editor.can_undo(), egui::Button::new("Undo")).clicked() {
+                self.undo_requested = true;
+            }
+            let save = ui.add_enabled(editor.unsaved, egui::Button::new("Save"));
+            if save.on_hover_text("Writes prompts/<class>.toml (used from now on)").clicked() {
+                let dir = crate::prompts::PromptStore::default_location().dir.unwrap_or_else(|| "prompts".into());
+                self.state.notice = Some(match editor.save(&dir) {
+                    Ok(path) => format!("saved {}", path.display()),
+                    Err(e) => e,
+                });
+            }
+            ui.add_enabled(false, egui::Button::new("Generate more…"))
+                .on_disabled_hover_text("Generating prompts with an LLM comes with `alfa prompts generate`.");
+        });
+        if let Some(error) = &editor.error {
+            ui.colored_label(NG_COLOR, error);
+        }
+        let now = Instant::now();
+        let mut edited = false;
+        for (field, text) in Field::ALL.iter().zip(editor.texts.iter_mut()) {
+            let lines = text.lines().filter(|l| !l.trim().is_empty()).count();
+            let label = ui.strong(format!("{} ({lines})", field.label()));
+            let rows = if matches!(field, Field::LlmNormal | Field::LlmAbnormal | Field::Descriptors) { 8 } else { 3 };
+            let response = ui.add(
+                egui::TextEdit::multiline(text)
+                    .id_salt(field.label())
+                    .desired_rows(rows)
+                    .desired_width(f32::INFINITY),
+            );
+            let response = response.labelled_by(label.id);
+            edited |= response.changed();
+        }
+        if edited {
+            editor.edited(now);
+        }
+        if std::mem::take(&mut self.undo_requested) {
+            self.undo_prompts();
+        }
+    }
+
+    fn settings_page(&mut self, ui: &mut Ui) {
+        let s = &mut self.state.settings;
+        ui.heading("Model");
+        ui.horizontal(|ui| {
+            ui.label("Model:");
+            ui.add(egui::TextEdit::singleline(&mut s.model).hint_text(crate::clip::DEFAULT_MODEL).desired_width(260.0));
+        });
+        ui.label(RichText::new("A hub repo id, a model folder or a weights file; empty for the default.").small());
+        ui.checkbox(&mut s.cpu, "Run on the CPU");
+        ui.label(RichText::new(device_note()).small());
+        let mut reload = false;
+        let mut choose = false;
+        ui.horizontal(|ui| {
+            reload = ui.button("Load model").clicked();
+            choose = ui.button("Choose model folder…").clicked();
+        });
+        ui.separator();
+        ui.heading("Detection");
+        let mut changed = false;
+        let mut scales = s.detect.scales.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(",");
+        ui.horizontal(|ui| {
+            ui.label("Window scales (patches):");
+            if ui.add(egui::TextEdit::singleline(&mut scales).desired_width(80.0)).changed() {
+                let parsed: Result<Vec<usize>, _> = scales.split(',').map(|v| v.trim().parse()).collect();
+                if let Ok(parsed) = parsed.map(|p: Vec<usize>| p.into_iter().filter(|&v| v > 0).collect::<Vec<_>>())
+                    && !parsed.is_empty()
+                {
+                    s.detect.scales = parsed;
+                    changed = true;
+                }
+            }
+        });
+        ui.horizontal(|ui| {
+            ui.label("Window mode:");
+            changed |= ui.selectable_value(&mut s.detect.window_mode, WindowMode::Tokens, "tokens (fast)").changed();
+            changed |= ui.selectable_value(&mut s.detect.window_mode, WindowMode::Pixels, "pixels (paper, slow)").changed();
+        });
+        ui.label(RichText::new("Settings are remembered across runs.").small());
+        if changed {
+            self.analyse_all();
+        }
+        if reload {
+            self.load_model();
+        }
+        if choose {
+            self.pick_model_folder();
+        }
+    }
+
+    /// Writes the selected image's overlay, map and mask, and the list's scores, into a
+    /// folder the user picks; the dialog and the encoding run off the UI thread.
+    fn export(&mut self) {
+        let rows_state = export::ScoreTable::from_state(&self.state);
+        let selected = self.state.selected.and_then(|i| {
+            let entry = &self.state.entries[i];
+            let analysis: Arc<Analysis> = entry.analysis.clone()?;
+            let shown = self.state.shown.as_ref().filter(|s| s.id == entry.id)?;
+            let (low, high) = self.state.levels(i);
+            let s = &self.state.settings;
+            Some(export::ImageExport {
+                stem: entry.path.file_stem().map_or_else(|| "image".into(), |s| s.to_string_lossy().into_owned()),
+                image: shown.picture.image.clone(),
+                map: analysis.map.clone(),
+                style: export::OverlayStyle { colormap: s.colormap, opacity: s.opacity, low, high },
+                threshold: s.threshold,
+            })
+        });
+        let outbox = self.workers.outbox();
+        std::thread::spawn(move || {
+            let Some(dir) = rfd::FileDialog::new().set_title("Export to folder").pick_folder() else { return };
+            let text = match export::export_all(&dir, &rows_state, selected.as_ref()) {
+                Ok(files) => format!("exported {} files to {}", files.len(), dir.display()),
+                Err(e) => format!("export failed: {e}"),
+            };
+            outbox.send(Message::Notice(text));
+        });
+    }
+}
+
+fn device_note() -> &'static str {
+    if cfg!(feature = "cuda") {
+        "Built with CUDA: the GPU is used when present."
+    } else if cfg!(feature = "metal") {
+        "Built with Metal: the GPU is used when present."
+    } else {
+        "This build runs on the CPU (build with --features cuda or metal for a GPU)."
+    }
+}
+
+/// How the prompt tables are ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PromptSort {
+    #[default]
+    Score,
+    Similarity,
+    Text,
+}
+
+fn prompt_table(ui: &mut Ui, label: &str, verdicts: &[PromptVerdict], sort: PromptSort) {
+    let mut rows: Vec<&PromptVerdict> = verdicts.iter().collect();
+    match sort {
+        PromptSort::Score => rows.sort_by(|a, b| b.score.total_cmp(&a.score)),
+        PromptSort::Similarity => rows.sort_by(|a, b| b.similarity.total_cmp(&a.similarity)),
+        PromptSort::Text => rows.sort_by(|a, b| a.text.cmp(&b.text)),
+    }
+    TableBuilder::new(ui)
+        .id_salt(label)
+        .striped(true)
+        .max_scroll_height(260.0)
+        .column(Column::exact(40.0))
+        .column(Column::exact(52.0))
+        .column(Column::exact(52.0))
+        .column(Column::remainder().clip(true))
+        .header(18.0, |mut header| {
+            for title in ["kept", "S_c", "sim", "prompt"] {
+                header.col(|ui| {
+                    ui.strong(title);
+                });
+            }
+        })
+        .body(|body| {
+            body.rows(18.0, rows.len(), |mut row| {
+                let v = rows[row.index()];
+                row.col(|ui| {
+                    if v.kept {
+                        ui.colored_label(OK_COLOR, "kept");
+                    } else {
+                        ui.weak("drop");
+                    }
+                });
+                row.col(|ui| {
+                    ui.label(format!("{:.2}", v.score));
+                });
+                row.col(|ui| {
+                    ui.label(format!("{:.3}", v.similarity));
+                });
+                row.col(|ui| {
+                    let text = if v.kept { RichText::new(&v.text) } else { RichText::new(&v.text).weak() };
+                    ui.label(text).on_hover_text(format!("{} ({:?})", v.text, v.source));
+                });
+            });
+        });
+}

@@ -1,0 +1,245 @@
+//! Live editing of a class's prompt set: one text box per list (one entry per line),
+//! re-scoring after a pause in typing, an undo stack of applied versions, and an
+//! atomic save to `prompts/<class>.toml`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::prompts::set::file_for;
+use crate::prompts::{PromptSet, ResolvedPrompts};
+
+/// Typing pause after which the edited set is applied.
+pub const DEBOUNCE: Duration = Duration::from_millis(500);
+/// Versions kept for undo.
+const UNDO_DEPTH: usize = 50;
+
+/// The lists of a prompt set the editor shows, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Bases,
+    Domains,
+    NormalStates,
+    AbnormalStates,
+    LlmNormal,
+    LlmAbnormal,
+    Descriptors,
+}
+
+impl Field {
+    pub const ALL: [Field; 7] = [
+        Field::Bases,
+        Field::Domains,
+        Field::NormalStates,
+        Field::AbnormalStates,
+        Field::LlmNormal,
+        Field::LlmAbnormal,
+        Field::Descriptors,
+    ];
+
+    /// Also the text box's accessibility label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Field::Bases => "Template bases",
+            Field::Domains => "Domain words",
+            Field::NormalStates => "Normal state phrases",
+            Field::AbnormalStates => "Abnormal state phrases",
+            Field::LlmNormal => "Normal LLM prompts",
+            Field::LlmAbnormal => "Abnormal LLM prompts",
+            Field::Descriptors => "Descriptors",
+        }
+    }
+
+    fn list(self, set: &PromptSet) -> &Vec<String> {
+        match self {
+            Field::Bases => &set.templates.bases,
+            Field::Domains => &set.templates.domains,
+            Field::NormalStates => &set.templates.normal_states,
+            Field::AbnormalStates => &set.templates.abnormal_states,
+            Field::LlmNormal => &set.llm.normal,
+            Field::LlmAbnormal => &set.llm.abnormal,
+            Field::Descriptors => &set.descriptors.abnormal,
+        }
+    }
+
+    fn list_mut(self, set: &mut PromptSet) -> &mut Vec<String> {
+        match self {
+            Field::Bases => &mut set.templates.bases,
+            Field::Domains => &mut set.templates.domains,
+            Field::NormalStates => &mut set.templates.normal_states,
+            Field::AbnormalStates => &mut set.templates.abnormal_states,
+            Field::LlmNormal => &mut set.llm.normal,
+            Field::LlmAbnormal => &mut set.llm.abnormal,
+            Field::Descriptors => &mut set.descriptors.abnormal,
+        }
+    }
+}
+
+pub struct PromptEditor {
+    /// The set the analysis uses now.
+    pub applied: PromptSet,
+    /// Where it was read from (`None`: built in).
+    pub source: Option<PathBuf>,
+    /// The class had no set of its own and uses the generic one.
+    pub generic_fallback: bool,
+    /// One text per field, as the user typed it.
+    pub texts: Vec<String>,
+    undo: Vec<PromptSet>,
+    last_edit: Option<Instant>,
+    /// Why the typed text is not applied (e.g. a label without prompts).
+    pub error: Option<String>,
+    /// Applied changes not yet saved.
+    pub unsaved: bool,
+}
+
+impl PromptEditor {
+    pub fn new(resolved: ResolvedPrompts) -> Self {
+        let texts = texts_of(&resolved.set);
+        Self {
+            applied: resolved.set,
+            source: resolved.path,
+            generic_fallback: resolved.generic_fallback,
+            texts,
+            undo: Vec::new(),
+            last_edit: None,
+            error: None,
+            unsaved: false,
+        }
+    }
+
+    pub fn edited(&mut self, now: Instant) {
+        self.last_edit = Some(now);
+    }
+
+    /// How long until a pending edit is applied.
+    pub fn pending(&self, now: Instant) -> Option<Duration> {
+        self.last_edit.map(|t| DEBOUNCE.saturating_sub(now.duration_since(t)))
+    }
+
+    /// After the pause, the typed set if it is valid and differs from the applied one.
+    pub fn poll(&mut self, now: Instant) -> Option<PromptSet> {
+        let since = now.duration_since(self.last_edit?);
+        if since < DEBOUNCE {
+            return None;
+        }
+        self.last_edit = None;
+        let mut set = self.applied.clone();
+        for (field, text) in Field::ALL.iter().zip(&self.texts) {
+            *field.list_mut(&mut set) = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect();
+        }
+        if let Err(e) = checked(&set) {
+            self.error = Some(e);
+            return None;
+        }
+        self.error = None;
+        if set == self.applied {
+            return None;
+        }
+        self.undo.push(std::mem::replace(&mut self.applied, set.clone()));
+        if self.undo.len() > UNDO_DEPTH {
+            self.undo.remove(0);
+        }
+        self.unsaved = true;
+        Some(set)
+    }
+
+    pub fn can_undo(&self) -> bool {
+        !self.undo.is_empty()
+    }
+
+    /// Back to the previously applied set, which is returned for re-scoring.
+    pub fn undo(&mut self) -> Option<PromptSet> {
+        let previous = self.undo.pop()?;
+        self.texts = texts_of(&previous);
+        self.applied = previous.clone();
+        self.last_edit = None;
+        self.error = None;
+        self.unsaved = true;
+        Some(previous)
+    }
+
+    /// Writes the applied set to `<dir>/<class>.toml` through a temporary file and a
+    /// rename, so a crash never leaves half a file.
+    pub fn save(&mut self, dir: &Path) -> Result<PathBuf, String> {
+        let path = file_for(dir, &self.applied.class.id);
+        let body = toml::to_string_pretty(&self.applied).map_err(|e| e.to_string())?;
+        let text = format!(
+            "# alfa prompt set for {}, saved from the inspection app. `{{c}}` is replaced by the class name.\n\n{body}",
+            self.applied.class.id
+        );
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let temp = dir.join(format!(".{}.toml.tmp", self.applied.class.id));
+        std::fs::write(&temp, text).map_err(|e| format!("cannot write {}: {e}", temp.display()))?;
+        std::fs::rename(&temp, &path).map_err(|e| format!("cannot replace {}: {e}", path.display()))?;
+        self.source = Some(path.clone());
+        self.unsaved = false;
+        Ok(path)
+    }
+}
+
+fn texts_of(set: &PromptSet) -> Vec<String> {
+    Field::ALL.iter().map(|f| f.list(set).join("\n")).collect()
+}
+
+/// The prompt file's own checks, by a round trip through its TOML form.
+fn checked(set: &PromptSet) -> Result<(), String> {
+    let text = toml::to_string(set).map_err(|e| e.to_string())?;
+    PromptSet::from_toml(&text, Path::new("(edited set)")).map(|_| ()).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prompts::PromptStore;
+
+    fn editor() -> PromptEditor {
+        PromptEditor::new(PromptStore { dir: None }.resolve("bottle").unwrap())
+    }
+
+    fn field_index(field: Field) -> usize {
+        Field::ALL.iter().position(|f| *f == field).unwrap()
+    }
+
+    #[test]
+    fn edits_apply_after_the_pause_and_undo_restores() {
+        let mut editor = editor();
+        let original = editor.applied.clone();
+        let start = Instant::now();
+        editor.texts[field_index(Field::LlmAbnormal)].push_str("\nAn abnormal image of {c} shows a green stripe.");
+        editor.edited(start);
+        assert_eq!(editor.poll(start + DEBOUNCE / 2), None, "too early");
+        let applied = editor.poll(start + DEBOUNCE).expect("applied after the pause");
+        assert_eq!(applied.llm.abnormal.len(), original.llm.abnormal.len() + 1);
+        assert_eq!(applied.llm.abnormal.last().unwrap(), "An abnormal image of {c} shows a green stripe.");
+        assert_eq!(editor.undo(), Some(original.clone()));
+        assert_eq!(editor.applied, original);
+        assert!(!editor.can_undo());
+    }
+
+    #[test]
+    fn an_invalid_set_is_not_applied() {
+        let mut editor = editor();
+        let start = Instant::now();
+        for field in [Field::NormalStates, Field::LlmNormal] {
+            editor.texts[field_index(field)].clear();
+        }
+        editor.edited(start);
+        assert_eq!(editor.poll(start + DEBOUNCE), None);
+        assert!(editor.error.as_deref().unwrap().contains("normal label has no prompts"), "{:?}", editor.error);
+    }
+
+    #[test]
+    fn save_writes_a_file_that_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut editor = editor();
+        let start = Instant::now();
+        editor.texts[field_index(Field::Domains)] = "photo\nx-ray image".into();
+        editor.edited(start);
+        editor.poll(start + DEBOUNCE).unwrap();
+        let path = editor.save(dir.path()).unwrap();
+        assert_eq!(path, dir.path().join("bottle.toml"));
+        let read = PromptStore { dir: Some(dir.path().to_owned()) }.resolve("bottle").unwrap();
+        assert_eq!(read.set, editor.applied);
+        assert_eq!(read.set.templates.domains, ["photo", "x-ray image"]);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left");
+    }
+}

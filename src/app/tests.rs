@@ -1,0 +1,56 @@
+//! The app driven headless: what needs the engine thread's test hook.
+
+
+use std::path::PathBuf;
+
+use egui_kittest::Harness;
+
+use super::{AlfaApp, AppOptions};
+use crate::cli::{GuiArgs, ModelArgs};
+
+fn manifest() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn options(paths: Vec<PathBuf>) -> AppOptions {
+    AppOptions {
+        args: GuiArgs {
+            model: ModelArgs {
+                model: Some(manifest().join("tests/fixtures/tiny-gelu").display().to_string()),
+                tokenizer: Some(manifest().join("../shared/clip/tokenizer.json")),
+                ..Default::default()
+            },
+            class: Some("bottle".into()),
+            paths,
+        },
+        cache_dir: None,
+        screenshot: None,
+    }
+}
+
+#[test]
+fn frames_keep_coming_while_the_engine_is_busy() {
+    let mut harness = Harness::builder().with_max_steps(10_000).build_eframe(|cc| AlfaApp::new(cc, options(Vec::new())));
+    // A job that holds the engine thread until `release` is dropped.
+    let (release, hold) = crossbeam_channel::bounded::<()>(0);
+    harness.state().workers.hold(hold);
+    let image = manifest().join("tests/fixtures/images/odd_100x100_rgb.png");
+    harness.state_mut().open(&[image]);
+    let frames_before = harness.state().frames;
+    for _ in 0..50 {
+        harness.step();
+    }
+    let app = harness.state();
+    assert_eq!(app.frames, frames_before + 50, "every step drew a frame");
+    assert!(app.state.progress.running, "the analysis waits behind the slow job");
+    assert_eq!(app.state.analysed(), 0);
+    drop(release);
+    let mut steps = 0;
+    while harness.state().state.progress.running {
+        harness.step();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        steps += 1;
+        assert!(steps < 20_000, "the analysis never finished");
+    }
+    assert_eq!(harness.state().state.analysed(), 1);
+}
