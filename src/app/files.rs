@@ -2,14 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-/// Extensions the app opens (lower case).
-pub const IMAGE_EXTENSIONS: [&str; 7] = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp"];
-
-pub fn is_image(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-}
+pub use crate::detect::inputs::{IMAGE_EXTENSIONS, is_image};
 
 /// One image to show, with the name the list uses.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use eframe::egui_wgpu::{self, wgpu};
 use image::{GrayImage, RgbaImage};
 use wgpu::util::DeviceExt;
 
-use super::colormap::Colormap;
+use crate::detect::colormap::Colormap;
 use crate::detect::maps::Grid;
 
 /// The WGSL source, validated by the tests.

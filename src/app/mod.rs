@@ -7,7 +7,6 @@
 
 use eframe::egui;
 
-mod colormap;
 mod export;
 mod files;
 mod heatmap;
@@ -29,7 +28,7 @@ use egui::{Key, KeyboardShortcut, Modifiers};
 use crate::cli::{GuiArgs, ModelArgs};
 use crate::prompts::PromptStore;
 
-pub use colormap::Colormap;
+pub use crate::detect::colormap::Colormap;
 pub use heatmap::SHADER_SOURCE;
 pub use state::{AppState, Filter, ModelStatus, Normalisation, Settings, SortKey, Verdict};
 
@@ -446,7 +445,7 @@ impl AlfaApp {
             let paths = if folder {
                 dialog.pick_folder().map(|f| vec![f])
             } else {
-                dialog.add_filter("images", &files::IMAGE_EXTENSIONS).pick_files()
+                dialog.add_filter("images", files::IMAGE_EXTENSIONS).pick_files()
             };
             if let Some(paths) = paths {
                 outbox.send(Message::Picked(worker::Pick::Images(paths)));

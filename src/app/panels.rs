@@ -10,8 +10,9 @@ use std::time::Instant;
 use egui::{Color32, RichText, Ui};
 use egui_extras::{Column, TableBuilder};
 
-use super::colormap::Colormap;
+use crate::detect::colormap::Colormap;
 use super::export;
+use crate::detect::export::OverlayStyle;
 use super::heatmap::PaneParams;
 use super::prompt_editor::Field;
 use super::state::{Filter, ModelStatus, Normalisation, SortKey, Verdict};
@@ -492,7 +493,7 @@ impl AlfaApp {
                 stem: entry.path.file_stem().map_or_else(|| "image".into(), |s| s.to_string_lossy().into_owned()),
                 image: shown.picture.image.clone(),
                 map: analysis.map.clone(),
-                style: export::OverlayStyle { colormap: s.colormap, opacity: s.opacity, low, high },
+                style: OverlayStyle { colormap: s.colormap, opacity: s.opacity, range: (low, high) },
                 threshold: s.threshold,
             })
         });

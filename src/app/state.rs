@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::colormap::Colormap;
+use crate::detect::colormap::Colormap;
 use super::worker::{Analysis, ItemId, Picture};
 use crate::detect::DetectSettings;
 

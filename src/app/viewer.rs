@@ -5,7 +5,7 @@ use eframe::egui;
 
 use egui::{Color32, Pos2, Rect, Sense, Vec2};
 
-use super::colormap::Colormap;
+use crate::detect::colormap::Colormap;
 use super::heatmap::{HeatmapCallback, HeatmapContent, PaneParams};
 
 /// Zoom factor of one `+`/`-` press.
@@ -150,7 +150,8 @@ pub fn legend(ui: &mut egui::Ui, colormap: Colormap, low: f32, high: f32, thresh
     for i in 0..=STEPS {
         let t = i as f32 / STEPS as f32;
         let x = bar.left() + t * bar.width();
-        let color = colormap.color32(t);
+        let [r, g, b] = colormap.rgb8(t);
+        let color = egui::Color32::from_rgb(r, g, b);
         mesh.colored_vertex(Pos2::new(x, bar.top()), color);
         mesh.colored_vertex(Pos2::new(x, bar.bottom()), color);
         if i > 0 {

@@ -12,7 +12,8 @@ use serde::Serialize;
 
 use super::ModelArgs;
 use crate::clip::{self, Clip};
-use crate::detect::export::{self, ColorMap, OverlayStyle};
+use crate::detect::colormap::Colormap;
+use crate::detect::export::{self, OverlayStyle};
 use crate::detect::inputs::{self, InputImage};
 use crate::detect::references::{ReferenceBank, draw, list_references, references_dir};
 use crate::detect::text_cache::default_cache_dir;
@@ -72,8 +73,9 @@ pub struct DetectArgs {
     /// image's own range (hides how anomalous an image is overall).
     #[arg(long, default_value = "0,1", value_name = "MIN,MAX|auto")]
     pub overlay_range: OverlayRange,
-    #[arg(long, value_enum, default_value_t = ColorMap::Turbo)]
-    pub color_map: ColorMap,
+    /// Colour map of the overlay (viridis reads for colour-blind viewers).
+    #[arg(long, value_enum, default_value_t = Colormap::Turbo)]
+    pub colormap: Colormap,
     /// Images or folders (searched recursively).
     #[arg(required = true, value_name = "INPUT")]
     pub inputs: Vec<PathBuf>,
@@ -310,10 +312,10 @@ fn detect_one(
     };
     let style = OverlayStyle {
         range,
-        color_map: args.color_map,
+        colormap: args.colormap,
         ..Default::default()
     };
-    export::write_overlay_png(&outputs.overlay, &export::render_overlay(&decoded, &detection.map, &style))?;
+    export::write_png(&outputs.overlay, &export::render_overlay(&decoded, &detection.map, &style)?)?;
     Ok(detection)
 }
 

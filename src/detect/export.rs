@@ -7,8 +7,9 @@ use std::io::{BufWriter, Cursor, Write};
 use std::path::{Path, PathBuf};
 
 use ab_glyph::{Font, FontRef, PxScale, ScaleFont};
-use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
+use image::{DynamicImage, GrayImage, ImageFormat, Luma, Rgb, RgbImage};
 
+use super::colormap::Colormap;
 use super::maps::Grid;
 
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +18,8 @@ pub enum ExportError {
     Write { path: PathBuf, reason: String },
     #[error("cannot read the map {}: {reason}", path.display())]
     Read { path: PathBuf, reason: String },
+    #[error("the map ({map_w}x{map_h}) does not match the image ({image_w}x{image_h})")]
+    SizeMismatch { map_w: usize, map_h: usize, image_w: u32, image_h: u32 },
 }
 
 /// Writes `bytes` to a temporary file beside `path`, then renames it into place.
@@ -80,35 +83,13 @@ pub fn read_map_tiff(path: &Path) -> Result<Grid, ExportError> {
     }
 }
 
-/// Colour maps for overlays; both are perceptually ordered, cividis also reads
-/// for colour-blind viewers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum ColorMap {
-    #[default]
-    Turbo,
-    Cividis,
-}
-
-impl ColorMap {
-    /// Colour of `t` in [0, 1].
-    pub fn color(self, t: f32) -> Rgb<u8> {
-        let gradient = match self {
-            ColorMap::Turbo => colorous::TURBO,
-            ColorMap::Cividis => colorous::CIVIDIS,
-        };
-        let c = gradient.eval_continuous(f64::from(t.clamp(0.0, 1.0)));
-        Rgb([c.r, c.g, c.b])
-    }
-}
-
 #[derive(Debug, Clone, Copy)]
 pub struct OverlayStyle {
     /// Map values shown from the first colour to the last; outside is clamped.
     pub range: (f32, f32),
     /// Weight of the heatmap over the image.
     pub opacity: f32,
-    pub color_map: ColorMap,
+    pub colormap: Colormap,
 }
 
 impl Default for OverlayStyle {
@@ -116,7 +97,7 @@ impl Default for OverlayStyle {
         Self {
             range: (0.0, 1.0),
             opacity: 0.5,
-            color_map: ColorMap::Turbo,
+            colormap: Colormap::Turbo,
         }
     }
 }
@@ -126,10 +107,17 @@ const MIN_LEGEND_HEIGHT: u32 = 200;
 
 /// The image with the heatmap blended over it and a colour legend on the right
 /// labelled with the map values of `style.range`. `map` must have the image's size.
-pub fn render_overlay(image: &DynamicImage, map: &Grid, style: &OverlayStyle) -> RgbImage {
+pub fn render_overlay(image: &DynamicImage, map: &Grid, style: &OverlayStyle) -> Result<RgbImage, ExportError> {
     let base = image.to_rgb8();
     let (w, h) = base.dimensions();
-    assert_eq!((map.width, map.height), (w as usize, h as usize), "the map has the image's size");
+    if (map.width, map.height) != (w as usize, h as usize) {
+        return Err(ExportError::SizeMismatch {
+            map_w: map.width,
+            map_h: map.height,
+            image_w: w,
+            image_h: h,
+        });
+    }
     let (lo, hi) = style.range;
     let span = (hi - lo).max(f32::EPSILON);
     let alpha = style.opacity.clamp(0.0, 1.0);
@@ -139,7 +127,7 @@ pub fn render_overlay(image: &DynamicImage, map: &Grid, style: &OverlayStyle) ->
     let canvas_h = h.max(MIN_LEGEND_HEIGHT);
     let mut canvas = RgbImage::from_pixel(w + legend_w, canvas_h, Rgb([255, 255, 255]));
     for (x, y, p) in base.enumerate_pixels() {
-        let c = style.color_map.color((map.at(x as usize, y as usize) - lo) / span);
+        let c = style.colormap.rgb8((map.at(x as usize, y as usize) - lo) / span);
         let blend = |i: usize| (f32::from(p[i]) * (1.0 - alpha) + f32::from(c[i]) * alpha).round() as u8;
         canvas.put_pixel(x, y, Rgb([blend(0), blend(1), blend(2)]));
     }
@@ -152,7 +140,7 @@ pub fn render_overlay(image: &DynamicImage, map: &Grid, style: &OverlayStyle) ->
     let bar_h = (bar_bottom - bar_top).max(1);
     for y in bar_top..bar_bottom {
         let t = 1.0 - (y - bar_top) as f32 / bar_h as f32;
-        let c = style.color_map.color(t);
+        let c = Rgb(style.colormap.rgb8(t));
         for x in bar_x..bar_x + bar_w {
             canvas.put_pixel(x, y, c);
         }
@@ -169,7 +157,7 @@ pub fn render_overlay(image: &DynamicImage, map: &Grid, style: &OverlayStyle) ->
         let label = format!("{:.2}", lo + t * (hi - lo));
         draw_text(&mut canvas, &scaled, &label, x as f32 + 2.0, y - font_px / 2.0);
     }
-    canvas
+    Ok(canvas)
 }
 
 /// Black text with its top-left corner at (x, y), clipped to the canvas.
@@ -193,9 +181,23 @@ fn draw_text<F: Font>(canvas: &mut RgbImage, font: &ab_glyph::PxScaleFont<F>, te
     }
 }
 
-pub fn write_overlay_png(path: &Path, overlay: &RgbImage) -> Result<(), ExportError> {
+/// 255 where the map is at or above `threshold`, else 0.
+pub fn threshold_mask(map: &Grid, threshold: f32) -> GrayImage {
+    GrayImage::from_fn(map.width as u32, map.height as u32, |x, y| {
+        Luma([if map.at(x as usize, y as usize) >= threshold { 255 } else { 0 }])
+    })
+}
+
+/// Any 8-bit image as PNG, atomically.
+pub fn write_png<P: image::PixelWithColorType>(
+    path: &Path,
+    image: &image::ImageBuffer<P, Vec<P::Subpixel>>,
+) -> Result<(), ExportError>
+where
+    [P::Subpixel]: image::EncodableLayout,
+{
     let mut bytes = Cursor::new(Vec::new());
-    overlay.write_to(&mut bytes, ImageFormat::Png).map_err(|e| ExportError::Write {
+    image.write_to(&mut bytes, ImageFormat::Png).map_err(|e| ExportError::Write {
         path: path.to_owned(),
         reason: e.to_string(),
     })?;
@@ -223,9 +225,9 @@ mod tests {
         values[15 * 40 + 20] = 1.0;
         let map = Grid::new(40, 30, values);
         let style = OverlayStyle::default();
-        let overlay = render_overlay(&image, &map, &style);
+        let overlay = render_overlay(&image, &map, &style).unwrap();
         assert!(overlay.width() > 40 && overlay.height() == MIN_LEGEND_HEIGHT);
-        let hot = style.color_map.color(1.0);
+        let hot = style.colormap.rgb8(1.0);
         let expected = |i: usize| ((128.0 + f32::from(hot[i])) / 2.0).round() as u8;
         assert_eq!(overlay.get_pixel(20, 15).0, [expected(0), expected(1), expected(2)]);
         assert_ne!(overlay.get_pixel(20, 15), overlay.get_pixel(0, 0));
@@ -235,5 +237,13 @@ mod tests {
             .filter(|&(x, y)| overlay.get_pixel(x, y).0.iter().all(|&v| v < 60))
             .count();
         assert!(legend_dark > 20, "{legend_dark}");
+        let wrong_size = DynamicImage::ImageRgb8(RgbImage::new(4, 4));
+        assert!(matches!(render_overlay(&wrong_size, &map, &style), Err(ExportError::SizeMismatch { .. })));
+    }
+
+    #[test]
+    fn threshold_masks_follow_the_map() {
+        let map = Grid::new(3, 2, vec![0.0, 0.2, 0.4, 0.6, 0.8, 1.0]);
+        assert_eq!(threshold_mask(&map, 0.5).as_raw(), &[0, 0, 0, 255, 255, 255]);
     }
 }

@@ -1,11 +1,10 @@
-//! The heatmap's colour maps on the CPU, for the legend and the exported overlay.
-//! The same polynomials are in `shaders/heatmap.wgsl`, so screen and export agree.
-
-use eframe::egui;
+//! The heatmap's colour maps on the CPU, for legends and exported overlays.
+//! The same polynomials are in `shaders/heatmap.wgsl`, so the app's screen, its
+//! exports and `alfa detect`'s overlays agree.
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 pub enum Colormap {
     /// High contrast, the usual choice for anomaly maps.
     #[default]
@@ -42,9 +41,9 @@ impl Colormap {
         c.map(|v| v.clamp(0.0, 1.0))
     }
 
-    pub fn color32(self, t: f32) -> egui::Color32 {
-        let [r, g, b] = self.rgb(t).map(|v| (v * 255.0).round() as u8);
-        egui::Color32::from_rgb(r, g, b)
+    /// 8-bit sRGB colour of `t` in [0, 1].
+    pub fn rgb8(self, t: f32) -> [u8; 3] {
+        self.rgb(t).map(|v| (v * 255.0).round() as u8)
     }
 }
 
