@@ -11,6 +11,7 @@ use crate::bench;
 use crate::clip::{self, Clip, DownloadObserver, ModelRequest};
 
 mod embed;
+mod prompts;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -69,6 +70,8 @@ pub enum Command {
     Embed(EmbedArgs),
     /// Benchmarks (timings on random weights of the real shapes).
     Bench(BenchArgs),
+    /// Prompt sets: generate them with an LLM (Ollama, OpenAI, ...), show a class's prompts.
+    Prompts(prompts::PromptsArgs),
 }
 
 #[derive(Args, Debug)]
@@ -101,6 +104,7 @@ pub fn run(cli: Cli) -> Result<()> {
         None => crate::app::run(cli.gui),
         Some(Command::Embed(args)) => embed::run(args),
         Some(Command::Bench(args)) => run_bench(args),
+        Some(Command::Prompts(args)) => prompts::run(args),
     }
 }
 

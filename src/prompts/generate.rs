@@ -25,7 +25,11 @@
 
 use std::collections::HashSet;
 
+use std::path::Path;
+
+use super::PromptError;
 use super::llm::{LlmApi, LlmClient, LlmError, RetryNotice};
+use super::merge::{PromptFile, PromptFileUpdate};
 use super::set::normalize;
 use crate::clip::{ClipError, ClipTokenizer};
 
@@ -93,6 +97,8 @@ pub enum GenerateError {
         kind: &'static str,
         excerpt: String,
     },
+    #[error(transparent)]
+    PromptFile(#[from] PromptError),
     #[error("cannot count a prompt's tokens: {0}")]
     Tokenizer(#[from] ClipError),
     #[error("--samples must be at least 1")]
@@ -131,6 +137,32 @@ pub struct Generated {
     pub queries: Vec<String>,
     pub descriptor_query: String,
     pub dropped: Dropped,
+}
+
+/// What generating for one class gives: the prompts, and the prompt file with them merged
+/// in (not written yet: `update.write()`, or nothing for a dry run).
+#[derive(Debug, Clone)]
+pub struct ClassPlan {
+    pub generated: Generated,
+    pub update: PromptFileUpdate,
+}
+
+/// Reads `dir/<class>.toml` (or the set it will start from), asks the LLM about the class,
+/// and merges the answers into the file's text. Fails before any request when the
+/// existing file is invalid.
+pub fn plan_class(
+    client: &LlmClient,
+    tokenizer: &ClipTokenizer,
+    dir: &Path,
+    class: &str,
+    samples: usize,
+    on_event: &mut dyn FnMut(GenerateEvent),
+) -> Result<ClassPlan, GenerateError> {
+    let file = PromptFile::load(dir, class)?;
+    let generated = generate(client, tokenizer, &file.set.class.name, samples, on_event)?;
+    let source = provenance(client, samples, std::time::SystemTime::now());
+    let update = file.merge(&generated, &source)?;
+    Ok(ClassPlan { generated, update })
 }
 
 /// Asks every query `samples` times for the class named `class_name` (the readable name).

@@ -20,6 +20,12 @@ pub const DEFAULT_BASE_URL: &str = "http://localhost:11434/v1";
 /// A model a stock Ollama install commonly has (`ollama pull llama3.1`).
 pub const DEFAULT_MODEL: &str = "llama3.1";
 pub const DEFAULT_API_KEY_ENV: &str = "OPENAI_API_KEY";
+/// Varied samples are the point of asking several times.
+pub const DEFAULT_TEMPERATURE: f32 = 0.8;
+pub const DEFAULT_MAX_TOKENS: u32 = 2048;
+/// Local models on a CPU can take minutes for a long list.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 300;
+pub const DEFAULT_RETRIES: u32 = 3;
 /// An answer larger than this is refused: prompt lists are a few kilobytes.
 pub const MAX_ANSWER_BYTES: u64 = 2 * 1024 * 1024;
 /// A server's `Retry-After` is honoured up to this long, so a bad header cannot stall a run.
@@ -68,12 +74,10 @@ impl Default for LlmConfig {
             model: DEFAULT_MODEL.to_owned(),
             api: LlmApi::Chat,
             api_key_env: DEFAULT_API_KEY_ENV.to_owned(),
-            // Varied samples are the point of asking several times.
-            temperature: 0.8,
-            max_tokens: 2048,
-            // Local models on a CPU can take minutes for a long list.
-            timeout_ms: 300_000,
-            retries: 3,
+            temperature: DEFAULT_TEMPERATURE,
+            max_tokens: DEFAULT_MAX_TOKENS,
+            timeout_ms: DEFAULT_TIMEOUT_SECS * 1000,
+            retries: DEFAULT_RETRIES,
             initial_backoff_ms: 1000,
         }
     }
