@@ -157,8 +157,7 @@ impl PromptEditor {
         Some(previous)
     }
 
-    /// Writes the applied set to `<dir>/<class>.toml` through a temporary file and a
-    /// rename, so a crash never leaves half a file.
+    /// Writes the applied set to `<dir>/<class>.toml` atomically.
     pub fn save(&mut self, dir: &Path) -> Result<PathBuf, String> {
         let path = file_for(dir, &self.applied.class.id);
         let body = toml::to_string_pretty(&self.applied).map_err(|e| e.to_string())?;
@@ -166,10 +165,7 @@ impl PromptEditor {
             "# alfa prompt set for {}, saved from the inspection app. `{{c}}` is replaced by the class name.\n\n{body}",
             self.applied.class.id
         );
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let temp = dir.join(format!(".{}.toml.tmp", self.applied.class.id));
-        std::fs::write(&temp, text).map_err(|e| format!("cannot write {}: {e}", temp.display()))?;
-        std::fs::rename(&temp, &path).map_err(|e| format!("cannot replace {}: {e}", path.display()))?;
+        crate::files::write_atomic(&path, text.as_bytes()).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         self.source = Some(path.clone());
         self.unsaved = false;
         Ok(path)

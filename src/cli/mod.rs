@@ -13,6 +13,7 @@ use crate::clip::{self, Clip, DownloadObserver, ModelRequest};
 mod detect;
 mod embed;
 mod refs;
+mod prompts;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -83,6 +84,8 @@ pub enum Command {
     /// Open the inspection window with PATHs, wait for the analysis, save the window as
     /// PNG and close (needs a display: under Xvfb on a headless machine, see the README).
     Screenshot(ScreenshotArgs),
+    /// Prompt sets: generate them with an LLM (Ollama, OpenAI, ...), show a class's prompts.
+    Prompts(prompts::PromptsArgs),
 }
 
 #[derive(Args, Debug)]
@@ -139,6 +142,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Refs(args)) => refs::run(args),
         Some(Command::Bench(args)) => run_bench(args),
         Some(Command::Screenshot(args)) => crate::app::screenshot(args.gui, args.out),
+        Some(Command::Prompts(args)) => prompts::run(args),
     }
 }
 

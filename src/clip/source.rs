@@ -160,6 +160,15 @@ impl ModelRequest {
         })
     }
 
+    /// The tokenizer alone, without the model: `--tokenizer`, else CLIP's from the hub
+    /// (cache first). Every CLIP model shares this BPE.
+    pub fn resolve_tokenizer(&self) -> Result<PathBuf, ClipError> {
+        match &self.tokenizer {
+            Some(t) => Ok(t.clone()),
+            None => Hub::new(self.observer.clone())?.fetch(DEFAULT_TOKENIZER_REPO, TOKENIZER_FILE),
+        }
+    }
+
     /// `--tokenizer`, else `tokenizer.json` in `dir`, else CLIP's from the hub (cache first).
     fn tokenizer_in(&self, dir: &Path) -> Result<PathBuf, ClipError> {
         match &self.tokenizer {

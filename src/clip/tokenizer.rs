@@ -43,6 +43,21 @@ impl ClipTokenizer {
 
     /// Token ids of one text, framed and truncated as OpenCLIP, not padded.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, ClipError> {
+        let mut ids = self.encode_untruncated(text)?;
+        if ids.len() > self.context_length {
+            ids.truncate(self.context_length);
+            ids[self.context_length - 1] = END_OF_TEXT;
+        }
+        Ok(ids)
+    }
+
+    /// How many tokens `text` takes with its start and end markers, before the cut to
+    /// the context: a prompt longer than the context loses its end silently in CLIP.
+    pub fn token_count(&self, text: &str) -> Result<usize, ClipError> {
+        Ok(self.encode_untruncated(text)?.len())
+    }
+
+    fn encode_untruncated(&self, text: &str) -> Result<Vec<u32>, ClipError> {
         if text.trim().is_empty() {
             return Err(ClipError::EmptyText);
         }
@@ -58,10 +73,6 @@ impl ClipTokenizer {
         ids.push(START_OF_TEXT);
         ids.extend_from_slice(encoding.get_ids());
         ids.push(END_OF_TEXT);
-        if ids.len() > self.context_length {
-            ids.truncate(self.context_length);
-            ids[self.context_length - 1] = END_OF_TEXT;
-        }
         Ok(ids)
     }
 

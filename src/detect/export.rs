@@ -3,7 +3,7 @@
 //! Every file is written atomically, so an interrupted run never leaves a
 //! half-written map that a later evaluation would read.
 
-use std::io::{BufWriter, Cursor, Write};
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use ab_glyph::{Font, FontRef, PxScale, ScaleFont};
@@ -22,29 +22,12 @@ pub enum ExportError {
     SizeMismatch { map_w: usize, map_h: usize, image_w: u32, image_h: u32 },
 }
 
-/// Writes `bytes` to a temporary file beside `path`, then renames it into place.
+/// `crate::files::write_atomic`, naming the file in the error.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
-    let failed = |e: std::io::Error| ExportError::Write {
+    crate::files::write_atomic(path, bytes).map_err(|e| ExportError::Write {
         path: path.to_owned(),
         reason: e.to_string(),
-    };
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(failed)?;
-    }
-    let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
-    tmp_name.push(".partial");
-    let tmp = path.with_file_name(tmp_name);
-    let result = std::fs::File::create(&tmp)
-        .and_then(|f| {
-            let mut w = BufWriter::new(f);
-            w.write_all(bytes)?;
-            w.into_inner().map_err(|e| e.into_error())?.sync_all()
-        })
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(failed)
+    })
 }
 
 /// The map as a single-channel float32 TIFF, values unchanged.
@@ -215,7 +198,7 @@ mod tests {
         let path = dir.path().join("a/b/map.tiff");
         write_map_tiff(&path, &map).unwrap();
         assert_eq!(read_map_tiff(&path).unwrap(), map);
-        assert!(!dir.path().join("a/b/map.tiff.partial").exists());
+        assert_eq!(std::fs::read_dir(dir.path().join("a/b")).unwrap().count(), 1, "no temporary file left");
     }
 
     #[test]

@@ -107,14 +107,8 @@ impl TextFeatureCache {
             dim: self.dim,
             features: &self.features,
         };
-        let Ok(json) = serde_json::to_vec(&content) else { return };
-        if let Some(parent) = file.parent()
-            && std::fs::create_dir_all(parent).is_ok()
-        {
-            let tmp = file.with_extension("json.tmp");
-            if std::fs::write(&tmp, json).is_ok() {
-                let _ = std::fs::rename(&tmp, file);
-            }
+        if let Ok(json) = serde_json::to_vec(&content) {
+            let _ = crate::files::write_atomic(file, &json);
         }
     }
 }

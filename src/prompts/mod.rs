@@ -1,6 +1,9 @@
 //! Prompts: the per-class prompt sets (templates, LLM prompts, descriptors) and
 //! where they are found.
 
+pub mod generate;
+pub mod llm;
+pub mod merge;
 pub mod set;
 pub mod store;
 
@@ -24,4 +27,9 @@ pub enum PromptError {
     },
     #[error("{path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
+    #[error("cannot write prompt file {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
