@@ -228,3 +228,32 @@ impl Method for Winclip {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prompt_ensemble_is_templates_times_states() {
+        let (normal, abnormal) = winclip_prompts("metal nut");
+        assert_eq!((normal.len(), abnormal.len()), (22 * 7, 22 * 4));
+        assert_eq!(normal[0], "a cropped photo of the metal nut.");
+        assert_eq!(normal[1], "a cropped photo of the flawless metal nut.");
+        assert_eq!(abnormal[3], "a cropped photo of the metal nut with damage.");
+        assert_eq!(abnormal.last().unwrap(), "a photo of a metal nut with damage for anomaly detection.");
+    }
+
+    #[test]
+    fn few_shot_terms_average_into_the_map_and_the_image_score() {
+        let scores = WinclipScores {
+            global: 0.4,
+            zero_shot: Grid::new(2, 1, vec![0.2, 0.6]),
+            few_shot: Some(Grid::new(2, 1, vec![0.1, 0.3])),
+        };
+        let (image, map) = scores.combined();
+        assert!((image - 0.35).abs() < 1e-6);
+        assert!((map.values[0] - 0.15).abs() < 1e-6 && (map.values[1] - 0.45).abs() < 1e-6);
+        let zero_shot = WinclipScores { few_shot: None, ..scores };
+        assert_eq!(zero_shot.combined(), (0.4, Grid::new(2, 1, vec![0.2, 0.6])));
+    }
+}
