@@ -146,7 +146,7 @@ fn reference_value_value(weights: &std::collections::HashMap<String, Tensor>, x:
     let mut attended = vec![vec![0f64; w]; l];
     for h in 0..heads {
         let head = |t: usize| &values[t][h * hd..(h + 1) * hd];
-        for q in 0..l {
+        for (q, out) in attended.iter_mut().enumerate() {
             let logits: Vec<f64> = (0..l)
                 .map(|k| head(q).iter().zip(head(k)).map(|(a, b)| a * b).sum::<f64>() / (hd as f64).sqrt())
                 .collect();
@@ -154,8 +154,8 @@ fn reference_value_value(weights: &std::collections::HashMap<String, Tensor>, x:
             let exp: Vec<f64> = logits.iter().map(|v| (v - max).exp()).collect();
             let total: f64 = exp.iter().sum();
             for (k, e) in exp.iter().enumerate() {
-                for d in 0..hd {
-                    attended[q][h * hd + d] += e / total * head(k)[d];
+                for (o, v) in out[h * hd..(h + 1) * hd].iter_mut().zip(head(k)) {
+                    *o += e / total * v;
                 }
             }
         }
