@@ -377,7 +377,12 @@ impl VisionTransformer {
 
     /// `ln_post` then `proj` on tokens [B, L, W] -> [B, L, E] (or [B, W] -> [B, E]).
     pub fn project(&self, tokens: &Tensor) -> candle_core::Result<Tensor> {
-        self.proj.forward(&self.ln_post.forward(tokens)?)
+        self.proj.forward(&self.ln_post(tokens)?)
+    }
+
+    /// `ln_post` alone: OpenCLIP's `output_tokens`, the patch features WinCLIP+ stores.
+    pub fn ln_post(&self, tokens: &Tensor) -> candle_core::Result<Tensor> {
+        self.ln_post.forward(tokens)
     }
 
     /// Attention values taken into the joint space: `ln_post(out_proj(v)) @ proj` [B, L, E].

@@ -505,7 +505,7 @@ fn kept_mean(features: &Tensor, verdicts: &[super::context::ScoredPrompt]) -> ca
 }
 
 /// `softmax(scale * [<f, f+>, <f, f->])[abnormal]` per row of `features` [N, E].
-fn abnormal_probability(features: &Tensor, text: &Tensor, scale: f32) -> candle_core::Result<Vec<f32>> {
+pub(crate) fn abnormal_probability(features: &Tensor, text: &Tensor, scale: f32) -> candle_core::Result<Vec<f32>> {
     let logits = (features.matmul(&text.t()?)? * scale as f64)?; // [N, 2]
     candle_nn::ops::softmax(&logits, D::Minus1)?.i((.., 1))?.to_vec1::<f32>()
 }

@@ -1,6 +1,7 @@
 //! Anomaly detection on top of CLIP: the ALFA engine and its building blocks
 //! (contextual scoring, global-to-local projection, dense maps, text-feature cache).
 
+pub mod baselines;
 pub mod colormap;
 pub mod context;
 pub mod engine;
