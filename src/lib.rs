@@ -6,4 +6,5 @@ pub mod bench;
 pub mod cli;
 pub mod clip;
 pub mod detect;
+pub mod eval;
 pub mod prompts;
