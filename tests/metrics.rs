@@ -88,7 +88,11 @@ fn image_metrics_match_scikit_learn() {
         assert_close(&case.name, "AUROC", m.auroc, e.auroc, COUNT_TOLERANCE);
         assert_close(&case.name, "AUPR", m.aupr, e.aupr, COUNT_TOLERANCE);
         assert_close(&case.name, "F1-max", m.f1_max, e.f1_max, COUNT_TOLERANCE);
-        assert_eq!(m.f1_threshold, e.f1_threshold as f32, "{}: F1 threshold", case.name);
+        assert_eq!(
+            m.f1_threshold, e.f1_threshold as f32,
+            "{}: F1 threshold",
+            case.name
+        );
     }
 }
 
@@ -111,8 +115,18 @@ fn pixel_metrics_match_scikit_learn_and_the_mvtec_pro() {
         assert!(m.exact);
         let e = &case.expected;
         assert_close(&case.name, "pixel AUROC", m.auroc, e.auroc, COUNT_TOLERANCE);
-        assert_close(&case.name, "pixel F1-max", m.f1_max, e.f1_max, COUNT_TOLERANCE);
-        assert_eq!(m.f1_threshold, e.f1_threshold as f32, "{}: F1 threshold", case.name);
+        assert_close(
+            &case.name,
+            "pixel F1-max",
+            m.f1_max,
+            e.f1_max,
+            COUNT_TOLERANCE,
+        );
+        assert_eq!(
+            m.f1_threshold, e.f1_threshold as f32,
+            "{}: F1 threshold",
+            case.name
+        );
         assert_close(&case.name, "PRO", m.pro, e.pro, PRO_TOLERANCE);
     }
 }
@@ -127,7 +141,13 @@ fn histogram_mode_matches_the_references_when_bins_separate_the_scores() {
         assert!(!m.exact);
         let e = &case.expected;
         assert_close(&case.name, "pixel AUROC", m.auroc, e.auroc, COUNT_TOLERANCE);
-        assert_close(&case.name, "pixel F1-max", m.f1_max, e.f1_max, COUNT_TOLERANCE);
+        assert_close(
+            &case.name,
+            "pixel F1-max",
+            m.f1_max,
+            e.f1_max,
+            COUNT_TOLERANCE,
+        );
         assert_close(&case.name, "PRO", m.pro, e.pro, PRO_TOLERANCE);
     }
 }
@@ -155,7 +175,10 @@ fn synthetic_class(images: usize) -> Vec<(Vec<f32>, Vec<bool>)> {
         .map(|index| {
             let mut mask = vec![false; size * size];
             for _ in 0..index % 4 {
-                let (cx, cy) = (rng.next_unit() * 220.0 + 18.0, rng.next_unit() * 220.0 + 18.0);
+                let (cx, cy) = (
+                    rng.next_unit() * 220.0 + 18.0,
+                    rng.next_unit() * 220.0 + 18.0,
+                );
                 let (rx, ry) = (rng.next_unit() * 25.0 + 2.0, rng.next_unit() * 25.0 + 2.0);
                 for (i, m) in mask.iter_mut().enumerate() {
                     let (x, y) = ((i % size) as f32, (i / size) as f32);

@@ -178,7 +178,11 @@ impl PixelMetricsAccumulator {
         }
         match &mut self.store {
             Store::Exact(packed) => {
-                packed.extend(map.iter().enumerate().map(|(i, &s)| pack(s, region_size(i))));
+                packed.extend(
+                    map.iter()
+                        .enumerate()
+                        .map(|(i, &s)| pack(s, region_size(i))),
+                );
             }
             Store::Histogram(bins) => {
                 for (i, &score) in map.iter().enumerate() {
@@ -202,7 +206,10 @@ impl PixelMetricsAccumulator {
         let (curves, exact) = match self.store {
             Store::Exact(mut packed) => {
                 packed.par_sort_unstable();
-                (Curves::from_groups(exact_groups(&packed), self.totals), true)
+                (
+                    Curves::from_groups(exact_groups(&packed), self.totals),
+                    true,
+                )
             }
             Store::Histogram(bins) => {
                 let shift = 32 - HISTOGRAM_BITS;
@@ -463,7 +470,18 @@ mod tests {
 
     #[test]
     fn score_key_orders_like_the_scores() {
-        let scores = [-3.5e30f32, -1.0, -1e-30, -0.0, 0.0, 1e-38, 0.25, 0.5, 7.0, f32::MAX];
+        let scores = [
+            -3.5e30f32,
+            -1.0,
+            -1e-30,
+            -0.0,
+            0.0,
+            1e-38,
+            0.25,
+            0.5,
+            7.0,
+            f32::MAX,
+        ];
         for pair in scores.windows(2) {
             assert!(score_key(pair[0]) <= score_key(pair[1]), "{pair:?}");
             assert_eq!(score_key(pair[0]) == score_key(pair[1]), pair[0] == pair[1]);
@@ -509,7 +527,11 @@ mod tests {
         ));
         assert!(matches!(
             ImageMetrics::compute(&[0.1, 0.2], &[true, true]),
-            Err(EvalError::SingleClass { positives: 2, negatives: 0, .. })
+            Err(EvalError::SingleClass {
+                positives: 2,
+                negatives: 0,
+                ..
+            })
         ));
         assert!(matches!(
             ImageMetrics::compute(&[0.1, f32::NAN], &[true, false]),
@@ -524,7 +546,10 @@ mod tests {
         assert!(matches!(acc.finish(), Err(EvalError::SingleClass { .. })));
         assert!(matches!(
             PixelMetricsAccumulator::new().add(&[0.1], &[false, false], 2, 1),
-            Err(EvalError::LengthMismatch { what: "anomaly map", .. })
+            Err(EvalError::LengthMismatch {
+                what: "anomaly map",
+                ..
+            })
         ));
     }
 }

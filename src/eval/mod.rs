@@ -2,8 +2,12 @@
 //! (MVTec AD, VisA, a generic folder layout). `alfa eval`, the GUI and the few-shot mode
 //! build on these.
 
+pub mod dataset;
+pub mod maps;
 pub mod metrics;
 
+pub use dataset::{Dataset, DatasetKind, Mask, Sample};
+pub use maps::{ClassMetrics, score_class_maps};
 pub use metrics::{ImageMetrics, PixelMetrics, PixelMetricsAccumulator};
 
 use std::path::PathBuf;
@@ -25,13 +29,13 @@ pub enum EvalError {
         reason: String,
     },
     #[error("anomalous image {image} has no ground-truth mask (expected {expected})")]
-    MissingMask { image: PathBuf, expected: PathBuf },
+    MissingMask { image: PathBuf, expected: String },
     #[error("{root} matches no dataset layout; tried:\n{tried}")]
     NoLayout { root: PathBuf, tried: String },
     #[error("{root} is not a {kind} dataset: {reason}")]
     WrongLayout {
         root: PathBuf,
-        kind: &'static str,
+        kind: String,
         reason: String,
     },
     #[error("unknown class `{class}`; available: {}", available.join(", "))]
@@ -62,13 +66,5 @@ pub enum EvalError {
         what: &'static str,
         expected: usize,
         found: usize,
-    },
-    #[error("anomaly map {path} is {found_w}x{found_h}, its mask is {mask_w}x{mask_h}")]
-    MapSize {
-        path: PathBuf,
-        found_w: u32,
-        found_h: u32,
-        mask_w: u32,
-        mask_h: u32,
     },
 }
