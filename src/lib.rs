@@ -6,5 +6,6 @@ pub mod bench;
 pub mod cli;
 pub mod clip;
 pub mod detect;
+pub mod eval;
 pub mod files;
 pub mod prompts;

@@ -49,7 +49,7 @@ pub fn write_map_tiff(path: &Path, map: &Grid) -> Result<(), ExportError> {
     write_atomic(path, &bytes)
 }
 
-/// Reads a single-channel float32 TIFF map.
+/// Reads a single-channel float TIFF map (any tool's; 64-bit floats are narrowed to 32).
 pub fn read_map_tiff(path: &Path) -> Result<Grid, ExportError> {
     let failed = |reason: String| ExportError::Read {
         path: path.to_owned(),
@@ -58,12 +58,19 @@ pub fn read_map_tiff(path: &Path) -> Result<Grid, ExportError> {
     let file = std::fs::File::open(path).map_err(|e| failed(e.to_string()))?;
     let mut decoder = tiff::decoder::Decoder::new(std::io::BufReader::new(file)).map_err(|e| failed(e.to_string()))?;
     let (width, height) = decoder.dimensions().map_err(|e| failed(e.to_string()))?;
-    match decoder.read_image().map_err(|e| failed(e.to_string()))? {
-        tiff::decoder::DecodingResult::F32(values) if values.len() == (width * height) as usize => {
-            Ok(Grid::new(width as usize, height as usize, values))
-        }
-        _ => Err(failed("expected one float32 channel".into())),
+    let colour = decoder.colortype().map_err(|e| failed(e.to_string()))?;
+    if !matches!(colour, tiff::ColorType::Gray(_)) {
+        return Err(failed(format!("an anomaly map must be single-channel float, this TIFF is {colour:?}")));
     }
+    let values = match decoder.read_image().map_err(|e| failed(e.to_string()))? {
+        tiff::decoder::DecodingResult::F32(v) => v,
+        tiff::decoder::DecodingResult::F64(v) => v.into_iter().map(|x| x as f32).collect(),
+        _ => return Err(failed("an anomaly map must hold float samples, this TIFF holds integers".into())),
+    };
+    if values.len() != width as usize * height as usize {
+        return Err(failed(format!("{} values for {width} x {height} pixels", values.len())));
+    }
+    Ok(Grid::new(width as usize, height as usize, values))
 }
 
 #[derive(Debug, Clone, Copy)]

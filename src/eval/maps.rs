@@ -1,0 +1,125 @@
+//! Scores anomaly maps saved on disk (any method's), in the MVTec AD evaluation layout
+//! `DIR/<class>/test/<defect>/<stem>.tiff`: single-channel float32 TIFFs, as the MVTec AD
+//! evaluation code reads them.
+//!
+//! The image score is the map's maximum unless a `scores.csv` (columns `path,score`) is
+//! in `DIR/<class>/` or `DIR/`; its paths are relative to the CSV's folder and name the
+//! map with or without its extension (`test/crack/000.tiff`, `bottle/test/crack/000`).
+//! Masks are resized (nearest) to the map size when they differ.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use super::EvalError;
+use super::csv::Table;
+use super::dataset::{Dataset, Mask, Sample};
+use super::metrics::{ImageMetrics, PixelMetrics, PixelMetricsAccumulator};
+use crate::detect::export::read_map_tiff;
+
+/// The metrics of one class.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ClassMetrics {
+    pub class: String,
+    /// Number of test images.
+    pub images: usize,
+    pub image: ImageMetrics,
+    /// `None` when some anomalous image has no mask (a folder dataset without `masks/`).
+    pub pixel: Option<PixelMetrics>,
+}
+
+/// Where the map of `sample` lies under `maps_dir`: `<class>/test/<defect>/<stem>.tiff`.
+pub fn map_path(maps_dir: &Path, class: &str, sample: &Sample) -> PathBuf {
+    let stem = sample
+        .image
+        .file_stem()
+        .unwrap_or_default()
+        .to_string_lossy();
+    maps_dir
+        .join(class)
+        .join("test")
+        .join(&sample.defect)
+        .join(format!("{stem}.tiff"))
+}
+
+/// A map path without its `.tiff` / `.tif` extension (the key of `scores.csv` rows).
+fn without_tiff_extension(path: PathBuf) -> PathBuf {
+    let is_tiff = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("tiff") || e.eq_ignore_ascii_case("tif"));
+    if is_tiff {
+        path.with_extension("")
+    } else {
+        path
+    }
+}
+
+/// Image and pixel metrics of `class` from the maps under `maps_dir`.
+pub fn score_class_maps(
+    dataset: &Dataset,
+    class: &str,
+    maps_dir: &Path,
+) -> Result<ClassMetrics, EvalError> {
+    let samples = dataset.test_samples(class)?;
+    let csv_scores = read_scores_csv(maps_dir, class)?;
+    let with_pixels = samples.iter().all(|s| !s.label || s.mask.is_some());
+    let mut pixels = with_pixels.then(PixelMetricsAccumulator::new);
+    let mut scores = Vec::with_capacity(samples.len());
+    for sample in &samples {
+        let path = map_path(maps_dir, class, sample);
+        let map = read_map_tiff(&path).map_err(|e| EvalError::Image {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let max_score = map.values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        scores.push(
+            csv_scores
+                .get(&without_tiff_extension(path.clone()))
+                .copied()
+                .unwrap_or(max_score),
+        );
+        if let Some(acc) = pixels.as_mut() {
+            let mask = match &sample.mask {
+                Some(mask) => Mask::load_resized(mask, map.width, map.height)?,
+                None => Mask::empty(map.width, map.height),
+            };
+            acc.add(&map.values, &mask.pixels, map.width, map.height)?;
+        }
+    }
+    let labels: Vec<bool> = samples.iter().map(|s| s.label).collect();
+    Ok(ClassMetrics {
+        class: class.to_owned(),
+        images: samples.len(),
+        image: ImageMetrics::compute(&scores, &labels)?,
+        pixel: pixels.map(PixelMetricsAccumulator::finish).transpose()?,
+    })
+}
+
+/// Image scores from `scores.csv` in `maps_dir/<class>/` or `maps_dir/`, keyed by the
+/// map path without extension; empty when there is no such file.
+fn read_scores_csv(maps_dir: &Path, class: &str) -> Result<HashMap<PathBuf, f32>, EvalError> {
+    let mut scores = HashMap::new();
+    for dir in [maps_dir.join(class), maps_dir.to_owned()] {
+        let path = dir.join("scores.csv");
+        if !path.is_file() {
+            continue;
+        }
+        let csv_error = |line: usize, reason: String| EvalError::Csv {
+            path: path.clone(),
+            line,
+            reason,
+        };
+        for (line, record) in Table::read(&path)?.rows {
+            let [map, score] = record.as_slice() else {
+                return Err(csv_error(line, "expected two columns: path,score".into()));
+            };
+            let score: f32 = score
+                .parse()
+                .map_err(|_| csv_error(line, format!("score `{score}` is not a number")))?;
+            scores
+                .entry(without_tiff_extension(dir.join(map)))
+                .or_insert(score);
+        }
+    }
+    Ok(scores)
+}
