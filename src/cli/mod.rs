@@ -12,6 +12,7 @@ use crate::clip::{self, Clip, DownloadObserver, ModelRequest};
 
 mod detect;
 mod embed;
+mod eval;
 mod refs;
 mod prompts;
 
@@ -77,6 +78,9 @@ pub enum Command {
     /// descriptors, stage times); OUT/scores.csv lists the image scores. Exits non-zero
     /// when any image failed; the others are still written.
     Detect(detect::DetectArgs),
+    /// Evaluate a method (ALFA or a baseline), or saved maps, on MVTec AD, VisA or a folder
+    /// dataset: image AUROC / AUPR / F1-max and pixel AUROC / PRO / F1-max per class and mean.
+    Eval(eval::EvalArgs),
     /// Normal reference images of a class, for few-shot detection.
     Refs(refs::RefsArgs),
     /// Benchmarks (timings on random weights of the real shapes).
@@ -140,6 +144,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Embed(args)) => embed::run(args),
         Some(Command::Detect(args)) => detect::run(args),
         Some(Command::Refs(args)) => refs::run(args),
+        Some(Command::Eval(args)) => eval::run(args),
         Some(Command::Bench(args)) => run_bench(args),
         Some(Command::Screenshot(args)) => crate::app::screenshot(args.gui, args.out),
         Some(Command::Prompts(args)) => prompts::run(args),

@@ -15,6 +15,7 @@ use super::csv::Table;
 use super::dataset::{Dataset, Mask, Sample};
 use super::metrics::{ImageMetrics, PixelMetrics, PixelMetricsAccumulator};
 use crate::detect::export::read_map_tiff;
+use crate::detect::maps::Grid;
 
 /// The metrics of one class.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -62,22 +63,31 @@ pub fn score_class_maps(
 ) -> Result<ClassMetrics, EvalError> {
     let samples = dataset.test_samples(class)?;
     let csv_scores = read_scores_csv(maps_dir, class)?;
-    let with_pixels = samples.iter().all(|s| !s.label || s.mask.is_some());
-    let mut pixels = with_pixels.then(PixelMetricsAccumulator::new);
-    let mut scores = Vec::with_capacity(samples.len());
-    for sample in &samples {
+    evaluate_class(class, &samples, |sample| {
         let path = map_path(maps_dir, class, sample);
         let map = read_map_tiff(&path).map_err(|e| EvalError::Image {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        let max_score = map.values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        scores.push(
-            csv_scores
-                .get(&without_tiff_extension(path.clone()))
-                .copied()
-                .unwrap_or(max_score),
-        );
+        let score = csv_scores.get(&without_tiff_extension(path)).copied().unwrap_or_else(|| map.max());
+        Ok((score, map))
+    })
+}
+
+/// Image and pixel metrics of `class` from `score`, which gives each test sample's
+/// image score and anomaly map (any size: masks are resized to it). Maps are
+/// consumed one at a time, so memory stays bounded (see [`PixelMetricsAccumulator`]).
+pub fn evaluate_class(
+    class: &str,
+    samples: &[Sample],
+    mut score: impl FnMut(&Sample) -> Result<(f32, Grid), EvalError>,
+) -> Result<ClassMetrics, EvalError> {
+    let with_pixels = samples.iter().all(|s| !s.label || s.mask.is_some());
+    let mut pixels = with_pixels.then(PixelMetricsAccumulator::new);
+    let mut scores = Vec::with_capacity(samples.len());
+    for sample in samples {
+        let (image_score, map) = score(sample)?;
+        scores.push(image_score);
         if let Some(acc) = pixels.as_mut() {
             let mask = match &sample.mask {
                 Some(mask) => Mask::load_resized(mask, map.width, map.height)?,

@@ -6,9 +6,10 @@ mod csv;
 pub mod dataset;
 pub mod maps;
 pub mod metrics;
+pub mod report;
 
 pub use dataset::{Dataset, DatasetKind, Mask, Sample};
-pub use maps::{ClassMetrics, score_class_maps};
+pub use maps::{ClassMetrics, evaluate_class, score_class_maps};
 pub use metrics::{ImageMetrics, PixelMetrics, PixelMetricsAccumulator};
 
 use std::path::PathBuf;
@@ -21,6 +22,8 @@ pub enum EvalError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Detect(#[from] crate::detect::DetectError),
     #[error("cannot read image {path}: {reason}")]
     Image { path: PathBuf, reason: String },
     #[error("{path}, line {line}: {reason}")]

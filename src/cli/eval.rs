@@ -1,0 +1,163 @@
+//! `alfa eval`: a method (or maps saved by any tool) over a dataset's test split,
+//! with the paper's metrics per class and the mean.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::ModelArgs;
+use crate::clip::{self, Clip};
+use crate::detect::baselines::build_method;
+use crate::detect::references::draw;
+use crate::detect::text_cache::default_cache_dir;
+use crate::detect::{Ablation, AlfaMethod, ClassSpec, DetectSettings, Detector, Method, MethodKind, WindowMode};
+use crate::eval::report::EvalReport;
+use crate::eval::{ClassMetrics, Dataset, DatasetKind, evaluate_class, score_class_maps};
+use crate::files::write_atomic;
+use crate::prompts::PromptStore;
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Dataset layout: mvtec, visa or folder [default: detected from ROOT].
+    #[arg(long, value_name = "KIND")]
+    pub dataset: Option<DatasetKind>,
+    /// The dataset's root folder.
+    #[arg(long, value_name = "ROOT")]
+    pub root: PathBuf,
+    /// Classes to evaluate [default: all].
+    #[arg(long, value_delimiter = ',', value_name = "A,B")]
+    pub classes: Vec<String>,
+    #[arg(long, value_enum, default_value_t = MethodKind::Alfa)]
+    pub method: MethodKind,
+    /// ALFA only: a row of the paper's component analysis (Table 2).
+    #[arg(long, value_enum, default_value_t = Ablation::Full)]
+    pub ablation: Ablation,
+    /// Few-shot: normal references per class, drawn from the train split's good images
+    /// (alfa and winclip).
+    #[arg(long, default_value_t = 0, value_name = "K")]
+    pub shots: usize,
+    /// Few-shot: repeat with seeds 0..N and report the mean and standard deviation.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub seeds: u64,
+    /// Score the float32 TIFF maps in DIR (<class>/test/<defect>/<stem>.tiff, image score
+    /// from a scores.csv beside them, else the map maximum) instead of running a method.
+    #[arg(long, value_name = "DIR")]
+    pub maps: Option<PathBuf>,
+    /// Folder of prompt sets that take precedence over the shipped ones.
+    #[arg(long, value_name = "DIR", default_value = "prompts")]
+    pub prompts_dir: PathBuf,
+    #[arg(long, value_delimiter = ',', default_value = "2,3", value_name = "S,...")]
+    pub scales: Vec<usize>,
+    #[arg(long, value_enum, default_value_t = WindowMode::Tokens)]
+    pub window_mode: WindowMode,
+    /// Write the report as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Write the table as Markdown.
+    #[arg(long, value_name = "FILE")]
+    pub markdown: Option<PathBuf>,
+    /// Write the table as CSV.
+    #[arg(long, value_name = "FILE")]
+    pub csv: Option<PathBuf>,
+}
+
+pub fn run(args: EvalArgs) -> Result<()> {
+    let dataset = match args.dataset {
+        Some(kind) => Dataset::open_as(&args.root, kind)?,
+        None => Dataset::open(&args.root)?,
+    };
+    let classes: Vec<String> = if args.classes.is_empty() { dataset.classes().to_vec() } else { args.classes.clone() };
+    let samples = classes.iter().map(|c| dataset.test_samples(c)).collect::<Result<Vec<_>, _>>()?;
+    let settings = DetectSettings {
+        scales: args.scales.clone(),
+        window_mode: args.window_mode,
+        ..Default::default()
+    };
+    let mut run = serde_json::json!({
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "alfa": env!("CARGO_PKG_VERSION"),
+        "dataset": format!("{:?}", dataset.kind()).to_lowercase(),
+        "root": args.root.display().to_string(),
+        "classes": classes,
+    });
+
+    let per_seed: Vec<Vec<ClassMetrics>> = if let Some(maps) = &args.maps {
+        run["maps"] = maps.display().to_string().into();
+        let metrics = classes.iter().map(|c| score_class_maps(&dataset, c, maps)).collect::<Result<Vec<_>, _>>()?;
+        vec![metrics]
+    } else {
+        if args.shots > 0 && !matches!(args.method, MethodKind::Alfa | MethodKind::Winclip) {
+            bail!("--shots works with --method alfa or winclip; {:?} is zero-shot only", args.method);
+        }
+        let files = args.model.request().resolve()?;
+        let identity = files.identity();
+        let detector = Detector::new(Clip::load(&files, &clip::device(args.model.cpu)?)?, &identity, default_cache_dir().as_deref());
+        let mut method: Box<dyn Method> = match args.method {
+            MethodKind::Alfa => Box::new(AlfaMethod::new(detector, settings.clone(), args.ablation)),
+            kind => build_method(kind, detector, settings.clone())?,
+        };
+        run["method"] = serde_json::to_value(args.method)?;
+        run["ablation"] = serde_json::to_value(args.ablation)?;
+        run["model"] = files.name.clone().into();
+        run["model_identity"] = identity.into();
+        run["settings"] = serde_json::to_value(&settings)?;
+        run["shots"] = args.shots.into();
+        let seeds: Vec<u64> = if args.shots > 0 { (0..args.seeds.max(1)).collect() } else { vec![0] };
+        run["seeds"] = serde_json::to_value(&seeds)?;
+
+        let total: usize = samples.iter().map(Vec::len).sum::<usize>() * seeds.len();
+        let bar = ProgressBar::new(total as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} images ({eta} left) {wide_msg}").expect("the template is valid"),
+        );
+        let store = PromptStore { dir: Some(args.prompts_dir.clone()) };
+        let mut per_seed = Vec::new();
+        for &seed in &seeds {
+            let mut metrics = Vec::new();
+            for (class, samples) in classes.iter().zip(&samples) {
+                bar.set_message(format!("{class}, seed {seed}"));
+                let set = store.resolve(class)?.set;
+                let spec = ClassSpec { id: class.clone(), name: set.class.name.clone(), prompts: set.expand() };
+                let references = if args.shots > 0 {
+                    let pool = dataset.train_good(class)?;
+                    if pool.len() < args.shots {
+                        bail!("class `{class}` has {} good training images, fewer than --shots {}", pool.len(), args.shots);
+                    }
+                    draw(&pool, args.shots, seed).iter().map(|p| clip::open_image(p)).collect::<Result<Vec<_>, _>>()?
+                } else {
+                    Vec::new()
+                };
+                method.prepare(&spec, &references)?;
+                let class_metrics = evaluate_class(class, samples, |sample| {
+                    let image = clip::open_image(&sample.image).map_err(crate::detect::DetectError::from)?;
+                    let scored = method.score(&image)?;
+                    bar.inc(1);
+                    Ok((scored.image_score, scored.map))
+                })
+                .with_context(|| format!("class `{class}`"))?;
+                metrics.push(class_metrics);
+            }
+            per_seed.push(metrics);
+        }
+        bar.finish_and_clear();
+        per_seed
+    };
+
+    let report = EvalReport::new(run, &per_seed);
+    let markdown = report.markdown();
+    println!("{markdown}");
+    if let Some(path) = &args.json {
+        write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(path) = &args.markdown {
+        write_atomic(path, markdown.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(path) = &args.csv {
+        write_atomic(path, report.csv().as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
