@@ -3,25 +3,17 @@
 
 mod common;
 
-use alfa::clip::{Clip, ModelRequest, VisionCapture};
+use alfa::clip::VisionCapture;
 use alfa::detect::baselines::anovl::{DenseFeatures, dense_features, value_value_step};
 use alfa::detect::baselines::{Anovl, TtaSettings, Winclip, build_method};
 use alfa::detect::{ClassSpec, DetectError, DetectSettings, Detector, MethodKind, Method};
 use alfa::prompts::PromptStore;
 use candle_core::{Device, IndexOp, Tensor};
-use common::{fixtures, shared_tokenizer};
+use common::fixtures;
 use image::{DynamicImage, Rgb, RgbImage};
 
 fn detector() -> Detector {
-    let files = ModelRequest {
-        model: Some(fixtures().join("tiny-gelu").display().to_string()),
-        tokenizer: Some(shared_tokenizer()),
-        ..Default::default()
-    }
-    .resolve()
-    .unwrap();
-    let clip = Clip::load(&files, &Device::Cpu).unwrap();
-    Detector::new(clip, &files.identity(), None)
+    common::detector("tiny-gelu", None, None)
 }
 
 fn bottle() -> ClassSpec {

@@ -2,23 +2,12 @@
 
 mod common;
 
-use alfa::clip::{Clip, ModelRequest};
 use alfa::detect::{DetectSettings, Detector, WindowMode};
 use alfa::prompts::PromptStore;
-use candle_core::Device;
-use common::{fixtures, shared_tokenizer};
 use image::{DynamicImage, Rgb, RgbImage};
 
 fn detector(cache: Option<&std::path::Path>) -> Detector {
-    let files = ModelRequest {
-        model: Some(fixtures().join("tiny-gelu").display().to_string()),
-        tokenizer: Some(shared_tokenizer()),
-        ..Default::default()
-    }
-    .resolve()
-    .unwrap();
-    let clip = Clip::load(&files, &Device::Cpu).unwrap();
-    Detector::new(clip, &files.identity(), cache)
+    common::detector("tiny-gelu", None, cache)
 }
 
 /// A textured part with a dark blob: not square, not the model's size.

@@ -4,25 +4,11 @@ mod common;
 
 use std::path::PathBuf;
 
-use alfa::clip::{Clip, ModelRequest};
 use alfa::detect::references::{add_references, draw, list_references, remove_references};
-use alfa::detect::{Ablation, AlfaMethod, ClassSpec, DetectSettings, Detector, Method};
+use alfa::detect::{Ablation, AlfaMethod, ClassSpec, DetectSettings, Method};
 use alfa::prompts::PromptStore;
-use candle_core::Device;
-use common::{fixtures, shared_tokenizer};
+use common::detector;
 use image::{DynamicImage, Rgb, RgbImage};
-
-fn detector(model: &str, identity: Option<&str>, cache: Option<&std::path::Path>) -> Detector {
-    let files = ModelRequest {
-        model: Some(fixtures().join(model).display().to_string()),
-        tokenizer: Some(shared_tokenizer()),
-        ..Default::default()
-    }
-    .resolve()
-    .unwrap();
-    let clip = Clip::load(&files, &Device::Cpu).unwrap();
-    Detector::new(clip, identity.unwrap_or(&files.identity()), cache)
-}
 
 /// A woven texture, shifted by `phase`; with `defect` a bright square in patch
 /// (x 2, y 1) of the 4x4 grid (the tiny model sees 64x64 as 32x32 in 8 px patches).

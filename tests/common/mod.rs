@@ -12,3 +12,17 @@ pub fn fixtures() -> PathBuf {
 pub fn shared_tokenizer() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/clip/tokenizer.json")
 }
+
+/// A detector on a tiny fixture model (`tiny-gelu`, `tiny-quickgelu`) on the CPU;
+/// `identity` replaces the model's own cache key, `cache` is the cache folder.
+pub fn detector(model: &str, identity: Option<&str>, cache: Option<&std::path::Path>) -> alfa::detect::Detector {
+    let files = alfa::clip::ModelRequest {
+        model: Some(fixtures().join(model).display().to_string()),
+        tokenizer: Some(shared_tokenizer()),
+        ..Default::default()
+    }
+    .resolve()
+    .unwrap();
+    let clip = alfa::clip::Clip::load(&files, &candle_core::Device::Cpu).unwrap();
+    alfa::detect::Detector::new(clip, identity.unwrap_or(&files.identity()), cache)
+}
