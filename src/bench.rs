@@ -118,7 +118,7 @@ pub fn clip_forward(arch: &str, repeats: usize, log: impl Fn(&str)) -> Result<Cl
     let windows_365_s = time(repeats, || {
         let embedded = model.vision.embed(&b1)?;
         for w in &windows {
-            model.vision.forward_windows(&embedded, w, Default::default())?;
+            model.vision.forward_windows(&embedded, w, false)?;
         }
         Ok(())
     })?;

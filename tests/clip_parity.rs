@@ -172,7 +172,7 @@ fn window_features_match_openclip() {
             let key = w["name"].as_str().unwrap();
             let indices = f.expected(&format!("{key}_indices")).to_dtype(DType::U32).unwrap();
             let (ours, _) = vision
-                .forward_windows(&embedded, &indices.unsqueeze(0).unwrap(), VisionCapture::default())
+                .forward_windows(&embedded, &indices.unsqueeze(0).unwrap(), false)
                 .unwrap();
             assert_close(
                 &format!("{name} {key}"),

@@ -1,6 +1,14 @@
-//! CPU activations: candle's run on one thread; these run on all cores. The exact
-//! GELU uses Abramowitz & Stegun 7.1.26 for erf (|error| < 1.5e-7, the approximation
-//! PyTorch's vectorised CPU erf uses). Other devices use candle's kernels.
+//! CPU kernels where candle's generic ones leave most of the machine idle. Other
+//! devices use candle's kernels.
+//!
+//! - Activations: candle's run on one thread; these run on all cores. The exact GELU
+//!   uses Abramowitz & Stegun 7.1.26 for erf (|error| < 1.5e-7, the approximation
+//!   PyTorch's vectorised CPU erf uses).
+//! - Attention: candle's batched matmul calls `gemm` once per (sequence, head), one
+//!   after another, so short sequences (365 windows of 5 or 10 tokens, prompts of 20)
+//!   cost thousands of serial calls plus the copies that split the heads. This
+//!   kernel reads the heads in place from `in_proj`'s output and runs the rows in
+//!   parallel.
 
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -56,6 +64,192 @@ impl CustomOp1 for Act {
     }
 }
 
+/// Which keys a query attends to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mask {
+    /// Every token of the sequence.
+    Full,
+    /// Token i attends to tokens 0..=i (the text tower).
+    Causal,
+}
+
+/// Multi-head scaled dot-product attention over a fused `qkv` [B, L, 3D] (queries,
+/// keys and values side by side, each D wide and split into `heads` heads, as
+/// `nn.MultiheadAttention`'s `in_proj` produces them), for the first `queries` tokens
+/// of each sequence as queries: [B, queries, D], heads concatenated. Fewer queries
+/// than tokens serve the class token alone.
+pub fn attention(qkv: &Tensor, heads: usize, queries: usize, mask: Mask) -> candle_core::Result<Tensor> {
+    let (_, l, three_d) = qkv.dims3()?;
+    if three_d % (3 * heads) != 0 || queries > l {
+        candle_core::bail!("attention: {queries} queries over qkv {:?} with {heads} heads", qkv.dims());
+    }
+    if on_cpu_f32(qkv) {
+        return qkv.contiguous()?.apply_op1_no_bwd(&Attend { heads, queries, mask });
+    }
+    attention_by_matmul(qkv, heads, queries, mask)
+}
+
+/// `attention` from candle's tensor operations (GPU devices).
+fn attention_by_matmul(qkv: &Tensor, heads: usize, queries: usize, mask: Mask) -> candle_core::Result<Tensor> {
+    let (b, l, three_d) = qkv.dims3()?;
+    let d = three_d / 3;
+    let head_dim = d / heads;
+    let split = |i: usize, rows: usize| -> candle_core::Result<Tensor> {
+        qkv.narrow(1, 0, rows)?
+            .narrow(2, i * d, d)?
+            .reshape((b, rows, heads, head_dim))?
+            .transpose(1, 2)?
+            .contiguous()
+    };
+    let q = (split(0, queries)? * (1.0 / (head_dim as f64).sqrt()))?;
+    let (k, v) = (split(1, l)?, split(2, l)?);
+    let mut logits = q.matmul(&k.t()?)?; // [B, H, queries, L]
+    if mask == Mask::Causal {
+        let causal: Vec<f32> = (0..queries)
+            .flat_map(|i| (0..l).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+            .collect();
+        logits = logits.broadcast_add(&Tensor::from_vec(causal, (queries, l), qkv.device())?)?;
+    }
+    candle_nn::ops::softmax_last_dim(&logits)?
+        .matmul(&v)?
+        .transpose(1, 2)?
+        .reshape((b, queries, d))
+}
+
+struct Attend {
+    heads: usize,
+    queries: usize,
+    mask: Mask,
+}
+
+impl CustomOp1 for Attend {
+    fn name(&self) -> &'static str {
+        "alfa-attention"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("{} expects f32", self.name());
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("{} expects a contiguous tensor", self.name());
+        };
+        let (b, l, three_d) = layout.shape().dims3()?;
+        let data = &data[start..end];
+        let (d, heads, queries) = (three_d / 3, self.heads, self.queries);
+        let head_dim = d / heads;
+        // One task per (sequence, head), each writing its own [queries, head_dim] block;
+        // the blocks are interleaved into [B, queries, D] after.
+        let mut blocks = vec![0f32; b * heads * queries * head_dim];
+        blocks.par_chunks_mut(queries * head_dim).enumerate().for_each_init(
+            || AttendScratch { keys_t: vec![0f32; head_dim * l], weights: vec![0f32; l] },
+            |scratch, (task, block)| {
+                let (seq, head) = (task / heads, task % heads);
+                let tokens = &data[seq * l * three_d..(seq + 1) * l * three_d];
+                let shape = HeadShape { l, d, head_dim, offset: head * head_dim, mask: self.mask };
+                attend_head(tokens, shape, scratch, block);
+            },
+        );
+        let mut out = vec![0f32; b * queries * d];
+        out.par_chunks_mut(queries * d).enumerate().for_each(|(seq, out)| {
+            for head in 0..heads {
+                let block = &blocks[(seq * heads + head) * queries * head_dim..][..queries * head_dim];
+                for (row, values) in block.chunks_exact(head_dim).enumerate() {
+                    out[row * d + head * head_dim..][..head_dim].copy_from_slice(values);
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((b, queries, d))))
+    }
+}
+
+struct AttendScratch {
+    /// One head's keys transposed [head_dim, L], so a query's logits are a sum of
+    /// contiguous rows (vector code) instead of L short dot products.
+    keys_t: Vec<f32>,
+    weights: Vec<f32>,
+}
+
+#[derive(Clone, Copy)]
+struct HeadShape {
+    l: usize,
+    d: usize,
+    head_dim: usize,
+    /// The head's first column within q, k and v.
+    offset: usize,
+    mask: Mask,
+}
+
+/// One head of one sequence (`tokens`: [L, 3D] row-major) for the first
+/// `block.len() / head_dim` queries, into `block` [queries, head_dim].
+fn attend_head(tokens: &[f32], shape: HeadShape, scratch: &mut AttendScratch, block: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F, checked just above.
+            return unsafe { attend_head_avx512(tokens, shape, scratch, block) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2, checked just above.
+            return unsafe { attend_head_avx2(tokens, shape, scratch, block) };
+        }
+    }
+    attend_head_portable(tokens, shape, scratch, block)
+}
+
+/// The same code compiled for wider vectors; chosen at run time.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn attend_head_avx512(tokens: &[f32], shape: HeadShape, scratch: &mut AttendScratch, block: &mut [f32]) {
+    attend_head_portable(tokens, shape, scratch, block)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn attend_head_avx2(tokens: &[f32], shape: HeadShape, scratch: &mut AttendScratch, block: &mut [f32]) {
+    attend_head_portable(tokens, shape, scratch, block)
+}
+
+// Plain `*` and `+` throughout: `mul_add` is a slow library call on CPUs without FMA.
+#[inline(always)]
+fn attend_head_portable(tokens: &[f32], shape: HeadShape, scratch: &mut AttendScratch, block: &mut [f32]) {
+    let HeadShape { l, d, head_dim, offset, mask } = shape;
+    let three_d = 3 * d;
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let keys_t = &mut scratch.keys_t[..head_dim * l];
+    for j in 0..l {
+        let key = &tokens[j * three_d + d + offset..][..head_dim];
+        for (c, &k) in key.iter().enumerate() {
+            keys_t[c * l + j] = k;
+        }
+    }
+    for (i, out) in block.chunks_exact_mut(head_dim).enumerate() {
+        let keys = match mask {
+            Mask::Full => l,
+            Mask::Causal => i + 1,
+        };
+        let weights = &mut scratch.weights[..keys];
+        weights.fill(0.0);
+        let query = &tokens[i * three_d + offset..][..head_dim];
+        for (c, &q) in query.iter().enumerate() {
+            let q = q * scale;
+            weights.iter_mut().zip(&keys_t[c * l..][..keys]).for_each(|(w, k)| *w += q * k);
+        }
+        let max = weights.iter().fold(f32::NEG_INFINITY, |m, &w| m.max(w));
+        let mut sum = 0.0;
+        for w in weights.iter_mut() {
+            *w = (*w - max).exp();
+            sum += *w;
+        }
+        out.fill(0.0);
+        for (j, &w) in weights.iter().enumerate() {
+            let value = &tokens[j * three_d + 2 * d + offset..][..head_dim];
+            let w = w / sum;
+            out.iter_mut().zip(value).for_each(|(o, v)| *o += w * v);
+        }
+    }
+}
+
 fn on_cpu_f32(x: &Tensor) -> bool {
     matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32
 }
@@ -81,6 +275,33 @@ pub fn quick_gelu(x: &Tensor) -> candle_core::Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attention_kernel_matches_matmul_attention() {
+        let (b, l, heads, head_dim) = (3, 11, 4, 20);
+        let qkv = Tensor::randn(0f32, 1.0, (b, l, 3 * heads * head_dim), &Device::Cpu).unwrap();
+        for mask in [Mask::Full, Mask::Causal] {
+            for queries in [l, 1, 4] {
+                let fast = attention(&qkv, heads, queries, mask).unwrap();
+                let reference = attention_by_matmul(&qkv, heads, queries, mask).unwrap();
+                assert_eq!(fast.dims(), &[b, queries, heads * head_dim]);
+                let diff = (fast - reference).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+                let diff = diff.to_scalar::<f32>().unwrap();
+                assert!(diff < 1e-5, "{mask:?}, {queries} queries: max |diff| {diff}");
+            }
+        }
+    }
+
+    #[test]
+    fn causal_attention_ignores_later_tokens() {
+        let (l, width) = (6, 8);
+        let qkv = Tensor::randn(0f32, 1.0, (1, l, 3 * width), &Device::Cpu).unwrap();
+        let changed_last = Tensor::cat(&[qkv.narrow(1, 0, l - 1).unwrap(), (qkv.narrow(1, l - 1, 1).unwrap() * 3.0).unwrap()], 1).unwrap();
+        let first = |x: &Tensor| attention(x, 2, l, Mask::Causal).unwrap().narrow(1, 0, l - 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(first(&qkv), first(&changed_last));
+        let full = |x: &Tensor| attention(x, 2, l, Mask::Full).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_ne!(full(&qkv)[..width], full(&changed_last)[..width], "without the mask the first token sees the last");
+    }
 
     #[test]
     fn activations_match_candle_reference() {

@@ -10,7 +10,7 @@ use candle_core::{D, DType, Device, IndexOp, Module, Tensor};
 use candle_nn::LayerNorm;
 
 use super::ClipError;
-use super::kernels;
+use super::kernels::{self, Mask};
 use super::config::{ModelConfig, TextConfig, VisionConfig};
 
 /// OpenCLIP uses `nn.LayerNorm`'s default epsilon everywhere.
@@ -146,25 +146,20 @@ impl Attention {
         })
     }
 
-    /// Self-attention over `x` [B, L, D]; `mask` [L, L] is added to the logits.
-    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
-        let (b, l, d) = x.dims3()?;
-        let qkv = self
-            .in_proj
-            .forward(x)?
-            .reshape((b, l, 3, self.heads, self.head_dim))?
-            .permute((2, 0, 3, 1, 4))?; // [3, B, H, L, hd]
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let q = (qkv.i(0)?.contiguous()? * scale)?;
-        let k = qkv.i(1)?.contiguous()?;
-        let v = qkv.i(2)?.contiguous()?;
-        let mut logits = q.matmul(&k.t()?)?;
-        if let Some(mask) = mask {
-            logits = logits.broadcast_add(mask)?;
-        }
-        let attn = candle_nn::ops::softmax_last_dim(&logits)?;
-        let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, l, d))?;
-        self.out_proj.forward(&out)
+    /// Self-attention over `x` [B, L, D].
+    pub fn forward(&self, x: &Tensor, mask: Mask) -> candle_core::Result<Tensor> {
+        self.attend(&self.in_proj.forward(x)?, x.dim(1)?, mask)
+    }
+
+    /// The fused query/key/value projection `x W_in + b_in` [B, L, 3D].
+    fn qkv(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.in_proj.forward(x)
+    }
+
+    /// Attention of the first `queries` tokens over `qkv` [B, L, 3D], then the output
+    /// projection: [B, queries, D].
+    fn attend(&self, qkv: &Tensor, queries: usize, mask: Mask) -> candle_core::Result<Tensor> {
+        self.out_proj.forward(&kernels::attention(qkv, self.heads, queries, mask)?)
     }
 
     /// The value vectors `ln_1(x) W_v + b_v` of every token, all heads concatenated [B, L, D].
@@ -221,17 +216,20 @@ impl ResidualAttentionBlock {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, mask: Mask) -> candle_core::Result<Tensor> {
         let x = (x + self.attn.forward(&self.ln_1.forward(x)?, mask)?)?;
         &x + self.mlp(&self.ln_2.forward(&x)?)?
     }
 
-    /// `forward`, also returning this block's attention values (for the last block's
-    /// value features without a second pass).
-    pub fn forward_with_values(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
-        let normed = self.ln_1.forward(x)?;
-        let values = self.attn.values(&normed)?;
-        let x = (x + self.attn.forward(&normed, None)?)?;
+    /// The outputs of the first `queries` tokens [B, queries, W] (attending to all
+    /// tokens), and this block's attention values of every token [B, L, W], taken
+    /// from the same projection (the last block's value features need no second
+    /// pass; window features need the class token alone).
+    pub fn forward_with_values(&self, x: &Tensor, queries: usize) -> candle_core::Result<(Tensor, Tensor)> {
+        let width = x.dim(2)?;
+        let qkv = self.attn.qkv(&self.ln_1.forward(x)?)?;
+        let values = qkv.narrow(2, 2 * width, width)?.contiguous()?;
+        let x = (x.narrow(1, 0, queries)? + self.attn.attend(&qkv, queries, Mask::Full)?)?;
         let out = (&x + self.mlp(&self.ln_2.forward(&x)?)?)?;
         Ok((out, values))
     }
@@ -358,19 +356,23 @@ impl VisionTransformer {
         if capture.layers {
             layers.push(x.clone());
         }
-        let mut last_values = None;
-        let last = self.blocks.len() - 1;
-        for (i, block) in self.blocks.iter().enumerate() {
-            if i == last && capture.last_values {
-                let (out, values) = block.forward_with_values(&x)?;
-                x = out;
-                last_values = Some(values);
-            } else {
-                x = block.forward(&x, None)?;
-            }
+        let (last, inner) = self.blocks.split_last().expect("a ViT has at least one block");
+        for block in inner {
+            x = block.forward(&x, Mask::Full)?;
             if capture.layers {
                 layers.push(x.clone());
             }
+        }
+        let mut last_values = None;
+        if capture.last_values {
+            let (out, values) = last.forward_with_values(&x, x.dim(1)?)?;
+            x = out;
+            last_values = Some(values);
+        } else {
+            x = last.forward(&x, Mask::Full)?;
+        }
+        if capture.layers {
+            layers.push(x.clone());
         }
         Ok((x, layers, last_values))
     }
@@ -414,14 +416,16 @@ impl VisionTransformer {
     /// window's patch tokens (each with its own position embedding) go through the
     /// transformer. `embedded` is `embed`'s output [B, 1 + G*G, W]; `windows` [K, n]
     /// holds row-major patch indices (u32). Returns the pooled features [B, K, E],
-    /// unnormalised, and with `capture.last_values` the last block's values
-    /// [B, K, 1 + n, W] (class token first). All B*K sequences run as one batch:
-    /// the caller chunks `windows` to bound memory.
+    /// unnormalised, and `with_values` the last block's values [B, K, 1 + n, W]
+    /// (class token first). All B*K sequences run as one batch: the caller chunks
+    /// `windows` to bound memory. Only the pooled class token is needed, so the last
+    /// block computes the class token's output alone (a twelfth of the work per
+    /// patch token in that block).
     pub fn forward_windows(
         &self,
         embedded: &Tensor,
         windows: &Tensor,
-        capture: VisionCapture,
+        with_values: bool,
     ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
         let (b, _, w) = embedded.dims3()?;
         let (k, n) = windows.dims2()?;
@@ -433,9 +437,14 @@ impl VisionTransformer {
         let tokens = embedded
             .index_select(&index, 1)?
             .reshape((b * k, 1 + n, w))?;
-        let (out, _, values) = self.forward_embedded(&tokens, capture)?;
-        let values = values.map(|v| v.reshape((b, k, 1 + n, w))).transpose()?;
-        Ok((self.pool(&out)?.reshape((b, k, ()))?, values))
+        let mut x = self.ln_pre.forward(&tokens)?;
+        let (last, inner) = self.blocks.split_last().expect("a ViT has at least one block");
+        for block in inner {
+            x = block.forward(&x, Mask::Full)?;
+        }
+        let (class, values) = last.forward_with_values(&x, 1)?;
+        let values = with_values.then(|| values.reshape((b, k, 1 + n, w))).transpose()?;
+        Ok((self.pool(&class)?.reshape((b, k, ()))?, values))
     }
 }
 
@@ -487,13 +496,12 @@ impl TextTransformer {
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((t, l, ()))?
             .broadcast_add(&self.positional_embedding.narrow(0, 0, l)?)?;
-        let mask = causal_mask(l, x.device())?;
         let mut layers = Vec::new();
         if keep_layers {
             layers.push(x.clone());
         }
         for block in &self.blocks {
-            x = block.forward(&x, Some(&mask))?;
+            x = block.forward(&x, Mask::Causal)?;
             if keep_layers {
                 layers.push(x.clone());
             }
@@ -506,14 +514,6 @@ impl TextTransformer {
             .squeeze(1)?;
         Ok((self.text_projection.forward(&pooled)?, layers))
     }
-}
-
-/// `-inf` above the diagonal: token i attends to tokens 0..=i.
-fn causal_mask(l: usize, device: &Device) -> candle_core::Result<Tensor> {
-    let mask: Vec<f32> = (0..l)
-        .flat_map(|i| (0..l).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
-    Tensor::from_vec(mask, (l, l), device)
 }
 
 /// The two towers and CLIP's temperature.

@@ -417,11 +417,10 @@ impl Detector {
         let mut values = Vec::new();
         for chunk in windows.chunks(batch.max(1)) {
             let index = Tensor::from_vec(chunk.concat(), (chunk.len(), n), &self.clip.device)?;
-            let capture = VisionCapture { layers: false, last_values: with_values };
-            let (pooled, v) = vision.forward_windows(&embedded, &index, capture)?;
+            let (pooled, v) = vision.forward_windows(&embedded, &index, with_values)?;
             features.push(pooled.i(0)?);
             if let Some(v) = v {
-                values.push(vision.project_values(&v.i(0)?)?.narrow(1, 1, n)?); // [k, n, E]
+                values.push(vision.project_values(&v.i(0)?.narrow(1, 1, n)?)?); // [k, n, E]
             }
         }
         let values = if with_values { Some(Tensor::cat(&values, 0)?) } else { None };

@@ -157,7 +157,7 @@ impl Winclip {
         let mut pooled = Vec::new();
         for chunk in windows.chunks(self.settings.window_batch.max(1)) {
             let index = Tensor::from_vec(chunk.concat(), (chunk.len(), scale * scale), &self.detector.clip.device)?;
-            let (features, _) = vision.forward_windows(embedded, &index, VisionCapture::default())?;
+            let (features, _) = vision.forward_windows(embedded, &index, false)?;
             pooled.push(features.i(0)?);
         }
         Ok(l2_normalize(&Tensor::cat(&pooled, 0)?)?)
