@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::prompts::set::file_for;
+use crate::prompts::merge::PromptFile;
 use crate::prompts::{PromptSet, ResolvedPrompts};
 
 /// Typing pause after which the edited set is applied.
@@ -157,18 +157,16 @@ impl PromptEditor {
         Some(previous)
     }
 
-    /// Writes the applied set to `<dir>/<class>.toml` atomically.
+    /// Writes the applied set to `<dir>/<class>.toml` atomically, through the same
+    /// document edit as `alfa prompts generate`: the file's comments and layout stay.
     pub fn save(&mut self, dir: &Path) -> Result<PathBuf, String> {
-        let path = file_for(dir, &self.applied.class.id);
-        let body = toml::to_string_pretty(&self.applied).map_err(|e| e.to_string())?;
-        let text = format!(
-            "# alfa prompt set for {}, saved from the inspection app. `{{c}}` is replaced by the class name.\n\n{body}",
-            self.applied.class.id
-        );
-        crate::files::write_atomic(&path, text.as_bytes()).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        self.source = Some(path.clone());
+        let update = PromptFile::load(dir, &self.applied.class.id)
+            .and_then(|file| file.rewrite(&self.applied))
+            .and_then(|update| update.write().map(|()| update))
+            .map_err(|e| e.to_string())?;
+        self.source = Some(update.path.clone());
         self.unsaved = false;
-        Ok(path)
+        Ok(update.path)
     }
 }
 
@@ -237,5 +235,30 @@ mod tests {
         assert_eq!(read.set, editor.applied);
         assert_eq!(read.set.templates.domains, ["photo", "x-ray image"]);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left");
+    }
+
+    #[test]
+    fn save_keeps_the_files_comments() {
+        let dir = tempfile::tempdir().unwrap();
+        let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/prompts/bottle.toml")).unwrap();
+        let commented = shipped.replacen("abnormal = [", "abnormal = [\n    # checked by hand on line 3", 1);
+        let text = format!("# my bottle notes\n{commented}");
+        std::fs::write(dir.path().join("bottle.toml"), &text).unwrap();
+        let mut editor = PromptEditor::new(PromptStore { dir: Some(dir.path().to_owned()) }.resolve("bottle").unwrap());
+        let first_domain = editor.applied.templates.domains[0].clone();
+        let start = Instant::now();
+        editor.texts[field_index(Field::LlmAbnormal)].push_str("\nAn abnormal image of {c} shows a green stripe.");
+        let domains = &mut editor.texts[field_index(Field::Domains)];
+        *domains = domains.lines().skip(1).collect::<Vec<_>>().join("\n");
+        editor.edited(start);
+        editor.poll(start + DEBOUNCE).unwrap();
+        editor.save(dir.path()).unwrap();
+        let saved = std::fs::read_to_string(dir.path().join("bottle.toml")).unwrap();
+        assert!(saved.starts_with("# my bottle notes\n"), "{saved}");
+        assert!(saved.contains("# checked by hand on line 3"), "{saved}");
+        assert!(saved.contains("\"An abnormal image of {c} shows a green stripe.\""), "{saved}");
+        let read = PromptSet::from_toml(&saved, Path::new("saved")).unwrap();
+        assert_eq!(read, editor.applied);
+        assert!(!read.templates.domains.contains(&first_domain));
     }
 }

@@ -13,6 +13,7 @@ pub mod method;
 pub mod references;
 pub mod ridge;
 pub mod text_cache;
+pub mod threshold;
 
 pub use engine::{ClassPrompts, DetectSettings, Detection, Detector, WindowMode};
 pub use method::{Ablation, AlfaMethod, ClassSpec, Method, MethodKind, Scored};
