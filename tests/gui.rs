@@ -31,6 +31,11 @@ fn image_folder(dir: &Path) -> PathBuf {
 }
 
 fn harness(paths: Vec<PathBuf>) -> Harness<'static, AlfaApp> {
+    harness_with_prompts(paths, None)
+}
+
+/// `prompts_dir`: the folder the app reads and saves prompt files in.
+fn harness_with_prompts(paths: Vec<PathBuf>, prompts_dir: Option<PathBuf>) -> Harness<'static, AlfaApp> {
     let options = AppOptions {
         args: GuiArgs {
             model: ModelArgs {
@@ -42,6 +47,7 @@ fn harness(paths: Vec<PathBuf>) -> Harness<'static, AlfaApp> {
             paths,
         },
         cache_dir: None,
+        prompts_dir,
         screenshot: None,
     };
     Harness::builder()
@@ -131,4 +137,98 @@ fn overview_snapshot() {
     harness.run_steps(3);
     // Software rasterisers differ slightly between Mesa versions.
     harness.snapshot_options("gui_overview", &SnapshotOptions::new().threshold(2.0).max_failed_pixels(12_000));
+}
+
+/// Threshold the test expects: with n scores and rate f, k = floor(f n) may be at or
+/// above it; it is just above the (k + 1)-th highest.
+fn expected_threshold(scores: &[f32], fpr: f64) -> f32 {
+    let mut sorted = scores.to_vec();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    let k = (fpr * sorted.len() as f64 + 1e-9).floor() as usize;
+    sorted[k].next_up()
+}
+
+fn reanalysed(generation: u64) -> impl Fn(&AlfaApp) -> bool {
+    move |app| app.state.progress.generation > generation && analysed(app)
+}
+
+#[test]
+fn references_switch_to_few_shot_and_set_the_threshold() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = image_folder(dir.path());
+    let mut harness = harness(vec![root.clone()]);
+    step_until(&mut harness, "the analysis", analysed);
+    assert!(harness.query_all_by_label("zero-shot").count() >= 1);
+    assert!(harness.state().state.entries.iter().filter_map(|e| e.analysis.as_ref()).all(|a| a.detection.few_shot.is_none()));
+
+    // The good image on screen becomes a reference with G.
+    harness.get_by_label("test/good/000.png").click();
+    harness.run_steps(2);
+    assert_eq!(harness.state().state.selected, Some(3));
+    let generation = harness.state().state.progress.generation;
+    harness.key_press(eframe::egui::Key::G);
+    step_until(&mut harness, "the few-shot analysis", reanalysed(generation));
+    assert_eq!(harness.state().state.references(), [root.join("test/good/000.png")]);
+    assert!(harness.query_all_by_label("few-shot (1 ref)").count() >= 1, "the mode label reads few-shot");
+    let state = &harness.state().state;
+    for entry in state.entries.iter().filter(|e| e.analysis.is_some()) {
+        let few_shot = entry.analysis.as_ref().unwrap().detection.few_shot.as_ref().expect("few-shot report");
+        assert_eq!(few_shot.references, 1);
+        let nearest = few_shot.nearest.as_ref().expect("the nearest reference window");
+        assert_eq!(nearest.file, root.join("test/good/000.png"));
+    }
+    // A reference is its own nearest neighbour: no few-shot anomaly on it.
+    let own = state.entries[3].analysis.as_ref().unwrap().detection.few_shot.as_ref().unwrap().max_score;
+    assert!(own < 1e-3, "{own}");
+    // The Why panel shows the few-shot part.
+    assert!(harness.query_by_label_contains("max few-shot").is_some());
+
+    // A second good image; then the threshold from the references, each scored against the other.
+    let extra = dir.path().join("extra.png");
+    RgbImage::from_fn(64, 48, |x, y| Rgb([(92 + x % 30) as u8, (108 + y % 20) as u8, 152])).save(&extra).unwrap();
+    let generation = harness.state().state.progress.generation;
+    harness.state_mut().add_references(&[extra.clone()]);
+    step_until(&mut harness, "the 2-reference analysis", reanalysed(generation));
+    assert!(harness.query_all_by_label("few-shot (2 refs)").count() >= 1);
+    harness.get_by_label("From good references").click();
+    step_until(&mut harness, "the threshold", |app| app.state.threshold_task.is_none() && app.state.threshold_fit.is_some());
+    let state = &harness.state().state;
+    let fit = state.threshold_fit.clone().unwrap();
+    assert_eq!(fit.scores.len(), 2);
+    assert_eq!(fit.fpr, 0.01);
+    let scores: Vec<f32> = fit.scores.iter().map(|(_, s)| *s).collect();
+    assert_eq!(state.settings.threshold, expected_threshold(&scores, 0.01));
+    // Leave-one-out: scored against the other reference, the good image is no longer a perfect match.
+    let loo = fit.scores.iter().find(|(p, _)| p.ends_with("test/good/000.png")).unwrap().1;
+    assert!(loo > state.entries[3].score().unwrap(), "{loo} vs {:?}", state.entries[3].score());
+    assert!(state.threshold_origin().contains("from 2 good images"), "{}", state.threshold_origin());
+
+    // A folder of three good images at 50%: one of them may be flagged.
+    let good = dir.path().join("good");
+    std::fs::create_dir(&good).unwrap();
+    for i in 0..3u32 {
+        RgbImage::from_fn(64, 48, |x, y| Rgb([(85 + i * 5 + x % 30) as u8, (110 + y % 20) as u8, 150])).save(good.join(format!("{i}.png"))).unwrap();
+    }
+    harness.state_mut().state.settings.target_fpr = 0.5;
+    harness.state_mut().threshold_from_folder(&good);
+    step_until(&mut harness, "the folder threshold", |app| app.state.threshold_task.is_none() && app.state.threshold_fit.as_ref().is_some_and(|f| f.fpr == 0.5));
+    let state = &harness.state().state;
+    let fit = state.threshold_fit.clone().unwrap();
+    assert_eq!(fit.scores.len(), 3);
+    let scores: Vec<f32> = fit.scores.iter().map(|(_, s)| *s).collect();
+    assert_eq!(state.settings.threshold, expected_threshold(&scores, 0.5));
+    // Moving the slider by hand says so.
+    harness.get_by_role_and_label(Role::Slider, "Threshold").set_value_accesskit(0.25);
+    harness.run_steps(2);
+    assert!(harness.state().state.threshold_origin().contains("set by hand"));
+
+    // Removing both references goes back to zero-shot.
+    for name in ["Remove 000.png", "Remove extra.png"] {
+        let generation = harness.state().state.progress.generation;
+        harness.get_by_label(name).click();
+        step_until(&mut harness, "the re-analysis", reanalysed(generation));
+    }
+    assert!(harness.state().state.references().is_empty());
+    assert!(harness.query_all_by_label("zero-shot").count() >= 1);
+    assert!(harness.state().state.entries.iter().filter_map(|e| e.analysis.as_ref()).all(|a| a.detection.few_shot.is_none()));
 }

@@ -30,6 +30,8 @@ pub enum DetectError {
     NotPrepared,
     #[error("{0}")]
     References(String),
+    #[error("cancelled")]
+    Cancelled,
     #[error("invalid settings: {0}")]
     Settings(String),
     #[error(transparent)]
