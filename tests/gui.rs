@@ -6,8 +6,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use alfa::app::{AlfaApp, AppOptions, Verdict};
+use alfa::app::{AlfaApp, AppOptions, LlmStatus, Verdict};
 use alfa::cli::{GuiArgs, ModelArgs};
+use alfa::prompts::llm::LlmConfig;
+use common::llm_server::{Reply, Server};
 use common::{fixtures, shared_tokenizer};
 use eframe::egui::accesskit::Role;
 use egui_kittest::kittest::Queryable;
@@ -231,4 +233,103 @@ fn references_switch_to_few_shot_and_set_the_threshold() {
     assert!(harness.state().state.references().is_empty());
     assert!(harness.query_all_by_label("zero-shot").count() >= 1);
     assert!(harness.state().state.entries.iter().filter_map(|e| e.analysis.as_ref()).all(|a| a.detection.few_shot.is_none()));
+}
+
+/// The LLM settings of an app that asks `server`, without retries.
+fn ask(harness: &mut Harness<'static, AlfaApp>, server: &Server) {
+    harness.state_mut().state.settings.llm = LlmConfig {
+        base_url: server.base_url.clone(),
+        model: "test-model".into(),
+        api_key_env: "ALFA_TEST_NO_SUCH_KEY_VARIABLE".into(),
+        timeout_ms: 5000,
+        retries: 0,
+        ..LlmConfig::default()
+    };
+}
+
+const USER_PROMPT: &str = "An abnormal image of {c} shows a green stripe.";
+
+/// Types the user's prompt into the abnormal LLM prompts, on a new line.
+fn type_user_prompt(harness: &mut Harness<'static, AlfaApp>) {
+    harness.get_by_label("Prompts").click();
+    harness.run_steps(2);
+    let editor = harness.get_by_label_contains("Abnormal LLM prompts");
+    editor.focus();
+    harness.key_press(eframe::egui::Key::Enter);
+    harness.get_by_label_contains("Abnormal LLM prompts").type_text(USER_PROMPT);
+    harness.run_steps(1);
+}
+
+#[test]
+fn generate_more_adds_prompts_and_save_keeps_comments() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts_dir = dir.path().join("prompts");
+    std::fs::create_dir(&prompts_dir).unwrap();
+    let (_, shipped) = alfa::prompts::PromptStore::shipped().find(|(id, _)| *id == "bottle").unwrap();
+    let commented = format!("# my notes on bottles\n{}", shipped.replacen("abnormal = [", "abnormal = [\n    # checked by hand", 1));
+    std::fs::write(prompts_dir.join("bottle.toml"), &commented).unwrap();
+    let server = Server::start(|request, _| {
+        let question = request.question();
+        Reply::chat(if question.contains("An abnormal image of bottle") {
+            "1. An abnormal image of bottle shows a chipped rim.\n2. An abnormal image of bottle has soot inside."
+        } else if question.contains("A normal image of bottle") {
+            "- A normal image of bottle has an even glossy rim.\n- A normal image of bottle is clean inside."
+        } else {
+            "- soot stains on the glass\n- a rim with a bite taken out"
+        })
+    });
+    let mut harness = harness_with_prompts(vec![image_folder(dir.path())], Some(prompts_dir.clone()));
+    step_until(&mut harness, "the analysis", analysed);
+    ask(&mut harness, &server);
+    let before = harness.state().prompts().unwrap().clone();
+
+    // The user's typing is pending when the answer arrives: it is kept.
+    type_user_prompt(&mut harness);
+    let generation = harness.state().state.progress.generation;
+    harness.get_by_label("Generate more…").click();
+    step_until(&mut harness, "the LLM's prompts", |app| matches!(app.state.llm, Some(LlmStatus::Added { .. })));
+    assert_eq!(harness.state().state.llm, Some(LlmStatus::Added { normal: 2, abnormal: 2, descriptors: 2 }));
+    assert_eq!(server.requests().len(), 3, "one answer per query");
+    let set = harness.state().prompts().unwrap().clone();
+    assert!(set.llm.abnormal.iter().any(|p| p == USER_PROMPT), "the user's edit is kept");
+    assert!(set.llm.abnormal.iter().any(|p| p == "An abnormal image of {c} shows a chipped rim."));
+    assert_eq!(set.llm.abnormal.len(), before.llm.abnormal.len() + 3);
+    assert_eq!(set.llm.normal.len(), before.llm.normal.len() + 2);
+    assert_eq!(set.descriptors.abnormal.len(), before.descriptors.abnormal.len() + 2);
+    step_until(&mut harness, "the re-score", reanalysed(generation));
+    let report = &harness.state().state.selected_analysis().unwrap().detection.prompts;
+    assert!(report.abnormal.iter().any(|p| p.text == "An abnormal image of bottle has soot inside."));
+    assert_eq!(std::fs::read_to_string(prompts_dir.join("bottle.toml")).unwrap(), commented, "nothing saved yet");
+
+    // Save: the file holds the edit and the new prompts, and still has the user's comments.
+    harness.get_by_label("Save").click();
+    harness.run_steps(2);
+    let saved = std::fs::read_to_string(prompts_dir.join("bottle.toml")).unwrap();
+    assert!(saved.starts_with("# my notes on bottles\n"), "{saved}");
+    assert!(saved.contains("# checked by hand"), "{saved}");
+    let read = alfa::prompts::PromptSet::from_toml(&saved, Path::new("saved")).unwrap();
+    assert_eq!(&read, harness.state().prompts().unwrap());
+    assert!(read.llm.abnormal.iter().any(|p| p == USER_PROMPT));
+}
+
+#[test]
+fn a_failing_llm_shows_its_error_and_keeps_the_edits() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(|_, _| Reply::json(404, serde_json::json!({"error": {"message": "model `test-model` not found"}})));
+    let mut harness = harness_with_prompts(vec![image_folder(dir.path())], Some(dir.path().join("no-prompts")));
+    step_until(&mut harness, "the analysis", analysed);
+    ask(&mut harness, &server);
+    let before = harness.state().prompts().unwrap().clone();
+    type_user_prompt(&mut harness);
+    harness.get_by_label("Generate more…").click();
+    step_until(&mut harness, "the LLM's error", |app| matches!(app.state.llm, Some(LlmStatus::Failed(_))));
+    let Some(LlmStatus::Failed(error)) = harness.state().state.llm.clone() else { unreachable!() };
+    assert!(error.contains("404") || error.contains("not found"), "{error}");
+    harness.run_steps(2);
+    assert!(harness.query_by_label_contains("LLM failed").is_some(), "the error is on screen");
+    // The typed prompt is applied after the pause as usual; nothing from the LLM.
+    step_until(&mut harness, "the user's edit", |app| app.prompts().unwrap().llm.abnormal.iter().any(|p| p == USER_PROMPT));
+    let set = harness.state().prompts().unwrap();
+    assert_eq!(set.llm.abnormal.len(), before.llm.abnormal.len() + 1);
+    assert_eq!(set.llm.normal, before.llm.normal);
 }

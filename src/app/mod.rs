@@ -26,11 +26,14 @@ use anyhow::Result;
 use egui::{Key, KeyboardShortcut, Modifiers};
 
 use crate::cli::{GuiArgs, ModelArgs};
+use crate::clip::{ClipTokenizer, ModelRequest};
 use crate::prompts::PromptStore;
+use crate::prompts::generate::{self, CLIP_CONTEXT, GenerateEvent, Generated, QueryKind};
+use crate::prompts::llm::LlmClient;
 
 pub use crate::detect::colormap::Colormap;
 pub use heatmap::SHADER_SOURCE;
-pub use state::{AppState, Filter, ModelStatus, Normalisation, Settings, SortKey, Verdict};
+pub use state::{AppState, Filter, LlmStatus, ModelStatus, Normalisation, Settings, SortKey, Verdict};
 
 use heatmap::HeatmapContent;
 use prompt_editor::PromptEditor;
@@ -119,6 +122,7 @@ pub struct AlfaApp {
     references_rect: Option<egui::Rect>,
     /// The nearest reference window on screen in the Why panel, and its picture.
     nearest_crop: Option<(String, Option<egui::TextureHandle>)>,
+    /// Numbers "Generate more…" requests, so a cancelled one's late answer is dropped.
     next_llm_id: u64,
     /// Frames drawn so far (responsiveness is measured in frames).
     pub frames: u64,
@@ -373,6 +377,48 @@ impl AlfaApp {
         self.state.threshold_task = Some(state::ThresholdTask { id, done: 0, total, references: None });
     }
 
+    /// "Generate more…": asks the LLM for more prompts of the class on a helper thread;
+    /// the answer becomes an undoable edit of the editor (not saved).
+    pub fn generate_more(&mut self) {
+        let Some(editor) = &self.editor else { return };
+        let client = match LlmClient::new(self.state.settings.llm.clone()) {
+            Ok(client) => client,
+            Err(e) => return self.state.llm = Some(state::LlmStatus::Failed(e.to_string())),
+        };
+        self.next_llm_id += 1;
+        let id = self.next_llm_id;
+        let samples = self.state.settings.llm_samples.max(1);
+        let class_name = editor.applied.class.name.clone();
+        let model = self.model_args();
+        let request = ModelRequest { model: model.model, arch: model.arch, tokenizer: model.tokenizer, observer: None };
+        self.state.llm = Some(state::LlmStatus::Asking {
+            id,
+            endpoint: client.endpoint().to_owned(),
+            done: 0,
+            total: QueryKind::ALL.len() * samples,
+        });
+        let outbox = self.workers.outbox();
+        std::thread::spawn(move || {
+            let outcome = (|| -> Result<(Generated, String), String> {
+                let files = request.resolve().map_err(|e| format!("cannot find CLIP's tokenizer: {e}"))?;
+                let tokenizer = ClipTokenizer::from_file(&files.tokenizer, CLIP_CONTEXT).map_err(|e| e.to_string())?;
+                let generated = generate::generate(&client, &tokenizer, &class_name, samples, &mut |event| {
+                    if let GenerateEvent::Answered { done, total, .. } = event {
+                        outbox.send(Message::LlmAnswered { id, done, total });
+                    }
+                })
+                .map_err(|e| e.to_string())?;
+                Ok((generated, generate::provenance(&client, samples, std::time::SystemTime::now())))
+            })();
+            outbox.send(Message::Generated { id, outcome });
+        });
+    }
+
+    /// Forgets the running request: its answer, when it comes, is dropped.
+    pub fn cancel_generate(&mut self) {
+        self.state.llm = None;
+    }
+
     pub fn cancel_threshold(&mut self) {
         self.workers.cancel_threshold();
         self.state.threshold_task = None;
@@ -483,6 +529,27 @@ impl AlfaApp {
                         }
                         Err(e) => state.notice = Some(format!("no threshold from good images: {e}")),
                     }
+                }
+            }
+            Message::LlmAnswered { id, done: d, total: t } => {
+                if let Some(state::LlmStatus::Asking { id: asking, done, total, .. }) = &mut state.llm
+                    && *asking == id
+                {
+                    (*done, *total) = (d, t);
+                }
+            }
+            Message::Generated { id, outcome } => {
+                if !matches!(state.llm, Some(state::LlmStatus::Asking { id: asking, .. }) if asking == id) {
+                    return;
+                }
+                match (outcome, &mut self.editor) {
+                    (Ok((generated, source)), Some(editor)) => {
+                        let (_, [normal, abnormal, descriptors]) = editor.add_generated(&generated, &source);
+                        self.state.llm = Some(state::LlmStatus::Added { normal, abnormal, descriptors });
+                        self.analyse_all();
+                    }
+                    (Ok(_), None) => self.state.llm = None,
+                    (Err(e), _) => self.state.llm = Some(state::LlmStatus::Failed(e)),
                 }
             }
             Message::Crop { key, outcome } => {
@@ -610,6 +677,11 @@ impl AlfaApp {
         if pressed(Key::G) {
             self.mark_selected_as_reference();
         }
+    }
+
+    /// The prompt set the analysis uses now (with unsaved edits).
+    pub fn prompts(&self) -> Option<&crate::prompts::PromptSet> {
+        self.editor.as_ref().map(|e| &e.applied)
     }
 
     pub fn undo_prompts(&mut self) {

@@ -15,7 +15,7 @@ use super::export;
 use crate::detect::export::OverlayStyle;
 use super::heatmap::PaneParams;
 use super::prompt_editor::Field;
-use super::state::{Filter, ModelStatus, Normalisation, SortKey, Verdict};
+use super::state::{Filter, LlmStatus, ModelStatus, Normalisation, SortKey, Verdict};
 use super::viewer::{self, ViewerFrame};
 use super::worker::{Analysis, Message};
 use super::{AlfaApp, SideTab};
@@ -559,21 +559,41 @@ impl AlfaApp {
             ui.colored_label(WARN_COLOR, "No set for this class: the generic set is used. Edit and save to make one.");
         }
         ui.label("One entry per line. `{c}` is the class name; bases need `{domain}` and `{state}`. Changes re-score after a short pause.");
+        let (mut generate, mut cancel_generate) = (false, false);
         ui.horizontal(|ui| {
             if ui.add_enabled(editor.can_undo(), egui::Button::new("Undo")).clicked() {
                 self.undo_requested = true;
             }
             let save = ui.add_enabled(editor.unsaved, egui::Button::new("Save"));
-            if save.on_hover_text("Writes prompts/<class>.toml (used from now on)").clicked() {
-                let dir = crate::prompts::PromptStore::default_location().dir.unwrap_or_else(|| "prompts".into());
+            if save.on_hover_text("Writes prompts/<class>.toml (used from now on), keeping its comments").clicked() {
+                let dir = self.prompts.dir.clone().unwrap_or_else(|| "prompts".into());
                 self.state.notice = Some(match editor.save(&dir) {
                     Ok(path) => format!("saved {}", path.display()),
                     Err(e) => e,
                 });
             }
-            ui.add_enabled(false, egui::Button::new("Generate more…"))
-                .on_disabled_hover_text("Generating prompts with an LLM comes with `alfa prompts generate`.");
+            let asking = matches!(self.state.llm, Some(LlmStatus::Asking { .. }));
+            generate = ui
+                .add_enabled(!asking, egui::Button::new("Generate more…"))
+                .on_hover_text("Asks the LLM of the Settings page for more prompts of this class; added here, not saved")
+                .clicked();
         });
+        match &self.state.llm {
+            Some(LlmStatus::Asking { endpoint, done, total, .. }) => {
+                ui.horizontal(|ui| {
+                    ui.spinner();
+                    ui.label(format!("asking {endpoint}… {done} of {total} answers"));
+                    cancel_generate = ui.button("Cancel request").clicked();
+                });
+            }
+            Some(LlmStatus::Added { normal, abnormal, descriptors }) => {
+                ui.label(format!("LLM added {normal} normal, {abnormal} abnormal prompts and {descriptors} descriptors (not saved; Undo removes them)"));
+            }
+            Some(LlmStatus::Failed(error)) => {
+                ui.colored_label(NG_COLOR, format!("LLM failed: {error}"));
+            }
+            None => {}
+        }
         if let Some(error) = &editor.error {
             ui.colored_label(NG_COLOR, error);
         }
@@ -597,6 +617,12 @@ impl AlfaApp {
         }
         if std::mem::take(&mut self.undo_requested) {
             self.undo_prompts();
+        }
+        if generate {
+            self.generate_more();
+        }
+        if cancel_generate {
+            self.cancel_generate();
         }
     }
 
@@ -636,6 +662,26 @@ impl AlfaApp {
             ui.label("Window mode:");
             changed |= ui.selectable_value(&mut s.detect.window_mode, WindowMode::Tokens, "tokens (fast)").changed();
             changed |= ui.selectable_value(&mut s.detect.window_mode, WindowMode::Pixels, "pixels (paper, slow)").changed();
+        });
+        ui.separator();
+        ui.heading("LLM (Generate more…)");
+        egui::Grid::new("llm-settings").num_columns(2).show(ui, |ui| {
+            let label = ui.label("Endpoint:");
+            ui.add(egui::TextEdit::singleline(&mut s.llm.base_url).desired_width(260.0))
+                .labelled_by(label.id)
+                .on_hover_text("An OpenAI-compatible API root, up to /v1 (default: a local Ollama)");
+            ui.end_row();
+            let label = ui.label("Model:");
+            ui.add(egui::TextEdit::singleline(&mut s.llm.model).desired_width(160.0)).labelled_by(label.id);
+            ui.end_row();
+            let label = ui.label("API key variable:");
+            ui.add(egui::TextEdit::singleline(&mut s.llm.api_key_env).desired_width(160.0))
+                .labelled_by(label.id)
+                .on_hover_text("Environment variable holding the key; unset sends none");
+            ui.end_row();
+            let label = ui.label("Answers per query:");
+            ui.add(egui::DragValue::new(&mut s.llm_samples).range(1..=10)).labelled_by(label.id);
+            ui.end_row();
         });
         ui.label(RichText::new("Settings are remembered across runs.").small());
         if changed {

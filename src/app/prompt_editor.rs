@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::prompts::merge::PromptFile;
+use crate::prompts::generate::Generated;
+use crate::prompts::merge::{PromptFile, with_generated};
 use crate::prompts::{PromptSet, ResolvedPrompts};
 
 /// Typing pause after which the edited set is applied.
@@ -122,10 +123,7 @@ impl PromptEditor {
             return None;
         }
         self.last_edit = None;
-        let mut set = self.applied.clone();
-        for (field, text) in Field::ALL.iter().zip(&self.texts) {
-            *field.list_mut(&mut set) = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect();
-        }
+        let set = self.typed();
         if let Err(e) = checked(&set) {
             self.error = Some(e);
             return None;
@@ -134,12 +132,45 @@ impl PromptEditor {
         if set == self.applied {
             return None;
         }
-        self.undo.push(std::mem::replace(&mut self.applied, set.clone()));
+        self.apply(set.clone());
+        Some(set)
+    }
+
+    /// The set as typed in the boxes (not checked).
+    fn typed(&self) -> PromptSet {
+        let mut set = self.applied.clone();
+        for (field, text) in Field::ALL.iter().zip(&self.texts) {
+            *field.list_mut(&mut set) = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect();
+        }
+        set
+    }
+
+    /// Makes `set` the applied one, the previous one going on the undo stack.
+    fn apply(&mut self, set: PromptSet) {
+        self.undo.push(std::mem::replace(&mut self.applied, set));
         if self.undo.len() > UNDO_DEPTH {
             self.undo.remove(0);
         }
         self.unsaved = true;
-        Some(set)
+    }
+
+    /// Appends an LLM's new prompts to the typed set (or the applied one while the typed
+    /// text is invalid) as one undoable edit, and returns the set to re-score and how many
+    /// normal, abnormal and descriptor entries were new.
+    pub fn add_generated(&mut self, generated: &Generated, source: &str) -> (PromptSet, [usize; 3]) {
+        let typed = self.typed();
+        let base = if checked(&typed).is_ok() { typed } else { self.applied.clone() };
+        let merged = with_generated(&base, generated, source);
+        let added = [
+            merged.llm.normal.len() - base.llm.normal.len(),
+            merged.llm.abnormal.len() - base.llm.abnormal.len(),
+            merged.descriptors.abnormal.len() - base.descriptors.abnormal.len(),
+        ];
+        self.apply(merged.clone());
+        self.texts = texts_of(&merged);
+        self.last_edit = None;
+        self.error = None;
+        (merged, added)
     }
 
     pub fn can_undo(&self) -> bool {

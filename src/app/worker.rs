@@ -23,6 +23,7 @@ use crate::detect::references::ReferenceBank;
 use crate::detect::threshold::threshold_at_fpr;
 use crate::detect::{ClassPrompts, DetectError, DetectSettings, Detection, Detector};
 use crate::prompts::PromptSet;
+use crate::prompts::generate::Generated;
 
 /// Index of an image in the app's list.
 pub type ItemId = usize;
@@ -108,6 +109,10 @@ pub enum Message {
     ThresholdDone { id: u64, outcome: Result<ThresholdFit, String> },
     Thumbnail { id: ItemId, outcome: Result<egui::ColorImage, String> },
     Picture { id: ItemId, outcome: Result<Picture, String> },
+    /// "Generate more…": `done` of `total` LLM answers arrived.
+    LlmAnswered { id: u64, done: usize, total: usize },
+    /// "Generate more…" ended: the new prompts and their provenance, or why not.
+    Generated { id: u64, outcome: Result<(Generated, String), String> },
     /// A region of an image (the nearest reference window), keyed by the asker.
     Crop { key: String, outcome: Result<egui::ColorImage, String> },
     /// A file dialog's choice.
