@@ -5,13 +5,11 @@
 
 mod common;
 
-use common::llm_server::{Reply, Request, Server};
+use common::llm_server::{Reply, Server};
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use alfa::clip::ClipTokenizer;

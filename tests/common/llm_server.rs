@@ -12,7 +12,7 @@ use std::time::Duration;
 pub struct Request {
     pub path: String,
     pub authorization: Option<String>,
-    body: serde_json::Value,
+    pub body: serde_json::Value,
 }
 
 impl Request {
