@@ -6,8 +6,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use alfa::app::{AlfaApp, AppOptions, Verdict};
+use alfa::app::{AlfaApp, AppOptions, LlmStatus, Verdict};
 use alfa::cli::{GuiArgs, ModelArgs};
+use alfa::prompts::llm::LlmConfig;
+use common::llm_server::{Reply, Server};
 use common::{fixtures, shared_tokenizer};
 use eframe::egui::accesskit::Role;
 use egui_kittest::kittest::Queryable;
@@ -31,6 +33,11 @@ fn image_folder(dir: &Path) -> PathBuf {
 }
 
 fn harness(paths: Vec<PathBuf>) -> Harness<'static, AlfaApp> {
+    harness_with_prompts(paths, None)
+}
+
+/// `prompts_dir`: the folder the app reads and saves prompt files in.
+fn harness_with_prompts(paths: Vec<PathBuf>, prompts_dir: Option<PathBuf>) -> Harness<'static, AlfaApp> {
     let options = AppOptions {
         args: GuiArgs {
             model: ModelArgs {
@@ -42,6 +49,7 @@ fn harness(paths: Vec<PathBuf>) -> Harness<'static, AlfaApp> {
             paths,
         },
         cache_dir: None,
+        prompts_dir,
         screenshot: None,
     };
     Harness::builder()
@@ -131,4 +139,197 @@ fn overview_snapshot() {
     harness.run_steps(3);
     // Software rasterisers differ slightly between Mesa versions.
     harness.snapshot_options("gui_overview", &SnapshotOptions::new().threshold(2.0).max_failed_pixels(12_000));
+}
+
+/// Threshold the test expects: with n scores and rate f, k = floor(f n) may be at or
+/// above it; it is just above the (k + 1)-th highest.
+fn expected_threshold(scores: &[f32], fpr: f64) -> f32 {
+    let mut sorted = scores.to_vec();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    let k = (fpr * sorted.len() as f64 + 1e-9).floor() as usize;
+    sorted[k].next_up()
+}
+
+fn reanalysed(generation: u64) -> impl Fn(&AlfaApp) -> bool {
+    move |app| app.state.progress.generation > generation && analysed(app)
+}
+
+#[test]
+fn references_switch_to_few_shot_and_set_the_threshold() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = image_folder(dir.path());
+    let mut harness = harness(vec![root.clone()]);
+    step_until(&mut harness, "the analysis", analysed);
+    assert!(harness.query_all_by_label("zero-shot").count() >= 1);
+    assert!(harness.state().state.entries.iter().filter_map(|e| e.analysis.as_ref()).all(|a| a.detection.few_shot.is_none()));
+
+    // The good image on screen becomes a reference with G.
+    harness.get_by_label("test/good/000.png").click();
+    harness.run_steps(2);
+    assert_eq!(harness.state().state.selected, Some(3));
+    let generation = harness.state().state.progress.generation;
+    harness.key_press(eframe::egui::Key::G);
+    step_until(&mut harness, "the few-shot analysis", reanalysed(generation));
+    assert_eq!(harness.state().state.references(), [root.join("test/good/000.png")]);
+    assert!(harness.query_all_by_label("few-shot (1 ref)").count() >= 1, "the mode label reads few-shot");
+    let state = &harness.state().state;
+    for entry in state.entries.iter().filter(|e| e.analysis.is_some()) {
+        let few_shot = entry.analysis.as_ref().unwrap().detection.few_shot.as_ref().expect("few-shot report");
+        assert_eq!(few_shot.references, 1);
+        let nearest = few_shot.nearest.as_ref().expect("the nearest reference window");
+        assert_eq!(nearest.file, root.join("test/good/000.png"));
+    }
+    // A reference is its own nearest neighbour: no few-shot anomaly on it.
+    let own = state.entries[3].analysis.as_ref().unwrap().detection.few_shot.as_ref().unwrap().max_score;
+    assert!(own < 1e-3, "{own}");
+    // The Why panel shows the few-shot part.
+    assert!(harness.query_by_label_contains("max few-shot").is_some());
+
+    // A second good image; then the threshold from the references, each scored against the other.
+    let extra = dir.path().join("extra.png");
+    RgbImage::from_fn(64, 48, |x, y| Rgb([(92 + x % 30) as u8, (108 + y % 20) as u8, 152])).save(&extra).unwrap();
+    let generation = harness.state().state.progress.generation;
+    harness.state_mut().add_references(&[extra.clone()]);
+    step_until(&mut harness, "the 2-reference analysis", reanalysed(generation));
+    assert!(harness.query_all_by_label("few-shot (2 refs)").count() >= 1);
+    harness.get_by_label("From good references").click();
+    step_until(&mut harness, "the threshold", |app| app.state.threshold_task.is_none() && app.state.threshold_fit.is_some());
+    let state = &harness.state().state;
+    let fit = state.threshold_fit.clone().unwrap();
+    assert_eq!(fit.scores.len(), 2);
+    assert_eq!(fit.fpr, 0.01);
+    let scores: Vec<f32> = fit.scores.iter().map(|(_, s)| *s).collect();
+    assert_eq!(state.settings.threshold, expected_threshold(&scores, 0.01));
+    // Leave-one-out: scored against the other reference, the good image is no longer a perfect match.
+    let loo = fit.scores.iter().find(|(p, _)| p.ends_with("test/good/000.png")).unwrap().1;
+    assert!(loo > state.entries[3].score().unwrap(), "{loo} vs {:?}", state.entries[3].score());
+    assert!(state.threshold_origin().contains("from 2 good images"), "{}", state.threshold_origin());
+
+    // A folder of three good images at 50%: one of them may be flagged.
+    let good = dir.path().join("good");
+    std::fs::create_dir(&good).unwrap();
+    for i in 0..3u32 {
+        RgbImage::from_fn(64, 48, |x, y| Rgb([(85 + i * 5 + x % 30) as u8, (110 + y % 20) as u8, 150])).save(good.join(format!("{i}.png"))).unwrap();
+    }
+    harness.state_mut().state.settings.target_fpr = 0.5;
+    harness.state_mut().threshold_from_folder(&good);
+    step_until(&mut harness, "the folder threshold", |app| app.state.threshold_task.is_none() && app.state.threshold_fit.as_ref().is_some_and(|f| f.fpr == 0.5));
+    let state = &harness.state().state;
+    let fit = state.threshold_fit.clone().unwrap();
+    assert_eq!(fit.scores.len(), 3);
+    let scores: Vec<f32> = fit.scores.iter().map(|(_, s)| *s).collect();
+    assert_eq!(state.settings.threshold, expected_threshold(&scores, 0.5));
+    // Moving the slider by hand says so.
+    harness.get_by_role_and_label(Role::Slider, "Threshold").set_value_accesskit(0.25);
+    harness.run_steps(2);
+    assert!(harness.state().state.threshold_origin().contains("set by hand"));
+
+    // Removing both references goes back to zero-shot.
+    for name in ["Remove 000.png", "Remove extra.png"] {
+        let generation = harness.state().state.progress.generation;
+        harness.get_by_label(name).click();
+        step_until(&mut harness, "the re-analysis", reanalysed(generation));
+    }
+    assert!(harness.state().state.references().is_empty());
+    assert!(harness.query_all_by_label("zero-shot").count() >= 1);
+    assert!(harness.state().state.entries.iter().filter_map(|e| e.analysis.as_ref()).all(|a| a.detection.few_shot.is_none()));
+}
+
+/// The LLM settings of an app that asks `server`, without retries.
+fn ask(harness: &mut Harness<'static, AlfaApp>, server: &Server) {
+    harness.state_mut().state.settings.llm = LlmConfig {
+        base_url: server.base_url.clone(),
+        model: "test-model".into(),
+        api_key_env: "ALFA_TEST_NO_SUCH_KEY_VARIABLE".into(),
+        timeout_ms: 5000,
+        retries: 0,
+        ..LlmConfig::default()
+    };
+}
+
+const USER_PROMPT: &str = "An abnormal image of {c} shows a green stripe.";
+
+/// Types the user's prompt into the abnormal LLM prompts, on a new line.
+fn type_user_prompt(harness: &mut Harness<'static, AlfaApp>) {
+    harness.get_by_label("Prompts").click();
+    harness.run_steps(2);
+    let editor = harness.get_by_label_contains("Abnormal LLM prompts");
+    editor.focus();
+    harness.key_press(eframe::egui::Key::Enter);
+    harness.get_by_label_contains("Abnormal LLM prompts").type_text(USER_PROMPT);
+    harness.run_steps(1);
+}
+
+#[test]
+fn generate_more_adds_prompts_and_save_keeps_comments() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts_dir = dir.path().join("prompts");
+    std::fs::create_dir(&prompts_dir).unwrap();
+    let (_, shipped) = alfa::prompts::PromptStore::shipped().find(|(id, _)| *id == "bottle").unwrap();
+    let commented = format!("# my notes on bottles\n{}", shipped.replacen("abnormal = [", "abnormal = [\n    # checked by hand", 1));
+    std::fs::write(prompts_dir.join("bottle.toml"), &commented).unwrap();
+    let server = Server::start(|request, _| {
+        let question = request.question();
+        Reply::chat(if question.contains("An abnormal image of bottle") {
+            "1. An abnormal image of bottle shows a chipped rim.\n2. An abnormal image of bottle has soot inside."
+        } else if question.contains("A normal image of bottle") {
+            "- A normal image of bottle has an even glossy rim.\n- A normal image of bottle is clean inside."
+        } else {
+            "- soot stains on the glass\n- a rim with a bite taken out"
+        })
+    });
+    let mut harness = harness_with_prompts(vec![image_folder(dir.path())], Some(prompts_dir.clone()));
+    step_until(&mut harness, "the analysis", analysed);
+    ask(&mut harness, &server);
+    let before = harness.state().prompts().unwrap().clone();
+
+    // The user's typing is pending when the answer arrives: it is kept.
+    type_user_prompt(&mut harness);
+    let generation = harness.state().state.progress.generation;
+    harness.get_by_label("Generate more…").click();
+    step_until(&mut harness, "the LLM's prompts", |app| matches!(app.state.llm, Some(LlmStatus::Added { .. })));
+    assert_eq!(harness.state().state.llm, Some(LlmStatus::Added { normal: 2, abnormal: 2, descriptors: 2 }));
+    assert_eq!(server.requests().len(), 3, "one answer per query");
+    let set = harness.state().prompts().unwrap().clone();
+    assert!(set.llm.abnormal.iter().any(|p| p == USER_PROMPT), "the user's edit is kept");
+    assert!(set.llm.abnormal.iter().any(|p| p == "An abnormal image of {c} shows a chipped rim."));
+    assert_eq!(set.llm.abnormal.len(), before.llm.abnormal.len() + 3);
+    assert_eq!(set.llm.normal.len(), before.llm.normal.len() + 2);
+    assert_eq!(set.descriptors.abnormal.len(), before.descriptors.abnormal.len() + 2);
+    step_until(&mut harness, "the re-score", reanalysed(generation));
+    let report = &harness.state().state.selected_analysis().unwrap().detection.prompts;
+    assert!(report.abnormal.iter().any(|p| p.text == "An abnormal image of bottle has soot inside."));
+    assert_eq!(std::fs::read_to_string(prompts_dir.join("bottle.toml")).unwrap(), commented, "nothing saved yet");
+
+    // Save: the file holds the edit and the new prompts, and still has the user's comments.
+    harness.get_by_label("Save").click();
+    harness.run_steps(2);
+    let saved = std::fs::read_to_string(prompts_dir.join("bottle.toml")).unwrap();
+    assert!(saved.starts_with("# my notes on bottles\n"), "{saved}");
+    assert!(saved.contains("# checked by hand"), "{saved}");
+    let read = alfa::prompts::PromptSet::from_toml(&saved, Path::new("saved")).unwrap();
+    assert_eq!(&read, harness.state().prompts().unwrap());
+    assert!(read.llm.abnormal.iter().any(|p| p == USER_PROMPT));
+}
+
+#[test]
+fn a_failing_llm_shows_its_error_and_keeps_the_edits() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(|_, _| Reply::json(404, serde_json::json!({"error": {"message": "model `test-model` not found"}})));
+    let mut harness = harness_with_prompts(vec![image_folder(dir.path())], Some(dir.path().join("no-prompts")));
+    step_until(&mut harness, "the analysis", analysed);
+    ask(&mut harness, &server);
+    let before = harness.state().prompts().unwrap().clone();
+    type_user_prompt(&mut harness);
+    harness.get_by_label("Generate more…").click();
+    step_until(&mut harness, "the LLM's error", |app| matches!(app.state.llm, Some(LlmStatus::Failed(_))));
+    let Some(LlmStatus::Failed(error)) = harness.state().state.llm.clone() else { unreachable!() };
+    assert!(error.contains("404") || error.contains("not found"), "{error}");
+    harness.run_steps(2);
+    assert!(harness.query_by_label_contains("LLM failed").is_some(), "the error is on screen");
+    // The typed prompt is applied after the pause as usual; nothing from the LLM.
+    step_until(&mut harness, "the user's edit", |app| app.prompts().unwrap().llm.abnormal.iter().any(|p| p == USER_PROMPT));
+    let set = harness.state().prompts().unwrap();
+    assert_eq!(set.llm.abnormal.len(), before.llm.abnormal.len() + 1);
+    assert_eq!(set.llm.normal, before.llm.normal);
 }

@@ -26,11 +26,14 @@ use anyhow::Result;
 use egui::{Key, KeyboardShortcut, Modifiers};
 
 use crate::cli::{GuiArgs, ModelArgs};
+use crate::clip::{ClipTokenizer, ModelRequest};
 use crate::prompts::PromptStore;
+use crate::prompts::generate::{self, CLIP_CONTEXT, GenerateEvent, Generated, QueryKind};
+use crate::prompts::llm::LlmClient;
 
 pub use crate::detect::colormap::Colormap;
 pub use heatmap::SHADER_SOURCE;
-pub use state::{AppState, Filter, ModelStatus, Normalisation, Settings, SortKey, Verdict};
+pub use state::{AppState, Filter, LlmStatus, ModelStatus, Normalisation, Settings, SortKey, Verdict};
 
 use heatmap::HeatmapContent;
 use prompt_editor::PromptEditor;
@@ -47,18 +50,25 @@ pub struct AppOptions {
     pub args: GuiArgs,
     /// Text-feature cache folder (`None`: memory only, as in tests).
     pub cache_dir: Option<PathBuf>,
+    /// Folder of the prompt files to read and save (`None`: `./prompts` if it exists).
+    pub prompts_dir: Option<PathBuf>,
     /// Save a screenshot here once the first results are on screen, then close.
     pub screenshot: Option<PathBuf>,
 }
 
 /// Opens the window.
 pub fn run(args: GuiArgs) -> Result<()> {
-    run_with(AppOptions { args, cache_dir: crate::detect::text_cache::default_cache_dir(), screenshot: None })
+    run_with(AppOptions { args, cache_dir: crate::detect::text_cache::default_cache_dir(), prompts_dir: None, screenshot: None })
 }
 
 /// `alfa screenshot`: the window with `args` loaded, saved to `out` once analysed.
 pub fn screenshot(args: GuiArgs, out: PathBuf) -> Result<()> {
-    run_with(AppOptions { args, cache_dir: crate::detect::text_cache::default_cache_dir(), screenshot: Some(out) })
+    run_with(AppOptions {
+        args,
+        cache_dir: crate::detect::text_cache::default_cache_dir(),
+        prompts_dir: None,
+        screenshot: Some(out),
+    })
 }
 
 fn run_with(options: AppOptions) -> Result<()> {
@@ -107,6 +117,13 @@ pub struct AlfaApp {
     /// The keyboard moved the selection: scroll the list to it.
     scroll_to_selected: bool,
     persist: bool,
+    prompts: PromptStore,
+    /// Where the References section was drawn: files dropped there become references.
+    references_rect: Option<egui::Rect>,
+    /// The nearest reference window on screen in the Why panel, and its picture.
+    nearest_crop: Option<(String, Option<egui::TextureHandle>)>,
+    /// Numbers "Generate more…" requests, so a cancelled one's late answer is dropped.
+    next_llm_id: u64,
     /// Frames drawn so far (responsiveness is measured in frames).
     pub frames: u64,
 }
@@ -155,6 +172,13 @@ impl AlfaApp {
             undo_requested: false,
             scroll_to_selected: false,
             persist: options.screenshot.is_none(),
+            prompts: match options.prompts_dir {
+                Some(dir) => PromptStore { dir: Some(dir) },
+                None => PromptStore::default_location(),
+            },
+            references_rect: None,
+            nearest_crop: None,
+            next_llm_id: 0,
             screenshot: options.screenshot,
             frames: 0,
         };
@@ -194,11 +218,13 @@ impl AlfaApp {
         if class.is_empty() {
             return;
         }
-        match PromptStore::default_location().resolve(&class) {
+        match self.prompts.resolve(&class) {
             Ok(resolved) => {
                 self.editor = Some(PromptEditor::new(resolved));
                 self.class_input = class.clone();
                 self.state.settings.class = class;
+                self.state.threshold_fit = None;
+                self.refresh_reference_views();
                 self.analyse_all();
             }
             Err(e) => self.state.notice = Some(format!("cannot read the prompts of `{class}`: {e}")),
@@ -255,8 +281,147 @@ impl AlfaApp {
         for entry in &mut self.state.entries {
             entry.stale = entry.analysis.is_some();
         }
-        let generation = self.workers.analyse(editor.applied.clone(), self.state.settings.detect.clone(), items);
-        self.state.progress = state::Progress { generation, done: 0, total: order.len(), running: true, error: None };
+        let references = self.state.references().to_vec();
+        let generation = self.workers.analyse(editor.applied.clone(), self.state.settings.detect.clone(), references, items);
+        self.state.progress =
+            state::Progress { generation, done: 0, total: order.len(), running: true, error: None, references: None };
+    }
+
+    /// Adds images (files or folders) to the class's references and re-analyses.
+    pub fn add_references(&mut self, paths: &[PathBuf]) {
+        let found = files::scan(paths);
+        let class = self.state.settings.class.clone();
+        let list = self.state.settings.references.entry(class).or_default();
+        let before = list.len();
+        for image in found {
+            if !list.contains(&image.path) {
+                list.push(image.path);
+            }
+        }
+        if list.len() > before {
+            self.refresh_reference_views();
+            self.analyse_all();
+        } else {
+            self.state.notice = Some("no new reference images there".into());
+        }
+    }
+
+    pub fn remove_reference(&mut self, path: &std::path::Path) {
+        let class = self.state.settings.class.clone();
+        if let Some(list) = self.state.settings.references.get_mut(&class) {
+            list.retain(|p| p != path);
+        }
+        self.refresh_reference_views();
+        self.analyse_all();
+    }
+
+    /// "Mark as good reference": the image on screen becomes a reference.
+    pub fn mark_selected_as_reference(&mut self) {
+        if let Some(path) = self.state.selected.and_then(|i| self.state.entries.get(i)).map(|e| e.path.clone()) {
+            self.add_references(&[path]);
+        }
+    }
+
+    /// Makes the References section match the class's list; new ones get thumbnails.
+    fn refresh_reference_views(&mut self) {
+        let mut old = std::mem::take(&mut self.state.reference_views);
+        let mut wanted = Vec::new();
+        for path in self.state.references().to_vec() {
+            match old.iter().position(|v| v.path == path) {
+                Some(i) => self.state.reference_views.push(old.swap_remove(i)),
+                None => {
+                    self.next_id += 1;
+                    wanted.push((self.next_id, path.clone()));
+                    self.state.reference_views.push(state::ReferenceView { id: self.next_id, path, thumbnail: None, error: None });
+                }
+            }
+        }
+        if !wanted.is_empty() {
+            self.workers.thumbnails(wanted);
+        }
+    }
+
+    /// Sets the threshold from the references' scores, each scored against the others.
+    pub fn threshold_from_references(&mut self) {
+        let references = self.state.references().to_vec();
+        if references.is_empty() {
+            self.state.notice = Some("add good reference images first".into());
+            return;
+        }
+        self.start_threshold(references, "the references".into());
+    }
+
+    /// Sets the threshold from the good images in `folder`.
+    pub fn threshold_from_folder(&mut self, folder: &std::path::Path) {
+        let good: Vec<PathBuf> = files::scan(&[folder.to_owned()]).into_iter().map(|f| f.path).collect();
+        if good.is_empty() {
+            self.state.notice = Some(format!("no images in {}", folder.display()));
+            return;
+        }
+        let name = folder.file_name().map_or_else(|| folder.display().to_string(), |n| n.to_string_lossy().into_owned());
+        self.start_threshold(good, format!("folder {name}"));
+    }
+
+    fn start_threshold(&mut self, good: Vec<PathBuf>, source: String) {
+        let Some(editor) = &self.editor else { return };
+        let total = good.len();
+        let id = self.workers.threshold(worker::ThresholdJob {
+            id: 0,
+            prompts: editor.applied.clone(),
+            settings: self.state.settings.detect.clone(),
+            references: self.state.references().to_vec(),
+            good,
+            fpr: self.state.settings.target_fpr,
+            source,
+        });
+        self.state.threshold_task = Some(state::ThresholdTask { id, done: 0, total, references: None });
+    }
+
+    /// "Generate more…": asks the LLM for more prompts of the class on a helper thread;
+    /// the answer becomes an undoable edit of the editor (not saved).
+    pub fn generate_more(&mut self) {
+        let Some(editor) = &self.editor else { return };
+        let client = match LlmClient::new(self.state.settings.llm.clone()) {
+            Ok(client) => client,
+            Err(e) => return self.state.llm = Some(state::LlmStatus::Failed(e.to_string())),
+        };
+        self.next_llm_id += 1;
+        let id = self.next_llm_id;
+        let samples = self.state.settings.llm_samples.max(1);
+        let class_name = editor.applied.class.name.clone();
+        let model = self.model_args();
+        let request = ModelRequest { model: model.model, arch: model.arch, tokenizer: model.tokenizer, observer: None };
+        self.state.llm = Some(state::LlmStatus::Asking {
+            id,
+            endpoint: client.endpoint().to_owned(),
+            done: 0,
+            total: QueryKind::ALL.len() * samples,
+        });
+        let outbox = self.workers.outbox();
+        std::thread::spawn(move || {
+            let outcome = (|| -> Result<(Generated, String), String> {
+                let files = request.resolve().map_err(|e| format!("cannot find CLIP's tokenizer: {e}"))?;
+                let tokenizer = ClipTokenizer::from_file(&files.tokenizer, CLIP_CONTEXT).map_err(|e| e.to_string())?;
+                let generated = generate::generate(&client, &tokenizer, &class_name, samples, &mut |event| {
+                    if let GenerateEvent::Answered { done, total, .. } = event {
+                        outbox.send(Message::LlmAnswered { id, done, total });
+                    }
+                })
+                .map_err(|e| e.to_string())?;
+                Ok((generated, generate::provenance(&client, samples, std::time::SystemTime::now())))
+            })();
+            outbox.send(Message::Generated { id, outcome });
+        });
+    }
+
+    /// Forgets the running request: its answer, when it comes, is dropped.
+    pub fn cancel_generate(&mut self) {
+        self.state.llm = None;
+    }
+
+    pub fn cancel_threshold(&mut self) {
+        self.workers.cancel_threshold();
+        self.state.threshold_task = None;
     }
 
     pub fn cancel(&mut self) {
@@ -316,7 +481,96 @@ impl AlfaApp {
                     state.progress.error = error;
                 }
             }
+            Message::References { task, done, total } => match task {
+                worker::Task::Analysis(generation) if generation == state.progress.generation => {
+                    state.progress.references = Some((done, total));
+                }
+                worker::Task::Threshold(id) => {
+                    if let Some(t) = state.threshold_task.as_mut().filter(|t| t.id == id) {
+                        t.references = Some((done, total));
+                    }
+                }
+                worker::Task::Analysis(_) => {}
+            },
+            Message::ReferencesReady { task, used, skipped } => {
+                match task {
+                    worker::Task::Analysis(generation) if generation == state.progress.generation => {
+                        state.progress.references = None;
+                    }
+                    worker::Task::Threshold(id) => {
+                        if let Some(t) = state.threshold_task.as_mut().filter(|t| t.id == id) {
+                            t.references = None;
+                        }
+                    }
+                    worker::Task::Analysis(_) => {}
+                }
+                for (path, reason) in &skipped {
+                    if let Some(view) = state.reference_views.iter_mut().find(|v| &v.path == path) {
+                        view.error = Some(reason.clone());
+                    }
+                }
+                if !skipped.is_empty() {
+                    state.notice = Some(format!("{} reference image(s) could not be read; {used} used", skipped.len()));
+                }
+            }
+            Message::ThresholdScored { id, done, total } => {
+                if let Some(t) = state.threshold_task.as_mut().filter(|t| t.id == id) {
+                    (t.done, t.total) = (done, total);
+                }
+            }
+            Message::ThresholdDone { id, outcome } => {
+                if state.threshold_task.as_ref().is_some_and(|t| t.id == id) {
+                    state.threshold_task = None;
+                    match outcome {
+                        Ok(fit) => {
+                            state.settings.threshold = fit.threshold;
+                            state.threshold_fit = Some(fit);
+                            state.notice = Some(state.threshold_origin());
+                        }
+                        Err(e) => state.notice = Some(format!("no threshold from good images: {e}")),
+                    }
+                }
+            }
+            Message::LlmAnswered { id, done: d, total: t } => {
+                if let Some(state::LlmStatus::Asking { id: asking, done, total, .. }) = &mut state.llm
+                    && *asking == id
+                {
+                    (*done, *total) = (d, t);
+                }
+            }
+            Message::Generated { id, outcome } => {
+                if !matches!(state.llm, Some(state::LlmStatus::Asking { id: asking, .. }) if asking == id) {
+                    return;
+                }
+                match (outcome, &mut self.editor) {
+                    (Ok((generated, source)), Some(editor)) => {
+                        let (_, [normal, abnormal, descriptors]) = editor.add_generated(&generated, &source);
+                        self.state.llm = Some(state::LlmStatus::Added { normal, abnormal, descriptors });
+                        self.analyse_all();
+                    }
+                    (Ok(_), None) => self.state.llm = None,
+                    (Err(e), _) => self.state.llm = Some(state::LlmStatus::Failed(e)),
+                }
+            }
+            Message::Crop { key, outcome } => {
+                if let Some((shown_key, texture)) = self.nearest_crop.as_mut().filter(|(k, _)| *k == key) {
+                    match outcome {
+                        Ok(image) => *texture = Some(ctx.load_texture(shown_key.clone(), image, egui::TextureOptions::LINEAR)),
+                        Err(e) => state.notice = Some(format!("cannot show the reference window: {e}")),
+                    }
+                }
+            }
             Message::Thumbnail { id, outcome } => {
+                if let Some(view) = state.reference_views.iter_mut().find(|v| v.id == id) {
+                    match outcome {
+                        Ok(image) => {
+                            let texture = ctx.load_texture(format!("reference-{id}"), image, egui::TextureOptions::LINEAR);
+                            view.thumbnail = Some(texture);
+                        }
+                        Err(e) => view.error = Some(e),
+                    }
+                    return;
+                }
                 let Some(index) = state.index_of(id) else { return };
                 match outcome {
                     Ok(image) => {
@@ -349,6 +603,8 @@ impl AlfaApp {
                 self.state.settings.model = folder.display().to_string();
                 self.load_model();
             }
+            worker::Pick::References(paths) => self.add_references(&paths),
+            worker::Pick::GoodFolder(folder) => self.threshold_from_folder(&folder),
         }
     }
 
@@ -418,6 +674,14 @@ impl AlfaApp {
         if pressed(Key::Escape) {
             self.show_help = false;
         }
+        if pressed(Key::G) {
+            self.mark_selected_as_reference();
+        }
+    }
+
+    /// The prompt set the analysis uses now (with unsaved edits).
+    pub fn prompts(&self) -> Option<&crate::prompts::PromptSet> {
+        self.editor.as_ref().map(|e| &e.applied)
     }
 
     pub fn undo_prompts(&mut self) {
@@ -453,6 +717,25 @@ impl AlfaApp {
         });
     }
 
+    fn pick_references(&self) {
+        let outbox = self.workers.outbox();
+        std::thread::spawn(move || {
+            let dialog = rfd::FileDialog::new().set_title("Good reference images");
+            if let Some(paths) = dialog.add_filter("images", files::IMAGE_EXTENSIONS).pick_files() {
+                outbox.send(Message::Picked(worker::Pick::References(paths)));
+            }
+        });
+    }
+
+    fn pick_good_folder(&self) {
+        let outbox = self.workers.outbox();
+        std::thread::spawn(move || {
+            if let Some(folder) = rfd::FileDialog::new().set_title("Folder of good images").pick_folder() {
+                outbox.send(Message::Picked(worker::Pick::GoodFolder(folder)));
+            }
+        });
+    }
+
     fn pick_model_folder(&self) {
         let outbox = self.workers.outbox();
         std::thread::spawn(move || {
@@ -462,9 +745,20 @@ impl AlfaApp {
         });
     }
 
+    /// Files dropped on the References section, or with Shift held, become references;
+    /// elsewhere they replace the image list.
     fn dropped_files(&mut self, ctx: &egui::Context) {
-        let dropped: Vec<PathBuf> = ctx.input(|i| i.raw.dropped_files.iter().map(|f| f.path().to_owned()).collect());
-        if !dropped.is_empty() {
+        let (dropped, pointer, shift): (Vec<PathBuf>, _, _) = ctx.input(|i| {
+            let paths = i.raw.dropped_files.iter().map(|f| f.path().to_owned()).collect();
+            (paths, i.pointer.latest_pos(), i.modifiers.shift)
+        });
+        if dropped.is_empty() {
+            return;
+        }
+        let on_references = pointer.zip(self.references_rect).is_some_and(|(p, r)| r.contains(p));
+        if shift || on_references {
+            self.add_references(&dropped);
+        } else {
             self.open(&dropped);
         }
     }
@@ -519,6 +813,7 @@ impl eframe::App for AlfaApp {
     }
 
     fn save(&mut self, storage: &mut dyn eframe::Storage) {
+        // References are remembered per class, with the rest of the settings.
         if self.persist {
             eframe::set_value(storage, SETTINGS_KEY, &self.state.settings);
         }

@@ -15,11 +15,11 @@ use super::export;
 use crate::detect::export::OverlayStyle;
 use super::heatmap::PaneParams;
 use super::prompt_editor::Field;
-use super::state::{Filter, ModelStatus, Normalisation, SortKey, Verdict};
+use super::state::{Filter, LlmStatus, ModelStatus, Normalisation, SortKey, Verdict};
 use super::viewer::{self, ViewerFrame};
 use super::worker::{Analysis, Message};
 use super::{AlfaApp, SideTab};
-use crate::detect::engine::PromptVerdict;
+use crate::detect::engine::{FewShotReport, PromptVerdict};
 use crate::detect::WindowMode;
 
 const NG_COLOR: Color32 = Color32::from_rgb(220, 60, 50);
@@ -37,6 +37,8 @@ pub const SHORTCUTS: &[(&str, &str)] = &[
     ("1", "1:1 (one image pixel per screen pixel)"),
     ("Mouse wheel / drag", "zoom at the cursor / pan"),
     ("Ctrl+Z", "undo the last prompt edit (outside text boxes)"),
+    ("G", "mark the image on screen as a good reference (few-shot)"),
+    ("Shift+drop", "dropped files become references (or drop them on References)"),
     ("F1 or ?", "this help"),
     ("Esc", "close this help"),
 ];
@@ -53,7 +55,11 @@ impl AlfaApp {
     pub(super) fn panels(&mut self, ui: &mut Ui) {
         egui::Panel::top("toolbar").show(ui, |ui| self.toolbar(ui));
         egui::Panel::bottom("status").show(ui, |ui| self.status_bar(ui));
-        egui::Panel::left("images").default_size(250.0).show(ui, |ui| self.image_list(ui));
+        egui::Panel::left("images").default_size(250.0).show(ui, |ui| {
+            let section = egui::Panel::bottom("references").resizable(true).default_size(190.0).show(ui, |ui| self.references(ui));
+            self.references_rect = Some(section.response.rect);
+            self.image_list(ui);
+        });
         egui::Panel::right("side").default_size(420.0).show(ui, |ui| self.side(ui));
         egui::CentralPanel::default().show(ui, |ui| {
             self.model_problem(ui);
@@ -105,15 +111,29 @@ impl AlfaApp {
             if ui.button("Apply class").clicked() {
                 self.set_class(self.class_input.clone());
             }
+            ui.label(RichText::new(self.state.mode_label()).strong())
+                .on_hover_text("Few-shot when the class has good reference images (References, bottom left).");
             ui.separator();
+            if let Some(task) = self.state.threshold_task.clone() {
+                let (done, total, what) = match task.references {
+                    Some((done, total)) => (done, total, "reference features"),
+                    None => (task.done, task.total, "good images scored"),
+                };
+                ui.spinner();
+                ui.label(format!("threshold: {what} {done} of {total}"));
+                if ui.button("Cancel threshold").clicked() {
+                    self.cancel_threshold();
+                }
+                ui.separator();
+            }
             let progress = &self.state.progress;
             if progress.running {
-                let fraction = progress.done as f32 / progress.total.max(1) as f32;
-                ui.add(
-                    egui::ProgressBar::new(fraction)
-                        .desired_width(160.0)
-                        .text(format!("analysed {} of {}", progress.done, progress.total)),
-                );
+                let (done, total, text) = match progress.references {
+                    Some((done, total)) => (done, total, format!("reference features {done} of {total}")),
+                    None => (progress.done, progress.total, format!("analysed {} of {}", progress.done, progress.total)),
+                };
+                let fraction = done as f32 / total.max(1) as f32;
+                ui.add(egui::ProgressBar::new(fraction).desired_width(160.0).text(text));
                 if ui.button("Cancel").clicked() {
                     self.cancel();
                 }
@@ -266,15 +286,17 @@ impl AlfaApp {
         let (low, high) = self.state.selected.map_or((0.0, 1.0), |i| self.state.levels(i));
         let s = &mut self.state.settings;
         ui.horizontal_wrapped(|ui| {
-            ui.add(egui::Slider::new(&mut s.threshold, 0.0..=1.0).text("Threshold").step_by(0.001));
-            ui.add_enabled(false, egui::Button::new("From good references…"))
-                .on_disabled_hover_text("Threshold at a target false-positive rate from good reference images: comes with few-shot mode.");
+            // No step: a threshold from good images sits just above a score and must not be rounded.
+            ui.add(egui::Slider::new(&mut s.threshold, 0.0..=2.0).text("Threshold"))
+                .on_hover_text("Image scores are up to 1 in zero-shot mode and up to 2 in few-shot mode.");
             ui.separator();
             ui.checkbox(&mut s.overlay, "Overlay");
             ui.add(egui::Slider::new(&mut s.opacity, 0.0..=1.0).text("Opacity"));
             ui.checkbox(&mut s.outline, "Outline >= threshold");
             ui.checkbox(&mut s.side_by_side, "Side by side");
         });
+        self.threshold_row(ui);
+        let s = &mut self.state.settings;
         ui.horizontal_wrapped(|ui| {
             egui::ComboBox::from_label("Colours")
                 .selected_text(s.colormap.label())
@@ -297,6 +319,98 @@ impl AlfaApp {
             }
             viewer::legend(ui, s.colormap, low, high, s.threshold);
         });
+    }
+
+    /// Threshold from good images at a target false-positive rate, and what set it.
+    fn threshold_row(&mut self, ui: &mut Ui) {
+        let has_references = !self.state.references().is_empty();
+        let mut from_references = false;
+        let mut from_folder = false;
+        ui.horizontal_wrapped(|ui| {
+            let label = ui.label("Target FPR:");
+            ui.add(
+                egui::DragValue::new(&mut self.state.settings.target_fpr)
+                    .range(0.0..=0.5)
+                    .speed(0.001)
+                    .max_decimals(3),
+            )
+            .labelled_by(label.id)
+            .on_hover_text("Share of good images allowed at or above the threshold (0.01 = 1%)");
+            from_references = ui
+                .add_enabled(has_references, egui::Button::new("From good references"))
+                .on_hover_text("Scores every reference against the others (leave-one-out) and sets the threshold at the target FPR")
+                .on_disabled_hover_text("Add good reference images first (References, bottom left)")
+                .clicked();
+            from_folder = ui
+                .button("From a folder of good images…")
+                .on_hover_text("Scores the images of a folder of good parts and sets the threshold at the target FPR")
+                .clicked();
+            ui.label(RichText::new(self.state.threshold_origin()).small());
+        });
+        if from_references {
+            self.threshold_from_references();
+        }
+        if from_folder {
+            self.pick_good_folder();
+        }
+    }
+
+    /// The class's good reference images: thumbnails, remove buttons, add and mark.
+    fn references(&mut self, ui: &mut Ui) {
+        ui.horizontal(|ui| {
+            ui.heading("References");
+            ui.label(self.state.mode_label());
+        });
+        let mut add = false;
+        let mut mark = false;
+        ui.horizontal_wrapped(|ui| {
+            add = ui
+                .button("Add references…")
+                .on_hover_text("Good images of this class: few-shot mode. You can also drop files here, or anywhere with Shift held.")
+                .clicked();
+            mark = ui
+                .add_enabled(self.state.selected.is_some(), egui::Button::new("Mark as good reference (G)"))
+                .on_hover_text("The image on screen becomes a reference")
+                .clicked();
+        });
+        let mut remove = None;
+        egui::ScrollArea::vertical().id_salt("references-list").auto_shrink([false, false]).show(ui, |ui| {
+            if self.state.reference_views.is_empty() {
+                ui.weak("None: zero-shot. Drop good images here.");
+            }
+            ui.horizontal_wrapped(|ui| {
+                for view in &self.state.reference_views {
+                    let name = view.path.file_name().map_or_else(|| view.path.display().to_string(), |n| n.to_string_lossy().into_owned());
+                    ui.vertical(|ui| {
+                        ui.set_width(64.0);
+                        match &view.thumbnail {
+                            Some(t) => {
+                                ui.add(egui::Image::new(t).fit_to_exact_size(egui::vec2(56.0, 56.0)))
+                                    .on_hover_text(view.path.display().to_string());
+                            }
+                            None => {
+                                ui.allocate_exact_size(egui::vec2(56.0, 56.0), egui::Sense::hover());
+                            }
+                        }
+                        if let Some(error) = &view.error {
+                            ui.colored_label(NG_COLOR, "unreadable").on_hover_text(error);
+                        }
+                        if ui.small_button(format!("Remove {name}")).on_hover_text("No longer a reference").clicked() {
+                            remove = Some(view.path.clone());
+                        }
+                    });
+                }
+            });
+        });
+        if add {
+            self.pick_references();
+        }
+        if mark {
+            self.mark_selected_as_reference();
+        }
+        if let Some(path) = remove {
+            self.remove_reference(&path);
+        }
     }
 
     fn side(&mut self, ui: &mut Ui) {
@@ -340,7 +454,15 @@ impl AlfaApp {
             ui.label("max S_L (local)");
             ui.label(format!("{:.3}", d.local_max));
             ui.end_row();
+            if let Some(few_shot) = &d.few_shot {
+                ui.label(format!("max few-shot ({} refs)", few_shot.references));
+                ui.label(format!("{:.3}", few_shot.max_score));
+                ui.end_row();
+            }
         });
+        if let Some(few_shot) = &d.few_shot {
+            self.nearest_reference(ui, few_shot);
+        }
         for (label, fired) in [("normal", d.prompts.normal_fallback), ("abnormal", d.prompts.abnormal_fallback)] {
             if fired {
                 ui.colored_label(
@@ -375,6 +497,54 @@ impl AlfaApp {
         });
     }
 
+    /// The worst patch of the image beside the nearest window of the references.
+    fn nearest_reference(&mut self, ui: &mut Ui, few_shot: &FewShotReport) {
+        let Some(nearest) = &few_shot.nearest else { return };
+        let key = format!("nearest-{}-{:?}", nearest.file.display(), nearest.region);
+        if self.nearest_crop.as_ref().is_none_or(|(k, _)| *k != key) {
+            self.workers.crop(key.clone(), nearest.file.clone(), nearest.region);
+            self.nearest_crop = Some((key, None));
+        }
+        let query = self.state.shown.as_ref().filter(|s| Some(s.id) == self.state.selected.map(|i| self.state.entries[i].id)).map(|shown| {
+            let image = &shown.picture.image;
+            let grid = few_shot.map.width.max(1) as u32;
+            let [x, y] = few_shot.worst_patch.map(|v| v as u32);
+            let (w, h) = image.dimensions();
+            let (x0, y0) = (x * w / grid, y * h / grid);
+            let (x1, y1) = (((x + 1) * w / grid).max(x0 + 1).min(w), ((y + 1) * h / grid).max(y0 + 1).min(h));
+            let patch = image::imageops::crop_imm(image.as_ref(), x0, y0, x1 - x0, y1 - y0).to_image();
+            egui::ColorImage::from_rgba_unmultiplied([patch.width() as usize, patch.height() as usize], patch.as_raw())
+        });
+        ui.strong("Worst patch and the nearest reference window");
+        ui.horizontal(|ui| {
+            let size = egui::vec2(96.0, 96.0);
+            ui.vertical(|ui| {
+                match query {
+                    Some(patch) => {
+                        let texture = ui.ctx().load_texture("worst-patch", patch, egui::TextureOptions::NEAREST);
+                        ui.add(egui::Image::new(&texture).fit_to_exact_size(size));
+                    }
+                    None => {
+                        ui.spinner();
+                    }
+                }
+                ui.label(format!("this image, patch {:?}", few_shot.worst_patch));
+            });
+            ui.vertical(|ui| {
+                match self.nearest_crop.as_ref().and_then(|(_, t)| t.as_ref()) {
+                    Some(texture) => {
+                        ui.add(egui::Image::new(texture).fit_to_exact_size(size));
+                    }
+                    None => {
+                        ui.spinner();
+                    }
+                }
+                let name = nearest.file.file_name().map_or_else(|| nearest.file.display().to_string(), |n| n.to_string_lossy().into_owned());
+                ui.label(format!("{name}, similarity {:.3}", nearest.similarity)).on_hover_text(nearest.file.display().to_string());
+            });
+        });
+    }
+
     fn prompt_editor(&mut self, ui: &mut Ui) {
         let Some(editor) = &mut self.editor else {
             ui.label("Name the object class in the toolbar.");
@@ -389,21 +559,41 @@ impl AlfaApp {
             ui.colored_label(WARN_COLOR, "No set for this class: the generic set is used. Edit and save to make one.");
         }
         ui.label("One entry per line. `{c}` is the class name; bases need `{domain}` and `{state}`. Changes re-score after a short pause.");
+        let (mut generate, mut cancel_generate) = (false, false);
         ui.horizontal(|ui| {
             if ui.add_enabled(editor.can_undo(), egui::Button::new("Undo")).clicked() {
                 self.undo_requested = true;
             }
             let save = ui.add_enabled(editor.unsaved, egui::Button::new("Save"));
-            if save.on_hover_text("Writes prompts/<class>.toml (used from now on)").clicked() {
-                let dir = crate::prompts::PromptStore::default_location().dir.unwrap_or_else(|| "prompts".into());
+            if save.on_hover_text("Writes prompts/<class>.toml (used from now on), keeping its comments").clicked() {
+                let dir = self.prompts.dir.clone().unwrap_or_else(|| "prompts".into());
                 self.state.notice = Some(match editor.save(&dir) {
                     Ok(path) => format!("saved {}", path.display()),
                     Err(e) => e,
                 });
             }
-            ui.add_enabled(false, egui::Button::new("Generate more…"))
-                .on_disabled_hover_text("Generating prompts with an LLM comes with `alfa prompts generate`.");
+            let asking = matches!(self.state.llm, Some(LlmStatus::Asking { .. }));
+            generate = ui
+                .add_enabled(!asking, egui::Button::new("Generate more…"))
+                .on_hover_text("Asks the LLM of the Settings page for more prompts of this class; added here, not saved")
+                .clicked();
         });
+        match &self.state.llm {
+            Some(LlmStatus::Asking { endpoint, done, total, .. }) => {
+                ui.horizontal(|ui| {
+                    ui.spinner();
+                    ui.label(format!("asking {endpoint}… {done} of {total} answers"));
+                    cancel_generate = ui.button("Cancel request").clicked();
+                });
+            }
+            Some(LlmStatus::Added { normal, abnormal, descriptors }) => {
+                ui.label(format!("LLM added {normal} normal, {abnormal} abnormal prompts and {descriptors} descriptors (not saved; Undo removes them)"));
+            }
+            Some(LlmStatus::Failed(error)) => {
+                ui.colored_label(NG_COLOR, format!("LLM failed: {error}"));
+            }
+            None => {}
+        }
         if let Some(error) = &editor.error {
             ui.colored_label(NG_COLOR, error);
         }
@@ -427,6 +617,12 @@ impl AlfaApp {
         }
         if std::mem::take(&mut self.undo_requested) {
             self.undo_prompts();
+        }
+        if generate {
+            self.generate_more();
+        }
+        if cancel_generate {
+            self.cancel_generate();
         }
     }
 
@@ -466,6 +662,26 @@ impl AlfaApp {
             ui.label("Window mode:");
             changed |= ui.selectable_value(&mut s.detect.window_mode, WindowMode::Tokens, "tokens (fast)").changed();
             changed |= ui.selectable_value(&mut s.detect.window_mode, WindowMode::Pixels, "pixels (paper, slow)").changed();
+        });
+        ui.separator();
+        ui.heading("LLM (Generate more…)");
+        egui::Grid::new("llm-settings").num_columns(2).show(ui, |ui| {
+            let label = ui.label("Endpoint:");
+            ui.add(egui::TextEdit::singleline(&mut s.llm.base_url).desired_width(260.0))
+                .labelled_by(label.id)
+                .on_hover_text("An OpenAI-compatible API root, up to /v1 (default: a local Ollama)");
+            ui.end_row();
+            let label = ui.label("Model:");
+            ui.add(egui::TextEdit::singleline(&mut s.llm.model).desired_width(160.0)).labelled_by(label.id);
+            ui.end_row();
+            let label = ui.label("API key variable:");
+            ui.add(egui::TextEdit::singleline(&mut s.llm.api_key_env).desired_width(160.0))
+                .labelled_by(label.id)
+                .on_hover_text("Environment variable holding the key; unset sends none");
+            ui.end_row();
+            let label = ui.label("Answers per query:");
+            ui.add(egui::DragValue::new(&mut s.llm_samples).range(1..=10)).labelled_by(label.id);
+            ui.end_row();
         });
         ui.label(RichText::new("Settings are remembered across runs.").small());
         if changed {

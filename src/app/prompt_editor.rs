@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::prompts::set::file_for;
+use crate::prompts::generate::Generated;
+use crate::prompts::merge::{PromptFile, with_generated};
 use crate::prompts::{PromptSet, ResolvedPrompts};
 
 /// Typing pause after which the edited set is applied.
@@ -122,10 +123,7 @@ impl PromptEditor {
             return None;
         }
         self.last_edit = None;
-        let mut set = self.applied.clone();
-        for (field, text) in Field::ALL.iter().zip(&self.texts) {
-            *field.list_mut(&mut set) = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect();
-        }
+        let set = self.typed();
         if let Err(e) = checked(&set) {
             self.error = Some(e);
             return None;
@@ -134,12 +132,45 @@ impl PromptEditor {
         if set == self.applied {
             return None;
         }
-        self.undo.push(std::mem::replace(&mut self.applied, set.clone()));
+        self.apply(set.clone());
+        Some(set)
+    }
+
+    /// The set as typed in the boxes (not checked).
+    fn typed(&self) -> PromptSet {
+        let mut set = self.applied.clone();
+        for (field, text) in Field::ALL.iter().zip(&self.texts) {
+            *field.list_mut(&mut set) = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect();
+        }
+        set
+    }
+
+    /// Makes `set` the applied one, the previous one going on the undo stack.
+    fn apply(&mut self, set: PromptSet) {
+        self.undo.push(std::mem::replace(&mut self.applied, set));
         if self.undo.len() > UNDO_DEPTH {
             self.undo.remove(0);
         }
         self.unsaved = true;
-        Some(set)
+    }
+
+    /// Appends an LLM's new prompts to the typed set (or the applied one while the typed
+    /// text is invalid) as one undoable edit, and returns the set to re-score and how many
+    /// normal, abnormal and descriptor entries were new.
+    pub fn add_generated(&mut self, generated: &Generated, source: &str) -> (PromptSet, [usize; 3]) {
+        let typed = self.typed();
+        let base = if checked(&typed).is_ok() { typed } else { self.applied.clone() };
+        let merged = with_generated(&base, generated, source);
+        let added = [
+            merged.llm.normal.len() - base.llm.normal.len(),
+            merged.llm.abnormal.len() - base.llm.abnormal.len(),
+            merged.descriptors.abnormal.len() - base.descriptors.abnormal.len(),
+        ];
+        self.apply(merged.clone());
+        self.texts = texts_of(&merged);
+        self.last_edit = None;
+        self.error = None;
+        (merged, added)
     }
 
     pub fn can_undo(&self) -> bool {
@@ -157,18 +188,16 @@ impl PromptEditor {
         Some(previous)
     }
 
-    /// Writes the applied set to `<dir>/<class>.toml` atomically.
+    /// Writes the applied set to `<dir>/<class>.toml` atomically, through the same
+    /// document edit as `alfa prompts generate`: the file's comments and layout stay.
     pub fn save(&mut self, dir: &Path) -> Result<PathBuf, String> {
-        let path = file_for(dir, &self.applied.class.id);
-        let body = toml::to_string_pretty(&self.applied).map_err(|e| e.to_string())?;
-        let text = format!(
-            "# alfa prompt set for {}, saved from the inspection app. `{{c}}` is replaced by the class name.\n\n{body}",
-            self.applied.class.id
-        );
-        crate::files::write_atomic(&path, text.as_bytes()).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        self.source = Some(path.clone());
+        let update = PromptFile::load(dir, &self.applied.class.id)
+            .and_then(|file| file.rewrite(&self.applied))
+            .and_then(|update| update.write().map(|()| update))
+            .map_err(|e| e.to_string())?;
+        self.source = Some(update.path.clone());
         self.unsaved = false;
-        Ok(path)
+        Ok(update.path)
     }
 }
 
@@ -237,5 +266,30 @@ mod tests {
         assert_eq!(read.set, editor.applied);
         assert_eq!(read.set.templates.domains, ["photo", "x-ray image"]);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left");
+    }
+
+    #[test]
+    fn save_keeps_the_files_comments() {
+        let dir = tempfile::tempdir().unwrap();
+        let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/prompts/bottle.toml")).unwrap();
+        let commented = shipped.replacen("abnormal = [", "abnormal = [\n    # checked by hand on line 3", 1);
+        let text = format!("# my bottle notes\n{commented}");
+        std::fs::write(dir.path().join("bottle.toml"), &text).unwrap();
+        let mut editor = PromptEditor::new(PromptStore { dir: Some(dir.path().to_owned()) }.resolve("bottle").unwrap());
+        let first_domain = editor.applied.templates.domains[0].clone();
+        let start = Instant::now();
+        editor.texts[field_index(Field::LlmAbnormal)].push_str("\nAn abnormal image of {c} shows a green stripe.");
+        let domains = &mut editor.texts[field_index(Field::Domains)];
+        *domains = domains.lines().skip(1).collect::<Vec<_>>().join("\n");
+        editor.edited(start);
+        editor.poll(start + DEBOUNCE).unwrap();
+        editor.save(dir.path()).unwrap();
+        let saved = std::fs::read_to_string(dir.path().join("bottle.toml")).unwrap();
+        assert!(saved.starts_with("# my bottle notes\n"), "{saved}");
+        assert!(saved.contains("# checked by hand on line 3"), "{saved}");
+        assert!(saved.contains("\"An abnormal image of {c} shows a green stripe.\""), "{saved}");
+        let read = PromptSet::from_toml(&saved, Path::new("saved")).unwrap();
+        assert_eq!(read, editor.applied);
+        assert!(!read.templates.domains.contains(&first_domain));
     }
 }

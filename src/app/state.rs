@@ -3,14 +3,16 @@
 
 use eframe::egui;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::detect::colormap::Colormap;
-use super::worker::{Analysis, ItemId, Picture};
+use super::worker::{Analysis, ItemId, Picture, ThresholdFit};
 use crate::detect::DetectSettings;
+use crate::prompts::llm::LlmConfig;
 
 /// One image in the list.
 pub struct Entry {
@@ -100,6 +102,14 @@ pub struct Settings {
     pub side_by_side: bool,
     pub sort: SortKey,
     pub filter: Filter,
+    /// Normal reference images per class: few-shot mode when the class has any.
+    pub references: BTreeMap<String, Vec<PathBuf>>,
+    /// False-positive rate on good images that "threshold from good images" aims at.
+    pub target_fpr: f64,
+    /// The LLM server "Generate more…" asks (the same defaults as `alfa prompts generate`).
+    pub llm: LlmConfig,
+    /// Answers asked per query by "Generate more…".
+    pub llm_samples: usize,
 }
 
 impl Default for Settings {
@@ -118,6 +128,10 @@ impl Default for Settings {
             side_by_side: false,
             sort: SortKey::default(),
             filter: Filter::default(),
+            references: BTreeMap::new(),
+            target_fpr: 0.01,
+            llm: LlmConfig::default(),
+            llm_samples: 1,
         }
     }
 }
@@ -143,6 +157,36 @@ pub struct Progress {
     pub running: bool,
     /// Why the last analysis stopped early.
     pub error: Option<String>,
+    /// Reference features computed so far, while the bank is being built.
+    pub references: Option<(usize, usize)>,
+}
+
+/// A reference image in the References section.
+pub struct ReferenceView {
+    /// For its thumbnail's message.
+    pub id: ItemId,
+    pub path: PathBuf,
+    pub thumbnail: Option<egui::TextureHandle>,
+    pub error: Option<String>,
+}
+
+/// Scoring good images for the threshold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ThresholdTask {
+    pub id: u64,
+    pub done: usize,
+    pub total: usize,
+    /// Reference features computed so far, while the bank is being built.
+    pub references: Option<(usize, usize)>,
+}
+
+/// "Generate more…": where the LLM request stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LlmStatus {
+    Asking { id: u64, endpoint: String, done: usize, total: usize },
+    /// New prompts went into the editor (not saved yet).
+    Added { normal: usize, abnormal: usize, descriptors: usize },
+    Failed(String),
 }
 
 pub struct AppState {
@@ -157,6 +201,12 @@ pub struct AppState {
     pub last_encoding: Option<(usize, f64)>,
     /// Messages for the status bar (saves, exports, errors).
     pub notice: Option<String>,
+    /// The current class's references, in the settings' order.
+    pub reference_views: Vec<ReferenceView>,
+    pub threshold_task: Option<ThresholdTask>,
+    /// The last threshold from good images (the slider may have moved since).
+    pub threshold_fit: Option<ThresholdFit>,
+    pub llm: Option<LlmStatus>,
 }
 
 impl AppState {
@@ -170,6 +220,38 @@ impl AppState {
             progress: Progress::default(),
             last_encoding: None,
             notice: None,
+            reference_views: Vec::new(),
+            threshold_task: None,
+            threshold_fit: None,
+            llm: None,
+        }
+    }
+
+    /// The current class's reference images.
+    pub fn references(&self) -> &[PathBuf] {
+        self.settings.references.get(&self.settings.class).map_or(&[], Vec::as_slice)
+    }
+
+    /// `few-shot (K refs)` or `zero-shot`.
+    pub fn mode_label(&self) -> String {
+        match self.references().len() {
+            0 => "zero-shot".into(),
+            1 => "few-shot (1 ref)".into(),
+            k => format!("few-shot ({k} refs)"),
+        }
+    }
+
+    /// What set the threshold: `threshold 0.734 from 12 good images at FPR 1%`, or by hand.
+    pub fn threshold_origin(&self) -> String {
+        let threshold = self.settings.threshold;
+        match &self.threshold_fit {
+            Some(fit) if fit.threshold == threshold => format!(
+                "threshold {threshold:.3} from {} good images ({}) at FPR {}%",
+                fit.scores.len(),
+                fit.source,
+                fit.fpr * 100.0
+            ),
+            _ => format!("threshold {threshold:.3} set by hand"),
         }
     }
 

@@ -24,6 +24,7 @@ fn options(paths: Vec<PathBuf>) -> AppOptions {
             paths,
         },
         cache_dir: None,
+        prompts_dir: None,
         screenshot: None,
     }
 }

@@ -19,8 +19,11 @@ use image::{GrayImage, RgbaImage};
 use crate::cli::ModelArgs;
 use crate::clip::{self, Clip, DownloadObserver, ModelRequest};
 use crate::detect::maps::Grid;
-use crate::detect::{ClassPrompts, DetectSettings, Detection, Detector};
+use crate::detect::references::ReferenceBank;
+use crate::detect::threshold::threshold_at_fpr;
+use crate::detect::{ClassPrompts, DetectError, DetectSettings, Detection, Detector};
 use crate::prompts::PromptSet;
+use crate::prompts::generate::Generated;
 
 /// Index of an image in the app's list.
 pub type ItemId = usize;
@@ -28,6 +31,7 @@ pub type ItemId = usize;
 pub enum Job {
     LoadModel(ModelArgs),
     Analyse(AnalyseJob),
+    Threshold(ThresholdJob),
     /// Keeps the engine thread busy until the sender is dropped: a slow job whose end
     /// the test decides.
     #[cfg(test)]
@@ -38,8 +42,33 @@ pub struct AnalyseJob {
     pub generation: u64,
     pub prompts: PromptSet,
     pub settings: DetectSettings,
+    /// Normal reference images: few-shot when there are any.
+    pub references: Vec<PathBuf>,
     /// In the order to analyse them (the image on screen first).
     pub items: Vec<(ItemId, PathBuf)>,
+}
+
+/// Scoring good images to set the threshold at a target false-positive rate.
+pub struct ThresholdJob {
+    /// From its own counter: a threshold job and an analysis do not supersede each other.
+    pub id: u64,
+    pub prompts: PromptSet,
+    pub settings: DetectSettings,
+    pub references: Vec<PathBuf>,
+    /// The good images; one that is also a reference is scored against the others.
+    pub good: Vec<PathBuf>,
+    pub fpr: f64,
+    /// Where the good images came from, for the label (`references`, a folder).
+    pub source: String,
+}
+
+/// A threshold from good images and the scores it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ThresholdFit {
+    pub threshold: f32,
+    pub fpr: f64,
+    pub source: String,
+    pub scores: Vec<(PathBuf, f32)>,
 }
 
 /// One image's result, shared between the list, the viewer and the exports.
@@ -72,8 +101,20 @@ pub enum Message {
     Analysed { generation: u64, id: ItemId, outcome: Result<Arc<Analysis>, String> },
     /// An analysis ended (finished, cancelled, or failed before any image).
     AnalysisDone { generation: u64, error: Option<String> },
+    /// Reference features: `done` of `total` images (of an analysis or a threshold job).
+    References { task: Task, done: usize, total: usize },
+    /// The bank is ready: `used` references, the others could not be read.
+    ReferencesReady { task: Task, used: usize, skipped: Vec<(PathBuf, String)> },
+    ThresholdScored { id: u64, done: usize, total: usize },
+    ThresholdDone { id: u64, outcome: Result<ThresholdFit, String> },
     Thumbnail { id: ItemId, outcome: Result<egui::ColorImage, String> },
     Picture { id: ItemId, outcome: Result<Picture, String> },
+    /// "Generate more…": `done` of `total` LLM answers arrived.
+    LlmAnswered { id: u64, done: usize, total: usize },
+    /// "Generate more…" ended: the new prompts and their provenance, or why not.
+    Generated { id: u64, outcome: Result<(Generated, String), String> },
+    /// A region of an image (the nearest reference window), keyed by the asker.
+    Crop { key: String, outcome: Result<egui::ColorImage, String> },
     /// A file dialog's choice.
     Picked(Pick),
     /// A line for the status bar (exports).
@@ -83,6 +124,15 @@ pub enum Message {
 pub enum Pick {
     Images(Vec<PathBuf>),
     ModelFolder(PathBuf),
+    References(Vec<PathBuf>),
+    GoodFolder(PathBuf),
+}
+
+/// Which engine job a message is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    Analysis(u64),
+    Threshold(u64),
 }
 
 /// A decoded image for the viewer, with its ground-truth mask if one exists.
@@ -112,6 +162,7 @@ pub struct Workers {
     jobs: Sender<Job>,
     loads: Sender<LoadJob>,
     latest: Arc<AtomicU64>,
+    latest_threshold: Arc<AtomicU64>,
     outbox: Outbox,
     pub messages: Receiver<Message>,
 }
@@ -122,8 +173,16 @@ impl Workers {
         let (tx, messages) = crossbeam_channel::unbounded();
         let outbox = Outbox { tx, ctx: ctx.clone() };
         let latest = Arc::new(AtomicU64::new(0));
+        let latest_threshold = Arc::new(AtomicU64::new(0));
         let (jobs, job_rx) = crossbeam_channel::unbounded();
-        let engine = Engine { outbox: outbox.clone(), latest: latest.clone(), cache_dir, detector: None, encoded: None };
+        let engine = Engine {
+            outbox: outbox.clone(),
+            latest: Latest { analysis: latest.clone(), threshold: latest_threshold.clone() },
+            cache_dir,
+            detector: None,
+            encoded: None,
+            bank: None,
+        };
         std::thread::Builder::new()
             .name("alfa-engine".into())
             .spawn(move || engine.run(job_rx))
@@ -134,7 +193,7 @@ impl Workers {
             .name("alfa-loader".into())
             .spawn(move || run_loader(load_rx, loader_outbox))
             .expect("the OS can start a thread");
-        Self { jobs, loads, latest, outbox, messages }
+        Self { jobs, loads, latest, latest_threshold, outbox, messages }
     }
 
     /// For helper threads (file dialogs, exports) that report back.
@@ -147,15 +206,39 @@ impl Workers {
     }
 
     /// Starts an analysis that supersedes every earlier one; returns its generation.
-    pub fn analyse(&self, prompts: PromptSet, settings: DetectSettings, items: Vec<(ItemId, PathBuf)>) -> u64 {
+    pub fn analyse(
+        &self,
+        prompts: PromptSet,
+        settings: DetectSettings,
+        references: Vec<PathBuf>,
+        items: Vec<(ItemId, PathBuf)>,
+    ) -> u64 {
         let generation = self.latest.fetch_add(1, Ordering::SeqCst) + 1;
-        self.send(Job::Analyse(AnalyseJob { generation, prompts, settings, items }));
+        self.send(Job::Analyse(AnalyseJob { generation, prompts, settings, references, items }));
         generation
     }
 
-    /// Stops the running analysis after its current image.
+    /// Stops the running analysis after its current image (or reference).
     pub fn cancel(&self) {
         self.latest.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Starts scoring good images for a threshold (`job.id` is set here), superseding
+    /// an earlier threshold job; returns its id.
+    pub fn threshold(&self, mut job: ThresholdJob) -> u64 {
+        job.id = self.latest_threshold.fetch_add(1, Ordering::SeqCst) + 1;
+        let id = job.id;
+        self.send(Job::Threshold(job));
+        id
+    }
+
+    pub fn cancel_threshold(&self) {
+        self.latest_threshold.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Decodes `region` (`[x0, y0, x1, y1)`) of `path` for display under `key`.
+    pub fn crop(&self, key: String, path: PathBuf, region: [u32; 4]) {
+        let _ = self.loads.send(LoadJob::Crop { key, path, region });
     }
 
     pub fn thumbnails(&self, items: Vec<(ItemId, PathBuf)>) {
@@ -177,13 +260,44 @@ impl Workers {
     }
 }
 
+/// The newest analysis generation and threshold job id: older work stops.
+struct Latest {
+    analysis: Arc<AtomicU64>,
+    threshold: Arc<AtomicU64>,
+}
+
+impl Latest {
+    fn superseded(&self, task: Task) -> bool {
+        match task {
+            Task::Analysis(generation) => self.analysis.load(Ordering::SeqCst) > generation,
+            Task::Threshold(id) => self.threshold.load(Ordering::SeqCst) > id,
+        }
+    }
+}
+
 struct Engine {
     outbox: Outbox,
-    latest: Arc<AtomicU64>,
+    latest: Latest,
     cache_dir: Option<PathBuf>,
     detector: Option<Result<Detector, String>>,
     /// The last encoded prompt set, reused while it does not change.
     encoded: Option<(PromptSet, ClassPrompts)>,
+    /// The last reference bank, reused while its files and settings do not change.
+    bank: Option<CachedBank>,
+}
+
+struct CachedBank {
+    files: Vec<PathBuf>,
+    scales: Vec<usize>,
+    window_mode: crate::detect::WindowMode,
+    /// `None`: no reference could be read.
+    bank: Option<ReferenceBank>,
+}
+
+impl CachedBank {
+    fn fits(&self, files: &[PathBuf], settings: &DetectSettings) -> bool {
+        self.files == files && self.scales == settings.scales && self.window_mode == settings.window_mode
+    }
 }
 
 /// Forwards download progress to the UI.
@@ -201,6 +315,7 @@ impl Engine {
             match job {
                 Job::LoadModel(model) => self.load(model),
                 Job::Analyse(job) => self.analyse(job),
+                Job::Threshold(job) => self.threshold(job),
                 #[cfg(test)]
                 Job::Hold(until) => {
                     let _ = until.recv();
@@ -214,6 +329,7 @@ impl Engine {
         self.outbox.send(Message::ModelLoading { model: name.clone() });
         self.detector = None;
         self.encoded = None;
+        self.bank = None;
         let request = ModelRequest {
             model: model.model.clone(),
             arch: model.arch.clone(),
@@ -239,57 +355,144 @@ impl Engine {
         }
     }
 
-    fn is_stale(&self, generation: u64) -> bool {
-        self.latest.load(Ordering::SeqCst) > generation
+    fn is_stale(&self, task: Task) -> bool {
+        self.latest.superseded(task)
+    }
+
+    /// The detector with `prompts` encoded (reused while they do not change) and the
+    /// bank of `references` built (likewise); `Err` says why not.
+    fn prepare(
+        &mut self,
+        task: Task,
+        prompts: &PromptSet,
+        settings: &DetectSettings,
+        references: &[PathBuf],
+    ) -> Result<(), String> {
+        let detector = match &mut self.detector {
+            Some(Ok(detector)) => detector,
+            Some(Err(e)) => return Err(format!("no model: {e}")),
+            None => return Err("no model loaded".into()),
+        };
+        if self.encoded.as_ref().is_none_or(|(set, _)| set != prompts) {
+            let start = Instant::now();
+            let before = detector.texts_encoded();
+            match detector.encode_class(prompts.expand()) {
+                Ok(class) => {
+                    if let Task::Analysis(generation) = task {
+                        self.outbox.send(Message::PromptsEncoded {
+                            generation,
+                            encoded: detector.texts_encoded() - before,
+                            seconds: start.elapsed().as_secs_f64(),
+                        });
+                    }
+                    self.encoded = Some((prompts.clone(), class));
+                }
+                Err(e) => {
+                    self.encoded = None;
+                    return Err(format!("cannot encode the prompts: {e}"));
+                }
+            }
+        }
+        if references.is_empty() || self.bank.as_ref().is_some_and(|b| b.fits(references, settings)) {
+            return Ok(());
+        }
+        self.bank = None;
+        let (outbox, latest) = (&self.outbox, &self.latest);
+        let cancelled = || latest.superseded(task);
+        let progress = |done, total| outbox.send(Message::References { task, done, total });
+        let build = detector
+            .build_reference_bank_unless(references, settings, progress, &cancelled)
+            .map_err(|e| match e {
+                DetectError::Cancelled => e.to_string(),
+                e => format!("cannot build the reference bank: {e}"),
+            })?;
+        let used = build.bank.as_ref().map_or(0, |b| b.files.len());
+        self.outbox.send(Message::ReferencesReady { task, used, skipped: build.skipped });
+        self.bank = Some(CachedBank {
+            files: references.to_vec(),
+            scales: settings.scales.clone(),
+            window_mode: settings.window_mode,
+            bank: build.bank,
+        });
+        Ok(())
+    }
+
+    /// The detector, the encoded prompts and the bank `prepare` made.
+    fn prepared(&self, references: &[PathBuf]) -> (&Detector, &ClassPrompts, Option<&ReferenceBank>) {
+        let Some(Ok(detector)) = &self.detector else { unreachable!("prepare checked the detector") };
+        let (_, class) = self.encoded.as_ref().expect("prepare encoded the prompts");
+        let bank = if references.is_empty() { None } else { self.bank.as_ref().and_then(|b| b.bank.as_ref()) };
+        (detector, class, bank)
     }
 
     fn analyse(&mut self, job: AnalyseJob) {
         let generation = job.generation;
+        let task = Task::Analysis(generation);
         let done = |error: Option<String>| Message::AnalysisDone { generation, error };
-        if self.is_stale(generation) {
+        if self.is_stale(task) {
             return self.outbox.send(done(None));
         }
-        let detector = match &mut self.detector {
-            Some(Ok(detector)) => detector,
-            Some(Err(e)) => return self.outbox.send(done(Some(format!("no model: {e}")))),
-            None => return self.outbox.send(done(Some("no model loaded".into()))),
-        };
-        if self.encoded.as_ref().is_none_or(|(set, _)| *set != job.prompts) {
-            let start = Instant::now();
-            let before = detector.texts_encoded();
-            match detector.encode_class(job.prompts.expand()) {
-                Ok(class) => {
-                    self.outbox.send(Message::PromptsEncoded {
-                        generation,
-                        encoded: detector.texts_encoded() - before,
-                        seconds: start.elapsed().as_secs_f64(),
-                    });
-                    self.encoded = Some((job.prompts, class));
-                }
-                Err(e) => {
-                    self.encoded = None;
-                    return self.outbox.send(done(Some(format!("cannot encode the prompts: {e}"))));
-                }
-            }
+        if let Err(e) = self.prepare(task, &job.prompts, &job.settings, &job.references) {
+            let error = (!self.is_stale(task)).then_some(e);
+            return self.outbox.send(done(error));
         }
-        let (_, class) = self.encoded.as_ref().expect("encoded just above");
+        let (detector, class, bank) = self.prepared(&job.references);
         for (id, path) in job.items {
-            if self.latest.load(Ordering::SeqCst) > generation {
+            if self.is_stale(task) {
                 break;
             }
             let outcome = clip::open_image(&path)
                 .map_err(|e| e.to_string())
-                .and_then(|image| detector.detect(&image, class, &job.settings).map_err(|e| e.to_string()))
+                .and_then(|image| {
+                    detector.detect_with_references(&image, class, bank, &job.settings).map_err(|e| e.to_string())
+                })
                 .map(|d| Arc::new(Analysis::new(d)));
             self.outbox.send(Message::Analysed { generation, id, outcome });
         }
         self.outbox.send(done(None));
+    }
+
+    fn threshold(&mut self, job: ThresholdJob) {
+        let id = job.id;
+        let task = Task::Threshold(id);
+        if self.is_stale(task) {
+            return;
+        }
+        let outcome = self.prepare(task, &job.prompts, &job.settings, &job.references).and_then(|()| {
+            let (detector, class, bank) = self.prepared(&job.references);
+            let mut scores = Vec::with_capacity(job.good.len());
+            for (n, path) in job.good.iter().enumerate() {
+                if self.is_stale(task) {
+                    return Err("cancelled".into());
+                }
+                let left_out = match bank.and_then(|b| b.files.iter().position(|f| f == path)) {
+                    Some(i) => Some(bank.expect("position found in it").without(i).map_err(|e| e.to_string())?.ok_or_else(|| {
+                        "a reference cannot be scored against the others with only one reference: add another".to_owned()
+                    })?),
+                    None => None,
+                };
+                let image = clip::open_image(path).map_err(|e| e.to_string())?;
+                let detection = detector
+                    .detect_with_references(&image, class, left_out.as_ref().or(bank), &job.settings)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                scores.push((path.clone(), detection.image_score));
+                self.outbox.send(Message::ThresholdScored { id, done: n + 1, total: job.good.len() });
+            }
+            let values: Vec<f32> = scores.iter().map(|(_, s)| *s).collect();
+            let threshold = threshold_at_fpr(&values, job.fpr)
+                .ok_or_else(|| format!("no threshold from {} good image(s) at FPR {}", values.len(), job.fpr))?;
+            Ok(ThresholdFit { threshold, fpr: job.fpr, source: job.source.clone(), scores })
+        });
+        if !self.is_stale(task) {
+            self.outbox.send(Message::ThresholdDone { id, outcome });
+        }
     }
 }
 
 enum LoadJob {
     Thumbnails(Vec<(ItemId, PathBuf)>),
     Picture(ItemId, PathBuf),
+    Crop { key: String, path: PathBuf, region: [u32; 4] },
 }
 
 /// Longest side of a list thumbnail, in pixels.
@@ -311,6 +514,7 @@ fn run_loader(jobs: Receiver<LoadJob>, outbox: Outbox) {
         match job {
             Some(LoadJob::Thumbnails(items)) => queue.extend(items),
             Some(LoadJob::Picture(id, path)) => outbox.send(Message::Picture { id, outcome: picture(&path) }),
+            Some(LoadJob::Crop { key, path, region }) => outbox.send(Message::Crop { key, outcome: crop(&path, region) }),
             None => {
                 if let Some((id, path)) = queue.pop_front() {
                     outbox.send(Message::Thumbnail { id, outcome: thumbnail(&path) });
@@ -322,11 +526,18 @@ fn run_loader(jobs: Receiver<LoadJob>, outbox: Outbox) {
 
 fn thumbnail(path: &std::path::Path) -> Result<egui::ColorImage, String> {
     let image = clip::open_image(path).map_err(|e| e.to_string())?;
-    let small = image.thumbnail(THUMBNAIL_SIZE, THUMBNAIL_SIZE).to_rgba8();
-    Ok(egui::ColorImage::from_rgba_unmultiplied(
-        [small.width() as usize, small.height() as usize],
-        small.as_raw(),
-    ))
+    Ok(color_image(&image.thumbnail(THUMBNAIL_SIZE, THUMBNAIL_SIZE)))
+}
+
+fn crop(path: &std::path::Path, [x0, y0, x1, y1]: [u32; 4]) -> Result<egui::ColorImage, String> {
+    let image = clip::open_image(path).map_err(|e| e.to_string())?;
+    Ok(color_image(&image.crop_imm(x0, y0, x1.saturating_sub(x0), y1.saturating_sub(y0))))
+}
+
+/// An image as egui's texture data.
+pub fn color_image(image: &image::DynamicImage) -> egui::ColorImage {
+    let rgba = image.to_rgba8();
+    egui::ColorImage::from_rgba_unmultiplied([rgba.width() as usize, rgba.height() as usize], rgba.as_raw())
 }
 
 fn picture(path: &std::path::Path) -> Result<Picture, String> {

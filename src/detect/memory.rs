@@ -50,6 +50,24 @@ impl MemoryBank {
         self.origins.is_empty()
     }
 
+    /// This bank without the rows of reference `reference`; later references move down
+    /// by one, as if it had never been added. `None` when nothing is left.
+    pub fn without_reference(&self, reference: usize) -> candle_core::Result<Option<Self>> {
+        let keep: Vec<u32> = (0..self.origins.len() as u32).filter(|&i| self.origins[i as usize].reference != reference).collect();
+        if keep.is_empty() {
+            return Ok(None);
+        }
+        let origins = keep
+            .iter()
+            .map(|&i| {
+                let o = self.origins[i as usize];
+                Origin { reference: if o.reference > reference { o.reference - 1 } else { o.reference }, index: o.index }
+            })
+            .collect();
+        let index = Tensor::from_vec(keep.clone(), keep.len(), self.features.device())?;
+        Ok(Some(Self { features: self.features.index_select(&index, 0)?, origins }))
+    }
+
     /// The nearest bank row of every query row [N, D] (normalised here).
     pub fn nearest(&self, queries: &Tensor) -> candle_core::Result<Vec<Nearest>> {
         let queries = l2_normalize(queries)?;
@@ -95,5 +113,13 @@ mod tests {
         assert_eq!(found[2].origin, Origin { reference: 0, index: 1 });
         assert!(few_shot_score(found[2].similarity).abs() < 1e-6);
         assert!((few_shot_score(-1.0) - 1.0).abs() < 1e-6);
+
+        // Leaving reference 0 out: its rows are gone, reference 1 becomes 0.
+        let rest = bank.without_reference(0).unwrap().unwrap();
+        assert_eq!(rest.len(), 1);
+        let found = rest.nearest(&q).unwrap();
+        assert!(found.iter().all(|n| n.origin == Origin { reference: 0, index: 0 }));
+        assert!(found[2].similarity.abs() < 1e-6, "the [0, 1, 0] row left with reference 0");
+        assert!(rest.without_reference(0).unwrap().is_none());
     }
 }

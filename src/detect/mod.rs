@@ -13,6 +13,7 @@ pub mod method;
 pub mod references;
 pub mod ridge;
 pub mod text_cache;
+pub mod threshold;
 
 pub use engine::{ClassPrompts, DetectSettings, Detection, Detector, WindowMode};
 pub use method::{Ablation, AlfaMethod, ClassSpec, Method, MethodKind, Scored};
@@ -29,6 +30,8 @@ pub enum DetectError {
     NotPrepared,
     #[error("{0}")]
     References(String),
+    #[error("cancelled")]
+    Cancelled,
     #[error("invalid settings: {0}")]
     Settings(String),
     #[error(transparent)]

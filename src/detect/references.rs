@@ -122,6 +122,28 @@ impl ReferenceBank {
     pub fn scale(&self, scale: usize) -> Option<&MemoryBank> {
         self.banks.get(&scale)
     }
+
+    /// The bank of every reference but the `reference`-th (leave-one-out: scoring a
+    /// reference against a bank that holds it gives it a few-shot score of 0). `None`
+    /// when it is the only one.
+    pub fn without(&self, reference: usize) -> Result<Option<ReferenceBank>, DetectError> {
+        let mut banks = HashMap::new();
+        for (&s, bank) in &self.banks {
+            match bank.without_reference(reference)? {
+                Some(rest) => banks.insert(s, rest),
+                None => return Ok(None),
+            };
+        }
+        fn others<T: Clone>(items: &[T], left_out: usize) -> Vec<T> {
+            items.iter().enumerate().filter(|(i, _)| *i != left_out).map(|(_, x)| x.clone()).collect()
+        }
+        Ok(Some(ReferenceBank {
+            files: others(&self.files, reference),
+            sizes: others(&self.sizes, reference),
+            window_mode: self.window_mode,
+            banks,
+        }))
+    }
 }
 
 /// The outcome of building a bank.
@@ -167,7 +189,19 @@ impl Detector {
         &self,
         files: &[PathBuf],
         settings: &DetectSettings,
+        progress: impl FnMut(usize, usize),
+    ) -> Result<BankBuild, DetectError> {
+        self.build_reference_bank_unless(files, settings, progress, &|| false)
+    }
+
+    /// `build_reference_bank` that stops with `DetectError::Cancelled` before the next
+    /// image once `cancelled` says so (the app's Cancel button).
+    pub fn build_reference_bank_unless(
+        &self,
+        files: &[PathBuf],
+        settings: &DetectSettings,
         mut progress: impl FnMut(usize, usize),
+        cancelled: &dyn Fn() -> bool,
     ) -> Result<BankBuild, DetectError> {
         let mut images = Vec::with_capacity(files.len());
         let mut skipped = Vec::new();
@@ -177,7 +211,7 @@ impl Detector {
                 Err(e) => skipped.push((file.clone(), e.to_string())),
             }
         }
-        let mut build = self.reference_bank(&images, settings, &mut progress)?;
+        let mut build = self.reference_bank_unless(&images, settings, &mut progress, cancelled)?;
         build.skipped = skipped;
         Ok(build)
     }
@@ -188,7 +222,17 @@ impl Detector {
         &self,
         images: &[(PathBuf, DynamicImage)],
         settings: &DetectSettings,
+        progress: impl FnMut(usize, usize),
+    ) -> Result<BankBuild, DetectError> {
+        self.reference_bank_unless(images, settings, progress, &|| false)
+    }
+
+    fn reference_bank_unless(
+        &self,
+        images: &[(PathBuf, DynamicImage)],
+        settings: &DetectSettings,
         mut progress: impl FnMut(usize, usize),
+        cancelled: &dyn Fn() -> bool,
     ) -> Result<BankBuild, DetectError> {
         let cache = self.cache_dir().map(|d| {
             d.join("references").join(format!("{:016x}", fnv1a(self.model_identity().as_bytes())))
@@ -201,6 +245,9 @@ impl Detector {
         let (mut computed, mut reused) = (0, 0);
         for (i, (_, image)) in images.iter().enumerate() {
             progress(i, images.len());
+            if cancelled() {
+                return Err(DetectError::Cancelled);
+            }
             let rgb = image.to_rgb8();
             let key = format!("{:016x}-{}x{}-{mode}", fnv1a(rgb.as_raw()), rgb.width(), rgb.height());
             let file = |s: usize| cache.as_ref().map(|d| d.join(format!("{key}-s{s}.safetensors")));

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use toml_edit::{Array, DocumentMut, Item, Value};
 
 use super::generate::Generated;
-use super::set::{PromptSet, file_for, normalize};
+use super::set::{ClassKind, PromptSet, file_for, normalize};
 use super::store::{GENERIC, PromptStore};
 use super::PromptError;
 
@@ -74,58 +74,97 @@ impl PromptFile {
 
     /// The file with the new prompts of `generated` appended and `source` recorded.
     pub fn merge(&self, generated: &Generated, source: &str) -> Result<PromptFileUpdate, PromptError> {
-        let name = &self.set.class.name;
-        let new_only = |existing: &[String], new: &[String]| {
-            let mut seen: std::collections::HashSet<String> =
-                existing.iter().map(|p| normalize(&p.replace("{c}", name))).collect();
-            new.iter()
-                .filter(|p| seen.insert(normalize(&p.replace("{c}", name))))
-                .cloned()
-                .collect::<Vec<_>>()
-        };
-        let added_normal = new_only(&self.set.llm.normal, &generated.normal);
-        let added_abnormal = new_only(&self.set.llm.abnormal, &generated.abnormal);
-        let added_descriptors = new_only(&self.set.descriptors.abnormal, &generated.descriptors);
+        let merged = with_generated(&self.set, generated, source);
+        let added = |old: &[String], new: &[String]| new[old.len()..].to_vec();
+        let mut update = self.rewrite(&merged)?;
+        update.added_normal = added(&self.set.llm.normal, &merged.llm.normal);
+        update.added_abnormal = added(&self.set.llm.abnormal, &merged.llm.abnormal);
+        update.added_descriptors = added(&self.set.descriptors.abnormal, &merged.descriptors.abnormal);
+        Ok(update)
+    }
 
+    /// The file changed to hold `set`, keeping its comments and layout: a list that only
+    /// lost items and gained items at its end keeps the comments of the items that stay;
+    /// a reordered list is written anew. Nothing is added to the update's `added_*`.
+    pub fn rewrite(&self, set: &PromptSet) -> Result<PromptFileUpdate, PromptError> {
         let mut doc = parse(&self.text, &self.path)?;
-        append(&mut doc["llm"]["normal"], &added_normal);
-        append(&mut doc["llm"]["abnormal"], &added_abnormal);
-        append(&mut doc["descriptors"]["abnormal"], &added_descriptors);
-        let queries = new_only(&self.set.llm.queries, &generated.queries);
-        append(&mut doc["llm"]["queries"], &queries);
-        let previous = self.set.llm.source.trim();
-        doc["llm"]["source"] = toml_edit::value(if previous.is_empty() || previous == source {
-            source.to_owned()
-        } else {
-            format!("{previous}; then {source}")
-        });
-        doc["descriptors"]["query"] = toml_edit::value(&generated.descriptor_query);
+        let kind = match set.class.kind {
+            ClassKind::Object => "object",
+            ClassKind::Texture => "texture",
+        };
+        for (table, key, text) in [
+            ("class", "id", set.class.id.as_str()),
+            ("class", "name", &set.class.name),
+            ("class", "kind", kind),
+            ("llm", "source", &set.llm.source),
+            ("descriptors", "query", &set.descriptors.query),
+        ] {
+            // Unchanged values keep their formatting and trailing comments; empty optional ones stay absent.
+            let present = doc.get(table).and_then(|t| t.get(key)).is_some();
+            if doc[table][key].as_str() != Some(text) && (present || !text.is_empty()) {
+                doc[table][key] = toml_edit::value(text);
+            }
+        }
+        for (table, key, list) in [
+            ("class", "datasets", &set.class.datasets),
+            ("templates", "bases", &set.templates.bases),
+            ("templates", "domains", &set.templates.domains),
+            ("templates", "normal_states", &set.templates.normal_states),
+            ("templates", "abnormal_states", &set.templates.abnormal_states),
+            ("llm", "queries", &set.llm.queries),
+            ("llm", "normal", &set.llm.normal),
+            ("llm", "abnormal", &set.llm.abnormal),
+            ("descriptors", "abnormal", &set.descriptors.abnormal),
+        ] {
+            let present = doc.get(table).and_then(|t| t.get(key)).is_some();
+            if present || !list.is_empty() {
+                sync(&mut doc[table][key], list);
+            }
+        }
         let text = doc.to_string();
-
-        // The edit must read back as the old set plus the additions, nothing else.
-        let merged = PromptSet::from_toml(&text, &self.path)?;
-        let mut expected = self.set.clone();
-        expected.llm.normal.extend(added_normal.iter().cloned());
-        expected.llm.abnormal.extend(added_abnormal.iter().cloned());
-        expected.descriptors.abnormal.extend(added_descriptors.iter().cloned());
-        if (&merged.llm.normal, &merged.llm.abnormal, &merged.descriptors.abnormal, &merged.class)
-            != (&expected.llm.normal, &expected.llm.abnormal, &expected.descriptors.abnormal, &expected.class)
-        {
+        // The edited file must read back as exactly `set`.
+        if PromptSet::from_toml(&text, &self.path)? != *set {
             return Err(PromptError::Invalid {
                 path: self.path.clone(),
-                reason: "the merged file does not read back as the old prompts plus the new ones; nothing written"
-                    .into(),
+                reason: "the edited file does not read back as the prompts it should hold; nothing written".into(),
             });
         }
         Ok(PromptFileUpdate {
             path: self.path.clone(),
             creates: !self.exists,
-            added_normal,
-            added_abnormal,
-            added_descriptors,
+            added_normal: Vec::new(),
+            added_abnormal: Vec::new(),
+            added_descriptors: Vec::new(),
             text,
         })
     }
+}
+
+/// `set` with the prompts of `generated` it lacks appended (compared case- and
+/// whitespace-insensitively with `{c}` filled in), the queries recorded and `source`
+/// added to the provenance.
+pub fn with_generated(set: &PromptSet, generated: &Generated, source: &str) -> PromptSet {
+    let name = &set.class.name;
+    let extended = |existing: &[String], new: &[String]| {
+        let mut seen: std::collections::HashSet<String> =
+            existing.iter().map(|p| normalize(&p.replace("{c}", name))).collect();
+        let mut list = existing.to_vec();
+        list.extend(new.iter().filter(|p| seen.insert(normalize(&p.replace("{c}", name)))).cloned());
+        list
+    };
+    let mut merged = set.clone();
+    merged.llm.normal = extended(&set.llm.normal, &generated.normal);
+    merged.llm.abnormal = extended(&set.llm.abnormal, &generated.abnormal);
+    merged.descriptors.abnormal = extended(&set.descriptors.abnormal, &generated.descriptors);
+    merged.llm.queries = extended(&set.llm.queries, &generated.queries);
+    let previous = set.llm.source.trim();
+    merged.llm.source = if previous.is_empty() || previous == source {
+        source.to_owned()
+    } else {
+        format!("{previous}; then {source}")
+    };
+    merged.descriptors.query = generated.descriptor_query.clone();
+    merged
 }
 
 impl PromptFileUpdate {
@@ -149,6 +188,44 @@ fn parse(text: &str, path: &Path) -> Result<DocumentMut, PromptError> {
         line: None,
         reason: e.to_string(),
     })
+}
+
+/// Makes the array of strings at `item` hold `wanted`. When `wanted` is the array's
+/// items that stay, in their order, followed by new ones, only the dropped items are
+/// removed (the others keep their comments) and the new ones appended; otherwise the
+/// array is written anew.
+fn sync(item: &mut Item, wanted: &[String]) {
+    let current: Vec<Option<String>> = item
+        .as_array()
+        .map(|a| a.iter().map(|v| v.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    if current.len() == wanted.len() && current.iter().zip(wanted).all(|(c, w)| c.as_deref() == Some(w.as_str())) {
+        return;
+    }
+    let mut unclaimed: Vec<&String> = wanted.iter().collect();
+    let staying: Vec<bool> = current
+        .iter()
+        .map(|c| match unclaimed.iter().position(|w| Some(w.as_str()) == c.as_deref()) {
+            Some(i) => {
+                unclaimed.remove(i);
+                true
+            }
+            None => false,
+        })
+        .collect();
+    let kept: Vec<&str> = current.iter().zip(&staying).filter(|(_, s)| **s).filter_map(|(c, _)| c.as_deref()).collect();
+    let in_order = kept.len() <= wanted.len() && kept.iter().zip(wanted).all(|(k, w)| *k == w.as_str());
+    match item.as_array_mut() {
+        Some(array) if in_order => {
+            for index in (0..staying.len()).rev().filter(|&i| !staying[i]) {
+                array.remove(index);
+            }
+        }
+        Some(array) => array.clear(),
+        None => *item = Item::Value(Value::Array(Array::new())),
+    }
+    let present = item.as_array().map_or(0, Array::len);
+    append(item, &wanted[present..]);
 }
 
 /// Appends `items` to an array of strings, one per line as in the shipped files.

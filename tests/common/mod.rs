@@ -1,6 +1,8 @@
 //! Paths shared by the integration tests.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod llm_server;
+
 use std::path::PathBuf;
 
 /// `tests/fixtures/` (committed, made by `tests/fixtures/generate_clip_fixtures.py`).
