@@ -4,27 +4,48 @@
 //! - Activations: candle's run on one thread; these run on all cores. The exact GELU
 //!   uses Abramowitz & Stegun 7.1.26 for erf (|error| < 1.5e-7, the approximation
 //!   PyTorch's vectorised CPU erf uses).
+//! - Linear layers: the bias, the activation or the residual add fused into the
+//!   matmul's pass over the output (see `linear`).
 //! - Attention: candle's batched matmul calls `gemm` once per (sequence, head), one
 //!   after another, so short sequences (365 windows of 5 or 10 tokens, prompts of 20)
 //!   cost thousands of serial calls plus the copies that split the heads. This
 //!   kernel reads the heads in place from `in_proj`'s output and runs the rows in
 //!   parallel.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
-#[derive(Clone, Copy)]
-enum Act {
-    GeluErf,
+/// The MLP's activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// Exact (erf) GELU, as `nn.GELU()`: the LAION models.
+    Gelu,
+    /// `x * sigmoid(1.702 x)`: OpenAI's weights (`-quickgelu` configs).
     QuickGelu,
 }
 
-impl Act {
+impl Activation {
     #[inline]
     fn apply(self, x: f32) -> f32 {
         match self {
-            Self::GeluErf => 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)),
+            Self::Gelu => 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)),
             Self::QuickGelu => x / (1.0 + (-1.702 * x).exp()),
+        }
+    }
+
+    /// The activation of every element: in parallel on the CPU, candle's kernels elsewhere.
+    pub fn forward(self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if on_cpu_f32(x) {
+            x.contiguous()?.apply_op1_no_bwd(&self)
+        } else {
+            self.apply_by_tensors(x)
+        }
+    }
+
+    fn apply_by_tensors(self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Gelu => x.gelu_erf(),
+            Self::QuickGelu => x * candle_nn::ops::sigmoid(&(x * 1.702)?)?,
         }
     }
 }
@@ -41,10 +62,10 @@ fn erf(x: f32) -> f32 {
     sign * (1.0 - poly * (-x * x).exp())
 }
 
-impl CustomOp1 for Act {
+impl CustomOp1 for Activation {
     fn name(&self) -> &'static str {
         match self {
-            Self::GeluErf => "alfa-gelu-erf",
+            Self::Gelu => "alfa-gelu-erf",
             Self::QuickGelu => "alfa-quick-gelu",
         }
     }
@@ -254,21 +275,148 @@ fn on_cpu_f32(x: &Tensor) -> bool {
     matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32
 }
 
-/// Exact GELU (`nn.GELU()`).
-pub fn gelu_erf(x: &Tensor) -> candle_core::Result<Tensor> {
-    if on_cpu_f32(x) {
-        x.contiguous()?.apply_op1_no_bwd(&Act::GeluErf)
-    } else {
-        x.gelu_erf()
-    }
+/// What follows the matmul of `linear`, fused into the same pass over the output.
+#[derive(Clone, Copy)]
+pub enum Epilogue<'a> {
+    /// `x W + b`.
+    None,
+    /// `act(x W + b)`: the MLP's first layer.
+    Activation(Activation),
+    /// `residual + x W + b`: a block's output projections.
+    Residual(&'a Tensor),
 }
 
-/// `x * sigmoid(1.702 x)`.
-pub fn quick_gelu(x: &Tensor) -> candle_core::Result<Tensor> {
-    if on_cpu_f32(x) {
-        x.contiguous()?.apply_op1_no_bwd(&Act::QuickGelu)
+/// `x W + b` over all leading dimensions of `x` [.., in] with `weight_t` [in, out],
+/// then `epilogue`. On the CPU the output starts as `residual + b` and the matmul
+/// accumulates into it, then the activation runs in place: one pass over the output,
+/// where candle's matmul (a zeroed output), a bias add, a residual add and an
+/// activation would each read and write all of it into a fresh allocation.
+pub fn linear(x: &Tensor, weight_t: &Tensor, bias: Option<&Tensor>, epilogue: Epilogue) -> candle_core::Result<Tensor> {
+    let mut dims = x.dims().to_vec();
+    let inner = dims.pop().unwrap_or(1);
+    let rows = x.elem_count() / inner.max(1);
+    let x2 = x.contiguous()?.reshape((rows, inner))?;
+    let out_dim = weight_t.dim(1)?;
+    dims.push(out_dim);
+    let residual = match epilogue {
+        Epilogue::Residual(r) => Some(r.contiguous()?.reshape((rows, out_dim))?),
+        _ => None,
+    };
+    let activation = match epilogue {
+        Epilogue::Activation(a) => Some(a),
+        _ => None,
+    };
+    let y = if on_cpu_f32(x) {
+        let op = Linear { bias: bias.map(Tensor::contiguous).transpose()?, residual, activation };
+        x2.apply_op2_no_bwd(&weight_t.contiguous()?, &op)?
     } else {
-        x * candle_nn::ops::sigmoid(&(x * 1.702)?)?
+        let mut y = x2.matmul(weight_t)?;
+        if let Some(b) = bias {
+            y = y.broadcast_add(b)?;
+        }
+        if let Some(a) = activation {
+            y = a.apply_by_tensors(&y)?;
+        }
+        match residual {
+            Some(r) => (y + r)?,
+            None => y,
+        }
+    };
+    y.reshape(dims)
+}
+
+struct Linear {
+    bias: Option<Tensor>,
+    residual: Option<Tensor>,
+    activation: Option<Activation>,
+}
+
+/// The f32 data of a contiguous CPU tensor, borrowed for `f`.
+fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
+        candle_core::bail!("expected a contiguous f32 CPU tensor");
+    };
+    Ok(f(&data[start..end]))
+}
+
+/// Each row of `out` [.., cols] set to its `residual` row plus `bias`.
+fn start_rows(out: &mut [f32], cols: usize, bias: Option<&[f32]>, residual: Option<&[f32]>) {
+    out.par_chunks_mut(cols).enumerate().for_each(|(r, row)| {
+        if let Some(residual) = residual {
+            row.copy_from_slice(&residual[r * cols..(r + 1) * cols]);
+        }
+        if let Some(bias) = bias {
+            row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
+        }
+    });
+}
+
+impl CustomOp2 for Linear {
+    fn name(&self) -> &'static str {
+        "alfa-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        w: &CpuStorage,
+        w_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(x), CpuStorage::F32(w)) = (x, w) else {
+            candle_core::bail!("{} expects f32", self.name());
+        };
+        let (Some((x0, x1)), Some((w0, w1))) = (x_layout.contiguous_offsets(), w_layout.contiguous_offsets()) else {
+            candle_core::bail!("{} expects contiguous tensors", self.name());
+        };
+        let (rows, inner) = x_layout.shape().dims2()?;
+        let (w_inner, cols) = w_layout.shape().dims2()?;
+        if inner != w_inner {
+            candle_core::bail!("{}: x [{rows}, {inner}] times W [{w_inner}, {cols}]", self.name());
+        }
+        let (x, w) = (&x[x0..x1], &w[w0..w1]);
+        // Zeroed by the allocator (fresh pages), then written once with residual + bias.
+        let mut out = vec![0f32; rows * cols];
+        let starts = self.bias.is_some() || self.residual.is_some();
+        match (&self.bias, &self.residual) {
+            (Some(b), Some(r)) => with_cpu_f32(b, |b| with_cpu_f32(r, |r| start_rows(&mut out, cols, Some(b), Some(r))))??,
+            (Some(b), None) => with_cpu_f32(b, |b| start_rows(&mut out, cols, Some(b), None))?,
+            (None, Some(r)) => with_cpu_f32(r, |r| start_rows(&mut out, cols, None, Some(r)))?,
+            (None, None) => {}
+        }
+        let threads = candle_core::utils::get_num_threads();
+        let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+        // SAFETY: `out` is rows x cols, `x` rows x inner and `w` inner x cols, all
+        // row-major and alive for the call; the strides below say exactly that.
+        unsafe {
+            gemm::gemm(
+                rows,
+                cols,
+                inner,
+                out.as_mut_ptr(),
+                1,
+                cols as isize,
+                starts,
+                x.as_ptr(),
+                1,
+                inner as isize,
+                w.as_ptr(),
+                1,
+                cols as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+        if let Some(activation) = self.activation {
+            out.par_chunks_mut(16 * 1024)
+                .for_each(|chunk| chunk.iter_mut().for_each(|v| *v = activation.apply(*v)));
+        }
+        Ok((CpuStorage::F32(out), Shape::from((rows, cols))))
     }
 }
 
@@ -293,6 +441,31 @@ mod tests {
     }
 
     #[test]
+    fn fused_linear_matches_separate_operations() {
+        let device = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 7, 24), &device).unwrap();
+        let weight_t = Tensor::randn(0f32, 1.0, (24, 40), &device).unwrap();
+        let bias = Tensor::randn(0f32, 1.0, 40, &device).unwrap();
+        let residual = Tensor::randn(0f32, 1.0, (2, 7, 40), &device).unwrap();
+        let plain = x.broadcast_matmul(&weight_t).unwrap();
+        let with_bias = plain.broadcast_add(&bias).unwrap();
+        let cases = [
+            (None, Epilogue::None, plain.clone()),
+            (Some(&bias), Epilogue::None, with_bias.clone()),
+            (Some(&bias), Epilogue::Activation(Activation::Gelu), with_bias.gelu_erf().unwrap()),
+            (None, Epilogue::Residual(&residual), (&plain + &residual).unwrap()),
+            (Some(&bias), Epilogue::Residual(&residual), (&with_bias + &residual).unwrap()),
+        ];
+        for (i, (bias, epilogue, expected)) in cases.into_iter().enumerate() {
+            let got = linear(&x, &weight_t, bias, epilogue).unwrap();
+            assert_eq!(got.dims(), &[2, 7, 40]);
+            let diff = (got - expected).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+            let diff = diff.to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-4, "case {i}: max |diff| {diff}");
+        }
+    }
+
+    #[test]
     fn causal_attention_ignores_later_tokens() {
         let (l, width) = (6, 8);
         let qkv = Tensor::randn(0f32, 1.0, (1, l, 3 * width), &Device::Cpu).unwrap();
@@ -310,8 +483,9 @@ mod tests {
         let diff = |a: Tensor, b: Tensor| {
             (a - b).unwrap().abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
         };
-        assert!(diff(gelu_erf(&x).unwrap(), x.gelu_erf().unwrap()) < 1e-6);
-        let quick = (&x * candle_nn::ops::sigmoid(&(&x * 1.702).unwrap()).unwrap()).unwrap();
-        assert!(diff(quick_gelu(&x).unwrap(), quick) < 1e-6);
+        for activation in [Activation::Gelu, Activation::QuickGelu] {
+            let reference = activation.apply_by_tensors(&x).unwrap();
+            assert!(diff(activation.forward(&x).unwrap(), reference) < 1e-6, "{activation:?}");
+        }
     }
 }

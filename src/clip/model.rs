@@ -10,7 +10,8 @@ use candle_core::{D, DType, Device, IndexOp, Module, Tensor};
 use candle_nn::LayerNorm;
 
 use super::ClipError;
-use super::kernels::{self, Mask};
+use super::kernels::{self, Epilogue, Mask};
+pub use super::kernels::Activation;
 use super::config::{ModelConfig, TextConfig, VisionConfig};
 
 /// OpenCLIP uses `nn.LayerNorm`'s default epsilon everywhere.
@@ -46,23 +47,6 @@ impl TensorSource for RandomWeights {
             Tensor::randn(0f32, 0.02, shape, &self.device)
         };
         Ok(t?)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    /// Exact (erf) GELU, as `nn.GELU()`: the LAION models.
-    Gelu,
-    /// `x * sigmoid(1.702 x)`: OpenAI's weights (`-quickgelu` configs).
-    QuickGelu,
-}
-
-impl Activation {
-    fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
-        match self {
-            Self::Gelu => kernels::gelu_erf(x),
-            Self::QuickGelu => kernels::quick_gelu(x),
-        }
     }
 }
 
@@ -106,16 +90,12 @@ impl Dense {
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let mut dims = x.dims().to_vec();
-        let inner = dims.pop().unwrap_or(1);
-        let rows = x.elem_count() / inner.max(1);
-        let y = x.contiguous()?.reshape((rows, inner))?.matmul(&self.weight_t)?;
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        };
-        dims.push(self.weight_t.dim(1)?);
-        y.reshape(dims)
+        self.forward_then(x, Epilogue::None)
+    }
+
+    /// `forward`, then an activation or a residual add, fused on the CPU.
+    fn forward_then(&self, x: &Tensor, epilogue: Epilogue) -> candle_core::Result<Tensor> {
+        kernels::linear(x, &self.weight_t, self.bias.as_ref(), epilogue)
     }
 }
 
@@ -146,20 +126,16 @@ impl Attention {
         })
     }
 
-    /// Self-attention over `x` [B, L, D].
-    pub fn forward(&self, x: &Tensor, mask: Mask) -> candle_core::Result<Tensor> {
-        self.attend(&self.in_proj.forward(x)?, x.dim(1)?, mask)
-    }
-
     /// The fused query/key/value projection `x W_in + b_in` [B, L, 3D].
     fn qkv(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         self.in_proj.forward(x)
     }
 
-    /// Attention of the first `queries` tokens over `qkv` [B, L, 3D], then the output
-    /// projection: [B, queries, D].
-    fn attend(&self, qkv: &Tensor, queries: usize, mask: Mask) -> candle_core::Result<Tensor> {
-        self.out_proj.forward(&kernels::attention(qkv, self.heads, queries, mask)?)
+    /// `residual` [B, queries, D] plus the attention of the first `queries` tokens
+    /// over `qkv` [B, L, 3D] through the output projection.
+    fn attend(&self, qkv: &Tensor, queries: usize, mask: Mask, residual: &Tensor) -> candle_core::Result<Tensor> {
+        let attended = kernels::attention(qkv, self.heads, queries, mask)?;
+        self.out_proj.forward_then(&attended, Epilogue::Residual(residual))
     }
 
     /// The value vectors `ln_1(x) W_v + b_v` of every token, all heads concatenated [B, L, D].
@@ -217,8 +193,8 @@ impl ResidualAttentionBlock {
     }
 
     pub fn forward(&self, x: &Tensor, mask: Mask) -> candle_core::Result<Tensor> {
-        let x = (x + self.attn.forward(&self.ln_1.forward(x)?, mask)?)?;
-        &x + self.mlp(&self.ln_2.forward(&x)?)?
+        let qkv = self.attn.qkv(&self.ln_1.forward(x)?)?;
+        self.mlp_residual(&self.attn.attend(&qkv, x.dim(1)?, mask, x)?)
     }
 
     /// The outputs of the first `queries` tokens [B, queries, W] (attending to all
@@ -229,13 +205,14 @@ impl ResidualAttentionBlock {
         let width = x.dim(2)?;
         let qkv = self.attn.qkv(&self.ln_1.forward(x)?)?;
         let values = qkv.narrow(2, 2 * width, width)?.contiguous()?;
-        let x = (x.narrow(1, 0, queries)? + self.attn.attend(&qkv, queries, Mask::Full)?)?;
-        let out = (&x + self.mlp(&self.ln_2.forward(&x)?)?)?;
-        Ok((out, values))
+        let x = self.attn.attend(&qkv, queries, Mask::Full, &x.narrow(1, 0, queries)?)?;
+        Ok((self.mlp_residual(&x)?, values))
     }
 
-    pub fn mlp(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.c_proj.forward(&self.act.apply(&self.c_fc.forward(x)?)?)
+    /// `x + mlp(ln_2(x))`.
+    fn mlp_residual(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let hidden = self.c_fc.forward_then(&self.ln_2.forward(x)?, Epilogue::Activation(self.act))?;
+        self.c_proj.forward_then(&hidden, Epilogue::Residual(x))
     }
 }
 
@@ -448,6 +425,9 @@ impl VisionTransformer {
     }
 }
 
+/// See `TextTransformer::forward`.
+const TOKENS_PER_CHUNK: usize = 2048;
+
 /// OpenCLIP's text transformer: causal, pooled at the end-of-text token.
 pub struct TextTransformer {
     token_embedding: Tensor,
@@ -479,8 +459,20 @@ impl TextTransformer {
     /// L may be shorter than the context: the causal mask makes the end-of-text
     /// feature independent of the padding after it, so batches are cut to their
     /// longest prompt.
+    /// Large batches run in chunks of about `TOKENS_PER_CHUNK` tokens: the MLP's
+    /// activations then stay small enough for the allocator to reuse (a 150-prompt
+    /// batch at 77 tokens would map and unmap ~120 MB per layer).
     pub fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
-        Ok(self.forward_detailed(ids, false)?.0)
+        let (t, l) = ids.dims2()?;
+        let per_chunk = (TOKENS_PER_CHUNK / l.max(1)).max(1);
+        if t <= per_chunk {
+            return Ok(self.forward_detailed(ids, false)?.0);
+        }
+        let chunks = (0..t)
+            .step_by(per_chunk)
+            .map(|start| Ok(self.forward_detailed(&ids.narrow(0, start, per_chunk.min(t - start))?, false)?.0))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Tensor::cat(&chunks, 0)
     }
 
     /// `forward`, also returning the input tokens and the tokens after every block
