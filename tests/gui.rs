@@ -4,6 +4,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use alfa::app::{AlfaApp, AppOptions, LlmStatus, Verdict};
@@ -12,6 +13,7 @@ use alfa::prompts::llm::LlmConfig;
 use common::llm_server::{Reply, Server};
 use common::{fixtures, shared_tokenizer};
 use eframe::egui::accesskit::Role;
+use eframe::egui::{DroppedFile, Event, Modifiers};
 use egui_kittest::kittest::Queryable;
 use egui_kittest::{Harness, SnapshotOptions};
 use image::{Rgb, RgbImage};
@@ -233,6 +235,46 @@ fn references_switch_to_few_shot_and_set_the_threshold() {
     assert!(harness.state().state.references().is_empty());
     assert!(harness.query_all_by_label("zero-shot").count() >= 1);
     assert!(harness.state().state.entries.iter().filter_map(|e| e.analysis.as_ref()).all(|a| a.detection.few_shot.is_none()));
+}
+
+/// A file as a file manager drops it on the window.
+#[derive(Debug)]
+struct DroppedPath(PathBuf);
+
+impl DroppedFile for DroppedPath {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    fn bytes(&self) -> Result<Vec<u8>, String> {
+        std::fs::read(&self.0).map_err(|e| e.to_string())
+    }
+}
+
+/// Files dropped on the window: with Shift they become references, without they
+/// replace the list (the drop lands where egui puts it, as from a file manager).
+#[test]
+fn dropped_files_open_images_or_add_references() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = image_folder(dir.path());
+    let mut harness = harness(Vec::new());
+    let drop = |harness: &mut Harness<'static, AlfaApp>, path: PathBuf, shift: bool| {
+        let input = harness.input_mut();
+        let modifiers = if shift { Modifiers::SHIFT } else { Modifiers::NONE };
+        input.events.push(Event::ModifiersChanged(modifiers));
+        input.dropped_files.push(Arc::new(DroppedPath(path)));
+    };
+    drop(&mut harness, root.clone(), false);
+    step_until(&mut harness, "the dropped folder's analysis", analysed);
+    assert_eq!(harness.state().state.entries.len(), 4);
+    assert!(harness.state().state.references().is_empty());
+
+    let good = root.join("test/good/000.png");
+    let generation = harness.state().state.progress.generation;
+    drop(&mut harness, good.clone(), true);
+    step_until(&mut harness, "the few-shot analysis", reanalysed(generation));
+    assert_eq!(harness.state().state.references(), [good]);
+    assert_eq!(harness.state().state.entries.len(), 4, "a reference drop keeps the list");
 }
 
 /// The LLM settings of an app that asks `server`, without retries.
