@@ -106,6 +106,14 @@ fn pixel_metrics(case: &PixelCase, exact_budget: usize) -> PixelMetrics {
     acc.finish().unwrap()
 }
 
+/// Pixel AUROC, F1-max and PRO against the references (either accumulator mode).
+fn assert_pixel_metrics_match(case: &PixelCase, m: &PixelMetrics) {
+    let e = &case.expected;
+    assert_close(&case.name, "pixel AUROC", m.auroc, e.auroc, COUNT_TOLERANCE);
+    assert_close(&case.name, "pixel F1-max", m.f1_max, e.f1_max, COUNT_TOLERANCE);
+    assert_close(&case.name, "PRO", m.pro, e.pro, PRO_TOLERANCE);
+}
+
 #[test]
 fn pixel_metrics_match_scikit_learn_and_the_mvtec_pro() {
     let cases = cases();
@@ -113,21 +121,12 @@ fn pixel_metrics_match_scikit_learn_and_the_mvtec_pro() {
     for case in &cases.pixel_cases {
         let m = pixel_metrics(case, usize::MAX);
         assert!(m.exact);
-        let e = &case.expected;
-        assert_close(&case.name, "pixel AUROC", m.auroc, e.auroc, COUNT_TOLERANCE);
-        assert_close(
-            &case.name,
-            "pixel F1-max",
-            m.f1_max,
-            e.f1_max,
-            COUNT_TOLERANCE,
-        );
+        assert_pixel_metrics_match(case, &m);
         assert_eq!(
-            m.f1_threshold, e.f1_threshold as f32,
+            m.f1_threshold, case.expected.f1_threshold as f32,
             "{}: F1 threshold",
             case.name
         );
-        assert_close(&case.name, "PRO", m.pro, e.pro, PRO_TOLERANCE);
     }
 }
 
@@ -139,16 +138,7 @@ fn histogram_mode_matches_the_references_when_bins_separate_the_scores() {
     for case in &cases().pixel_cases {
         let m = pixel_metrics(case, 0);
         assert!(!m.exact);
-        let e = &case.expected;
-        assert_close(&case.name, "pixel AUROC", m.auroc, e.auroc, COUNT_TOLERANCE);
-        assert_close(
-            &case.name,
-            "pixel F1-max",
-            m.f1_max,
-            e.f1_max,
-            COUNT_TOLERANCE,
-        );
-        assert_close(&case.name, "PRO", m.pro, e.pro, PRO_TOLERANCE);
+        assert_pixel_metrics_match(case, &m);
     }
 }
 
