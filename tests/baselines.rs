@@ -189,7 +189,7 @@ fn the_value_path_reads_its_values_from_the_original_path() {
     let pixels = det.pixels(&part(20, 20)).unwrap();
     let DenseFeatures { global, layers } = dense_features(vision, &pixels).unwrap();
     assert_eq!(layers.len(), 3, "tiny model: 3 blocks, each tapped");
-    let capture = VisionCapture { layers: true, last_values: false };
+    let capture = VisionCapture { layers: true, ..Default::default() };
     let (tokens, original, _) = vision.forward_embedded(&vision.embed(&pixels).unwrap(), capture).unwrap();
     let blocks = vision.blocks();
     let after_two = ((&original[0] + value_value_step(&blocks[0], &original[0]).unwrap()).unwrap()

@@ -141,7 +141,7 @@ fn vision_intermediates_match_openclip() {
         let vision = &f.clip.model.vision;
         let pixels = f.expected("pixels_exact");
         let out = vision
-            .forward_detailed(pixels, VisionCapture { layers: true, last_values: true })
+            .forward_detailed(pixels, VisionCapture { layers: true, last_values: true, class_only: false })
             .unwrap();
         let layers = f.meta["vision_layers"].as_u64().unwrap() as usize;
         assert_eq!(out.layers.len(), layers + 1);

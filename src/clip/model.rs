@@ -193,20 +193,19 @@ impl ResidualAttentionBlock {
     }
 
     pub fn forward(&self, x: &Tensor, mask: Mask) -> candle_core::Result<Tensor> {
-        let qkv = self.attn.qkv(&self.ln_1.forward(x)?)?;
-        self.mlp_residual(&self.attn.attend(&qkv, x.dim(1)?, mask, x)?)
+        self.forward_from_qkv(x, &self.qkv(x)?, x.dim(1)?, mask)
     }
 
-    /// The outputs of the first `queries` tokens [B, queries, W] (attending to all
-    /// tokens), and this block's attention values of every token [B, L, W], taken
-    /// from the same projection (the last block's value features need no second
-    /// pass; window features need the class token alone).
-    pub fn forward_with_values(&self, x: &Tensor, queries: usize) -> candle_core::Result<(Tensor, Tensor)> {
-        let width = x.dim(2)?;
-        let qkv = self.attn.qkv(&self.ln_1.forward(x)?)?;
-        let values = qkv.narrow(2, 2 * width, width)?.contiguous()?;
-        let x = self.attn.attend(&qkv, queries, Mask::Full, &x.narrow(1, 0, queries)?)?;
-        Ok((self.mlp_residual(&x)?, values))
+    /// The fused query/key/value projection of `ln_1(x)` [B, L, 3W]: per token, so
+    /// tokens shared by many sequences can be projected once (see `forward_windows`).
+    fn qkv(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.attn.qkv(&self.ln_1.forward(x)?)
+    }
+
+    /// The outputs of the first `queries` tokens [B, queries, W] of the block whose
+    /// input is `x` [B, L, W] and whose `qkv` [B, L, 3W] is already computed.
+    fn forward_from_qkv(&self, x: &Tensor, qkv: &Tensor, queries: usize, mask: Mask) -> candle_core::Result<Tensor> {
+        self.mlp_residual(&self.attn.attend(qkv, queries, mask, &x.narrow(1, 0, queries)?)?)
     }
 
     /// `x + mlp(ln_2(x))`.
@@ -214,6 +213,12 @@ impl ResidualAttentionBlock {
         let hidden = self.c_fc.forward_then(&self.ln_2.forward(x)?, Epilogue::Activation(self.act))?;
         self.c_proj.forward_then(&hidden, Epilogue::Residual(x))
     }
+}
+
+/// The values [B, L, W], the last third of a fused `qkv` [B, L, 3W].
+fn values_of(qkv: &Tensor) -> candle_core::Result<Tensor> {
+    let width = qkv.dim(2)? / 3;
+    qkv.narrow(2, 2 * width, width)?.contiguous()
 }
 
 fn blocks(
@@ -246,12 +251,18 @@ pub struct VisionCapture {
     pub layers: bool,
     /// The last block's attention values [B, L, W].
     pub last_values: bool,
+    /// Only the pooled feature is wanted: the last block computes the class token's
+    /// output alone (its keys and values still come from every token), and `tokens`
+    /// (and the last of `layers`) is that class token [B, 1, W]. Same pooled feature
+    /// for a twelfth less work per patch token in that block.
+    pub class_only: bool,
 }
 
 pub struct VisionOutput {
     /// `ln_post(class token) @ proj`, unnormalised [B, E].
     pub pooled: Tensor,
-    /// The tokens leaving the last block, before `ln_post` [B, L, W].
+    /// The tokens leaving the last block, before `ln_post` [B, L, W] ([B, 1, W] with
+    /// `class_only`).
     pub tokens: Tensor,
     /// `layers[0]`: tokens entering block 0 (after `ln_pre`); `layers[i + 1]`: after
     /// block i. Empty unless asked for.
@@ -340,14 +351,10 @@ impl VisionTransformer {
                 layers.push(x.clone());
             }
         }
-        let mut last_values = None;
-        if capture.last_values {
-            let (out, values) = last.forward_with_values(&x, x.dim(1)?)?;
-            x = out;
-            last_values = Some(values);
-        } else {
-            x = last.forward(&x, Mask::Full)?;
-        }
+        let qkv = last.qkv(&x)?;
+        let last_values = capture.last_values.then(|| values_of(&qkv)).transpose()?;
+        let queries = if capture.class_only { 1 } else { x.dim(1)? };
+        x = last.forward_from_qkv(&x, &qkv, queries, Mask::Full)?;
         if capture.layers {
             layers.push(x.clone());
         }
@@ -376,7 +383,7 @@ impl VisionTransformer {
 
     /// Image embeddings [B, E] (unnormalised) of preprocessed pixels [B, 3, S, S].
     pub fn forward(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
-        Ok(self.forward_detailed(pixels, VisionCapture::default())?.pooled)
+        Ok(self.forward_detailed(pixels, VisionCapture { class_only: true, ..Default::default() })?.pooled)
     }
 
     pub fn forward_detailed(&self, pixels: &Tensor, capture: VisionCapture) -> candle_core::Result<VisionOutput> {
@@ -397,7 +404,9 @@ impl VisionTransformer {
     /// (class token first). All B*K sequences run as one batch: the caller chunks
     /// `windows` to bound memory. Only the pooled class token is needed, so the last
     /// block computes the class token's output alone (a twelfth of the work per
-    /// patch token in that block).
+    /// patch token in that block). The first block's input tokens are the embedded
+    /// tokens themselves, the same in every window (which overlap), so their
+    /// `ln_pre`, `ln_1` and q/k/v are computed once per image token and gathered.
     pub fn forward_windows(
         &self,
         embedded: &Tensor,
@@ -411,17 +420,26 @@ impl VisionTransformer {
         let class = Tensor::zeros((k, 1), DType::U32, device)?;
         let patch = (windows.to_dtype(DType::U32)? + 1.0)?;
         let index = Tensor::cat(&[&class, &patch], 1)?.flatten_all()?;
-        let tokens = embedded
-            .index_select(&index, 1)?
-            .reshape((b * k, 1 + n, w))?;
-        let mut x = self.ln_pre.forward(&tokens)?;
-        let (last, inner) = self.blocks.split_last().expect("a ViT has at least one block");
-        for block in inner {
-            x = block.forward(&x, Mask::Full)?;
+        let per_window = |t: &Tensor| -> candle_core::Result<Tensor> {
+            let channels = t.dim(2)?;
+            t.index_select(&index, 1)?.reshape((b * k, 1 + n, channels))
+        };
+        let normed = self.ln_pre.forward(embedded)?;
+        let first = self.blocks.first().expect("a ViT has at least one block");
+        let first_qkv = per_window(&first.qkv(&normed)?)?;
+        let mut x = per_window(&normed)?;
+        let last = self.blocks.len() - 1;
+        let mut values = None;
+        for (i, block) in self.blocks.iter().enumerate() {
+            let qkv = if i == 0 { first_qkv.clone() } else { block.qkv(&x)? };
+            if i == last {
+                values = with_values.then(|| values_of(&qkv)?.reshape((b, k, 1 + n, w))).transpose()?;
+                x = block.forward_from_qkv(&x, &qkv, 1, Mask::Full)?;
+            } else {
+                x = block.forward_from_qkv(&x, &qkv, 1 + n, Mask::Full)?;
+            }
         }
-        let (class, values) = last.forward_with_values(&x, 1)?;
-        let values = with_values.then(|| values.reshape((b, k, 1 + n, w))).transpose()?;
-        Ok((self.pool(&class)?.reshape((b, k, ()))?, values))
+        Ok((self.pool(&x)?.reshape((b, k, ()))?, values))
     }
 }
 

@@ -265,7 +265,7 @@ impl Detector {
         lap("preprocess", &mut timings);
 
         // Global pass: the image feature and the value features of every token.
-        let global = vision.forward_detailed(&pixels, VisionCapture { layers: false, last_values: true })?;
+        let global = vision.forward_detailed(&pixels, VisionCapture { last_values: true, class_only: true, ..Default::default() })?;
         let image_feature = l2_normalize(&global.pooled)?; // [1, E]
         let global_values = vision.project_values(&global.last_values.expect("captured"))?.i(0)?; // [L, E]
         lap("global", &mut timings);
@@ -458,7 +458,7 @@ impl Detector {
                 .collect();
             let mask = Tensor::from_vec(masks, (chunk.len(), 1, size, size), device)?;
             let masked = (pixels.broadcast_mul(&mask)? + black.broadcast_mul(&(1.0 - &mask)?)?)?;
-            let out = vision.forward_detailed(&masked, VisionCapture { layers: false, last_values: with_values })?;
+            let out = vision.forward_detailed(&masked, VisionCapture { last_values: with_values, class_only: true, ..Default::default() })?;
             features.push(out.pooled);
             if let Some(v) = out.last_values {
                 let projected = vision.project_values(&v)?; // [k, L, E]

@@ -113,7 +113,7 @@ pub struct DenseFeatures {
 
 /// Runs the original path and the V-V path beside it (pixels [1, 3, S, S]).
 pub fn dense_features(vision: &VisionTransformer, pixels: &Tensor) -> candle_core::Result<DenseFeatures> {
-    let capture = VisionCapture { layers: true, last_values: false };
+    let capture = VisionCapture { layers: true, ..Default::default() };
     // `original[i]` enters block i; the V-V path reads the values from it.
     let (tokens, original, _) = vision.forward_embedded(&vision.embed(pixels)?, capture)?;
     let global = l2_normalize(&vision.project(&tokens.i((.., 0, ..))?.contiguous()?)?)?;
