@@ -12,7 +12,8 @@
 //!   kernel reads the heads in place from `in_proj`'s output and runs the
 //!   (sequence, head) pairs in parallel, each as two single-threaded `gemm` calls.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Shape, Storage, Tensor};
+use super::packed::PackedWeight;
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
 /// Defines `$name`, which runs `$portable` (an `#[inline(always)]` function) compiled
@@ -337,17 +338,45 @@ pub enum Epilogue<'a> {
     Residual(&'a Tensor),
 }
 
-/// `x W + b` over all leading dimensions of `x` [.., in] with `weight_t` [in, out],
+/// A linear layer's weight [in, out], in the layout of the kernel that will run it.
+pub enum LinearWeight {
+    /// For candle's matmul (other devices) or `gemm` (CPUs without AVX-512).
+    Matrix(Tensor),
+    /// Packed once for `PackedWeight::matmul` (CPUs with AVX-512).
+    Packed(PackedWeight),
+}
+
+impl LinearWeight {
+    /// `weight_t` [in, out], packed when the CPU kernel can use it.
+    pub fn new(weight_t: Tensor) -> candle_core::Result<Self> {
+        if on_cpu_f32(&weight_t) {
+            let (inner, cols) = weight_t.dims2()?;
+            if let Some(packed) = with_cpu_f32(&weight_t.contiguous()?, |w| PackedWeight::new(w, inner, cols))? {
+                return Ok(Self::Packed(packed));
+            }
+        }
+        Ok(Self::Matrix(weight_t))
+    }
+
+    fn cols(&self) -> candle_core::Result<usize> {
+        match self {
+            Self::Matrix(w) => w.dim(1),
+            Self::Packed(p) => Ok(p.cols()),
+        }
+    }
+}
+
+/// `x W + b` over all leading dimensions of `x` [.., in] with `weight` [in, out],
 /// then `epilogue`. On the CPU the output starts as `residual + b` and the matmul
 /// accumulates into it, then the activation runs in place: one pass over the output,
 /// where candle's matmul (a zeroed output), a bias add, a residual add and an
 /// activation would each read and write all of it into a fresh allocation.
-pub fn linear(x: &Tensor, weight_t: &Tensor, bias: Option<&Tensor>, epilogue: Epilogue) -> candle_core::Result<Tensor> {
+pub fn linear(x: &Tensor, weight: &LinearWeight, bias: Option<&Tensor>, epilogue: Epilogue) -> candle_core::Result<Tensor> {
     let mut dims = x.dims().to_vec();
     let inner = dims.pop().unwrap_or(1);
     let rows = x.elem_count() / inner.max(1);
     let x2 = x.contiguous()?.reshape((rows, inner))?;
-    let out_dim = weight_t.dim(1)?;
+    let out_dim = weight.cols()?;
     dims.push(out_dim);
     let residual = match epilogue {
         Epilogue::Residual(r) => Some(r.contiguous()?.reshape((rows, out_dim))?),
@@ -357,26 +386,30 @@ pub fn linear(x: &Tensor, weight_t: &Tensor, bias: Option<&Tensor>, epilogue: Ep
         Epilogue::Activation(a) => Some(a),
         _ => None,
     };
-    let y = if on_cpu_f32(x) {
-        let op = Linear { bias: bias.map(Tensor::contiguous).transpose()?, residual, activation };
-        x2.apply_op2_no_bwd(&weight_t.contiguous()?, &op)?
-    } else {
-        let mut y = x2.matmul(weight_t)?;
-        if let Some(b) = bias {
-            y = y.broadcast_add(b)?;
+    let y = match weight {
+        LinearWeight::Matrix(weight_t) if !on_cpu_f32(x) => {
+            let mut y = x2.matmul(weight_t)?;
+            if let Some(b) = bias {
+                y = y.broadcast_add(b)?;
+            }
+            if let Some(a) = activation {
+                y = a.apply_by_tensors(&y)?;
+            }
+            match residual {
+                Some(r) => (y + r)?,
+                None => y,
+            }
         }
-        if let Some(a) = activation {
-            y = a.apply_by_tensors(&y)?;
-        }
-        match residual {
-            Some(r) => (y + r)?,
-            None => y,
+        _ => {
+            let op = Linear { weight, bias: bias.map(Tensor::contiguous).transpose()?, residual, activation };
+            x2.apply_op1_no_bwd(&op)?
         }
     };
     y.reshape(dims)
 }
 
-struct Linear {
+struct Linear<'a> {
+    weight: &'a LinearWeight,
     bias: Option<Tensor>,
     residual: Option<Tensor>,
     activation: Option<Activation>,
@@ -391,42 +424,38 @@ fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Resu
     Ok(f(&data[start..end]))
 }
 
-/// Each row of `out` [.., cols] set to its `residual` row plus `bias`.
+/// Each row of `out` [.., cols] set to its `residual` row plus `bias`. Each row is
+/// written before it is read: `out` is fresh from the allocator, and reading such a
+/// page first maps the shared zero page, so the write after it costs a second page
+/// fault plus a TLB flush on every core (a tenth of the detector's time, measured).
 fn start_rows(out: &mut [f32], cols: usize, bias: Option<&[f32]>, residual: Option<&[f32]>) {
-    out.par_chunks_mut(cols).enumerate().for_each(|(r, row)| {
-        if let Some(residual) = residual {
+    out.par_chunks_mut(cols).enumerate().for_each(|(r, row)| match (residual, bias) {
+        (Some(residual), bias) => {
             row.copy_from_slice(&residual[r * cols..(r + 1) * cols]);
+            if let Some(bias) = bias {
+                row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
+            }
         }
-        if let Some(bias) = bias {
-            row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
-        }
+        (None, Some(bias)) => row.copy_from_slice(bias),
+        (None, None) => {}
     });
 }
 
-impl CustomOp2 for Linear {
+impl CustomOp1 for Linear<'_> {
     fn name(&self) -> &'static str {
         "alfa-linear"
     }
 
-    fn cpu_fwd(
-        &self,
-        x: &CpuStorage,
-        x_layout: &Layout,
-        w: &CpuStorage,
-        w_layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), CpuStorage::F32(w)) = (x, w) else {
+    fn cpu_fwd(&self, x: &CpuStorage, x_layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(x) = x else {
             candle_core::bail!("{} expects f32", self.name());
         };
-        let (Some((x0, x1)), Some((w0, w1))) = (x_layout.contiguous_offsets(), w_layout.contiguous_offsets()) else {
-            candle_core::bail!("{} expects contiguous tensors", self.name());
+        let Some((x0, x1)) = x_layout.contiguous_offsets() else {
+            candle_core::bail!("{} expects a contiguous tensor", self.name());
         };
         let (rows, inner) = x_layout.shape().dims2()?;
-        let (w_inner, cols) = w_layout.shape().dims2()?;
-        if inner != w_inner {
-            candle_core::bail!("{}: x [{rows}, {inner}] times W [{w_inner}, {cols}]", self.name());
-        }
-        let (x, w) = (&x[x0..x1], &w[w0..w1]);
+        let cols = self.weight.cols()?;
+        let x = &x[x0..x1];
         // Zeroed by the allocator (fresh pages), then written once with residual + bias.
         let mut out = vec![0f32; rows * cols];
         let starts = self.bias.is_some() || self.residual.is_some();
@@ -436,37 +465,39 @@ impl CustomOp2 for Linear {
             (None, Some(r)) => with_cpu_f32(r, |r| start_rows(&mut out, cols, None, Some(r)))?,
             (None, None) => {}
         }
-        let threads = candle_core::utils::get_num_threads();
-        let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-        // SAFETY: `out` is rows x cols, `x` rows x inner and `w` inner x cols, all
-        // row-major and alive for the call; the strides below say exactly that.
-        unsafe {
-            gemm::gemm(
-                rows,
-                cols,
-                inner,
-                out.as_mut_ptr(),
-                1,
-                cols as isize,
-                starts,
-                x.as_ptr(),
-                1,
-                inner as isize,
-                w.as_ptr(),
-                1,
-                cols as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism,
-            );
+        match self.weight {
+            LinearWeight::Packed(packed) => {
+                if packed.inner() != inner {
+                    candle_core::bail!("{}: x [{rows}, {inner}] times W [{}, {cols}]", self.name(), packed.inner());
+                }
+                packed.matmul(x, rows, &mut out, starts);
+            }
+            LinearWeight::Matrix(w) => {
+                if w.dims2()? != (inner, cols) {
+                    candle_core::bail!("{}: x [{rows}, {inner}] times W {:?}", self.name(), w.dims());
+                }
+                with_cpu_f32(&w.contiguous()?, |w| gemm_into(x, w, rows, inner, cols, &mut out, starts))?;
+            }
         }
         if let Some(activation) = self.activation {
             activation.apply_in_place(&mut out);
         }
         Ok((CpuStorage::F32(out), Shape::from((rows, cols))))
+    }
+}
+
+/// `out` [rows, cols] (+)= `x` [rows, inner] `w` [inner, cols] by `gemm`, all row-major.
+fn gemm_into(x: &[f32], w: &[f32], rows: usize, inner: usize, cols: usize, out: &mut [f32], starts: bool) {
+    let threads = candle_core::utils::get_num_threads();
+    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    // SAFETY: `out` is rows x cols, `x` rows x inner and `w` inner x cols, all
+    // row-major and alive for the call; the strides below say exactly that.
+    unsafe {
+        gemm::gemm(
+            rows, cols, inner, out.as_mut_ptr(), 1, cols as isize, starts,
+            x.as_ptr(), 1, inner as isize, w.as_ptr(), 1, cols as isize,
+            1.0, 1.0, false, false, false, parallelism,
+        );
     }
 }
 
@@ -506,12 +537,17 @@ mod tests {
             (None, Epilogue::Residual(&residual), (&plain + &residual).unwrap()),
             (Some(&bias), Epilogue::Residual(&residual), (&with_bias + &residual).unwrap()),
         ];
-        for (i, (bias, epilogue, expected)) in cases.into_iter().enumerate() {
-            let got = linear(&x, &weight_t, bias, epilogue).unwrap();
-            assert_eq!(got.dims(), &[2, 7, 40]);
-            let diff = (got - expected).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
-            let diff = diff.to_scalar::<f32>().unwrap();
-            assert!(diff < 1e-4, "case {i}: max |diff| {diff}");
+        // `gemm` on the matrix, and the packed kernel where this CPU has AVX-512.
+        let weights = [LinearWeight::Matrix(weight_t.clone()), LinearWeight::new(weight_t.clone()).unwrap()];
+        for weight in &weights {
+            for (i, (bias, epilogue, expected)) in cases.iter().enumerate() {
+                let got = linear(&x, weight, *bias, *epilogue).unwrap();
+                assert_eq!(got.dims(), &[2, 7, 40]);
+                let diff = (got - expected).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+                let diff = diff.to_scalar::<f32>().unwrap();
+                let kind = if matches!(weight, LinearWeight::Packed(_)) { "packed" } else { "gemm" };
+                assert!(diff < 1e-4, "{kind}, case {i}: max |diff| {diff}");
+            }
         }
     }
 

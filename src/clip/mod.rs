@@ -3,6 +3,7 @@
 pub mod config;
 pub mod kernels;
 pub mod model;
+mod packed;
 pub mod preprocess;
 pub mod source;
 pub mod tokenizer;

@@ -10,7 +10,7 @@ use candle_core::{D, DType, Device, IndexOp, Module, Tensor};
 use candle_nn::LayerNorm;
 
 use super::ClipError;
-use super::kernels::{self, Epilogue, Mask};
+use super::kernels::{self, Epilogue, LinearWeight, Mask};
 pub use super::kernels::Activation;
 use super::config::{ModelConfig, TextConfig, VisionConfig};
 
@@ -74,7 +74,7 @@ fn linear(
 /// with the weight transposed once at load time.
 pub struct Dense {
     /// [in, out]
-    weight_t: Tensor,
+    weight: LinearWeight,
     bias: Option<Tensor>,
 }
 
@@ -86,7 +86,7 @@ impl Dense {
 
     /// From a weight already laid out [in, out] (`visual.proj`, `text_projection`).
     fn from_transposed(weight_t: Tensor, bias: Option<Tensor>) -> candle_core::Result<Self> {
-        Ok(Self { weight_t, bias })
+        Ok(Self { weight: LinearWeight::new(weight_t)?, bias })
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -95,7 +95,7 @@ impl Dense {
 
     /// `forward`, then an activation or a residual add, fused on the CPU.
     fn forward_then(&self, x: &Tensor, epilogue: Epilogue) -> candle_core::Result<Tensor> {
-        kernels::linear(x, &self.weight_t, self.bias.as_ref(), epilogue)
+        kernels::linear(x, &self.weight, self.bias.as_ref(), epilogue)
     }
 }
 
