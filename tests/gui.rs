@@ -213,12 +213,19 @@ fn references_switch_to_few_shot_and_set_the_threshold() {
     for i in 0..3u32 {
         RgbImage::from_fn(64, 48, |x, y| Rgb([(85 + i * 5 + x % 30) as u8, (110 + y % 20) as u8, 150])).save(good.join(format!("{i}.png"))).unwrap();
     }
+    // One file in it is not an image: it is left out and named, the others set the threshold.
+    let broken = good.join("3.png");
+    std::fs::write(&broken, b"not a png").unwrap();
     harness.state_mut().state.settings.target_fpr = 0.5;
     harness.state_mut().threshold_from_folder(&good);
     step_until(&mut harness, "the folder threshold", |app| app.state.threshold_task.is_none() && app.state.threshold_fit.as_ref().is_some_and(|f| f.fpr == 0.5));
     let state = &harness.state().state;
     let fit = state.threshold_fit.clone().unwrap();
     assert_eq!(fit.scores.len(), 3);
+    assert_eq!(fit.skipped.len(), 1);
+    assert_eq!(fit.skipped[0].0, broken);
+    let notice = state.notice.clone().unwrap_or_default();
+    assert!(notice.contains("1 unreadable image(s) left out") && notice.contains("3.png"), "{notice}");
     let scores: Vec<f32> = fit.scores.iter().map(|(_, s)| *s).collect();
     assert_eq!(state.settings.threshold, expected_threshold(&scores, 0.5));
     // Moving the slider by hand says so.

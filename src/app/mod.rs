@@ -524,8 +524,11 @@ impl AlfaApp {
                     match outcome {
                         Ok(fit) => {
                             state.settings.threshold = fit.threshold;
+                            let left_out = fit.skipped.first().map(|(_, reason)| {
+                                format!("; {} unreadable image(s) left out: {reason}", fit.skipped.len())
+                            });
                             state.threshold_fit = Some(fit);
-                            state.notice = Some(state.threshold_origin());
+                            state.notice = Some(state.threshold_origin() + &left_out.unwrap_or_default());
                         }
                         Err(e) => state.notice = Some(format!("no threshold from good images: {e}")),
                     }

@@ -69,6 +69,9 @@ pub struct ThresholdFit {
     pub fpr: f64,
     pub source: String,
     pub scores: Vec<(PathBuf, f32)>,
+    /// Good images that could not be read, with the reason; the threshold comes from
+    /// the others.
+    pub skipped: Vec<(PathBuf, String)>,
 }
 
 /// One image's result, shared between the list, the viewer and the exports.
@@ -461,6 +464,7 @@ impl Engine {
         let outcome = self.prepare(task, &job.prompts, &job.settings, &job.references).and_then(|()| {
             let (detector, class, bank) = self.prepared(&job.references);
             let mut scores = Vec::with_capacity(job.good.len());
+            let mut skipped = Vec::new();
             for (n, path) in job.good.iter().enumerate() {
                 if self.is_stale(task) {
                     return Err("cancelled".into());
@@ -471,17 +475,28 @@ impl Engine {
                     })?),
                     None => None,
                 };
-                let image = clip::open_image(path).map_err(|e| e.to_string())?;
+                self.outbox.send(Message::ThresholdScored { id, done: n + 1, total: job.good.len() });
+                // One unreadable file in a folder of good images should not cost the
+                // user the threshold: it is left out and named.
+                let image = match clip::open_image(path) {
+                    Ok(image) => image,
+                    Err(e) => {
+                        skipped.push((path.clone(), e.to_string()));
+                        continue;
+                    }
+                };
                 let detection = detector
                     .detect_with_references(&image, class, left_out.as_ref().or(bank), &job.settings)
                     .map_err(|e| format!("{}: {e}", path.display()))?;
                 scores.push((path.clone(), detection.image_score));
-                self.outbox.send(Message::ThresholdScored { id, done: n + 1, total: job.good.len() });
+            }
+            if let (true, Some((_, reason))) = (scores.is_empty(), skipped.first()) {
+                return Err(format!("none of the {} good images could be read, e.g. {reason}", skipped.len()));
             }
             let values: Vec<f32> = scores.iter().map(|(_, s)| *s).collect();
             let threshold = threshold_at_fpr(&values, job.fpr)
                 .ok_or_else(|| format!("no threshold from {} good image(s) at FPR {}", values.len(), job.fpr))?;
-            Ok(ThresholdFit { threshold, fpr: job.fpr, source: job.source.clone(), scores })
+            Ok(ThresholdFit { threshold, fpr: job.fpr, source: job.source.clone(), scores, skipped })
         });
         if !self.is_stale(task) {
             self.outbox.send(Message::ThresholdDone { id, outcome });
