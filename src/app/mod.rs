@@ -122,6 +122,9 @@ pub struct AlfaApp {
     references_rect: Option<egui::Rect>,
     /// The nearest reference window on screen in the Why panel, and its picture.
     nearest_crop: Option<(String, Option<egui::TextureHandle>)>,
+    /// The worst patch of the image on screen, keyed by (item, patch): cut and
+    /// uploaded once, not every frame.
+    worst_crop: Option<((worker::ItemId, [usize; 2]), egui::TextureHandle)>,
     /// Numbers "Generate more…" requests, so a cancelled one's late answer is dropped.
     next_llm_id: u64,
     /// Frames drawn so far (responsiveness is measured in frames).
@@ -178,6 +181,7 @@ impl AlfaApp {
             },
             references_rect: None,
             nearest_crop: None,
+            worst_crop: None,
             next_llm_id: 0,
             screenshot: options.screenshot,
             frames: 0,

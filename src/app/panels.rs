@@ -505,23 +505,28 @@ impl AlfaApp {
             self.workers.crop(key.clone(), nearest.file.clone(), nearest.region);
             self.nearest_crop = Some((key, None));
         }
-        let query = self.state.shown.as_ref().filter(|s| Some(s.id) == self.state.selected.map(|i| self.state.entries[i].id)).map(|shown| {
-            let image = &shown.picture.image;
-            let grid = few_shot.map.width.max(1) as u32;
-            let [x, y] = few_shot.worst_patch.map(|v| v as u32);
-            let (w, h) = image.dimensions();
-            let (x0, y0) = (x * w / grid, y * h / grid);
-            let (x1, y1) = (((x + 1) * w / grid).max(x0 + 1).min(w), ((y + 1) * h / grid).max(y0 + 1).min(h));
-            let patch = image::imageops::crop_imm(image.as_ref(), x0, y0, x1 - x0, y1 - y0).to_image();
-            egui::ColorImage::from_rgba_unmultiplied([patch.width() as usize, patch.height() as usize], patch.as_raw())
-        });
+        let shown = self.state.shown.as_ref().filter(|s| Some(s.id) == self.state.selected.map(|i| self.state.entries[i].id));
+        if let Some(shown) = shown {
+            let key = (shown.id, few_shot.worst_patch);
+            if self.worst_crop.as_ref().is_none_or(|(k, _)| *k != key) {
+                let image = &shown.picture.image;
+                let grid = few_shot.map.width.max(1) as u32;
+                let [x, y] = few_shot.worst_patch.map(|v| v as u32);
+                let (w, h) = image.dimensions();
+                let (x0, y0) = (x * w / grid, y * h / grid);
+                let (x1, y1) = (((x + 1) * w / grid).max(x0 + 1).min(w), ((y + 1) * h / grid).max(y0 + 1).min(h));
+                let patch = image::imageops::crop_imm(image.as_ref(), x0, y0, x1 - x0, y1 - y0).to_image();
+                let patch = egui::ColorImage::from_rgba_unmultiplied([patch.width() as usize, patch.height() as usize], patch.as_raw());
+                self.worst_crop = Some((key, ui.ctx().load_texture("worst-patch", patch, egui::TextureOptions::NEAREST)));
+            }
+        }
+        let query = shown.and(self.worst_crop.as_ref()).map(|(_, texture)| texture.clone());
         ui.strong("Worst patch and the nearest reference window");
         ui.horizontal(|ui| {
             let size = egui::vec2(96.0, 96.0);
             ui.vertical(|ui| {
                 match query {
-                    Some(patch) => {
-                        let texture = ui.ctx().load_texture("worst-patch", patch, egui::TextureOptions::NEAREST);
+                    Some(texture) => {
                         ui.add(egui::Image::new(&texture).fit_to_exact_size(size));
                     }
                     None => {
