@@ -470,17 +470,19 @@ impl CustomOp1 for Linear<'_> {
                 if packed.inner() != inner {
                     candle_core::bail!("{}: x [{rows}, {inner}] times W [{}, {cols}]", self.name(), packed.inner());
                 }
-                packed.matmul(x, rows, &mut out, starts);
+                // The activation runs on each tile as it is written, while it is in L1.
+                let activate_tile = self.activation.map(|a| move |tile: &mut [f32]| activate(a, tile));
+                packed.matmul(x, rows, &mut out, starts, activate_tile.as_ref().map(|f| f as &(dyn Fn(&mut [f32]) + Sync)));
             }
             LinearWeight::Matrix(w) => {
                 if w.dims2()? != (inner, cols) {
                     candle_core::bail!("{}: x [{rows}, {inner}] times W {:?}", self.name(), w.dims());
                 }
                 with_cpu_f32(&w.contiguous()?, |w| gemm_into(x, w, rows, inner, cols, &mut out, starts))?;
+                if let Some(activation) = self.activation {
+                    activation.apply_in_place(&mut out);
+                }
             }
-        }
-        if let Some(activation) = self.activation {
-            activation.apply_in_place(&mut out);
         }
         Ok((CpuStorage::F32(out), Shape::from((rows, cols))))
     }
