@@ -12,7 +12,7 @@
 //!   kernel reads the heads in place from `in_proj`'s output and runs the
 //!   (sequence, head) pairs in parallel, each as two single-threaded `gemm` calls.
 
-use super::packed::PackedWeight;
+use super::packed::{PackedWeight, TileFinish};
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
@@ -472,7 +472,7 @@ impl CustomOp1 for Linear<'_> {
                 }
                 // The activation runs on each tile as it is written, while it is in L1.
                 let activate_tile = self.activation.map(|a| move |tile: &mut [f32]| activate(a, tile));
-                packed.matmul(x, rows, &mut out, starts, activate_tile.as_ref().map(|f| f as &(dyn Fn(&mut [f32]) + Sync)));
+                packed.matmul(x, rows, &mut out, starts, activate_tile.as_ref().map(|f| f as &TileFinish));
             }
             LinearWeight::Matrix(w) => {
                 if w.dims2()? != (inner, cols) {

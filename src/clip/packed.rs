@@ -25,6 +25,9 @@ const TILE_ROWS: usize = 6;
 const TASK_ROWS: usize = 96;
 const TASK_PANELS: usize = 4;
 
+/// What runs on each row of a tile once it is written (an activation).
+pub type TileFinish = dyn Fn(&mut [f32]) + Sync;
+
 /// A weight [inner, cols] in panels of `PANEL` columns.
 pub struct PackedWeight {
     inner: usize,
@@ -69,7 +72,7 @@ impl PackedWeight {
         rows: usize,
         out: &mut [f32],
         accumulate: bool,
-        finish: Option<&(dyn Fn(&mut [f32]) + Sync)>,
+        finish: Option<&TileFinish>,
     ) {
         let (inner, cols) = (self.inner, self.cols);
         assert!(x.len() == rows * inner && out.len() == rows * cols, "packed matmul: x or out has the wrong size");
@@ -95,13 +98,15 @@ impl PackedWeight {
                     unsafe {
                         tile(
                             tile_rows,
-                            x.as_ptr().add(row * inner),
-                            inner,
-                            panel.as_ptr(),
-                            out.at(row * cols + p * PANEL),
-                            cols,
-                            width,
-                            accumulate,
+                            Tile {
+                                x: x.as_ptr().add(row * inner),
+                                inner,
+                                panel: panel.as_ptr(),
+                                out: out.at(row * cols + p * PANEL),
+                                out_stride: cols,
+                                width,
+                                accumulate,
+                            },
                         );
                     }
                     if let Some(finish) = finish {
@@ -147,36 +152,40 @@ fn available() -> bool {
     }
 }
 
-/// One tile of `rows` (1..=6) output rows: the register count is fixed at compile
-/// time, so each height is its own function.
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile(
-    rows: usize,
+/// Where one tile reads and writes: `inner`-long rows of `x`, the panel [inner, PANEL],
+/// rows of `out` `out_stride` apart, of which the first `width` columns are the tile's.
+#[derive(Clone, Copy)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+struct Tile {
     x: *const f32,
     inner: usize,
     panel: *const f32,
     out: *mut f32,
     out_stride: usize,
     width: usize,
+    /// Add to what `out` holds instead of overwriting it.
     accumulate: bool,
-) {
+}
+
+/// One tile of `rows` (1..=6) output rows: the register count is fixed at compile
+/// time, so each height is its own function.
+#[cfg(target_arch = "x86_64")]
+unsafe fn tile(rows: usize, at: Tile) {
     // SAFETY: forwarded from the caller.
     unsafe {
         match rows {
-            6 => tile_rows::<6>(x, inner, panel, out, out_stride, width, accumulate),
-            5 => tile_rows::<5>(x, inner, panel, out, out_stride, width, accumulate),
-            4 => tile_rows::<4>(x, inner, panel, out, out_stride, width, accumulate),
-            3 => tile_rows::<3>(x, inner, panel, out, out_stride, width, accumulate),
-            2 => tile_rows::<2>(x, inner, panel, out, out_stride, width, accumulate),
-            _ => tile_rows::<1>(x, inner, panel, out, out_stride, width, accumulate),
+            6 => tile_rows::<6>(at),
+            5 => tile_rows::<5>(at),
+            4 => tile_rows::<4>(at),
+            3 => tile_rows::<3>(at),
+            2 => tile_rows::<2>(at),
+            _ => tile_rows::<1>(at),
         }
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile(_: usize, _: *const f32, _: usize, _: *const f32, _: *mut f32, _: usize, _: usize, _: bool) {
+unsafe fn tile(_: usize, _: Tile) {
     unreachable!("PackedWeight::new returns None without AVX-512");
 }
 
@@ -185,16 +194,9 @@ unsafe fn tile(_: usize, _: *const f32, _: usize, _: *const f32, _: *mut f32, _:
 /// masked off (neither read nor written).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn tile_rows<const R: usize>(
-    x: *const f32,
-    inner: usize,
-    panel: *const f32,
-    out: *mut f32,
-    out_stride: usize,
-    width: usize,
-    accumulate: bool,
-) {
+unsafe fn tile_rows<const R: usize>(at: Tile) {
     use std::arch::x86_64::*;
+    let Tile { x, inner, panel, out, out_stride, width, accumulate } = at;
     let masks: [__mmask16; 4] = std::array::from_fn(|j| {
         let lanes = width.saturating_sub(16 * j).min(16);
         ((1u32 << lanes) - 1) as __mmask16
