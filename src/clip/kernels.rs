@@ -140,13 +140,7 @@ impl CustomOp1 for Activation {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("{} expects f32", self.name());
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("{} expects a contiguous tensor", self.name());
-        };
-        let mut out = data[start..end].to_vec();
+        let mut out = contiguous_f32(self.name(), storage, layout)?.to_vec();
         self.apply_in_place(&mut out);
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
@@ -216,14 +210,8 @@ impl CustomOp1 for Attend {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("{} expects f32", self.name());
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("{} expects a contiguous tensor", self.name());
-        };
+        let data = contiguous_f32(self.name(), storage, layout)?;
         let (b, l, three_d) = layout.shape().dims3()?;
-        let data = &data[start..end];
         let (d, heads, queries) = (three_d / 3, self.heads, self.queries);
         let head_dim = d / heads;
         // One task per (sequence, head), each writing its own [queries, head_dim] block;
@@ -415,6 +403,17 @@ struct Linear<'a> {
     activation: Option<Activation>,
 }
 
+/// A custom op's input as the f32 slice its layout covers; `op` names the op in the error.
+fn contiguous_f32<'a>(op: &str, storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("{op} expects f32");
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("{op} expects a contiguous tensor");
+    };
+    Ok(&data[start..end])
+}
+
 /// The f32 data of a contiguous CPU tensor, borrowed for `f`.
 fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
     let (storage, layout) = t.storage_and_layout();
@@ -447,15 +446,9 @@ impl CustomOp1 for Linear<'_> {
     }
 
     fn cpu_fwd(&self, x: &CpuStorage, x_layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(x) = x else {
-            candle_core::bail!("{} expects f32", self.name());
-        };
-        let Some((x0, x1)) = x_layout.contiguous_offsets() else {
-            candle_core::bail!("{} expects a contiguous tensor", self.name());
-        };
+        let x = contiguous_f32(self.name(), x, x_layout)?;
         let (rows, inner) = x_layout.shape().dims2()?;
         let cols = self.weight.cols()?;
-        let x = &x[x0..x1];
         // Zeroed by the allocator (fresh pages), then written once with residual + bias.
         let mut out = vec![0f32; rows * cols];
         let starts = self.bias.is_some() || self.residual.is_some();
