@@ -3,6 +3,8 @@
 #
 #   benches/compare.sh [CARGO FLAGS...]            the CLIP towers
 #   ENGINE=1 benches/compare.sh [CARGO FLAGS...]   the whole detector on a 900x900 image
+#   PRECISION=bf16 ...                             alfa's bf16 image tower against PyTorch
+#                                                  under bf16 autocast (default: f32 and f32)
 #
 # Needs the reference venv (tests/fixtures/requirements.txt) at .venv, or PYTHON=...
 # Prints a Markdown table for the README; ratio = alfa / PyTorch (below 1 is faster).
@@ -11,19 +13,28 @@ cd "$(dirname "$0")/.."
 python=${PYTHON:-.venv/bin/python}
 threads=${THREADS:-$(nproc)}
 repeats=${REPEATS:-3}
+precision=${PRECISION:-f32}
+case "$precision" in
+  f32) torch_precision=() ;;
+  bf16) torch_precision=(--bf16) ;;
+  *) echo "PRECISION must be f32 or bf16, not $precision" >&2; exit 2 ;;
+esac
 
 if [ -n "${ENGINE:-}" ]; then
   tokenizer=${TOKENIZER:-../shared/clip/tokenizer.json}
-  ours=$(cargo run --quiet --release "$@" -- bench --engine --json --repeats "$repeats" --tokenizer "$tokenizer" ${PIXELS:+--pixels})
+  ours=$(cargo run --quiet --release "$@" -- bench --engine --json --repeats "$repeats" --precision "$precision" \
+    --tokenizer "$tokenizer" ${PIXELS:+--pixels})
   texts=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["class_texts"])' "$ours")
-  reference=$("$python" benches/openclip_bench.py --threads "$threads" --repeats "$repeats" --texts "$texts" --text-batch 150)
+  reference=$("$python" benches/openclip_bench.py --threads "$threads" --repeats "$repeats" --texts "$texts" --text-batch 150 \
+    "${torch_precision[@]}")
   python3 - "$ours" "$reference" "$*" <<'PY'
 import json, platform, sys
 ours, ref, flags = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
 n = ours["class_texts"]
 print(f"ViT-B-16-plus-240, random weights, {ours['threads']} threads, {cpu}; alfa {flags or '(default features)'}, "
-      f"open_clip_torch {ref.get('open_clip', '?')} / torch {ref['torch']}; one {ours['image']} image, scales 2,3\n")
+      f"open_clip_torch {ref.get('open_clip', '?')} / torch {ref['torch']}; one {ours['image']} image, scales 2,3; "
+      f"image tower {ours['precision']}, PyTorch {ref['precision']}\n")
 print("Medians of the runs; in brackets the fastest run of each (noise on a shared machine only adds time).\n")
 print("| case | alfa (s) | PyTorch (s) | ratio |")
 print("|---|---|---|---|")
@@ -44,19 +55,25 @@ for run in ours["runs"]:
           f"{run['total_s'] / torch:.2f} ({run['best_s'] / best:.2f}) |")
 print(f"| encode the class's {n} prompts, cut to the longest per batch (alfa) vs 77 tokens (PyTorch) | "
       f"{ours['class_text_s']:.3f} | {ref[f'text_{n}_s']:.3f} | {ours['class_text_s'] / ref[f'text_{n}_s']:.2f} |")
+agreement = ours.get("versus_f32")
+if agreement:
+    print(f"\nalfa bf16 against alfa f32 (same weights), tokens mode: map max |diff| {agreement['map']['max_abs_diff']:.4f}, "
+          f"correlation {agreement['map']['correlation']:.5f}; image score {agreement['image_score']:.4f} "
+          f"(f32 {agreement['image_score_f32']:.4f})")
 PY
   exit 0
 fi
 
-ours=$(cargo run --quiet --release "$@" -- bench --json --repeats "$repeats")
-reference=$("$python" benches/openclip_bench.py --threads "$threads" --repeats "$repeats")
+ours=$(cargo run --quiet --release "$@" -- bench --json --repeats "$repeats" --precision "$precision")
+reference=$("$python" benches/openclip_bench.py --threads "$threads" --repeats "$repeats" "${torch_precision[@]}")
 
 python3 - "$ours" "$reference" "$*" <<'PY'
 import json, platform, subprocess, sys
 ours, ref, flags = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
 print(f"ViT-B-16-plus-240, random weights, {ours['threads']} threads, {cpu}; alfa {flags or '(default features)'}, "
-      f"open_clip_torch {ref.get('open_clip', '?')} / torch {ref['torch']}\n")
+      f"open_clip_torch {ref.get('open_clip', '?')} / torch {ref['torch']}; image tower {ours['precision']}, "
+      f"PyTorch {ref['precision']}\n")
 print("| case | alfa (s) | PyTorch (s) | ratio |")
 print("|---|---|---|---|")
 rows = [("image forward, batch 1", "image_b1_s", "image_b1_s"),

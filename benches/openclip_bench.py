@@ -5,7 +5,8 @@ with alfa's candle implementation.
     .venv/bin/python benches/openclip_bench.py [--threads N] [--repeats R]
 
 Model: random-init ViT-B-16-plus-240 (no weights are downloaded), fp32, eval,
-torch.inference_mode. Cases (1 warm-up run each, then the median of R runs):
+torch.inference_mode; --bf16 runs every case under CPU bf16 autocast (what alfa's
+--precision bf16 is compared with). Cases (1 warm-up run each, then the median of R runs):
   image_b1_s     encode_image, batch 1, 240x240
   image_b8_s     encode_image, batch 8, 240x240
   text_150_s     encode_text on 150 prompts, 77 tokens each (one batch by default)
@@ -109,6 +110,7 @@ def main():
     ap.add_argument("--model", default="ViT-B-16-plus-240")
     ap.add_argument("--texts", type=int, default=150)
     ap.add_argument("--text-batch", type=int, default=150, help="prompts per encode_text call (default 150)")
+    ap.add_argument("--bf16", action="store_true", help="run under torch.autocast('cpu', dtype=torch.bfloat16)")
     ap.add_argument("--window-batch", type=int, default=196,
                     help="windows per transformer call (default 196: one batch per scale)")
     args = ap.parse_args()
@@ -137,7 +139,8 @@ def main():
         for s in range(0, tokens.shape[0], args.text_batch):
             model.encode_text(tokens[s:s + args.text_batch])
 
-    with torch.inference_mode():
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16)
+    with torch.inference_mode(), autocast:
         res = {
             "impl": "open_clip_torch",
             "torch": torch.__version__,
@@ -145,6 +148,7 @@ def main():
             "model": args.model,
             "threads": torch.get_num_threads(),
             "repeats": args.repeats,
+            "precision": "bf16 autocast" if args.bf16 else "f32",
         }
         res["image_b1_s"] = bench("image_b1", lambda: model.encode_image(img1), args.repeats)
         res["image_b8_s"] = bench("image_b8", lambda: model.encode_image(img8), args.repeats)

@@ -2,6 +2,8 @@
 //! architecture's shapes (`alfa bench`, `alfa bench --engine`). `benches/openclip_bench.py` times the same cases with OpenCLIP on
 //! PyTorch; `benches/compare.sh` runs both and prints them side by side.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -10,9 +12,9 @@ use serde::Serialize;
 
 use crate::clip::model::ClipModel;
 use crate::clip::tokenizer::{END_OF_TEXT, START_OF_TEXT};
-use crate::clip::{Clip, OpenClipConfig, RandomWeights};
+use crate::clip::{Clip, ClipError, OpenClipConfig, Precision, RandomWeights, TensorSource};
 use crate::detect::engine::StageTime;
-use crate::detect::maps::window_indices;
+use crate::detect::maps::{MapAgreement, window_indices};
 use crate::detect::{DetectSettings, Detector, WindowMode};
 use crate::prompts::PromptStore;
 
@@ -21,6 +23,8 @@ pub struct ClipBenchReport {
     #[serde(rename = "impl")]
     pub implementation: String,
     pub arch: String,
+    /// The image tower's (the text tower is always f32).
+    pub precision: Precision,
     pub threads: usize,
     pub image_b1_s: f64,
     pub image_b8_s: f64,
@@ -35,7 +39,7 @@ pub struct ClipBenchReport {
 impl ClipBenchReport {
     pub fn table(&self) -> String {
         format!(
-            "alfa (candle, {} threads), {} random weights\n\
+            "alfa (candle, {} threads), {} random weights, image tower {}\n\
              image forward, batch 1      {:>8.3} s\n\
              image forward, batch 8      {:>8.3} s\n\
              text, 150 prompts @ 77      {:>8.3} s\n\
@@ -43,6 +47,7 @@ impl ClipBenchReport {
              windows, scales 2+3 (365)   {:>8.3} s",
             self.threads,
             self.arch,
+            self.precision.name(),
             self.image_b1_s,
             self.image_b8_s,
             self.text_150_s,
@@ -80,12 +85,12 @@ fn prompt_ids(count: usize, width: usize, vocab: usize, device: &Device) -> Resu
     Ok(Tensor::from_vec(data, (count, width), device)?)
 }
 
-pub fn clip_forward(arch: &str, repeats: usize, log: impl Fn(&str)) -> Result<ClipBenchReport> {
+pub fn clip_forward(arch: &str, repeats: usize, precision: Precision, log: impl Fn(&str)) -> Result<ClipBenchReport> {
     let config = OpenClipConfig::builtin(arch).with_context(|| {
         format!("unknown architecture `{arch}` (known: {})", OpenClipConfig::BUILTIN_ARCHS.join(", "))
     })?;
     let device = Device::Cpu;
-    let model = ClipModel::new(&RandomWeights { device: device.clone() }, &config.model_cfg)?;
+    let model = ClipModel::new(&RandomWeights { device: device.clone() }, &config.model_cfg, precision)?;
     let size = config.model_cfg.vision_cfg.image_size();
     let threads = candle_core::utils::get_num_threads();
     log(&format!("{arch}: random weights, {threads} threads, median of {repeats}"));
@@ -126,6 +131,7 @@ pub fn clip_forward(arch: &str, repeats: usize, log: impl Fn(&str)) -> Result<Cl
     Ok(ClipBenchReport {
         implementation: "alfa".into(),
         arch: arch.into(),
+        precision,
         threads,
         image_b1_s,
         image_b8_s,
@@ -133,6 +139,33 @@ pub fn clip_forward(arch: &str, repeats: usize, log: impl Fn(&str)) -> Result<Cl
         text_150_truncated_s,
         windows_365_s,
     })
+}
+
+/// The bench image's zero-shot tokens-mode result in a non-f32 precision next to
+/// f32's, with the same weights in both.
+#[derive(Debug, Serialize)]
+pub struct PrecisionAgreement {
+    pub map: MapAgreement,
+    pub image_score_f32: f32,
+    pub image_score: f32,
+}
+
+/// Random weights drawn once per name and handed out again, so that two models
+/// built from it (one per precision) are the same model.
+struct SharedRandomWeights {
+    random: RandomWeights,
+    drawn: RefCell<HashMap<String, Tensor>>,
+}
+
+impl TensorSource for SharedRandomWeights {
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor, ClipError> {
+        if let Some(t) = self.drawn.borrow().get(name) {
+            return Ok(t.clone());
+        }
+        let t = self.random.tensor(name, shape)?;
+        self.drawn.borrow_mut().insert(name.to_owned(), t.clone());
+        Ok(t)
+    }
 }
 
 /// One configuration of the whole detector on one image.
@@ -154,6 +187,8 @@ pub struct EngineBenchReport {
     #[serde(rename = "impl")]
     pub implementation: String,
     pub arch: String,
+    /// The image tower's (the text tower is always f32).
+    pub precision: Precision,
     pub threads: usize,
     pub image: String,
     pub class: String,
@@ -162,14 +197,22 @@ pub struct EngineBenchReport {
     /// Encoding them in length-sorted batches cut to the longest prompt in each.
     pub class_text_s: f64,
     pub runs: Vec<EngineTiming>,
+    /// For bf16: how far its result is from f32's.
+    pub versus_f32: Option<PrecisionAgreement>,
 }
 
 impl EngineBenchReport {
     pub fn table(&self) -> String {
         let mut out = format!(
-            "alfa detector ({} threads), {} random weights, one {} image, class `{}`\n\
+            "alfa detector ({} threads), {} random weights, image tower {}, one {} image, class `{}`\n\
              encode {} prompts + descriptors (cold cache) {:>8.3} s\n",
-            self.threads, self.arch, self.image, self.class, self.class_texts, self.class_text_s
+            self.threads,
+            self.arch,
+            self.precision.name(),
+            self.image,
+            self.class,
+            self.class_texts,
+            self.class_text_s
         );
         for run in &self.runs {
             let stages: Vec<String> = run.stages.iter().map(|s| format!("{} {:.3}", s.stage, s.seconds)).collect();
@@ -179,6 +222,12 @@ impl EngineBenchReport {
                 run.references,
                 run.total_s,
                 stages.join(", ")
+            ));
+        }
+        if let Some(a) = &self.versus_f32 {
+            out.push_str(&format!(
+                "versus f32, tokens mode: map max |diff| {:.4}, correlation {:.5}; image score {:.4} (f32 {:.4})\n",
+                a.map.max_abs_diff, a.map.correlation, a.image_score, a.image_score_f32
             ));
         }
         out
@@ -197,12 +246,14 @@ pub fn engine(
     size: u32,
     repeats: usize,
     pixels: bool,
+    precision: Precision,
     log: impl Fn(&str),
 ) -> Result<EngineBenchReport> {
     let config = OpenClipConfig::builtin(arch)
         .with_context(|| format!("unknown architecture `{arch}`"))?;
     let device = Device::Cpu;
-    let clip = Clip::from_source(&config, &RandomWeights { device: device.clone() }, tokenizer, &device)?;
+    let weights = SharedRandomWeights { random: RandomWeights { device: device.clone() }, drawn: Default::default() };
+    let clip = Clip::from_source(&config, &weights, tokenizer, &device, precision)?;
     let mut detector = Detector::new(clip, &format!("random {arch}"), None);
     let class = "bottle";
     let prompts = PromptStore { dir: None }.resolve(class)?.set.expand();
@@ -247,14 +298,29 @@ pub fn engine(
         log(&format!("detect, {window_mode:?} mode, {references} references: {total_s:.3} s"));
         runs.push(EngineTiming { window_mode, references, total_s, best_s, stages });
     }
+    // The text tower is f32 in every precision, so the class's features serve both.
+    let versus_f32 = if precision == Precision::F32 {
+        None
+    } else {
+        let f32_clip = Clip::from_source(&config, &weights, tokenizer, &device, Precision::F32)?;
+        let reference = Detector::new(f32_clip, &format!("random {arch}"), None).detect(&image, &encoded, &tokens)?;
+        let ours = detector.detect(&image, &encoded, &tokens)?;
+        Some(PrecisionAgreement {
+            map: reference.map.agreement(&ours.map),
+            image_score_f32: reference.image_score,
+            image_score: ours.image_score,
+        })
+    };
     Ok(EngineBenchReport {
         implementation: "alfa".into(),
         arch: arch.into(),
+        precision,
         threads: candle_core::utils::get_num_threads(),
         image: format!("{size}x{size}"),
         class: class.into(),
         class_texts,
         class_text_s,
         runs,
+        versus_f32,
     })
 }

@@ -40,7 +40,7 @@ impl Fixture {
         }
         .resolve()
         .unwrap();
-        let clip = Clip::load(&files, &Device::Cpu).unwrap();
+        let clip = Clip::load(&files, &Device::Cpu, alfa::clip::Precision::F32).unwrap();
         Self { name, meta, expected, clip }
     }
 

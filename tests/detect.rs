@@ -145,3 +145,37 @@ fn ablation_rows_switch_one_part_each() {
     assert_ne!(rows[2].patch_map, rows[3].patch_map);
     assert_ne!(rows[0].global_score, rows[1].global_score);
 }
+
+/// The bf16 image tower (where this CPU has AVX512-BF16) changes maps and scores
+/// only slightly. Bounds measured on this fixture with margin (README, Precision):
+/// bf16 keeps 8 significant bits of each linear layer's inputs and weights.
+#[test]
+fn bf16_image_tower_stays_close_to_f32() {
+    use alfa::clip::Precision;
+    if Precision::Bf16.check(&candle_core::Device::Cpu).is_err() {
+        eprintln!("no AVX512-BF16 on this CPU: bf16 is refused (clip_errors covers the message)");
+        return;
+    }
+    let mut f32_det = detector(None);
+    let mut bf16_det = common::detector_in(Precision::Bf16, "tiny-gelu", None, None);
+    let image = test_image(57, 41);
+    let embeddings = |det: &Detector| det.clip.encode_images(std::slice::from_ref(&image)).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let cosine: f32 = embeddings(&f32_det).iter().zip(embeddings(&bf16_det)).map(|(a, b)| a * b).sum();
+    eprintln!("image embedding cosine {cosine}");
+    assert!(cosine > 0.999, "image embedding cosine f32 vs bf16: {cosine}");
+    for mode in [WindowMode::Tokens, WindowMode::Pixels] {
+        let settings = DetectSettings { window_mode: mode, ..Default::default() };
+        let run = |det: &mut Detector| {
+            let class = det.encode_class(small_prompts()).unwrap();
+            det.detect(&image, &class, &settings).unwrap()
+        };
+        let (a, b) = (run(&mut f32_det), run(&mut bf16_det));
+        assert_ne!(a.map, b.map, "{mode:?}: bf16 must change something, or it did not run");
+        let alfa::detect::maps::MapAgreement { max_abs_diff: max_diff, correlation } = a.map.agreement(&b.map);
+        let score_diff = (a.image_score - b.image_score).abs();
+        eprintln!("{mode:?}: max |map diff| {max_diff}, correlation {correlation}, |score diff| {score_diff}");
+        assert!(max_diff < 0.01, "{mode:?}: max |map diff| {max_diff}");
+        assert!(correlation > 0.999, "{mode:?}: map correlation {correlation}");
+        assert!(score_diff < 0.005, "{mode:?}: image score {} vs {}", a.image_score, b.image_score);
+    }
+}

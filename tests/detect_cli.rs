@@ -124,6 +124,38 @@ fn every_pixel_format_gives_a_map_of_its_size_and_a_bad_file_fails_alone() {
     assert!(scores.starts_with("path,score\n"));
 }
 
+/// `--precision bf16` runs where the CPU has AVX512-BF16 (the record says so and the
+/// map stays close to f32's) and is refused with a way out where it has not.
+#[test]
+fn bf16_precision_runs_or_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("part.png");
+    save(&part(40, 30), &image);
+    let run = Run::new();
+    let record = |precision: &str| {
+        let out = dir.path().join(precision);
+        let output = run.detect(&["--class", "bottle", "--precision", precision, "--out", out.to_str().unwrap(), image.to_str().unwrap()]);
+        (output, out)
+    };
+    let (f32_run, f32_out) = record("f32");
+    assert!(f32_run.status.success(), "{}", stderr(&f32_run));
+    let (bf16_run, bf16_out) = record("bf16");
+    if alfa::clip::Precision::Bf16.check(&candle_core::Device::Cpu).is_err() {
+        assert!(!bf16_run.status.success());
+        let message = stderr(&bf16_run);
+        assert!(message.contains("AVX512-BF16") && message.contains("--precision f32"), "{message}");
+        return;
+    }
+    assert!(bf16_run.status.success(), "{}", stderr(&bf16_run));
+    let json = |out: &Path| -> serde_json::Value { serde_json::from_slice(&std::fs::read(out.join("part.json")).unwrap()).unwrap() };
+    assert_eq!(json(&f32_out)["precision"], "f32");
+    assert_eq!(json(&bf16_out)["precision"], "bf16");
+    let (a, b) = (read_map_tiff(&f32_out.join("part.tiff")).unwrap(), read_map_tiff(&bf16_out.join("part.tiff")).unwrap());
+    let agreement = a.agreement(&b);
+    // Measured: max |diff| 0.011, correlation 0.99993 (full shipped prompt set).
+    assert!(agreement.max_abs_diff > 0.0 && agreement.max_abs_diff < 0.03 && agreement.correlation > 0.999, "{agreement:?}");
+}
+
 #[test]
 fn outputs_are_never_overwritten_without_force() {
     let dir = tempfile::tempdir().unwrap();

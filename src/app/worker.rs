@@ -342,7 +342,7 @@ impl Engine {
         let loaded = (|| -> anyhow::Result<Detector> {
             let files = request.resolve()?;
             let device = clip::device(model.cpu)?;
-            let clip = Clip::load(&files, &device)?;
+            let clip = Clip::load(&files, &device, model.precision)?;
             Ok(Detector::new(clip, &files.identity(), self.cache_dir.as_deref()))
         })();
         match loaded {

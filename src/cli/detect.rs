@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::ModelArgs;
-use crate::clip::{self, Clip};
+use crate::clip::{self, Clip, Precision};
 use crate::detect::colormap::Colormap;
 use crate::detect::export::{self, OverlayStyle};
 use crate::detect::inputs::{self, InputImage};
@@ -139,6 +139,8 @@ struct Record<'a> {
     /// The class has no prompt set of its own; the generic set was used.
     generic_fallback: bool,
     model: &'a str,
+    /// The image tower's number format.
+    precision: Precision,
     settings: &'a DetectSettings,
     #[serde(flatten)]
     detection: &'a Detection,
@@ -178,7 +180,7 @@ pub fn run(args: DetectArgs) -> Result<()> {
 
     let files = args.model.request().resolve()?;
     let identity = files.identity();
-    let clip = Clip::load(&files, &clip::device(args.model.cpu)?)?;
+    let clip = Clip::load(&files, &clip::device(args.model.cpu)?, args.model.precision)?;
     let mut detector = Detector::new(clip, &identity, default_cache_dir().as_deref());
 
     let mut prompt_sets: HashMap<String, (ResolvedPrompts, ClassPrompts, Option<ReferenceBank>)> = HashMap::new();
@@ -218,6 +220,7 @@ pub fn run(args: DetectArgs) -> Result<()> {
                 prompt_set: resolved.path.as_ref().map_or("shipped".into(), |p| p.display().to_string()),
                 generic_fallback: resolved.generic_fallback,
                 model: &identity,
+                precision: args.model.precision,
                 settings: &settings,
                 detection: &detection,
             };

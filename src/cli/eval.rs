@@ -95,7 +95,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         }
         let files = args.model.request().resolve()?;
         let identity = files.identity();
-        let detector = Detector::new(Clip::load(&files, &clip::device(args.model.cpu)?)?, &identity, default_cache_dir().as_deref());
+        let detector = Detector::new(Clip::load(&files, &clip::device(args.model.cpu)?, args.model.precision)?, &identity, default_cache_dir().as_deref());
         let mut method: Box<dyn Method> = match args.method {
             MethodKind::Alfa => Box::new(AlfaMethod::new(detector, settings.clone(), args.ablation)),
             kind => build_method(kind, detector, settings.clone())?,
@@ -104,6 +104,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         run["ablation"] = serde_json::to_value(args.ablation)?;
         run["model"] = files.name.clone().into();
         run["model_identity"] = identity.into();
+        run["precision"] = args.model.precision.name().into();
         run["settings"] = serde_json::to_value(&settings)?;
         run["shots"] = args.shots.into();
         let seeds: Vec<u64> = if args.shots > 0 { (0..args.seeds.max(1)).collect() } else { vec![0] };

@@ -12,6 +12,7 @@
 //!   kernel reads the heads in place from `in_proj`'s output and runs the
 //!   (sequence, head) pairs in parallel, each as two single-threaded `gemm` calls.
 
+use super::Precision;
 use super::packed::{PackedWeight, TileFinish};
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
@@ -335,13 +336,17 @@ pub enum LinearWeight {
 }
 
 impl LinearWeight {
-    /// `weight_t` [in, out], packed when the CPU kernel can use it.
-    pub fn new(weight_t: Tensor) -> candle_core::Result<Self> {
+    /// `weight_t` [in, out], packed when the CPU kernel can use it. bf16 exists only
+    /// packed: `Precision::check` refuses it where the kernel cannot run.
+    pub fn new(weight_t: Tensor, precision: Precision) -> candle_core::Result<Self> {
         if on_cpu_f32(&weight_t) {
             let (inner, cols) = weight_t.dims2()?;
-            if let Some(packed) = with_cpu_f32(&weight_t.contiguous()?, |w| PackedWeight::new(w, inner, cols))? {
+            if let Some(packed) = with_cpu_f32(&weight_t.contiguous()?, |w| PackedWeight::new(w, inner, cols, precision))? {
                 return Ok(Self::Packed(packed));
             }
+        }
+        if precision != Precision::F32 {
+            candle_core::bail!("no {} kernel for this weight on this device", precision.name());
         }
         Ok(Self::Matrix(weight_t))
     }
@@ -532,16 +537,25 @@ mod tests {
             (None, Epilogue::Residual(&residual), (&plain + &residual).unwrap()),
             (Some(&bias), Epilogue::Residual(&residual), (&with_bias + &residual).unwrap()),
         ];
-        // `gemm` on the matrix, and the packed kernel where this CPU has AVX-512.
-        let weights = [LinearWeight::Matrix(weight_t.clone()), LinearWeight::new(weight_t.clone()).unwrap()];
+        // `gemm` on the matrix, and the packed kernel where this CPU has AVX-512 (in
+        // bf16 too where it has AVX512-BF16: inputs and weights keep 8 significant
+        // bits, so each of the 40 products is off by up to ~2^-8 of its size).
+        let mut weights = vec![LinearWeight::Matrix(weight_t.clone()), LinearWeight::new(weight_t.clone(), Precision::F32).unwrap()];
+        if Precision::Bf16.check(&device).is_ok() {
+            weights.push(LinearWeight::new(weight_t.clone(), Precision::Bf16).unwrap());
+        }
         for weight in &weights {
             for (i, (bias, epilogue, expected)) in cases.iter().enumerate() {
                 let got = linear(&x, weight, *bias, *epilogue).unwrap();
                 assert_eq!(got.dims(), &[2, 7, 40]);
                 let diff = (got - expected).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
                 let diff = diff.to_scalar::<f32>().unwrap();
-                let kind = if matches!(weight, LinearWeight::Packed(_)) { "packed" } else { "gemm" };
-                assert!(diff < 1e-4, "{kind}, case {i}: max |diff| {diff}");
+                let (kind, tolerance) = match weight {
+                    LinearWeight::Matrix(_) => ("gemm", 1e-4),
+                    LinearWeight::Packed(p) if p.precision() == Precision::F32 => ("packed f32", 1e-4),
+                    LinearWeight::Packed(_) => ("packed bf16", 5e-2),
+                };
+                assert!(diff < tolerance, "{kind}, case {i}: max |diff| {diff}");
             }
         }
     }

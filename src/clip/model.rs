@@ -9,7 +9,7 @@
 use candle_core::{D, DType, Device, IndexOp, Module, Tensor};
 use candle_nn::LayerNorm;
 
-use super::ClipError;
+use super::{ClipError, Precision};
 use super::kernels::{self, Epilogue, LinearWeight, Mask};
 pub use super::kernels::Activation;
 use super::config::{ModelConfig, TextConfig, VisionConfig};
@@ -63,10 +63,12 @@ fn linear(
     prefix: &str,
     out_dim: usize,
     in_dim: usize,
+    precision: Precision,
 ) -> Result<Dense, ClipError> {
     Ok(Dense::new(
         &src.tensor(&format!("{prefix}.weight"), &[out_dim, in_dim])?,
         Some(src.tensor(&format!("{prefix}.bias"), &[out_dim])?),
+        precision,
     )?)
 }
 
@@ -80,13 +82,13 @@ pub struct Dense {
 
 impl Dense {
     /// From a PyTorch-layout weight [out, in].
-    fn new(weight: &Tensor, bias: Option<Tensor>) -> candle_core::Result<Self> {
-        Self::from_transposed(weight.t()?.contiguous()?, bias)
+    fn new(weight: &Tensor, bias: Option<Tensor>, precision: Precision) -> candle_core::Result<Self> {
+        Self::from_transposed(weight.t()?.contiguous()?, bias, precision)
     }
 
     /// From a weight already laid out [in, out] (`visual.proj`, `text_projection`).
-    fn from_transposed(weight_t: Tensor, bias: Option<Tensor>) -> candle_core::Result<Self> {
-        Ok(Self { weight: LinearWeight::new(weight_t)?, bias })
+    fn from_transposed(weight_t: Tensor, bias: Option<Tensor>, precision: Precision) -> candle_core::Result<Self> {
+        Ok(Self { weight: LinearWeight::new(weight_t, precision)?, bias })
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -110,17 +112,18 @@ pub struct Attention {
 }
 
 impl Attention {
-    fn new(src: &dyn TensorSource, prefix: &str, width: usize, heads: usize) -> Result<Self, ClipError> {
+    fn new(src: &dyn TensorSource, prefix: &str, width: usize, heads: usize, precision: Precision) -> Result<Self, ClipError> {
         let weight = src.tensor(&format!("{prefix}.in_proj_weight"), &[3 * width, width])?;
         let bias = src.tensor(&format!("{prefix}.in_proj_bias"), &[3 * width])?;
         let value_proj = Dense::new(
             &weight.narrow(0, 2 * width, width)?,
             Some(bias.narrow(0, 2 * width, width)?.contiguous()?),
+            precision,
         )?;
         Ok(Self {
-            in_proj: Dense::new(&weight, Some(bias))?,
+            in_proj: Dense::new(&weight, Some(bias), precision)?,
             value_proj,
-            out_proj: linear(src, &format!("{prefix}.out_proj"), width, width)?,
+            out_proj: linear(src, &format!("{prefix}.out_proj"), width, width, precision)?,
             heads,
             head_dim: width / heads,
         })
@@ -181,13 +184,14 @@ impl ResidualAttentionBlock {
         heads: usize,
         mlp_width: usize,
         act: Activation,
+        precision: Precision,
     ) -> Result<Self, ClipError> {
         Ok(Self {
             ln_1: layer_norm(src, &format!("{prefix}.ln_1"), width)?,
-            attn: Attention::new(src, &format!("{prefix}.attn"), width, heads)?,
+            attn: Attention::new(src, &format!("{prefix}.attn"), width, heads, precision)?,
             ln_2: layer_norm(src, &format!("{prefix}.ln_2"), width)?,
-            c_fc: linear(src, &format!("{prefix}.mlp.c_fc"), mlp_width, width)?,
-            c_proj: linear(src, &format!("{prefix}.mlp.c_proj"), width, mlp_width)?,
+            c_fc: linear(src, &format!("{prefix}.mlp.c_fc"), mlp_width, width, precision)?,
+            c_proj: linear(src, &format!("{prefix}.mlp.c_proj"), width, mlp_width, precision)?,
             act,
         })
     }
@@ -229,6 +233,7 @@ fn blocks(
     heads: usize,
     mlp_width: usize,
     act: Activation,
+    precision: Precision,
 ) -> Result<Vec<ResidualAttentionBlock>, ClipError> {
     (0..layers)
         .map(|i| {
@@ -239,6 +244,7 @@ fn blocks(
                 heads,
                 mlp_width,
                 act,
+                precision,
             )
         })
         .collect()
@@ -284,24 +290,39 @@ pub struct VisionTransformer {
     patch_size: usize,
     grid: usize,
     width: usize,
+    precision: Precision,
 }
 
 impl VisionTransformer {
-    pub fn new(src: &dyn TensorSource, cfg: &VisionConfig, embed_dim: usize, act: Activation) -> Result<Self, ClipError> {
+    /// `precision` applies to the transformer's linear layers; the patch embedding
+    /// and the final projection (a sliver of the work) stay f32.
+    pub fn new(
+        src: &dyn TensorSource,
+        cfg: &VisionConfig,
+        embed_dim: usize,
+        act: Activation,
+        precision: Precision,
+    ) -> Result<Self, ClipError> {
         let (w, p, g) = (cfg.width, cfg.patch_size, cfg.grid());
         let conv = src.tensor("visual.conv1.weight", &[w, 3, p, p])?;
+        precision.check(conv.device())?;
         Ok(Self {
-            patch_embed: Dense::new(&conv.reshape((w, 3 * p * p))?, None)?,
+            patch_embed: Dense::new(&conv.reshape((w, 3 * p * p))?, None, Precision::F32)?,
             class_embedding: src.tensor("visual.class_embedding", &[w])?,
             positional_embedding: src.tensor("visual.positional_embedding", &[1 + g * g, w])?,
             ln_pre: layer_norm(src, "visual.ln_pre", w)?,
-            blocks: blocks(src, "visual.transformer", cfg.layers, w, cfg.heads(), cfg.mlp_width(), act)?,
+            blocks: blocks(src, "visual.transformer", cfg.layers, w, cfg.heads(), cfg.mlp_width(), act, precision)?,
             ln_post: layer_norm(src, "visual.ln_post", w)?,
-            proj: Dense::from_transposed(src.tensor("visual.proj", &[w, embed_dim])?, None)?,
+            proj: Dense::from_transposed(src.tensor("visual.proj", &[w, embed_dim])?, None, Precision::F32)?,
             patch_size: p,
             grid: g,
             width: w,
+            precision,
         })
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     pub fn grid(&self) -> usize {
@@ -462,9 +483,9 @@ impl TextTransformer {
         Ok(Self {
             token_embedding: src.tensor("token_embedding.weight", &[cfg.vocab_size, w])?,
             positional_embedding: src.tensor("positional_embedding", &[cfg.context_length, w])?,
-            blocks: blocks(src, "transformer", cfg.layers, w, cfg.heads, cfg.mlp_width(), act)?,
+            blocks: blocks(src, "transformer", cfg.layers, w, cfg.heads, cfg.mlp_width(), act, Precision::F32)?,
             ln_final: layer_norm(src, "ln_final", w)?,
-            text_projection: Dense::from_transposed(src.tensor("text_projection", &[w, embed_dim])?, None)?,
+            text_projection: Dense::from_transposed(src.tensor("text_projection", &[w, embed_dim])?, None, Precision::F32)?,
             context_length: cfg.context_length,
         })
     }
@@ -535,13 +556,15 @@ pub struct ClipModel {
 }
 
 impl ClipModel {
-    pub fn new(src: &dyn TensorSource, cfg: &ModelConfig) -> Result<Self, ClipError> {
+    /// `precision` is the image tower's (see `VisionTransformer::new`); the text
+    /// tower is always f32, so cached text features do not depend on it.
+    pub fn new(src: &dyn TensorSource, cfg: &ModelConfig, precision: Precision) -> Result<Self, ClipError> {
         let act = if cfg.quick_gelu { Activation::QuickGelu } else { Activation::Gelu };
         let logit_scale = src
             .tensor("logit_scale", &[])
             .and_then(|t| Ok(t.to_scalar::<f32>()?.exp()))?;
         Ok(Self {
-            vision: VisionTransformer::new(src, &cfg.vision_cfg, cfg.embed_dim, act)?,
+            vision: VisionTransformer::new(src, &cfg.vision_cfg, cfg.embed_dim, act, precision)?,
             text: TextTransformer::new(src, &cfg.text_cfg, cfg.embed_dim, act)?,
             logit_scale,
         })

@@ -22,6 +22,32 @@ impl Grid {
     pub fn max(&self) -> f32 {
         self.values.iter().copied().fold(f32::NEG_INFINITY, f32::max)
     }
+
+    /// How close `other` (a map of the same size, e.g. from another precision) is.
+    pub fn agreement(&self, other: &Grid) -> MapAgreement {
+        assert_eq!((self.width, self.height), (other.width, other.height), "maps of different sizes");
+        let (a, b) = (&self.values, &other.values);
+        let mean = |v: &[f32]| v.iter().map(|&x| f64::from(x)).sum::<f64>() / v.len() as f64;
+        let (mean_a, mean_b) = (mean(a), mean(b));
+        let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
+        for (&x, &y) in a.iter().zip(b) {
+            let (x, y) = (f64::from(x) - mean_a, f64::from(y) - mean_b);
+            ab += x * y;
+            aa += x * x;
+            bb += y * y;
+        }
+        MapAgreement {
+            max_abs_diff: a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max),
+            correlation: (ab / (aa * bb).sqrt()) as f32,
+        }
+    }
+}
+
+/// Two maps side by side: the largest difference of a value and Pearson's correlation.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct MapAgreement {
+    pub max_abs_diff: f32,
+    pub correlation: f32,
 }
 
 /// Row-major patch indices of every stride-1 `scale` x `scale` window on a `grid` x `grid` grid.
@@ -167,6 +193,21 @@ pub fn gaussian_blur(map: &Grid, sigma: f32) -> Grid {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agreement_of_maps_by_hand() {
+        let a = Grid::new(2, 2, vec![0.0, 1.0, 2.0, 3.0]);
+        // A shifted and stretched copy correlates perfectly; the largest gap is 3.5.
+        let scaled = Grid::new(2, 2, vec![0.5, 2.5, 4.5, 6.5]);
+        let same = a.agreement(&scaled);
+        assert!((same.correlation - 1.0).abs() < 1e-6 && (same.max_abs_diff - 3.5).abs() < 1e-6, "{same:?}");
+        // Reversed: correlation -1.
+        let reversed = a.agreement(&Grid::new(2, 2, vec![3.0, 2.0, 1.0, 0.0]));
+        assert!((reversed.correlation + 1.0).abs() < 1e-6 && (reversed.max_abs_diff - 3.0).abs() < 1e-6, "{reversed:?}");
+        // [0, 1, 2, 3] against [0, 1, 3, 2]: covariance 4 over variance 5.
+        let swapped = a.agreement(&Grid::new(2, 2, vec![0.0, 1.0, 3.0, 2.0]));
+        assert!((swapped.correlation - 0.8).abs() < 1e-6, "{swapped:?}");
+    }
 
     #[test]
     fn window_counts_match_winclip() {

@@ -17,7 +17,7 @@ use super::engine::{DetectSettings, Detector, WindowMode};
 use super::inputs::is_image;
 use super::memory::{MemoryBank, Nearest};
 use super::text_cache::fnv1a;
-use crate::clip;
+use crate::clip::{self, Precision};
 
 /// The folder of a class's reference images.
 pub fn references_dir(prompts_dir: &Path, class: &str) -> PathBuf {
@@ -234,9 +234,13 @@ impl Detector {
         mut progress: impl FnMut(usize, usize),
         cancelled: &dyn Fn() -> bool,
     ) -> Result<BankBuild, DetectError> {
-        let cache = self.cache_dir().map(|d| {
-            d.join("references").join(format!("{:016x}", fnv1a(self.model_identity().as_bytes())))
-        });
+        // Image features depend on the image tower's precision (text features do not);
+        // f32 keeps the key of caches written before bf16 existed.
+        let tower = match self.clip.model.vision.precision() {
+            Precision::F32 => self.model_identity().to_owned(),
+            other => format!("{} {}", self.model_identity(), other.name()),
+        };
+        let cache = self.cache_dir().map(|d| d.join("references").join(format!("{:016x}", fnv1a(tower.as_bytes()))));
         let mode = match settings.window_mode {
             WindowMode::Tokens => "tokens",
             WindowMode::Pixels => "pixels",

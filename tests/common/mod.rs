@@ -18,6 +18,16 @@ pub fn shared_tokenizer() -> PathBuf {
 /// A detector on a tiny fixture model (`tiny-gelu`, `tiny-quickgelu`) on the CPU;
 /// `identity` replaces the model's own cache key, `cache` is the cache folder.
 pub fn detector(model: &str, identity: Option<&str>, cache: Option<&std::path::Path>) -> alfa::detect::Detector {
+    detector_in(alfa::clip::Precision::F32, model, identity, cache)
+}
+
+/// `detector` with the image tower in `precision`.
+pub fn detector_in(
+    precision: alfa::clip::Precision,
+    model: &str,
+    identity: Option<&str>,
+    cache: Option<&std::path::Path>,
+) -> alfa::detect::Detector {
     let files = alfa::clip::ModelRequest {
         model: Some(fixtures().join(model).display().to_string()),
         tokenizer: Some(shared_tokenizer()),
@@ -25,6 +35,6 @@ pub fn detector(model: &str, identity: Option<&str>, cache: Option<&std::path::P
     }
     .resolve()
     .unwrap();
-    let clip = alfa::clip::Clip::load(&files, &candle_core::Device::Cpu).unwrap();
+    let clip = alfa::clip::Clip::load(&files, &candle_core::Device::Cpu, precision).unwrap();
     alfa::detect::Detector::new(clip, identity.unwrap_or(&files.identity()), cache)
 }
