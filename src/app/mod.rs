@@ -26,7 +26,7 @@ use anyhow::Result;
 use egui::{Key, KeyboardShortcut, Modifiers};
 
 use crate::cli::{GuiArgs, ModelArgs};
-use crate::clip::{ClipTokenizer, ModelRequest};
+use crate::clip::{ClipTokenizer, ModelRequest, Precision};
 use crate::prompts::PromptStore;
 use crate::prompts::generate::{self, CLIP_CONTEXT, GenerateEvent, Generated, QueryKind};
 use crate::prompts::llm::LlmClient;
@@ -147,6 +147,9 @@ impl AlfaApp {
         if args.model.cpu {
             settings.cpu = true;
         }
+        if args.model.precision != Precision::F32 {
+            settings.precision = args.model.precision;
+        }
         if let Some(class) = &args.class {
             settings.class = class.clone();
         }
@@ -199,6 +202,7 @@ impl AlfaApp {
         ModelArgs {
             model: (!model.is_empty()).then(|| model.to_owned()),
             cpu: self.state.settings.cpu,
+            precision: self.state.settings.precision,
             ..self.model_extra.clone()
         }
     }

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::detect::colormap::Colormap;
 use super::worker::{Analysis, ItemId, Picture, ThresholdFit};
+use crate::clip::Precision;
 use crate::detect::DetectSettings;
 use crate::prompts::llm::LlmConfig;
 
@@ -91,6 +92,8 @@ pub struct Settings {
     /// A folder, a weights file or a hub repo id; empty for the default model.
     pub model: String,
     pub cpu: bool,
+    /// The image tower's number format.
+    pub precision: Precision,
     pub class: String,
     pub detect: DetectSettings,
     pub threshold: f32,
@@ -117,6 +120,7 @@ impl Default for Settings {
         Self {
             model: String::new(),
             cpu: false,
+            precision: Precision::F32,
             class: "bottle".into(),
             detect: DetectSettings::default(),
             threshold: 0.5,

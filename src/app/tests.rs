@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use egui_kittest::Harness;
+use egui_kittest::kittest::{NodeT, Queryable};
 
 use super::{AlfaApp, AppOptions};
 use crate::cli::{GuiArgs, ModelArgs};
@@ -54,4 +55,22 @@ fn frames_keep_coming_while_the_engine_is_busy() {
         assert!(steps < 20_000, "the analysis never finished");
     }
     assert_eq!(harness.state().state.analysed(), 1);
+}
+
+/// The Settings page's precision reaches the model the next "Load model" loads.
+#[test]
+fn the_precision_setting_goes_to_the_model_load() {
+    let mut harness = Harness::builder().with_max_steps(10_000).build_eframe(|cc| AlfaApp::new(cc, options(Vec::new())));
+    assert_eq!(harness.state().model_args().precision, crate::clip::Precision::F32);
+    harness.get_by_label("Settings").click();
+    harness.run_steps(2);
+    let bf16 = harness.get_by_label("bf16 (faster)");
+    if crate::clip::Precision::Bf16.check(&candle_core::Device::Cpu).is_err() {
+        assert!(bf16.accesskit_node().is_disabled(), "bf16 is offered where the CPU cannot run it");
+        return;
+    }
+    bf16.click();
+    harness.run_steps(2);
+    assert_eq!(harness.state().state.settings.precision, crate::clip::Precision::Bf16);
+    assert_eq!(harness.state().model_args().precision, crate::clip::Precision::Bf16);
 }
