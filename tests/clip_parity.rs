@@ -288,6 +288,32 @@ fn both_weight_formats_load() {
     assert_eq!(ext(&weights("tiny-quickgelu")), "bin");
 }
 
+/// An OpenCLIP training checkpoint (`epoch_N.pt`: the state dict under `state_dict`,
+/// beside the epoch and optimizer, names prefixed `module.` by DistributedDataParallel)
+/// reads as the bare state dict: `generate_checkpoint_fixture.py` wrapped a few of
+/// tiny-quickgelu's tensors so, one of them as float16.
+#[test]
+fn training_checkpoints_read_like_the_state_dict() {
+    let load = |path: &str| clip::Weights::load(&fixtures().join(path), &Device::Cpu).unwrap();
+    let bare = load("tiny-quickgelu/open_clip_pytorch_model.bin");
+    let wrapped = load("checkpoint/epoch_3.pt");
+    let kept: [(&str, &[usize], f32); 5] = [
+        ("logit_scale", &[], 0.0),
+        ("visual.class_embedding", &[32], 1e-3), // saved as float16: 11 significant bits
+        ("visual.ln_post.weight", &[32], 0.0),
+        ("text_projection", &[24, 24], 0.0),
+        ("visual.proj", &[32, 24], 0.0),
+    ];
+    for (name, shape, tolerance) in kept {
+        let (a, b) = (bare.get(name, shape).unwrap(), wrapped.get(name, shape).unwrap());
+        let diff = (a.flatten_all().unwrap() - b.flatten_all().unwrap()).unwrap().abs().unwrap().max(0).unwrap();
+        let diff = diff.to_scalar::<f32>().unwrap();
+        assert!(diff <= tolerance, "{name}: max |diff| {diff}");
+    }
+    let missing = wrapped.get("visual.conv1.weight", &[32, 3, 12, 12]).err().unwrap().to_string();
+    assert!(missing.contains("epoch_3.pt") && missing.contains("visual.conv1.weight"), "{missing}");
+}
+
 /// OpenCLIP unescapes HTML entities twice before tokenizing; so do we. Its ftfy
 /// repairs (mojibake, ligatures, full-width letters, curly quotes) are not
 /// reproduced: those strings are listed apart in `tokens_cleanup.json`.

@@ -214,7 +214,10 @@ fn bf16_pairs(x: &[f32], rows: usize, inner: usize) -> Vec<u32> {
             round_row_to_bf16(row, pairs)
         }
         #[cfg(not(target_arch = "x86_64"))]
-        unreachable!("no bf16 panels without AVX512-BF16 ({} values)", row.len() + pairs.len());
+        {
+            let _ = (row, pairs);
+            unreachable!("no bf16 panels without AVX512-BF16");
+        }
     });
     pairs
 }
@@ -289,7 +292,10 @@ impl Element for f32 {
             tile_f32::<R>(at)
         }
         #[cfg(not(target_arch = "x86_64"))]
-        unreachable!("PackedWeight::new returns None without AVX-512 ({} rows)", at.depth * 0 + R);
+        {
+            let _ = at;
+            unreachable!("PackedWeight::new returns None without AVX-512");
+        }
     }
 }
 
@@ -301,7 +307,10 @@ impl Element for u32 {
             tile_bf16::<R>(at)
         }
         #[cfg(not(target_arch = "x86_64"))]
-        unreachable!("PackedWeight::new returns None without AVX512-BF16 ({} rows)", at.depth * 0 + R);
+        {
+            let _ = at;
+            unreachable!("PackedWeight::new returns None without AVX512-BF16");
+        }
     }
 }
 
