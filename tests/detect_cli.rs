@@ -272,19 +272,22 @@ fn references_switch_detect_to_few_shot() {
     let pd = prompts_dir.to_str().unwrap();
     let listed = alfa(&["refs", "list", "--class", "bottle", "--prompts-dir", pd]);
     assert!(String::from_utf8_lossy(&listed.stdout).contains("zero-shot"));
-    let added = alfa(&["refs", "add", "--class", "bottle", "--prompts-dir", pd, good.to_str().unwrap(), good.to_str().unwrap()]);
+    // Another image of the same name becomes good-1.png.
+    let other = dir.path().join("other/good.png");
+    save(&part(33, 32), &other);
+    let added = alfa(&["refs", "add", "--class", "bottle", "--prompts-dir", pd, good.to_str().unwrap(), other.to_str().unwrap()]);
     assert!(added.status.success(), "{}", stderr(&added));
     let listed = String::from_utf8(alfa(&["refs", "list", "--class", "bottle", "--prompts-dir", pd]).stdout).unwrap();
     assert_eq!(listed.lines().count(), 2, "{listed}");
 
     let run = Run::new();
     let out = dir.path().join("out");
-    let few = run.detect(&["--class", "bottle", "--prompts-dir", pd, "--shots", "1", "--seed", "3", "--json", "--out", out.to_str().unwrap(), good.to_str().unwrap()]);
+    let few = run.detect(&["--class", "bottle", "--prompts-dir", pd, "--shots", "2", "--seed", "3", "--json", "--out", out.to_str().unwrap(), good.to_str().unwrap()]);
     assert!(few.status.success(), "{}", stderr(&few));
-    assert!(stderr(&few).contains("few-shot for `bottle`: 1 reference image(s)"), "{}", stderr(&few));
+    assert!(stderr(&few).contains("few-shot for `bottle`: 2 reference image(s)"), "{}", stderr(&few));
     let record: serde_json::Value = serde_json::from_slice(&few.stdout).unwrap();
     // The query is one of the references: its few-shot term vanishes.
-    assert_eq!(record["few_shot"]["references"], 1);
+    assert_eq!(record["few_shot"]["references"], 2);
     assert!(record["few_shot"]["max_score"].as_f64().unwrap().abs() < 1e-5);
     assert!(record["few_shot"]["nearest"]["region"].is_array());
 

@@ -150,8 +150,13 @@ fn reference_folders_copy_list_and_remove() {
     let refs = dir.path().join("prompts/carpet.refs");
     assert!(list_references(&refs).unwrap().is_empty());
     let added = add_references(&refs, &[source.clone(), source.clone()]).unwrap();
-    assert_eq!(added.len(), 2);
+    assert_eq!(added, [refs.join("good.png")], "the same image twice is one reference");
     assert!(source.exists(), "the user's file is copied, never moved");
+    // Another image of the same name gets a suffix.
+    let other = dir.path().join("other/good.png");
+    std::fs::create_dir(other.parent().unwrap()).unwrap();
+    texture(1, false).save(&other).unwrap();
+    assert_eq!(add_references(&refs, &[other, source.clone()]).unwrap(), [refs.join("good-1.png")]);
     assert_eq!(list_references(&refs).unwrap(), [refs.join("good-1.png"), refs.join("good.png")]);
     let broken = dir.path().join("broken.png");
     std::fs::write(&broken, b"nope").unwrap();

@@ -160,7 +160,9 @@ fn reanalysed(generation: u64) -> impl Fn(&AlfaApp) -> bool {
 fn references_switch_to_few_shot_and_set_the_threshold() {
     let dir = tempfile::tempdir().unwrap();
     let root = image_folder(dir.path());
-    let mut harness = harness(vec![root.clone()]);
+    let prompts = dir.path().join("prompts");
+    let refs = prompts.join("bottle.refs");
+    let mut harness = harness_with_prompts(vec![root.clone()], Some(prompts));
     step_until(&mut harness, "the analysis", analysed);
     assert!(harness.query_all_by_label("zero-shot").count() >= 1);
     assert!(harness.state().state.entries.iter().filter_map(|e| e.analysis.as_ref()).all(|a| a.detection.few_shot.is_none()));
@@ -172,14 +174,16 @@ fn references_switch_to_few_shot_and_set_the_threshold() {
     let generation = harness.state().state.progress.generation;
     harness.key_press(eframe::egui::Key::G);
     step_until(&mut harness, "the few-shot analysis", reanalysed(generation));
-    assert_eq!(harness.state().state.references(), [root.join("test/good/000.png")]);
+    // A copy in the class's reference folder, where `alfa refs` and `alfa detect` find it.
+    assert_eq!(harness.state().state.references(), [refs.join("000.png")]);
+    assert_eq!(std::fs::read(refs.join("000.png")).unwrap(), std::fs::read(root.join("test/good/000.png")).unwrap());
     assert!(harness.query_all_by_label("few-shot (1 ref)").count() >= 1, "the mode label reads few-shot");
     let state = &harness.state().state;
     for entry in state.entries.iter().filter(|e| e.analysis.is_some()) {
         let few_shot = entry.analysis.as_ref().unwrap().detection.few_shot.as_ref().expect("few-shot report");
         assert_eq!(few_shot.references, 1);
         let nearest = few_shot.nearest.as_ref().expect("the nearest reference window");
-        assert_eq!(nearest.file, root.join("test/good/000.png"));
+        assert_eq!(nearest.file, refs.join("000.png"));
     }
     // A reference is its own nearest neighbour: no few-shot anomaly on it.
     let own = state.entries[3].analysis.as_ref().unwrap().detection.few_shot.as_ref().unwrap().max_score;
@@ -203,7 +207,7 @@ fn references_switch_to_few_shot_and_set_the_threshold() {
     let scores: Vec<f32> = fit.scores.iter().map(|(_, s)| *s).collect();
     assert_eq!(state.settings.threshold, expected_threshold(&scores, 0.01));
     // Leave-one-out: scored against the other reference, the good image is no longer a perfect match.
-    let loo = fit.scores.iter().find(|(p, _)| p.ends_with("test/good/000.png")).unwrap().1;
+    let loo = fit.scores.iter().find(|(p, _)| p.ends_with("bottle.refs/000.png")).unwrap().1;
     assert!(loo > state.entries[3].score().unwrap(), "{loo} vs {:?}", state.entries[3].score());
     assert!(state.threshold_origin().contains("from 2 good images"), "{}", state.threshold_origin());
 
@@ -240,8 +244,18 @@ fn references_switch_to_few_shot_and_set_the_threshold() {
         step_until(&mut harness, "the re-analysis", reanalysed(generation));
     }
     assert!(harness.state().state.references().is_empty());
+    assert!(alfa::detect::references::list_references(&refs).unwrap().is_empty(), "the copies are deleted");
+    assert!(root.join("test/good/000.png").exists() && extra.exists(), "the originals stay");
     assert!(harness.query_all_by_label("zero-shot").count() >= 1);
     assert!(harness.state().state.entries.iter().filter_map(|e| e.analysis.as_ref()).all(|a| a.detection.few_shot.is_none()));
+
+    // A reference added from the command line (`alfa refs add`) is the app's too.
+    alfa::detect::references::add_references(&refs, &[extra]).unwrap();
+    let generation = harness.state().state.progress.generation;
+    harness.state_mut().set_class("bottle".into());
+    step_until(&mut harness, "the re-analysis", reanalysed(generation));
+    assert_eq!(harness.state().state.references(), [refs.join("extra.png")]);
+    assert!(harness.query_all_by_label("few-shot (1 ref)").count() >= 1);
 }
 
 /// A file as a file manager drops it on the window.
@@ -264,7 +278,8 @@ impl DroppedFile for DroppedPath {
 fn dropped_files_open_images_or_add_references() {
     let dir = tempfile::tempdir().unwrap();
     let root = image_folder(dir.path());
-    let mut harness = harness(Vec::new());
+    let prompts = dir.path().join("prompts");
+    let mut harness = harness_with_prompts(Vec::new(), Some(prompts.clone()));
     let drop = |harness: &mut Harness<'static, AlfaApp>, path: PathBuf, shift: bool| {
         let input = harness.input_mut();
         let modifiers = if shift { Modifiers::SHIFT } else { Modifiers::NONE };
@@ -280,7 +295,7 @@ fn dropped_files_open_images_or_add_references() {
     let generation = harness.state().state.progress.generation;
     drop(&mut harness, good.clone(), true);
     step_until(&mut harness, "the few-shot analysis", reanalysed(generation));
-    assert_eq!(harness.state().state.references(), [good]);
+    assert_eq!(harness.state().state.references(), [prompts.join("bottle.refs/000.png")]);
     assert_eq!(harness.state().state.entries.len(), 4, "a reference drop keeps the list");
 }
 

@@ -27,6 +27,7 @@ use egui::{Key, KeyboardShortcut, Modifiers};
 
 use crate::cli::{GuiArgs, ModelArgs};
 use crate::clip::{ClipTokenizer, ModelRequest, Precision};
+use crate::detect::references;
 use crate::prompts::PromptStore;
 use crate::prompts::generate::{self, CLIP_CONTEXT, GenerateEvent, Generated, QueryKind};
 use crate::prompts::llm::LlmClient;
@@ -295,29 +296,31 @@ impl AlfaApp {
             state::Progress { generation, done: 0, total: order.len(), running: true, error: None, references: None };
     }
 
-    /// Adds images (files or folders) to the class's references and re-analyses.
+    /// The class's reference folder, `<prompts>/<class>.refs/`: the one `alfa refs`
+    /// edits and `alfa detect` reads, so references made here serve the CLI too.
+    pub fn references_dir(&self) -> PathBuf {
+        let prompts = self.prompts.dir.clone().unwrap_or_else(|| PathBuf::from(crate::prompts::store::DEFAULT_DIR));
+        references::references_dir(&prompts, &self.state.settings.class)
+    }
+
+    /// Copies images (files or folders) into the class's references and re-analyses.
     pub fn add_references(&mut self, paths: &[PathBuf]) {
-        let found = files::scan(paths);
-        let class = self.state.settings.class.clone();
-        let list = self.state.settings.references.entry(class).or_default();
-        let before = list.len();
-        for image in found {
-            if !list.contains(&image.path) {
-                list.push(image.path);
+        let found: Vec<PathBuf> = files::scan(paths).into_iter().map(|image| image.path).collect();
+        match references::copy_references(&self.references_dir(), &found) {
+            Ok(added) if added.is_empty() => self.state.notice = Some("no new reference images there".into()),
+            Ok(_) => {
+                self.refresh_reference_views();
+                self.analyse_all();
             }
-        }
-        if list.len() > before {
-            self.refresh_reference_views();
-            self.analyse_all();
-        } else {
-            self.state.notice = Some("no new reference images there".into());
+            Err(e) => self.state.notice = Some(e.to_string()),
         }
     }
 
+    /// Deletes a reference's copy from the class's folder (the original stays).
     pub fn remove_reference(&mut self, path: &std::path::Path) {
-        let class = self.state.settings.class.clone();
-        if let Some(list) = self.state.settings.references.get_mut(&class) {
-            list.retain(|p| p != path);
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if let Err(e) = references::remove_references(&self.references_dir(), &[name]) {
+            self.state.notice = Some(e.to_string());
         }
         self.refresh_reference_views();
         self.analyse_all();
@@ -330,8 +333,13 @@ impl AlfaApp {
         }
     }
 
-    /// Makes the References section match the class's list; new ones get thumbnails.
+    /// Reads the class's reference folder and makes the References section match it;
+    /// new ones get thumbnails.
     fn refresh_reference_views(&mut self) {
+        self.state.reference_files = references::list_references(&self.references_dir()).unwrap_or_else(|e| {
+            self.state.notice = Some(e.to_string());
+            Vec::new()
+        });
         let mut old = std::mem::take(&mut self.state.reference_views);
         let mut wanted = Vec::new();
         for path in self.state.references().to_vec() {

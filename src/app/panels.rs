@@ -362,6 +362,8 @@ impl AlfaApp {
             ui.heading("References");
             ui.label(self.state.mode_label());
         });
+        ui.label(RichText::new(format!("in {}", self.references_dir().display())).small())
+            .on_hover_text("Copies of the images, shared with `alfa refs` and `alfa detect`; removing one deletes the copy only.");
         let mut add = false;
         let mut mark = false;
         ui.horizontal_wrapped(|ui| {

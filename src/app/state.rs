@@ -3,7 +3,6 @@
 
 use eframe::egui;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -105,8 +104,6 @@ pub struct Settings {
     pub side_by_side: bool,
     pub sort: SortKey,
     pub filter: Filter,
-    /// Normal reference images per class: few-shot mode when the class has any.
-    pub references: BTreeMap<String, Vec<PathBuf>>,
     /// False-positive rate on good images that "threshold from good images" aims at.
     pub target_fpr: f64,
     /// The LLM server "Generate more…" asks (the same defaults as `alfa prompts generate`).
@@ -132,7 +129,6 @@ impl Default for Settings {
             side_by_side: false,
             sort: SortKey::default(),
             filter: Filter::default(),
-            references: BTreeMap::new(),
             target_fpr: 0.01,
             llm: LlmConfig::default(),
             llm_samples: 1,
@@ -205,7 +201,10 @@ pub struct AppState {
     pub last_encoding: Option<(usize, f64)>,
     /// Messages for the status bar (saves, exports, errors).
     pub notice: Option<String>,
-    /// The current class's references, in the settings' order.
+    /// The current class's reference images: the files in its folder
+    /// `<prompts>/<class>.refs/`, which `alfa refs` and `alfa detect` use too.
+    pub reference_files: Vec<PathBuf>,
+    /// The current class's references, in that order.
     pub reference_views: Vec<ReferenceView>,
     pub threshold_task: Option<ThresholdTask>,
     /// The last threshold from good images (the slider may have moved since).
@@ -224,6 +223,7 @@ impl AppState {
             progress: Progress::default(),
             last_encoding: None,
             notice: None,
+            reference_files: Vec::new(),
             reference_views: Vec::new(),
             threshold_task: None,
             threshold_fit: None,
@@ -233,7 +233,7 @@ impl AppState {
 
     /// The current class's reference images.
     pub fn references(&self) -> &[PathBuf] {
-        self.settings.references.get(&self.settings.class).map_or(&[], Vec::as_slice)
+        &self.reference_files
     }
 
     /// `few-shot (K refs)` or `zero-shot`.

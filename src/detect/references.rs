@@ -42,14 +42,24 @@ pub fn list_references(dir: &Path) -> Result<Vec<PathBuf>, DetectError> {
 }
 
 /// Copies `images` into `dir` (decoding each first, so a broken file is refused);
-/// returns the copies. A name already taken gets a numeric suffix.
+/// returns the copies. An image already there (same name, same bytes) is skipped;
+/// a name taken by other bytes gets a numeric suffix.
 pub fn add_references(dir: &Path, images: &[PathBuf]) -> Result<Vec<PathBuf>, DetectError> {
     for image in images {
         clip::open_image(image)?;
     }
+    copy_references(dir, images)
+}
+
+/// `add_references` without decoding (the app shows unreadable references as such).
+pub fn copy_references(dir: &Path, images: &[PathBuf]) -> Result<Vec<PathBuf>, DetectError> {
     std::fs::create_dir_all(dir).map_err(|e| DetectError::References(format!("cannot create {}: {e}", dir.display())))?;
     let mut added = Vec::new();
     for image in images {
+        let same_name = image.file_name().map(|n| dir.join(n));
+        if same_name.as_ref().is_some_and(|copy| same_bytes(image, copy)) {
+            continue;
+        }
         let stem = image.file_stem().and_then(|s| s.to_str()).unwrap_or("reference");
         let ext = image.extension().and_then(|s| s.to_str()).unwrap_or("png");
         let mut target = dir.join(format!("{stem}.{ext}"));
@@ -64,6 +74,11 @@ pub fn add_references(dir: &Path, images: &[PathBuf]) -> Result<Vec<PathBuf>, De
         added.push(target);
     }
     Ok(added)
+}
+
+fn same_bytes(a: &Path, b: &Path) -> bool {
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).ok();
+    a == b || (size(a).is_some() && size(a) == size(b) && std::fs::read(a).ok() == std::fs::read(b).ok())
 }
 
 /// Removes the references named `names` (file names in `dir`) and returns them.

@@ -59,10 +59,14 @@ pub struct ResolvedPrompts {
     pub generic_fallback: bool,
 }
 
+/// The prompts folder the CLI and the app use unless told otherwise (relative to the
+/// working directory); class references live beside the sets, in `<class>.refs/`.
+pub const DEFAULT_DIR: &str = "prompts";
+
 impl PromptStore {
     /// `./prompts` if it exists, else only the shipped sets.
     pub fn default_location() -> Self {
-        let dir = PathBuf::from("prompts");
+        let dir = PathBuf::from(DEFAULT_DIR);
         Self { dir: dir.is_dir().then_some(dir) }
     }
 
