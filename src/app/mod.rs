@@ -303,17 +303,15 @@ impl AlfaApp {
         references::references_dir(&prompts, &self.state.settings.class)
     }
 
-    /// Copies images (files or folders) into the class's references and re-analyses.
+    /// Copies images (files or folders) into the class's references (on the loader
+    /// thread); the analysis restarts when they are there.
     pub fn add_references(&mut self, paths: &[PathBuf]) {
         let found: Vec<PathBuf> = files::scan(paths).into_iter().map(|image| image.path).collect();
-        match references::copy_references(&self.references_dir(), &found) {
-            Ok(added) if added.is_empty() => self.state.notice = Some("no new reference images there".into()),
-            Ok(_) => {
-                self.refresh_reference_views();
-                self.analyse_all();
-            }
-            Err(e) => self.state.notice = Some(e.to_string()),
+        if found.is_empty() {
+            self.state.notice = Some("no images there".into());
+            return;
         }
+        self.workers.copy_references(self.references_dir(), found);
     }
 
     /// Deletes a reference's copy from the class's folder (the original stays).
@@ -571,6 +569,14 @@ impl AlfaApp {
                     (Err(e), _) => self.state.llm = Some(state::LlmStatus::Failed(e)),
                 }
             }
+            Message::ReferencesCopied { outcome } => match outcome {
+                Ok(0) => state.notice = Some("no new reference images there".into()),
+                Ok(_) => {
+                    self.refresh_reference_views();
+                    self.analyse_all();
+                }
+                Err(e) => state.notice = Some(e),
+            },
             Message::Crop { key, outcome } => {
                 if let Some((shown_key, texture)) = self.nearest_crop.as_mut().filter(|(k, _)| *k == key) {
                     match outcome {

@@ -19,7 +19,7 @@ use image::{GrayImage, RgbaImage};
 use crate::cli::ModelArgs;
 use crate::clip::{self, Clip, DownloadObserver, ModelRequest};
 use crate::detect::maps::Grid;
-use crate::detect::references::ReferenceBank;
+use crate::detect::references::{self, ReferenceBank};
 use crate::detect::threshold::threshold_at_fpr;
 use crate::detect::{ClassPrompts, DetectError, DetectSettings, Detection, Detector};
 use crate::prompts::PromptSet;
@@ -118,6 +118,8 @@ pub enum Message {
     Generated { id: u64, outcome: Result<(Generated, String), String> },
     /// A region of an image (the nearest reference window), keyed by the asker.
     Crop { key: String, outcome: Result<egui::ColorImage, String> },
+    /// Images were copied into a class's reference folder: how many were new.
+    ReferencesCopied { outcome: Result<usize, String> },
     /// A file dialog's choice.
     Picked(Pick),
     /// A line for the status bar (exports).
@@ -242,6 +244,11 @@ impl Workers {
     /// Decodes `region` (`[x0, y0, x1, y1)`) of `path` for display under `key`.
     pub fn crop(&self, key: String, path: PathBuf, region: [u32; 4]) {
         let _ = self.loads.send(LoadJob::Crop { key, path, region });
+    }
+
+    /// Copies images into a reference folder off the UI thread (folders of large files).
+    pub fn copy_references(&self, dir: PathBuf, images: Vec<PathBuf>) {
+        let _ = self.loads.send(LoadJob::CopyReferences { dir, images });
     }
 
     pub fn thumbnails(&self, items: Vec<(ItemId, PathBuf)>) {
@@ -508,6 +515,7 @@ enum LoadJob {
     Thumbnails(Vec<(ItemId, PathBuf)>),
     Picture(ItemId, PathBuf),
     Crop { key: String, path: PathBuf, region: [u32; 4] },
+    CopyReferences { dir: PathBuf, images: Vec<PathBuf> },
 }
 
 /// Longest side of a list thumbnail, in pixels.
@@ -530,6 +538,10 @@ fn run_loader(jobs: Receiver<LoadJob>, outbox: Outbox) {
             Some(LoadJob::Thumbnails(items)) => queue.extend(items),
             Some(LoadJob::Picture(id, path)) => outbox.send(Message::Picture { id, outcome: picture(&path) }),
             Some(LoadJob::Crop { key, path, region }) => outbox.send(Message::Crop { key, outcome: crop(&path, region) }),
+            Some(LoadJob::CopyReferences { dir, images }) => {
+                let outcome = references::copy_references(&dir, &images).map(|added| added.len()).map_err(|e| e.to_string());
+                outbox.send(Message::ReferencesCopied { outcome });
+            }
             None => {
                 if let Some((id, path)) = queue.pop_front() {
                     outbox.send(Message::Thumbnail { id, outcome: thumbnail(&path) });
