@@ -460,7 +460,7 @@ impl AlfaApp {
                     (*file, *done, *total) = (f, d, t);
                 }
             }
-            Message::ModelReady { name } => state.model = Some(ModelStatus::Ready { model: name }),
+            Message::ModelReady { name, precision } => state.model = Some(ModelStatus::Ready { model: name, precision }),
             Message::ModelFailed { model, error } => state.model = Some(ModelStatus::Failed { model, error }),
             Message::PromptsEncoded { generation, encoded, seconds } => {
                 if generation == state.progress.generation {

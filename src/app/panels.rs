@@ -162,10 +162,11 @@ impl AlfaApp {
                         ui.label(format!("loading {model}…"));
                     }
                 }
-                Some(ModelStatus::Ready { model }) => {
+                Some(ModelStatus::Ready { model, precision }) => {
                     // A folder's last part is enough to recognise it; the hover has the rest.
                     let short = std::path::Path::new(model).file_name().map_or(model.clone(), |n| n.to_string_lossy().into_owned());
-                    ui.label(format!("model: {short}")).on_hover_text(model);
+                    let precision = if *precision == Precision::F32 { String::new() } else { format!(" ({})", precision.name()) };
+                    ui.label(format!("model: {short}{precision}")).on_hover_text(model);
                 }
                 Some(ModelStatus::Failed { model, .. }) => {
                     ui.colored_label(NG_COLOR, format!("model {model} failed to load"));

@@ -139,7 +139,7 @@ impl Default for Settings {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelStatus {
     Loading { model: String, file: String, done: u64, total: u64 },
-    Ready { model: String },
+    Ready { model: String, precision: Precision },
     Failed { model: String, error: String },
 }
 

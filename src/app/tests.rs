@@ -73,4 +73,14 @@ fn the_precision_setting_goes_to_the_model_load() {
     harness.run_steps(2);
     assert_eq!(harness.state().state.settings.precision, crate::clip::Precision::Bf16);
     assert_eq!(harness.state().model_args().precision, crate::clip::Precision::Bf16);
+    // Loaded in bf16, the status bar says so.
+    harness.get_by_label("Load model").click();
+    for _ in 0..20_000 {
+        harness.step();
+        if harness.query_by_label("model: tiny-gelu (bf16)").is_some() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    panic!("the status bar never read `model: tiny-gelu (bf16)`");
 }

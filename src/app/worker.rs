@@ -97,7 +97,7 @@ impl Analysis {
 pub enum Message {
     ModelLoading { model: String },
     Download { file: String, done: u64, total: u64 },
-    ModelReady { name: String },
+    ModelReady { name: String, precision: clip::Precision },
     ModelFailed { model: String, error: String },
     /// The class's prompts are encoded; `encoded` texts went through the text tower.
     PromptsEncoded { generation: u64, encoded: usize, seconds: f64 },
@@ -354,7 +354,7 @@ impl Engine {
         })();
         match loaded {
             Ok(detector) => {
-                self.outbox.send(Message::ModelReady { name });
+                self.outbox.send(Message::ModelReady { name, precision: model.precision });
                 self.detector = Some(Ok(detector));
             }
             Err(e) => {
