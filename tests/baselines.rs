@@ -224,4 +224,9 @@ fn tta_is_repeatable_with_its_seed_and_moves_away_from_tfa() {
     assert_ne!(a.1, tfa.1);
     assert_ne!(a.1, run(seeded(8, 5)).1, "the noise depends on the seed");
     assert_ne!(a.1, run(seeded(7, 0)).1, "the AdamW steps change the adapter");
+    // `reseed` (what `alfa eval --seeds` calls) is the same as building with that seed.
+    let mut reseeded = Anovl::tta(detector(), DetectSettings::default(), TtaSettings { seed: 7, ..Default::default() });
+    reseeded.reseed(8);
+    reseeded.prepare(&bottle(), &[]).unwrap();
+    assert_eq!(reseeded.patch_scores(&image).unwrap().1, run(seeded(8, 5)).1);
 }

@@ -40,9 +40,11 @@ pub struct EvalArgs {
     /// (alfa and winclip).
     #[arg(long, default_value_t = 0, value_name = "K")]
     pub shots: usize,
-    /// Few-shot: repeat with seeds 0..N and report the mean and standard deviation.
-    #[arg(long, default_value_t = 5, value_name = "N")]
-    pub seeds: u64,
+    /// Few-shot, and AnoVL's test-time noise (anovl-tta): repeat with seeds 0..N (the
+    /// references drawn, the noise) and report the mean and standard deviation
+    /// [default: 5 with --shots, 1 for anovl-tta].
+    #[arg(long, value_name = "N")]
+    pub seeds: Option<u64>,
     /// Score the float32 TIFF maps in DIR (<class>/test/<defect>/<stem>.tiff, image score
     /// from a scores.csv beside them, else the map maximum) instead of running a method.
     #[arg(long, value_name = "DIR")]
@@ -107,7 +109,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
         run["precision"] = args.model.precision.name().into();
         run["settings"] = serde_json::to_value(&settings)?;
         run["shots"] = args.shots.into();
-        let seeds: Vec<u64> = if args.shots > 0 { (0..args.seeds.max(1)).collect() } else { vec![0] };
+        let seed_count = match (args.shots > 0, args.method == MethodKind::AnovlTta) {
+            (true, _) => args.seeds.unwrap_or(5),
+            (false, true) => args.seeds.unwrap_or(1),
+            (false, false) => 1,
+        };
+        let seeds: Vec<u64> = (0..seed_count.max(1)).collect();
         run["seeds"] = serde_json::to_value(&seeds)?;
 
         let total: usize = samples.iter().map(Vec::len).sum::<usize>() * seeds.len();
@@ -118,6 +125,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         let store = PromptStore { dir: Some(args.prompts_dir.clone()) };
         let mut per_seed = Vec::new();
         for &seed in &seeds {
+            method.reseed(seed);
             let mut metrics = Vec::new();
             for (class, samples) in classes.iter().zip(&samples) {
                 bar.set_message(format!("{class}, seed {seed}"));

@@ -83,6 +83,9 @@ pub trait Method {
     fn prepare(&mut self, class: &ClassSpec, references: &[DynamicImage]) -> Result<(), DetectError>;
     /// Scores one image of the prepared class.
     fn score(&mut self, image: &DynamicImage) -> Result<Scored, DetectError>;
+    /// Draws its randomness (AnoVL's test-time noise) from `seed` from now on; methods
+    /// without any ignore it.
+    fn reseed(&mut self, _seed: u64) {}
 }
 
 /// ALFA behind the evaluation's interface.

@@ -240,6 +240,12 @@ impl Method for Anovl {
         if self.tta.is_some() { MethodKind::AnovlTta } else { MethodKind::AnovlTfa }
     }
 
+    fn reseed(&mut self, seed: u64) {
+        if let Some(tta) = &mut self.tta {
+            tta.seed = seed;
+        }
+    }
+
     fn prepare(&mut self, class: &ClassSpec, references: &[DynamicImage]) -> Result<(), DetectError> {
         zero_shot_only(self.kind(), references)?;
         let (normal, abnormal) = anovl_prompts(class);
