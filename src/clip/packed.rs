@@ -286,32 +286,27 @@ trait Element: Copy + Default + Send + Sync {
 
 impl Element for f32 {
     unsafe fn tile<const R: usize>(at: Tile<Self>) {
-        #[cfg(target_arch = "x86_64")]
         // SAFETY: forwarded from the caller.
-        unsafe {
-            tile_f32::<R>(at)
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = at;
-            unreachable!("PackedWeight::new returns None without AVX-512");
-        }
+        unsafe { tile_f32::<R>(at) }
     }
 }
 
 impl Element for u32 {
     unsafe fn tile<const R: usize>(at: Tile<Self>) {
-        #[cfg(target_arch = "x86_64")]
         // SAFETY: forwarded from the caller.
-        unsafe {
-            tile_bf16::<R>(at)
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = at;
-            unreachable!("PackedWeight::new returns None without AVX512-BF16");
-        }
+        unsafe { tile_bf16::<R>(at) }
     }
+}
+
+/// Elsewhere `supports` is false, so no panel is ever packed and no tile runs.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn tile_f32<const R: usize>(_: Tile<f32>) {
+    unreachable!("PackedWeight::new returns None without AVX-512");
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn tile_bf16<const R: usize>(_: Tile<u32>) {
+    unreachable!("PackedWeight::new returns None without AVX512-BF16");
 }
 
 /// One tile of `rows` (1..=6) output rows: the register count is fixed at compile
