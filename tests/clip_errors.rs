@@ -159,3 +159,54 @@ fn hub_model_in_the_cache_is_used_offline() {
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["texts"][0]["embedding"].as_array().unwrap().len(), 16);
 }
+
+/// `alfa embed ARGS` with an empty cache and a hub nobody answers (nothing listens on
+/// port 9); returns stderr. Proxies are cleared so the connection is really refused.
+fn embed_without_network(args: &[&str]) -> String {
+    let cache = tempfile::tempdir().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_alfa"));
+    command
+        .arg("embed")
+        .args(args)
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .env("HF_HUB_CACHE", cache.path())
+        .env_remove("HF_HUB_OFFLINE");
+    for proxy in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"] {
+        command.env_remove(proxy);
+    }
+    let out = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success() && !stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+/// What every first run without network prints: the way out first and short, the
+/// cause in words, the URL once, and which repo serves which file.
+fn assert_offline_message(stderr: &str) {
+    let first = stderr.lines().next().unwrap_or_default();
+    assert!(first.contains("To work offline") && first.contains("--tokenizer FILE") && first.len() < 220, "{stderr}");
+    assert!(stderr.contains("no network (cannot reach 127.0.0.1)"), "{stderr}");
+    assert!(!stderr.contains("HTTP request error") && !stderr.contains("error sending request"), "{stderr}");
+    assert_eq!(stderr.matches("http://").count() + stderr.matches("https://").count(), 1, "one URL: {stderr}");
+    // openai/clip-vit-base-patch32 serves the tokenizer, never the weights.
+    for line in stderr.lines().filter(|l| l.contains("openai/clip-vit-base-patch32")) {
+        assert!(line.contains("tokenizer") && !line.contains("safetensors") && !line.contains("open_clip_config"), "{line}");
+    }
+}
+
+#[test]
+fn default_model_without_network_says_what_to_do_first() {
+    let stderr = embed_without_network(&["--text", "x"]);
+    assert_offline_message(&stderr);
+    let first = stderr.lines().next().unwrap();
+    assert!(first.contains("--model FOLDER") && first.contains(alfa::clip::DEFAULT_MODEL), "{stderr}");
+}
+
+#[test]
+fn model_folder_without_tokenizer_and_network_points_at_tokenizer_file() {
+    let (_tmp, dir) = model_copy();
+    let stderr = embed_without_network(&["--model", dir.to_str().unwrap(), "--text", "x"]);
+    assert_offline_message(&stderr);
+    assert!(stderr.contains("tokenizer.json from http://127.0.0.1:9/openai/clip-vit-base-patch32"), "{stderr}");
+    assert!(!stderr.contains("safetensors"), "the weights are there: {stderr}");
+}

@@ -120,6 +120,48 @@ fn mvtec_missing_mask_names_image_and_expected_path() {
     );
 }
 
+/// A class without `ground_truth/` at all (photos sorted by defect, no masks drawn) has
+/// image-level labels only; a class with some masks still needs all of them (above).
+#[test]
+fn mvtec_class_without_ground_truth_has_image_labels_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    mvtec(root);
+    fs::remove_dir_all(root.join("screw/ground_truth")).unwrap();
+    let ds = Dataset::open(root).unwrap();
+    let samples = ds.test_samples("screw").unwrap();
+    assert_eq!(
+        samples.iter().map(|s| s.label).collect::<Vec<_>>(),
+        [true, false, false, true]
+    );
+    assert!(samples.iter().all(|s| s.mask.is_none()));
+    // The other class keeps its masks.
+    let bottle = ds.test_samples("bottle").unwrap();
+    assert_eq!(bottle[0].mask, Some(root.join("bottle/ground_truth/crack/000_mask.png")));
+}
+
+/// The folder layout's one class can be named (its prompt set follows the name); the
+/// other layouts name their classes themselves.
+#[test]
+fn only_the_folder_layouts_class_can_be_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("folder_ds");
+    write_rgb(&root.join("normal/a.png"));
+    write_rgb(&root.join("abnormal/b.png"));
+    let mut ds = Dataset::open(&root).unwrap();
+    assert_eq!(ds.classes(), ["folder_ds"]);
+    ds.name_folder_class("bottle").unwrap();
+    assert_eq!(ds.classes(), ["bottle"]);
+    assert_eq!(ds.test_samples("bottle").unwrap().len(), 2);
+    assert!(ds.test_samples("folder_ds").is_err());
+
+    let mvtec_root = dir.path().join("mvtec");
+    mvtec(&mvtec_root);
+    let mut ds = Dataset::open(&mvtec_root).unwrap();
+    assert!(matches!(ds.name_folder_class("bottle"), Err(EvalError::WrongLayout { .. })));
+    assert_eq!(ds.classes(), ["bottle", "screw"]);
+}
+
 #[test]
 fn unknown_class_lists_the_available_ones() {
     let dir = tempfile::tempdir().unwrap();

@@ -300,3 +300,109 @@ fn references_switch_detect_to_few_shot() {
     let fresh = run.detect(&["--class", "bottle", "--prompts-dir", pd, "--force", "--out", out.to_str().unwrap(), good.to_str().unwrap()]);
     assert!(stderr(&fresh).contains("zero-shot for `bottle`: no reference images"), "{}", stderr(&fresh));
 }
+
+/// A `--out` that cannot be a folder of outputs is refused before the model is loaded
+/// (here the model does not even exist: its error would come first otherwise).
+#[test]
+fn an_unusable_out_is_refused_before_the_model_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("part.png");
+    save(&part(32, 32), &image);
+    let file = dir.path().join("maps.csv");
+    std::fs::write(&file, "keep me").unwrap();
+    let detect = |out: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_alfa"))
+            .args(["detect", "--model", dir.path().join("no-such-model").to_str().unwrap(), "--class", "bottle"])
+            .args(["--out", out.to_str().unwrap(), image.to_str().unwrap()])
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap()
+    };
+    let result = detect(&file);
+    assert!(!result.status.success());
+    let err = stderr(&result);
+    assert!(err.contains("maps.csv is a file, not a folder") && !err.contains("no-such-model"), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+
+    let result = detect(&file.join("maps"));
+    assert!(!result.status.success());
+    let err = stderr(&result);
+    assert!(err.contains("cannot create the output folder") && !err.contains("no-such-model"), "{err}");
+}
+
+#[test]
+fn help_says_detect_is_zero_or_few_shot() {
+    for args in [&["detect", "--help"][..], &["--help"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_alfa")).args(args).output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout).split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(help.contains("few-shot with the class's reference images") && !help.contains("(ALFA, zero-shot)"), "{help}");
+    }
+}
+
+/// `alfa refs add` takes folders like the app: every image in them, recursively, but
+/// not MVTec's masks; an unreadable image is named and the others are still added.
+#[test]
+fn refs_add_takes_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("good");
+    save(&part(32, 32), &src.join("000.png"));
+    save(&part(30, 32), &src.join("more/001.jpg"));
+    save(&part(32, 32), &src.join("ground_truth/000_mask.png"));
+    std::fs::write(src.join("notes.txt"), "not an image").unwrap();
+    let pd = dir.path().join("prompts");
+    let refs = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_alfa"))
+            .args(["refs"])
+            .args(args)
+            .args(["--class", "bottle", "--prompts-dir", pd.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let added = refs(&["add", src.to_str().unwrap()]);
+    assert!(added.status.success(), "{}", stderr(&added));
+    let listed = String::from_utf8(refs(&["list"]).stdout).unwrap();
+    let names: Vec<&str> = listed.lines().map(|l| l.rsplit('/').next().unwrap()).collect();
+    assert_eq!(names, ["000.png", "001.jpg"], "{listed}");
+
+    std::fs::write(src.join("more/broken.png"), b"\x89PNG\r\n\x1a\nnot a png").unwrap();
+    save(&part(28, 32), &src.join("more/002.png"));
+    let added = refs(&["add", src.to_str().unwrap()]);
+    assert!(!added.status.success());
+    assert!(stderr(&added).contains("broken.png") && stderr(&added).contains("1 of 4 image(s) could not be read"), "{}", stderr(&added));
+    assert!(String::from_utf8_lossy(&added.stdout).contains("002.png"), "the readable ones are added");
+    assert_eq!(String::from_utf8(refs(&["list"]).stdout).unwrap().lines().count(), 3);
+
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let added = refs(&["add", empty.to_str().unwrap()]);
+    assert!(!added.status.success() && stderr(&added).contains("no images in"), "{}", stderr(&added));
+}
+
+/// Window scales the tiny model (4 x 4 patches) cannot run are refused with the
+/// reason before any image, with references and without; none panics or runs away.
+#[test]
+fn window_scales_beyond_the_grid_are_refused_before_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts_dir = dir.path().join("prompts");
+    let good = dir.path().join("good.png");
+    save(&part(32, 32), &good);
+    let refs = prompts_dir.join("bottle.refs");
+    std::fs::create_dir_all(&refs).unwrap();
+    std::fs::copy(&good, refs.join("good.png")).unwrap();
+    let run = Run::new();
+    let pd = prompts_dir.to_str().unwrap();
+    for (scales, why) in [
+        ("5", "window scale 5 must be between 1 and the model's patch grid size 4"),
+        ("50", "window scale 50 must be between 1 and the model's patch grid size 4"),
+        ("2,2", "window scale 2 is given twice"),
+    ] {
+        for mode in ["--zero-shot", "--shots=1"] {
+            let out = dir.path().join(format!("out-{scales}{mode}"));
+            let run = run.detect(&["--class", "bottle", "--prompts-dir", pd, mode, "--scales", scales, "--out", out.to_str().unwrap(), good.to_str().unwrap()]);
+            assert_eq!(run.status.code(), Some(1), "--scales {scales} {mode}: {}", stderr(&run));
+            assert!(stderr(&run).contains(why), "--scales {scales} {mode}: {}", stderr(&run));
+            assert!(!stderr(&run).contains("panicked"), "{}", stderr(&run));
+            assert!(!out.join("good.tiff").exists(), "no output for a refused run");
+        }
+    }
+}

@@ -8,20 +8,22 @@ use std::process::{Command, Output};
 use common::{fixtures, shared_tokenizer};
 use image::{GrayImage, Luma, Rgb, RgbImage};
 
+/// A textured part; a defect is a bright 10x10 square at the given corner.
+fn part(defect: Option<(u32, u32)>, phase: u32) -> RgbImage {
+    RgbImage::from_fn(48, 48, |x, y| {
+        if let Some((dx, dy)) = defect
+            && (dx..dx + 10).contains(&x)
+            && (dy..dy + 10).contains(&y)
+        {
+            return Rgb([250, 240, 30]);
+        }
+        let v = if ((x + phase) / 4 + y / 4) % 2 == 0 { 70 } else { 150 };
+        Rgb([v, v / 2 + 40, 200 - v / 2])
+    })
+}
+
 /// `widget`: a textured part; defects are bright squares with their masks.
 fn dataset(root: &Path) {
-    let part = |defect: Option<(u32, u32)>, phase: u32| {
-        RgbImage::from_fn(48, 48, |x, y| {
-            if let Some((dx, dy)) = defect
-                && (dx..dx + 10).contains(&x)
-                && (dy..dy + 10).contains(&y)
-            {
-                return Rgb([250, 240, 30]);
-            }
-            let v = if ((x + phase) / 4 + y / 4) % 2 == 0 { 70 } else { 150 };
-            Rgb([v, v / 2 + 40, 200 - v / 2])
-        })
-    };
     let save = |rel: &str, image: &RgbImage| {
         let path = root.join(rel);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -135,4 +137,81 @@ fn few_shot_seeds_and_ablations() {
     let out = alfa(&["eval", "--root", r, "--classes", "gadget"], dir.path());
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("widget"), "the error lists the classes");
+}
+
+/// Photos sorted into MVTec's folders without `ground_truth/`: image-level metrics, and
+/// the pixel columns empty with a note that names the class, instead of an error.
+#[test]
+fn an_mvtec_layout_without_masks_reports_image_metrics_and_says_why_pixels_are_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("mvtec");
+    dataset(&root);
+    std::fs::remove_dir_all(root.join("widget/ground_truth")).unwrap();
+    let json = dir.path().join("report.json");
+    let markdown = dir.path().join("report.md");
+    let out = alfa(
+        &["eval", "--root", root.to_str().unwrap(), "--json", json.to_str().unwrap(), "--markdown", markdown.to_str().unwrap()],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = report(&json);
+    for key in ["image_auroc", "image_aupr", "image_f1_max"] {
+        let v = report["classes"]["widget"][key].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&v), "{key} {v}");
+    }
+    for key in ["pixel_auroc", "pixel_f1_max", "pro"] {
+        assert!(report["classes"]["widget"][key].is_null() && report["mean"][key].is_null(), "{key}: {report}");
+    }
+    let note = report["notes"][0].as_str().unwrap_or_default();
+    assert!(note.contains("ground-truth masks") && note.contains("`widget`"), "{report}");
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.contains("| widget |") && table.contains(" – |"), "{table}");
+    assert!(table.contains("Note: pixel metrics") && table.contains("`widget`"), "{table}");
+    assert_eq!(std::fs::read_to_string(&markdown).unwrap().trim(), table.trim());
+}
+
+/// The folder layout's class is named by `--class` (its folder's name rarely is a
+/// class), and eval says which prompt set each class used.
+#[test]
+fn a_folder_dataset_takes_its_class_from_the_flag_and_names_the_prompt_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("folder_ds");
+    for i in 0..2u32 {
+        for (folder, defect) in [("normal", None), ("abnormal", Some((8 + 12 * i, 20)))] {
+            let path = root.join(format!("{folder}/{i:03}.png"));
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            part(defect, i).save(path).unwrap();
+        }
+    }
+    let prompts_dir = dir.path().join("prompts");
+    std::fs::create_dir_all(&prompts_dir).unwrap();
+    let r = root.to_str().unwrap();
+    let pd = prompts_dir.to_str().unwrap();
+    let json = dir.path().join("report.json");
+    let j = json.to_str().unwrap();
+    let stderr = |out: &Output| String::from_utf8_lossy(&out.stderr).into_owned();
+
+    // Without --class: the folder's name, and the generic set, said out loud.
+    let out = alfa(&["eval", "--root", r, "--prompts-dir", pd, "--json", j], dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("class folder_ds: generic (no prompt set named folder_ds)"), "{}", stderr(&out));
+    assert!(report(&json)["classes"]["folder_ds"].is_object());
+
+    let out = alfa(&["eval", "--root", r, "--prompts-dir", pd, "--class", "bottle", "--json", j], dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("class bottle: built-in bottle"), "{}", stderr(&out));
+    let bottle = report(&json);
+    assert!(bottle["classes"]["bottle"]["image_auroc"].is_number() && bottle["classes"].get("folder_ds").is_none(), "{bottle}");
+    assert_eq!(bottle["run"]["prompt_sets"]["bottle"], "built-in bottle");
+
+    // A set in the prompts folder is named by its path.
+    let own = prompts_dir.join("bottle.toml");
+    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts/bottle.toml"), &own).unwrap();
+    let out = alfa(&["eval", "--root", r, "--prompts-dir", pd, "--classes", "bottle"], dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&format!("class bottle: {}", own.display())), "{}", stderr(&out));
+
+    let out = alfa(&["eval", "--root", r, "--class", "bottle,screw"], dir.path());
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("one class"), "{}", stderr(&out));
 }

@@ -20,7 +20,8 @@ use image::{Rgb, RgbImage};
 
 /// A small MVTec-like folder: `test/good`, `test/defect`, and a file that is not an image.
 fn image_folder(dir: &Path) -> PathBuf {
-    let root = dir.join("part");
+    // Named as the class the harness uses: an MVTec layout's folder names the class.
+    let root = dir.join("bottle");
     for (sub, name, blob) in [("test/good", "000.png", false), ("test/defect", "000.png", true), ("test/defect", "001.png", true)] {
         let folder = root.join(sub);
         std::fs::create_dir_all(&folder).unwrap();
@@ -97,13 +98,13 @@ fn open_analyse_threshold_and_live_prompt_edit() {
 
     // The threshold slider decides OK / NG.
     let (low, high) = scores.iter().fold((1.0f32, 0.0f32), |(l, h), &s| (l.min(s), h.max(s)));
-    harness.get_by_role_and_label(Role::Slider, "Threshold").set_value_accesskit(f64::from(high) + 0.001);
+    harness.get_by_role_and_label(Role::Slider, "OK/NG threshold").set_value_accesskit(f64::from(high) + 0.001);
     harness.run_steps(2);
     let verdicts = |h: &Harness<'static, AlfaApp>| {
         (0..4).filter_map(|i| h.state().state.verdict(i)).collect::<Vec<_>>()
     };
     assert_eq!(verdicts(&harness), [Verdict::Ok; 3]);
-    harness.get_by_role_and_label(Role::Slider, "Threshold").set_value_accesskit(f64::from(low) - 0.001);
+    harness.get_by_role_and_label(Role::Slider, "OK/NG threshold").set_value_accesskit(f64::from(low) - 0.001);
     harness.run_steps(2);
     assert_eq!(verdicts(&harness), [Verdict::Ng; 3]);
 
@@ -198,16 +199,22 @@ fn references_switch_to_few_shot_and_set_the_threshold() {
     harness.state_mut().add_references(&[extra.clone()]);
     step_until(&mut harness, "the 2-reference analysis", reanalysed(generation));
     assert!(harness.query_all_by_label("few-shot (2 refs)").count() >= 1);
-    harness.get_by_label("From good references").click();
+    harness.get_by_label("Both from good references").click();
     step_until(&mut harness, "the threshold", |app| app.state.threshold_task.is_none() && app.state.threshold_fit.is_some());
     let state = &harness.state().state;
     let fit = state.threshold_fit.clone().unwrap();
     assert_eq!(fit.scores.len(), 2);
     assert_eq!(fit.fpr, 0.01);
-    let scores: Vec<f32> = fit.scores.iter().map(|(_, s)| *s).collect();
-    assert_eq!(state.settings.threshold, expected_threshold(&scores, 0.01));
+    let scores: Vec<f32> = fit.scores.iter().map(|s| s.1).collect();
+    assert_eq!(state.image_threshold(), expected_threshold(&scores, 0.01));
+    // The region threshold comes from the good images' map maxima, at the same rate.
+    let maxima: Vec<f32> = fit.scores.iter().map(|s| s.2).collect();
+    assert_eq!(state.region_threshold(), expected_threshold(&maxima, 0.01));
+    // Two images cannot support a rate of 1%: the notice says so.
+    let notice = state.notice.clone().unwrap_or_default();
+    assert!(notice.contains("only 2 good images") && notice.contains("at least 100"), "{notice}");
     // Leave-one-out: scored against the other reference, the good image is no longer a perfect match.
-    let loo = fit.scores.iter().find(|(p, _)| p.ends_with("bottle.refs/000.png")).unwrap().1;
+    let loo = fit.scores.iter().find(|s| s.0.ends_with("bottle.refs/000.png")).unwrap().1;
     assert!(loo > state.entries[3].score().unwrap(), "{loo} vs {:?}", state.entries[3].score());
     assert!(state.threshold_origin().contains("from 2 good images"), "{}", state.threshold_origin());
 
@@ -230,12 +237,13 @@ fn references_switch_to_few_shot_and_set_the_threshold() {
     assert_eq!(fit.skipped[0].0, broken);
     let notice = state.notice.clone().unwrap_or_default();
     assert!(notice.contains("1 unreadable image(s) left out") && notice.contains("3.png"), "{notice}");
-    let scores: Vec<f32> = fit.scores.iter().map(|(_, s)| *s).collect();
-    assert_eq!(state.settings.threshold, expected_threshold(&scores, 0.5));
+    let scores: Vec<f32> = fit.scores.iter().map(|s| s.1).collect();
+    assert_eq!(state.image_threshold(), expected_threshold(&scores, 0.5));
     // Moving the slider by hand says so.
-    harness.get_by_role_and_label(Role::Slider, "Threshold").set_value_accesskit(0.25);
+    harness.get_by_role_and_label(Role::Slider, "OK/NG threshold").set_value_accesskit(0.25);
     harness.run_steps(2);
-    assert!(harness.state().state.threshold_origin().contains("set by hand"));
+    let origin = harness.state().state.threshold_origin();
+    assert!(origin.starts_with("OK/NG 0.250 set by hand; region") && origin.contains("from 3 good images"), "{origin}");
 
     // Removing both references goes back to zero-shot.
     for name in ["Remove 000.png", "Remove extra.png"] {
@@ -396,4 +404,216 @@ fn a_failing_llm_shows_its_error_and_keeps_the_edits() {
     let set = harness.state().prompts().unwrap();
     assert_eq!(set.llm.abnormal.len(), before.llm.abnormal.len() + 1);
     assert_eq!(set.llm.normal, before.llm.normal);
+}
+
+/// The text box labelled `label`, emptied and given `text` as a user types it.
+fn retype(harness: &mut Harness<'static, AlfaApp>, label: &str, text: &str) {
+    harness.get_by_label(label).focus();
+    harness.run_steps(1);
+    harness.key_press_modifiers(Modifiers::COMMAND, eframe::egui::Key::A);
+    harness.run_steps(1);
+    harness.get_by_label(label).type_text(text);
+    harness.run_steps(2);
+}
+
+/// A window scale beyond the model's patch grid (4 x 4 for the tiny model) is refused
+/// where it is typed and where it is used, with references too; the engine never
+/// dies, and good settings work again at once.
+#[test]
+fn window_scales_beyond_the_grid_are_refused_and_the_engine_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = image_folder(dir.path());
+    let prompts = dir.path().join("prompts");
+    let refs = prompts.join("bottle.refs");
+    std::fs::create_dir_all(&refs).unwrap();
+    std::fs::copy(root.join("test/good/000.png"), refs.join("good.png")).unwrap();
+    let mut harness = harness_with_prompts(vec![root], Some(prompts));
+    step_until(&mut harness, "the analysis", analysed);
+    // Scales kept from a larger model: checked when this model is (re)loaded.
+    harness.state_mut().state.settings.detect.scales = vec![5];
+    harness.state_mut().load_model();
+    step_until(&mut harness, "the fallback", |app| app.state.settings.detect.scales == [2, 3] && analysed(app));
+    let state = &harness.state().state;
+    assert_eq!(state.settings.detect.scales, [2, 3]);
+    let notice = state.notice.clone().unwrap_or_default();
+    assert!(notice.contains("window scale 5") && notice.contains("grid size 4") && notice.contains("set to 2, 3"), "{notice}");
+    assert!(state.entries.iter().filter_map(|e| e.analysis.as_ref()).all(|a| a.detection.few_shot.is_some()));
+
+    // Typed in Settings: refused with the reason, the scales in use stay.
+    harness.get_by_label("Settings").click();
+    harness.run_steps(2);
+    for typed in ["5", "50", "2, x", "2, 2", ""] {
+        retype(&mut harness, "Window scales (patches):", typed);
+        assert_eq!(harness.state().state.settings.detect.scales, [2, 3], "{typed:?} was applied");
+        assert!(harness.query_by_label_contains("still using 2, 3").is_some(), "no message for {typed:?}");
+    }
+    let generation = harness.state().state.progress.generation;
+    retype(&mut harness, "Window scales (patches):", "1, 4");
+    assert_eq!(harness.state().state.settings.detect.scales, [1, 4]);
+    step_until(&mut harness, "the analysis at scales 1 and 4", reanalysed(generation));
+
+    // Where it is used: an analysis asked with a bad scale fails with the reason
+    // (the bank is built at every scale), and the next good one runs.
+    for scales in [vec![5], vec![50]] {
+        harness.state_mut().state.settings.detect.scales = scales.clone();
+        harness.state_mut().analyse_all();
+        step_until(&mut harness, "the refusal", |app| !app.state.progress.running);
+        let error = harness.state().state.progress.error.clone().unwrap_or_default();
+        assert!(error.contains(&format!("window scale {}", scales[0])), "{error}");
+    }
+    harness.state_mut().state.settings.detect.scales = vec![2, 3];
+    let generation = harness.state().state.progress.generation;
+    harness.state_mut().analyse_all();
+    step_until(&mut harness, "the analysis after the refusals", reanalysed(generation));
+    assert!(harness.state().state.progress.error.is_none());
+}
+
+/// Saved prompts stay saved: Apply class (the same class) keeps the editor, and a
+/// second save keeps what the first one wrote.
+#[test]
+fn saved_prompt_edits_survive_apply_class_and_the_next_save() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = dir.path().join("prompts");
+    let mut harness = harness_with_prompts(vec![image_folder(dir.path())], Some(prompts.clone()));
+    step_until(&mut harness, "the analysis", analysed);
+    let add = |harness: &mut Harness<'static, AlfaApp>, text: &str| {
+        harness.get_by_label("Prompts").click();
+        harness.run_steps(2);
+        harness.get_by_label_contains("Abnormal state phrases").focus();
+        harness.key_press(eframe::egui::Key::Enter);
+        harness.get_by_label_contains("Abnormal state phrases").type_text(text);
+        let wanted = text.to_owned();
+        step_until(harness, "the edit", move |app| app.prompts().unwrap().templates.abnormal_states.contains(&wanted));
+        harness.get_by_label("Save").click();
+        harness.run_steps(2);
+    };
+    add(&mut harness, "cracked {c}");
+    let file = prompts.join("bottle.toml");
+    assert!(std::fs::read_to_string(&file).unwrap().contains("cracked {c}"));
+    harness.get_by_label("Apply class").click();
+    harness.run_steps(2);
+    assert!(harness.query_by_label(&format!("from {}", file.display())).is_some(), "the header names the saved file");
+    assert!(harness.state().prompts().unwrap().templates.abnormal_states.iter().any(|p| p == "cracked {c}"));
+    add(&mut harness, "chipped {c}");
+    let saved = std::fs::read_to_string(&file).unwrap();
+    assert!(saved.contains("cracked {c}") && saved.contains("chipped {c}"), "{saved}");
+
+    // Unsaved edits of a class switched away from come back with it.
+    harness.get_by_label("Prompts").click();
+    harness.run_steps(2);
+    harness.get_by_label_contains("Abnormal state phrases").focus();
+    harness.key_press(eframe::egui::Key::Enter);
+    harness.get_by_label_contains("Abnormal state phrases").type_text("dented {c}");
+    step_until(&mut harness, "the edit", |app| app.prompts().unwrap().templates.abnormal_states.iter().any(|p| p == "dented {c}"));
+    harness.state_mut().set_class("screw".into());
+    assert!(harness.state().state.notice.as_deref().unwrap_or_default().contains("unsaved prompt edits of `bottle`"));
+    harness.state_mut().set_class("bottle".into());
+    assert!(harness.state().prompts().unwrap().templates.abnormal_states.iter().any(|p| p == "dented {c}"));
+}
+
+/// Typing a path works where no system file dialog does; exports never replace
+/// files without asking, and images of one name in two folders keep both.
+#[test]
+fn paths_are_typed_and_exports_ask_before_replacing() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = image_folder(dir.path());
+    let mut harness = harness_with_prompts(Vec::new(), Some(dir.path().join("prompts")));
+    harness.key_press_modifiers(Modifiers::COMMAND, eframe::egui::Key::O);
+    harness.run_steps(2);
+    harness.get_by_label_contains("Path (").type_text(&format!("'{}'", root.display()));
+    harness.key_press(eframe::egui::Key::Enter);
+    step_until(&mut harness, "the analysis", analysed);
+    assert_eq!(harness.state().state.entries.len(), 4);
+
+    let out = dir.path().join("exports");
+    let export = |harness: &mut Harness<'static, AlfaApp>| {
+        harness.get_by_label("Export…").click();
+        harness.run_steps(2);
+        harness.get_by_label_contains("Path (").type_text(&out.display().to_string());
+        harness.key_press(eframe::egui::Key::Enter);
+        harness.run_steps(2);
+    };
+    let files = |out: &Path| {
+        let mut names: Vec<String> = std::fs::read_dir(out).map_or_else(|_| Vec::new(), |d| d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect());
+        names.sort();
+        names
+    };
+    // test/defect/000.png is on screen.
+    export(&mut harness);
+    step_until(&mut harness, "the export", |app| app.state.notice.as_deref().is_some_and(|n| n.starts_with("exported")));
+    assert_eq!(files(&out), ["scores.csv", "scores.json", "test_defect_000_map.tiff", "test_defect_000_mask.png", "test_defect_000_overlay.png"]);
+    let csv = std::fs::read_to_string(out.join("scores.csv")).unwrap();
+    assert!(csv.lines().next().unwrap().contains(",stale,"), "{csv}");
+
+    // test/good/000.png: its own files; the list's scores would be replaced, so it asks.
+    harness.get_by_label("test/good/000.png").click();
+    step_until(&mut harness, "the picture", |app| app.state.shown.as_ref().is_some_and(|s| app.state.entries[3].id == s.id));
+    let before = std::fs::read(out.join("scores.json")).unwrap();
+    export(&mut harness);
+    assert!(harness.query_by_label_contains("already has these files").is_some());
+    harness.get_by_label("Cancel (Esc)").click();
+    harness.run_steps(2);
+    assert_eq!(files(&out).len(), 5, "nothing written after Cancel");
+    assert_eq!(std::fs::read(out.join("scores.json")).unwrap(), before);
+    export(&mut harness);
+    harness.get_by_label("Replace").click();
+    step_until(&mut harness, "the second export", |app| app.state.notice.as_deref().is_some_and(|n| n.starts_with("exported")));
+    assert_eq!(files(&out).len(), 8, "{:?}", files(&out));
+    assert!(out.join("test_good_000_overlay.png").is_file() && out.join("test_defect_000_overlay.png").is_file());
+
+    // A typed path that is not there is refused in the window, with the reason.
+    harness.key_press_modifiers(Modifiers::COMMAND, eframe::egui::Key::O);
+    harness.run_steps(2);
+    harness.get_by_label_contains("Path (").type_text("/no/such/folder");
+    harness.key_press(eframe::egui::Key::Enter);
+    harness.run_steps(2);
+    assert!(harness.query_by_label_contains("no file or folder /no/such/folder").is_some());
+    assert_eq!(harness.state().state.entries.len(), 4);
+}
+
+/// An MVTec layout's folder names the class, as `alfa detect` reads it; G refuses
+/// an unreadable file; keys are never dropped and Left/Right/PageDown move too.
+#[test]
+fn layout_class_unreadable_references_and_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = image_folder(dir.path());
+    let screw = dir.path().join("screw");
+    std::fs::rename(&root, &screw).unwrap();
+    let prompts = dir.path().join("prompts");
+    let mut harness = harness_with_prompts(Vec::new(), Some(prompts.clone()));
+    harness.state_mut().open(&[screw.clone()]);
+    step_until(&mut harness, "the analysis", analysed);
+    let state = &harness.state().state;
+    assert_eq!(state.settings.class, "screw");
+    assert!(state.notice.as_deref().unwrap_or_default().contains("class `screw`"));
+    assert_eq!(harness.state().prompts().unwrap().class.id, "screw");
+
+    // G on the unreadable file: refused and named, nothing copied.
+    harness.state_mut().select(2);
+    harness.run_steps(1);
+    harness.key_press(eframe::egui::Key::G);
+    step_until(&mut harness, "the refusal", |app| app.state.notice.as_deref().is_some_and(|n| n.contains("cannot be read")));
+    assert!(harness.state().state.notice.as_deref().unwrap().contains("002.png"));
+    assert!(harness.state().state.references().is_empty());
+    assert!(!prompts.join("screw.refs/002.png").exists());
+    assert_eq!(harness.state().state.mode_label(), "zero-shot");
+
+    // Three presses in one frame move three images; Left goes back, PageDown to the end.
+    harness.state_mut().select(0);
+    for _ in 0..3 {
+        harness.key_press(eframe::egui::Key::ArrowDown);
+    }
+    harness.step();
+    assert_eq!(harness.state().state.selected, Some(3));
+    harness.key_press(eframe::egui::Key::ArrowLeft);
+    harness.step();
+    assert_eq!(harness.state().state.selected, Some(2));
+    harness.key_press(eframe::egui::Key::PageUp);
+    harness.step();
+    assert_eq!(harness.state().state.selected, Some(0));
+    harness.key_press(eframe::egui::Key::PageDown);
+    harness.step();
+    assert_eq!(harness.state().state.selected, Some(3));
+    // Its picture is on screen at once, or its thumbnail until the picture is decoded.
+    step_until(&mut harness, "the picture", |app| app.state.shown.as_ref().is_some_and(|s| s.id == app.state.entries[3].id));
 }

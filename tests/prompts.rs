@@ -129,3 +129,26 @@ fn shipped_prompts_fit_the_context() {
         }
     }
 }
+
+/// The template parts are written apart (`a {domain}` with `industrial photo`, `of a
+/// {state}` with `abnormal {c}`): the expanded prompts must read "an" before a vowel.
+#[test]
+fn expanded_prompts_use_an_before_a_vowel_sound() {
+    let store = PromptStore { dir: None };
+    let bottle = store.resolve("bottle").unwrap().set.expand();
+    let texts: Vec<&str> = bottle.normal.iter().chain(&bottle.abnormal).map(|p| p.text.as_str()).collect();
+    assert!(texts.contains(&"an industrial photo of the bottle for visual inspection."), "{texts:#?}");
+    assert!(texts.contains(&"a close-up photo of an abnormal bottle."), "{texts:#?}");
+    assert!(texts.contains(&"a close-up industrial photo of an unblemished bottle."), "{texts:#?}");
+    let generic = store.resolve("object").unwrap().set.expand();
+    for (id, text) in PromptStore::shipped() {
+        let p = PromptSet::from_toml(text, Path::new(id)).unwrap().expand();
+        for prompt in p.normal.iter().chain(&p.abnormal).chain(&generic.normal) {
+            let lower = prompt.text.to_lowercase();
+            for wrong in ["a industrial", "a abnormal", "a imperfect", "a unblemished", "a object"] {
+                assert!(!lower.starts_with(wrong) && !lower.contains(&format!(" {wrong}")), "{id}: {:?}", prompt.text);
+            }
+        }
+        assert_eq!(p.normal.iter().filter(|p| p.source == PromptSource::Template).count(), 72, "{id}");
+    }
+}

@@ -20,6 +20,9 @@ pub struct ScoreRow {
     pub global_score: Option<f32>,
     pub local_max: Option<f32>,
     pub verdict: Option<&'static str>,
+    /// The score is from earlier prompts or settings (the analysis was cancelled or
+    /// is still running): not a result of what the rest of the table says.
+    pub stale: bool,
     pub error: Option<String>,
 }
 
@@ -27,6 +30,7 @@ pub struct ScoreRow {
 #[derive(Debug, Serialize)]
 pub struct ScoreTable {
     pub class: String,
+    /// The OK/NG threshold on image scores.
     pub threshold: f32,
     pub images: Vec<ScoreRow>,
 }
@@ -44,18 +48,19 @@ impl ScoreTable {
                     image_score: d.map(|d| d.image_score),
                     global_score: d.map(|d| d.global_score),
                     local_max: d.map(|d| d.local_max),
-                    verdict: d.map(|d| Verdict::of(d.image_score, state.settings.threshold).label()),
+                    verdict: d.map(|d| Verdict::of(d.image_score, state.image_threshold()).label()),
+                    stale: e.stale && d.is_some(),
                     error: e.error.clone(),
                 }
             })
             .collect();
-        Self { class: state.settings.class.clone(), threshold: state.settings.threshold, images }
+        Self { class: state.settings.class.clone(), threshold: state.image_threshold(), images }
     }
 
     /// `scores.csv` and `scores.json` in `dir`; returns both paths.
     pub fn write(&self, dir: &Path) -> Result<[PathBuf; 2], ExportError> {
         let csv_path = dir.join("scores.csv");
-        let mut csv = String::from("file,name,image_score,global_score,local_max,verdict,error\n");
+        let mut csv = String::from("file,name,image_score,global_score,local_max,verdict,stale,error\n");
         let number = |v: Option<f32>| v.map(|v| format!("{v:.6}")).unwrap_or_default();
         for r in &self.images {
             let fields = [
@@ -65,6 +70,7 @@ impl ScoreTable {
                 number(r.global_score),
                 number(r.local_max),
                 r.verdict.unwrap_or_default().to_owned(),
+                r.stale.to_string(),
                 csv_field(r.error.as_deref().unwrap_or_default()),
             ];
             csv.push_str(&fields.join(","));
@@ -83,29 +89,70 @@ impl ScoreTable {
 
 /// The selected image's exports.
 pub struct ImageExport {
-    /// File stem of the image (`003`): outputs are `003_overlay.png` and so on.
+    /// Its outputs' names start with this: the image's path in the list with `_` for
+    /// the folder separators (`broken_large_015`), so images of one name in different
+    /// folders do not overwrite each other.
     pub stem: String,
-    pub image: Arc<RgbaImage>,
+    /// The image file, decoded on the export's thread when `image` is `None` (the
+    /// viewer may still show its thumbnail).
+    pub source: PathBuf,
+    pub image: Option<Arc<RgbaImage>>,
     pub map: Arc<Grid>,
     pub style: OverlayStyle,
+    /// The region threshold: the mask is the map at or above it.
     pub threshold: f32,
 }
 
-/// Everything into `dir`; returns the files written.
-pub fn export_all(dir: &Path, scores: &ScoreTable, image: Option<&ImageExport>) -> Result<Vec<PathBuf>, ExportError> {
-    let mut written = scores.write(dir)?.to_vec();
-    if let Some(x) = image {
-        // The same overlay, with its legend, as `alfa detect` writes.
-        let overlay_path = dir.join(format!("{}_overlay.png", x.stem));
-        let image = DynamicImage::ImageRgba8(RgbaImage::clone(&x.image));
-        write_png(&overlay_path, &render_overlay(&image, &x.map, &x.style)?)?;
-        let map_path = dir.join(format!("{}_map.tiff", x.stem));
-        write_map_tiff(&map_path, &x.map)?;
-        let mask_path = dir.join(format!("{}_mask.png", x.stem));
-        write_png(&mask_path, &threshold_mask(&x.map, x.threshold))?;
-        written.extend([overlay_path, map_path, mask_path]);
+/// The output name stem of a list entry named `name` (`broken_large/015.png`).
+pub fn export_stem(name: &str) -> String {
+    let without_extension = Path::new(name).with_extension("");
+    let stem: String = without_extension
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c.is_alphanumeric() || matches!(c, '-' | '.') { c } else { '_' })
+        .collect();
+    let stem = stem.trim_matches(['_', '.']).to_owned();
+    if stem.is_empty() { "image".into() } else { stem }
+}
+
+/// One export: the list's scores and, when an analysed image is on screen, its files.
+pub struct Export {
+    pub scores: ScoreTable,
+    pub image: Option<ImageExport>,
+}
+
+impl Export {
+    fn paths(&self, dir: &Path) -> Vec<PathBuf> {
+        let mut paths = vec![dir.join("scores.csv"), dir.join("scores.json")];
+        if let Some(x) = &self.image {
+            paths.extend(["overlay.png", "map.tiff", "mask.png"].map(|what| dir.join(format!("{}_{what}", x.stem))));
+        }
+        paths
     }
-    Ok(written)
+
+    /// The files of this export that are in `dir` already: the user is asked before
+    /// they are replaced.
+    pub fn existing(&self, dir: &Path) -> Vec<PathBuf> {
+        self.paths(dir).into_iter().filter(|p| p.exists()).collect()
+    }
+
+    /// Everything into `dir`; returns the files written.
+    pub fn write(&self, dir: &Path) -> Result<Vec<PathBuf>, ExportError> {
+        let paths = self.paths(dir);
+        self.scores.write(dir)?;
+        if let (Some(x), [_, _, overlay, map, mask]) = (&self.image, paths.as_slice()) {
+            // The same overlay, with its legend, as `alfa detect` writes.
+            let image = match &x.image {
+                Some(image) => DynamicImage::ImageRgba8(RgbaImage::clone(image)),
+                None => crate::clip::open_image(&x.source)
+                    .map_err(|e| ExportError::Write { path: overlay.clone(), reason: e.to_string() })?,
+            };
+            write_png(overlay, &render_overlay(&image, &x.map, &x.style)?)?;
+            write_map_tiff(map, &x.map)?;
+            write_png(mask, &threshold_mask(&x.map, x.threshold))?;
+        }
+        Ok(paths)
+    }
 }
 
 /// RFC 4180 quoting when needed.
@@ -128,22 +175,42 @@ mod tests {
         assert_eq!(csv_field("plain"), "plain");
     }
 
-    #[test]
-    fn export_all_writes_every_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let map = Arc::new(Grid::new(3, 2, vec![0.0, 0.2, 0.4, 0.6, 0.8, 1.0]));
-        let export = ImageExport {
-            stem: "part".into(),
-            image: Arc::new(RgbaImage::new(3, 2)),
+    fn export_of(name: &str, map: &Arc<Grid>) -> Export {
+        let image = ImageExport {
+            stem: export_stem(name),
+            source: PathBuf::from(name),
+            image: Some(Arc::new(RgbaImage::new(3, 2))),
             map: map.clone(),
             style: OverlayStyle::default(),
             threshold: 0.5,
         };
-        let scores = ScoreTable { class: "bottle".into(), threshold: 0.5, images: Vec::new() };
-        let written = export_all(dir.path(), &scores, Some(&export)).unwrap();
+        Export { scores: ScoreTable { class: "bottle".into(), threshold: 0.5, images: Vec::new() }, image: Some(image) }
+    }
+
+    #[test]
+    fn export_writes_every_file_and_names_what_it_would_replace() {
+        let dir = tempfile::tempdir().unwrap();
+        let map = Arc::new(Grid::new(3, 2, vec![0.0, 0.2, 0.4, 0.6, 0.8, 1.0]));
+        let large = export_of("broken_large/015.png", &map);
+        assert!(large.existing(dir.path()).is_empty());
+        let written = large.write(dir.path()).unwrap();
         assert_eq!(written.len(), 5);
         assert!(written.iter().all(|p| p.is_file()));
-        let tiff = crate::detect::export::read_map_tiff(&dir.path().join("part_map.tiff")).unwrap();
+        let tiff = crate::detect::export::read_map_tiff(&dir.path().join("broken_large_015_map.tiff")).unwrap();
         assert_eq!(&tiff, map.as_ref());
+        // The same file name in another folder gets files of its own; only the list's
+        // scores would be replaced, and the export says so before writing.
+        let small = export_of("broken_small/015.png", &map);
+        let names = |paths: Vec<PathBuf>| paths.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect::<Vec<_>>();
+        assert_eq!(names(small.existing(dir.path())), ["scores.csv", "scores.json"]);
+        assert_eq!(names(large.existing(dir.path())).len(), 5);
+    }
+
+    #[test]
+    fn stems_keep_the_relative_path() {
+        assert_eq!(export_stem("broken_large/015.png"), "broken_large_015");
+        assert_eq!(export_stem("test/good/000.PNG"), "test_good_000");
+        assert_eq!(export_stem("a b/c.d.png"), "a_b_c.d");
+        assert_eq!(export_stem(""), "image");
     }
 }

@@ -19,7 +19,11 @@ pub const SHADER_SOURCE: &str = include_str!("../../shaders/heatmap.wgsl");
 /// uploaded again only when one of the three `Arc`s changes.
 #[derive(Clone)]
 pub struct HeatmapContent {
+    /// The picture, or its thumbnail until the picture is decoded (the map and the
+    /// mask are sampled by position, so they fit either).
     pub image: Arc<RgbaImage>,
+    /// The full picture's size in pixels: zoom and pan are in these units.
+    pub size: [u32; 2],
     pub map: Option<Arc<Grid>>,
     pub mask: Option<Arc<GrayImage>>,
 }

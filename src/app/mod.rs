@@ -7,6 +7,7 @@
 
 use eframe::egui;
 
+mod dialogs;
 mod export;
 mod files;
 mod heatmap;
@@ -27,7 +28,7 @@ use egui::{Key, KeyboardShortcut, Modifiers};
 
 use crate::cli::{GuiArgs, ModelArgs};
 use crate::clip::{ClipTokenizer, ModelRequest, Precision};
-use crate::detect::references;
+use crate::detect::{DetectSettings, references};
 use crate::prompts::PromptStore;
 use crate::prompts::generate::{self, CLIP_CONTEXT, GenerateEvent, Generated, QueryKind};
 use crate::prompts::llm::LlmClient;
@@ -37,10 +38,14 @@ pub use heatmap::SHADER_SOURCE;
 pub use state::{AppState, Filter, LlmStatus, ModelStatus, Normalisation, Settings, SortKey, Verdict};
 
 use heatmap::HeatmapContent;
+use dialogs::{BrowseState, PathPrompt, PromptAction, Purpose};
 use prompt_editor::PromptEditor;
 use state::{Entry, SelectionStep, Shown};
 use viewer::ViewTransform;
 use worker::{Message, Workers};
+
+/// Images PageUp / PageDown move.
+const PAGE: usize = 10;
 
 /// Key of the remembered settings in eframe's storage.
 const SETTINGS_KEY: &str = "alfa-settings";
@@ -100,13 +105,26 @@ pub struct AlfaApp {
     workers: Workers,
     editor: Option<PromptEditor>,
     view: ViewTransform,
+    /// The image pixel under the pointer in the last frame, for the readout.
+    hover_pixel: Option<[u32; 2]>,
     /// The heatmap pipeline is installed (the wgpu renderer is there).
     gpu: bool,
     tab: SideTab,
     show_help: bool,
     /// The class box's text, applied on Enter.
     class_input: String,
-    /// `--arch` and `--tokenizer` from the command line; the model itself is in settings.
+    /// The window scales box's text as typed, and why it is not applied.
+    scales_input: String,
+    scales_error: Option<String>,
+    /// Prompt editors with unsaved edits of classes switched away from: switching
+    /// back brings the edits back.
+    parked_editors: std::collections::HashMap<String, PromptEditor>,
+    /// The path window (open, add references, export, …), when open.
+    path_prompt: Option<PathPrompt>,
+    browse: BrowseState,
+    /// An export that would replace files, waiting for the user's answer.
+    pending_export: Option<(PathBuf, export::Export, Vec<PathBuf>)>,
+    /// `--arch` from the command line; the model and the tokenizer are in settings.
     model_extra: ModelArgs,
     next_id: worker::ItemId,
     content: Option<HeatmapContent>,
@@ -140,10 +158,13 @@ impl AlfaApp {
         } else {
             None
         };
-        let mut settings = remembered.unwrap_or_default();
+        let (mut settings, notices) = remembered.unwrap_or_default().checked();
         let args = options.args;
         if let Some(model) = &args.model.model {
             settings.model = model.clone();
+        }
+        if let Some(tokenizer) = &args.model.tokenizer {
+            settings.tokenizer = tokenizer.display().to_string();
         }
         if args.model.cpu {
             settings.cpu = true;
@@ -164,10 +185,17 @@ impl AlfaApp {
         let workers = Workers::spawn(&cc.egui_ctx, options.cache_dir);
         let mut app = Self {
             class_input: settings.class.clone(),
+            scales_input: scales_text(&settings.detect.scales),
+            scales_error: None,
+            parked_editors: Default::default(),
+            path_prompt: None,
+            browse: BrowseState::detect(),
+            pending_export: None,
             state: AppState::new(settings),
             workers,
             editor: None,
             view: ViewTransform::default(),
+            hover_pixel: None,
             gpu,
             tab: SideTab::Why,
             show_help: false,
@@ -179,9 +207,10 @@ impl AlfaApp {
             undo_requested: false,
             scroll_to_selected: false,
             persist: options.screenshot.is_none(),
-            prompts: match options.prompts_dir {
-                Some(dir) => PromptStore { dir: Some(dir) },
-                None => PromptStore::default_location(),
+            // Always a folder, existing or not: a set saved there is found from then
+            // on (a store without one would keep resolving to the built-in set).
+            prompts: PromptStore {
+                dir: Some(options.prompts_dir.unwrap_or_else(|| PathBuf::from(crate::prompts::store::DEFAULT_DIR))),
             },
             references_rect: None,
             nearest_crop: None,
@@ -190,18 +219,24 @@ impl AlfaApp {
             screenshot: options.screenshot,
             frames: 0,
         };
+        if !notices.is_empty() {
+            app.state.notice = Some(notices.join("; "));
+        }
         app.load_model();
         app.set_class(app.state.settings.class.clone());
         if !args.paths.is_empty() {
-            app.open(&args.paths);
+            // A class named on the command line wins over the one the layout names.
+            app.open_images(&args.paths, args.class.is_none());
         }
         app
     }
 
     fn model_args(&self) -> ModelArgs {
         let model = self.state.settings.model.trim();
+        let tokenizer = self.state.settings.tokenizer.trim();
         ModelArgs {
             model: (!model.is_empty()).then(|| model.to_owned()),
+            tokenizer: (!tokenizer.is_empty()).then(|| PathBuf::from(tokenizer)),
             cpu: self.state.settings.cpu,
             precision: self.state.settings.precision,
             ..self.model_extra.clone()
@@ -221,15 +256,38 @@ impl AlfaApp {
         self.analyse_all();
     }
 
-    /// Switches to `class`'s prompt set and re-analyses.
+    /// Switches to `class`'s prompt set and re-analyses. Unsaved edits of the class
+    /// left are kept for when it comes back; the same class again changes nothing.
     pub fn set_class(&mut self, class: String) {
         let class = class.trim().to_owned();
         if class.is_empty() {
             return;
         }
-        match self.prompts.resolve(&class) {
-            Ok(resolved) => {
-                self.editor = Some(PromptEditor::new(resolved));
+        if self.editor.as_ref().is_some_and(|e| e.applied.class.id == class) && self.state.settings.class == class {
+            // The same class again keeps the prompt editor (its edits and undo) and
+            // picks up references added meanwhile (e.g. by `alfa refs add`).
+            self.class_input = class;
+            let before = self.state.reference_files.clone();
+            self.refresh_reference_views();
+            if self.state.reference_files != before {
+                self.analyse_all();
+            }
+            return;
+        }
+        let parked = self.parked_editors.remove(&class);
+        let resolved = match parked {
+            Some(editor) => Ok(editor),
+            None => self.prompts.resolve(&class).map(PromptEditor::new),
+        };
+        match resolved {
+            Ok(editor) => {
+                if let Some(old) = self.editor.replace(editor).filter(|e| e.unsaved) {
+                    self.state.notice = Some(format!(
+                        "the unsaved prompt edits of `{}` are kept until you switch back to it",
+                        old.applied.class.id
+                    ));
+                    self.parked_editors.insert(old.applied.class.id.clone(), old);
+                }
                 self.class_input = class.clone();
                 self.state.settings.class = class;
                 self.state.threshold_fit = None;
@@ -240,21 +298,54 @@ impl AlfaApp {
         }
     }
 
-    /// Replaces the list with the images in `paths` and starts their analysis.
+    /// Replaces the list with the images in `paths` and starts their analysis; the
+    /// class becomes the one an MVTec AD layout names (`<class>/test/<defect>/`).
     pub fn open(&mut self, paths: &[PathBuf]) {
+        self.open_images(paths, true);
+    }
+
+    fn open_images(&mut self, paths: &[PathBuf], class_from_layout: bool) {
         let found = files::scan(paths);
         if found.is_empty() {
             self.state.notice = Some("no images found there".into());
             return;
         }
+        let mut classes: Vec<String> = found.iter().filter_map(|f| crate::detect::inputs::layout_class(&f.path)).collect();
+        classes.sort();
+        classes.dedup();
+        match classes.as_slice() {
+            [class] if class_from_layout && *class != self.state.settings.class => {
+                self.set_class(class.clone());
+                self.state.notice = Some(format!("class `{class}`, as the folder layout names it (…/{class}/test/…)"));
+            }
+            [_, _, ..] => {
+                self.state.notice = Some(format!(
+                    "the images are of {} classes ({}): all are analysed as `{}`; open one class at a time",
+                    classes.len(),
+                    classes.join(", "),
+                    self.state.settings.class
+                ));
+            }
+            _ => {}
+        }
         self.state.entries = found
             .into_iter()
             .map(|f| {
                 self.next_id += 1;
-                Entry { id: self.next_id, path: f.path, name: f.name, thumbnail: None, error: None, analysis: None, stale: false }
+                Entry {
+                    id: self.next_id,
+                    path: f.path,
+                    name: f.name,
+                    thumbnail: None,
+                    preview: None,
+                    error: None,
+                    analysis: None,
+                    stale: false,
+                }
             })
             .collect();
         self.state.shown = None;
+        self.state.decoded.clear();
         self.content = None;
         self.view.fit();
         self.workers.thumbnails(self.state.entries.iter().map(|e| (e.id, e.path.clone())).collect());
@@ -265,12 +356,31 @@ impl AlfaApp {
         self.analyse_all();
     }
 
+    /// Shows the image at `index`: its picture at once when it was decoded ahead,
+    /// else its thumbnail scaled up until the picture arrives; the neighbours in the
+    /// list are decoded next.
     pub fn select(&mut self, index: usize) {
         let Some(entry) = self.state.entries.get(index) else { return };
         self.state.selected = Some(index);
-        if self.state.shown.as_ref().is_none_or(|s| s.id != entry.id) {
-            self.workers.picture(entry.id, entry.path.clone());
+        let id = entry.id;
+        if self.state.shown.as_ref().is_none_or(|s| s.id != id) {
+            self.content = None;
+            match self.state.decoded.iter().find(|s| s.id == id).cloned() {
+                Some(shown) => self.state.shown = Some(shown),
+                None => self.workers.picture(id, entry.path.clone()),
+            }
         }
+        let visible = self.state.visible();
+        let neighbours = visible.iter().position(|&i| i == index).map_or_else(Vec::new, |p| {
+            [p + 1, p.wrapping_sub(1), p + 2]
+                .into_iter()
+                .filter_map(|q| visible.get(q))
+                .map(|&i| &self.state.entries[i])
+                .filter(|e| !self.state.decoded.iter().any(|s| s.id == e.id))
+                .map(|e| (e.id, e.path.clone()))
+                .collect()
+        });
+        self.workers.prefetch(neighbours);
     }
 
     /// Analyses every image with the current prompts and settings, the selected one
@@ -296,11 +406,15 @@ impl AlfaApp {
             state::Progress { generation, done: 0, total: order.len(), running: true, error: None, references: None };
     }
 
+    /// The folder prompt sets are read from and saved to (`./prompts` by default).
+    pub fn prompts_dir(&self) -> &std::path::Path {
+        self.prompts.dir.as_deref().unwrap_or(std::path::Path::new(crate::prompts::store::DEFAULT_DIR))
+    }
+
     /// The class's reference folder, `<prompts>/<class>.refs/`: the one `alfa refs`
     /// edits and `alfa detect` reads, so references made here serve the CLI too.
     pub fn references_dir(&self) -> PathBuf {
-        let prompts = self.prompts.dir.clone().unwrap_or_else(|| PathBuf::from(crate::prompts::store::DEFAULT_DIR));
-        references::references_dir(&prompts, &self.state.settings.class)
+        references::references_dir(self.prompts_dir(), &self.state.settings.class)
     }
 
     /// Copies images (files or folders) into the class's references (on the loader
@@ -460,7 +574,21 @@ impl AlfaApp {
                     (*file, *done, *total) = (f, d, t);
                 }
             }
-            Message::ModelReady { name, precision } => state.model = Some(ModelStatus::Ready { model: name, precision }),
+            Message::ModelReady { name, precision, grid } => {
+                state.model = Some(ModelStatus::Ready { model: name, precision, grid });
+                // Scales typed or remembered for another model may not fit this one.
+                if let Err(e) = state.settings.detect.validate(grid) {
+                    let mut scales: Vec<usize> = DetectSettings::default().scales.into_iter().filter(|&s| s <= grid).collect();
+                    if scales.is_empty() {
+                        scales = vec![1];
+                    }
+                    state.notice = Some(format!("{e}: window scales set to {} for this model", scales_text(&scales)));
+                    state.settings.detect.scales = scales;
+                    self.scales_input = scales_text(&self.state.settings.detect.scales);
+                    self.scales_error = None;
+                    self.analyse_all();
+                }
+            }
             Message::ModelFailed { model, error } => state.model = Some(ModelStatus::Failed { model, error }),
             Message::PromptsEncoded { generation, encoded, seconds } => {
                 if generation == state.progress.generation {
@@ -537,12 +665,16 @@ impl AlfaApp {
                     state.threshold_task = None;
                     match outcome {
                         Ok(fit) => {
-                            state.settings.threshold = fit.threshold;
+                            let origin = format!("from {} good images ({}) at FPR {}%", fit.scores.len(), fit.source, fit.fpr * 100.0);
+                            let thresholds = state.thresholds_mut();
+                            thresholds.image = state::Threshold { value: fit.image, origin: origin.clone() };
+                            thresholds.region = state::Threshold { value: fit.region, origin };
                             let left_out = fit.skipped.first().map(|(_, reason)| {
                                 format!("; {} unreadable image(s) left out: {reason}", fit.skipped.len())
                             });
+                            let warnings: String = fit.warnings.iter().map(|w| format!("; warning: {w}")).collect();
                             state.threshold_fit = Some(fit);
-                            state.notice = Some(state.threshold_origin() + &left_out.unwrap_or_default());
+                            state.notice = Some(state.threshold_origin() + &left_out.unwrap_or_default() + &warnings);
                         }
                         Err(e) => state.notice = Some(format!("no threshold from good images: {e}")),
                     }
@@ -570,10 +702,20 @@ impl AlfaApp {
                 }
             }
             Message::ReferencesCopied { outcome } => match outcome {
-                Ok(0) => state.notice = Some("no new reference images there".into()),
-                Ok(_) => {
-                    self.refresh_reference_views();
-                    self.analyse_all();
+                Ok(copied) => {
+                    let refused = copied.refused.first().map(|(path, reason)| {
+                        let more = copied.refused.len() - 1;
+                        let more = if more > 0 { format!(" (and {more} more)") } else { String::new() };
+                        format!("not added, cannot be read: {} ({reason}){more}", path.display())
+                    });
+                    state.notice = match (copied.added.len(), refused) {
+                        (0, None) => Some("no new reference images there".into()),
+                        (_, refused) => refused,
+                    };
+                    if !copied.added.is_empty() {
+                        self.refresh_reference_views();
+                        self.analyse_all();
+                    }
                 }
                 Err(e) => state.notice = Some(e),
             },
@@ -588,8 +730,8 @@ impl AlfaApp {
             Message::Thumbnail { id, outcome } => {
                 if let Some(view) = state.reference_views.iter_mut().find(|v| v.id == id) {
                     match outcome {
-                        Ok(image) => {
-                            let texture = ctx.load_texture(format!("reference-{id}"), image, egui::TextureOptions::LINEAR);
+                        Ok(thumbnail) => {
+                            let texture = ctx.load_texture(format!("reference-{id}"), thumbnail.color, egui::TextureOptions::LINEAR);
                             view.thumbnail = Some(texture);
                         }
                         Err(e) => view.error = Some(e),
@@ -598,9 +740,14 @@ impl AlfaApp {
                 }
                 let Some(index) = state.index_of(id) else { return };
                 match outcome {
-                    Ok(image) => {
-                        let texture = ctx.load_texture(format!("thumbnail-{id}"), image, egui::TextureOptions::LINEAR);
-                        state.entries[index].thumbnail = Some(texture);
+                    Ok(thumbnail) => {
+                        let texture = ctx.load_texture(format!("thumbnail-{id}"), thumbnail.color, egui::TextureOptions::LINEAR);
+                        let entry = &mut state.entries[index];
+                        entry.thumbnail = Some(texture);
+                        entry.preview = Some((thumbnail.pixels, thumbnail.size));
+                        if state.selected == Some(index) && state.shown.as_ref().is_none_or(|s| s.id != id) {
+                            self.content = None;
+                        }
                     }
                     Err(e) => state.entries[index].error = Some(e),
                 }
@@ -608,15 +755,28 @@ impl AlfaApp {
             Message::Picture { id, outcome } => {
                 let Some(index) = state.index_of(id) else { return };
                 match outcome {
-                    Ok(picture) if state.selected == Some(index) => {
-                        state.shown = Some(Shown { id, picture });
-                        self.content = None;
+                    Ok(picture) => {
+                        let shown = Shown { id, picture };
+                        if state.selected == Some(index) {
+                            state.shown = Some(shown.clone());
+                            self.content = None;
+                        }
+                        state.keep_decoded(shown);
                     }
-                    Ok(_) => {}
                     Err(e) => state.entries[index].error = Some(e),
                 }
             }
-            Message::Picked(pick) => self.picked(pick),
+            Message::Picked(pick) => {
+                self.path_prompt = None;
+                self.picked(pick);
+            }
+            Message::DialogFailed(purpose) => {
+                self.browse.dialog_failed();
+                if self.path_prompt.is_none() {
+                    self.path_prompt = Some(PathPrompt::new(purpose));
+                }
+                self.state.notice = Some("the system file dialog did not open: type the path instead".into());
+            }
             Message::Notice(text) => state.notice = Some(text),
         }
     }
@@ -630,20 +790,26 @@ impl AlfaApp {
             }
             worker::Pick::References(paths) => self.add_references(&paths),
             worker::Pick::GoodFolder(folder) => self.threshold_from_folder(&folder),
+            worker::Pick::ExportFolder(dir) => self.export_to(dir),
         }
     }
 
-    /// What the viewer draws for the selected image, rebuilt when its picture or result changes.
+    /// What the viewer draws for the selected image, rebuilt when its picture, its
+    /// thumbnail or its result changes: the picture once decoded, the thumbnail before.
     fn current_content(&mut self) -> Option<HeatmapContent> {
-        let shown = self.state.shown.as_ref()?;
-        let index = self.state.index_of(shown.id)?;
         if self.content.is_none() {
-            let map = self.state.entries[index]
-                .analysis
-                .as_ref()
-                .map(|a| a.map.clone())
-                .filter(|m| (m.width as u32, m.height as u32) == shown.picture.image.dimensions());
-            self.content = Some(HeatmapContent { image: shown.picture.image.clone(), map, mask: shown.picture.mask.clone() });
+            let entry = self.state.entries.get(self.state.selected?)?;
+            let shown = self.state.shown.as_ref().filter(|s| s.id == entry.id);
+            let (image, size, mask) = match (shown, &entry.preview) {
+                (Some(shown), _) => {
+                    let (w, h) = shown.picture.image.dimensions();
+                    (shown.picture.image.clone(), [w, h], shown.picture.mask.clone())
+                }
+                (None, Some((pixels, size))) => (pixels.clone(), *size, None),
+                (None, None) => return None,
+            };
+            let map = entry.analysis.as_ref().map(|a| a.map.clone()).filter(|m| [m.width as u32, m.height as u32] == size);
+            self.content = Some(HeatmapContent { image, size, map, mask });
         }
         self.content.clone()
     }
@@ -651,7 +817,7 @@ impl AlfaApp {
     fn shortcuts(&mut self, ctx: &egui::Context) {
         let ctrl = |key| KeyboardShortcut::new(Modifiers::COMMAND, key);
         if ctx.input_mut(|i| i.consume_shortcut(&ctrl(Key::O))) {
-            self.pick_images(false);
+            self.ask_path(Purpose::OpenImages);
         }
         if ctx.input_mut(|i| i.consume_key(Modifiers::NONE, Key::F1)) {
             self.show_help = !self.show_help;
@@ -664,15 +830,23 @@ impl AlfaApp {
             self.undo_prompts();
         }
         let pressed = |key| ctx.input_mut(|i| i.consume_key(Modifiers::NONE, key));
-        let step = [
-            (Key::ArrowDown, SelectionStep::Next),
-            (Key::ArrowUp, SelectionStep::Previous),
-            (Key::Home, SelectionStep::First),
-            (Key::End, SelectionStep::Last),
-        ]
-        .into_iter()
-        .find(|(key, _)| pressed(*key));
-        if let Some((_, step)) = step
+        // Every press counts, also several in one frame (a key held down, or typed
+        // faster than frames are drawn).
+        let count = |key| ctx.input_mut(|i| i.count_and_consume_key(Modifiers::NONE, key));
+        let forward = count(Key::ArrowDown) + count(Key::ArrowRight) + PAGE * count(Key::PageDown);
+        let back = count(Key::ArrowUp) + count(Key::ArrowLeft) + PAGE * count(Key::PageUp);
+        let step = if pressed(Key::Home) {
+            Some(SelectionStep::First)
+        } else if pressed(Key::End) {
+            Some(SelectionStep::Last)
+        } else if forward > back {
+            Some(SelectionStep::Next(forward - back))
+        } else if back > forward {
+            Some(SelectionStep::Previous(back - forward))
+        } else {
+            None
+        };
+        if let Some(step) = step
             && let Some(index) = self.state.step_selection(step)
         {
             self.select(index);
@@ -704,6 +878,17 @@ impl AlfaApp {
         }
     }
 
+    /// Saves the applied prompt set in the prompts folder; from then on the class
+    /// resolves to that file, also when the folder did not exist when the app started.
+    pub fn save_prompts(&mut self) {
+        let dir = self.prompts_dir().to_owned();
+        let Some(editor) = &mut self.editor else { return };
+        self.state.notice = Some(match editor.save(&dir) {
+            Ok(path) => format!("saved {}", path.display()),
+            Err(e) => format!("cannot save the prompts: {e}"),
+        });
+    }
+
     /// The prompt set the analysis uses now (with unsaved edits).
     pub fn prompts(&self) -> Option<&crate::prompts::PromptSet> {
         self.editor.as_ref().map(|e| &e.applied)
@@ -726,47 +911,77 @@ impl AlfaApp {
         }
     }
 
-    /// The file dialog runs on its own thread: the window keeps drawing while it is open.
-    fn pick_images(&self, folder: bool) {
+    /// Opens the path window for `purpose` (typing a path, or the system dialog).
+    pub fn ask_path(&mut self, purpose: Purpose) {
+        self.path_prompt = Some(PathPrompt::new(purpose));
+    }
+
+    /// The path window and the overwrite question, when open.
+    fn dialogs(&mut self, ctx: &egui::Context) {
+        if let Some(prompt) = &mut self.path_prompt {
+            match dialogs::path_prompt(ctx, prompt, &self.browse) {
+                PromptAction::None => {}
+                PromptAction::Close => self.path_prompt = None,
+                PromptAction::Chosen(pick) => {
+                    self.path_prompt = None;
+                    self.picked(pick);
+                }
+                PromptAction::Browse { folder } => dialogs::browse(self.workers.outbox(), prompt.purpose, folder),
+            }
+        }
+        let Some((dir, _, existing)) = &self.pending_export else { return };
+        let names: Vec<String> =
+            existing.iter().map(|p| p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())).collect();
+        let mut answer = None;
+        egui::Window::new("Replace files?").collapsible(false).resizable(false).show(ctx, |ui| {
+            ui.label(format!("{} already has {}:", dir.display(), if names.len() == 1 { "this file" } else { "these files" }));
+            for name in &names {
+                ui.label(egui::RichText::new(name).monospace());
+            }
+            ui.horizontal(|ui| {
+                if ui.button("Replace").clicked() {
+                    answer = Some(true);
+                }
+                if ui.button("Cancel (Esc)").clicked() || ui.input(|i| i.key_pressed(Key::Escape)) {
+                    answer = Some(false);
+                }
+            });
+        });
+        match answer {
+            Some(true) => {
+                if let Some((dir, export, _)) = self.pending_export.take() {
+                    self.write_export(dir, export);
+                }
+            }
+            Some(false) => {
+                self.pending_export = None;
+                self.state.notice = Some("export cancelled: nothing written".into());
+            }
+            None => {}
+        }
+    }
+
+    /// Exports the list's scores and the image on screen into `dir`, asking first
+    /// when that would replace files.
+    fn export_to(&mut self, dir: PathBuf) {
+        let export = self.export_of_state();
+        let existing = export.existing(&dir);
+        if existing.is_empty() {
+            self.write_export(dir, export);
+        } else {
+            self.pending_export = Some((dir, export, existing));
+        }
+    }
+
+    /// Encodes and writes off the UI thread.
+    fn write_export(&self, dir: PathBuf, export: export::Export) {
         let outbox = self.workers.outbox();
         std::thread::spawn(move || {
-            let dialog = rfd::FileDialog::new();
-            let paths = if folder {
-                dialog.pick_folder().map(|f| vec![f])
-            } else {
-                dialog.add_filter("images", files::IMAGE_EXTENSIONS).pick_files()
+            let text = match export.write(&dir) {
+                Ok(files) => format!("exported {} files to {}", files.len(), dir.display()),
+                Err(e) => format!("export failed: {e}"),
             };
-            if let Some(paths) = paths {
-                outbox.send(Message::Picked(worker::Pick::Images(paths)));
-            }
-        });
-    }
-
-    fn pick_references(&self) {
-        let outbox = self.workers.outbox();
-        std::thread::spawn(move || {
-            let dialog = rfd::FileDialog::new().set_title("Good reference images");
-            if let Some(paths) = dialog.add_filter("images", files::IMAGE_EXTENSIONS).pick_files() {
-                outbox.send(Message::Picked(worker::Pick::References(paths)));
-            }
-        });
-    }
-
-    fn pick_good_folder(&self) {
-        let outbox = self.workers.outbox();
-        std::thread::spawn(move || {
-            if let Some(folder) = rfd::FileDialog::new().set_title("Folder of good images").pick_folder() {
-                outbox.send(Message::Picked(worker::Pick::GoodFolder(folder)));
-            }
-        });
-    }
-
-    fn pick_model_folder(&self) {
-        let outbox = self.workers.outbox();
-        std::thread::spawn(move || {
-            if let Some(folder) = rfd::FileDialog::new().set_title("Model folder").pick_folder() {
-                outbox.send(Message::Picked(worker::Pick::ModelFolder(folder)));
-            }
+            outbox.send(Message::Notice(text));
         });
     }
 
@@ -813,6 +1028,11 @@ impl AlfaApp {
     }
 }
 
+/// Window scales as the Settings box shows them: `2, 3`.
+fn scales_text(scales: &[usize]) -> String {
+    scales.iter().map(usize::to_string).collect::<Vec<_>>().join(", ")
+}
+
 fn save_color_image(image: &egui::ColorImage, path: &std::path::Path) -> Result<()> {
     let [w, h] = image.size;
     let rgba: Vec<u8> = image.pixels.iter().flat_map(|c| c.to_array()).collect();
@@ -834,6 +1054,7 @@ impl eframe::App for AlfaApp {
         self.shortcuts(&ctx);
         self.poll_editor(&ctx);
         self.panels(ui);
+        self.dialogs(&ctx);
         self.screenshot_step(&ctx);
     }
 

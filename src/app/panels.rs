@@ -15,9 +15,10 @@ use super::export;
 use crate::detect::export::OverlayStyle;
 use super::heatmap::PaneParams;
 use super::prompt_editor::Field;
-use super::state::{Filter, LlmStatus, ModelStatus, Normalisation, SortKey, Verdict};
+use super::dialogs::Purpose;
+use super::state::{Filter, LlmStatus, ModelStatus, Normalisation, SortKey, Threshold, Thresholds, Verdict, score_text};
 use super::viewer::{self, ViewerFrame};
-use super::worker::{Analysis, Message};
+use super::worker::Analysis;
 use super::{AlfaApp, SideTab};
 use crate::detect::engine::{FewShotReport, PromptVerdict};
 use crate::detect::WindowMode;
@@ -29,8 +30,9 @@ const WARN_COLOR: Color32 = Color32::from_rgb(230, 160, 30);
 
 /// The keyboard shortcuts, shown in the help window.
 pub const SHORTCUTS: &[(&str, &str)] = &[
-    ("Ctrl+O", "open images"),
-    ("Up / Down", "previous / next image in the list"),
+    ("Ctrl+O", "open images or a folder (type a path or browse)"),
+    ("Up / Down, Left / Right", "previous / next image in the list"),
+    ("Page Up / Page Down", "ten images back / forward"),
     ("Home / End", "first / last image"),
     ("Space", "heatmap overlay on / off"),
     ("+ / -", "zoom in / out"),
@@ -67,21 +69,29 @@ impl AlfaApp {
             self.viewer_controls(ui);
             ui.separator();
             let content = self.current_content();
+            self.viewer_header(ui, content.as_ref());
             let (low, high) = self.state.selected.map_or((0.0, 1.0), |i| self.state.levels(i));
             let s = &self.state.settings;
             let params = PaneParams {
                 image_rect_px: egui::Rect::NOTHING,
                 low,
                 high,
-                threshold: s.threshold,
+                threshold: self.state.region_threshold(),
                 opacity: s.opacity,
                 colormap: s.colormap,
                 overlay: s.overlay,
                 outline: s.outline,
                 mask_outline: true,
             };
-            let frame = ViewerFrame { content: content.as_ref(), params, side_by_side: s.side_by_side, gpu: self.gpu };
-            viewer::show(ui, &mut self.view, frame);
+            let placeholder = if self.state.entries.is_empty() {
+                "Open images or a folder (Ctrl+O, or drop them here)."
+            } else if self.state.selected.is_some() {
+                "Decoding the picture…"
+            } else {
+                "Select an image in the list."
+            };
+            let frame = ViewerFrame { content: content.as_ref(), placeholder, params, side_by_side: s.side_by_side, gpu: self.gpu };
+            self.hover_pixel = viewer::show(ui, &mut self.view, frame);
         });
         let ctx = ui.ctx().clone();
         egui::Window::new("Keyboard shortcuts").open(&mut self.show_help).collapsible(false).show(&ctx, |ui| {
@@ -95,13 +105,41 @@ impl AlfaApp {
         });
     }
 
-    fn toolbar(&mut self, ui: &mut Ui) {
-        ui.horizontal_wrapped(|ui| {
-            if ui.button("Open images…").clicked() {
-                self.pick_images(false);
+    /// The image's name over the picture, the zoom, and the map value under the pointer.
+    fn viewer_header(&self, ui: &mut Ui, content: Option<&super::heatmap::HeatmapContent>) {
+        let Some(entry) = self.state.selected.and_then(|i| self.state.entries.get(i)) else { return };
+        ui.horizontal(|ui| {
+            ui.strong(&entry.name).on_hover_text(entry.path.display().to_string());
+            let Some(content) = content else { return };
+            if self.state.shown.as_ref().is_none_or(|s| s.id != entry.id) {
+                ui.weak("(thumbnail, decoding the picture…)");
             }
-            if ui.button("Open folder…").clicked() {
-                self.pick_images(true);
+            ui.separator();
+            let percent = self.view.zoom * ui.ctx().pixels_per_point() * 100.0;
+            ui.label(format!("zoom {percent:.0}%"));
+            if let Some([x, y]) = self.hover_pixel.filter(|[x, y]| *x < content.size[0] && *y < content.size[1]) {
+                ui.separator();
+                let value = content.map.as_ref().map(|m| m.at(x as usize, y as usize));
+                match value {
+                    Some(v) => ui.label(format!("x {x}, y {y}: map {v:.3}")),
+                    None => ui.label(format!("x {x}, y {y}")),
+                };
+            }
+        });
+    }
+
+    /// Fixed buttons first and the changing progress last, so nothing a user reaches
+    /// for moves when an analysis starts or ends.
+    fn toolbar(&mut self, ui: &mut Ui) {
+        ui.horizontal(|ui| {
+            if ui.button("Open… (Ctrl+O)").on_hover_text("Images or folders: type a path or browse").clicked() {
+                self.ask_path(Purpose::OpenImages);
+            }
+            if ui.button("Export…").on_hover_text("Overlay PNG, map TIFF and mask PNG of this image, and the scores of the list").clicked() {
+                self.ask_path(Purpose::ExportFolder);
+            }
+            if ui.button("Help (F1)").clicked() {
+                self.show_help = true;
             }
             ui.separator();
             let label = ui.label("Class:");
@@ -115,7 +153,26 @@ impl AlfaApp {
             ui.label(RichText::new(self.state.mode_label()).strong())
                 .on_hover_text("Few-shot when the class has good reference images (References, bottom left).");
             ui.separator();
+            // One button in one place: Cancel while running, Analyse again after.
+            let running = self.state.progress.running;
+            if running {
+                if ui.button("Cancel").on_hover_text("Stops after the current image").clicked() {
+                    self.cancel();
+                }
+            } else if ui.add_enabled(!self.state.entries.is_empty(), egui::Button::new("Analyse again")).clicked() {
+                self.analyse_all();
+            }
+            let progress = &self.state.progress;
+            if running {
+                let (done, total, text) = match progress.references {
+                    Some((done, total)) => (done, total, format!("reference features {done} of {total}")),
+                    None => (progress.done, progress.total, format!("analysed {} of {}", progress.done, progress.total)),
+                };
+                let fraction = done as f32 / total.max(1) as f32;
+                ui.add(egui::ProgressBar::new(fraction).desired_width(180.0).text(text));
+            }
             if let Some(task) = self.state.threshold_task.clone() {
+                ui.separator();
                 let (done, total, what) = match task.references {
                     Some((done, total)) => (done, total, "reference features"),
                     None => (task.done, task.total, "good images scored"),
@@ -125,28 +182,6 @@ impl AlfaApp {
                 if ui.button("Cancel threshold").clicked() {
                     self.cancel_threshold();
                 }
-                ui.separator();
-            }
-            let progress = &self.state.progress;
-            if progress.running {
-                let (done, total, text) = match progress.references {
-                    Some((done, total)) => (done, total, format!("reference features {done} of {total}")),
-                    None => (progress.done, progress.total, format!("analysed {} of {}", progress.done, progress.total)),
-                };
-                let fraction = done as f32 / total.max(1) as f32;
-                ui.add(egui::ProgressBar::new(fraction).desired_width(160.0).text(text));
-                if ui.button("Cancel").clicked() {
-                    self.cancel();
-                }
-            } else if !self.state.entries.is_empty() && ui.button("Analyse again").clicked() {
-                self.analyse_all();
-            }
-            ui.separator();
-            if ui.button("Export…").on_hover_text("Overlay PNG, map TIFF and mask PNG of this image, and the scores of the list").clicked() {
-                self.export();
-            }
-            if ui.button("Help (F1)").clicked() {
-                self.show_help = true;
             }
         });
     }
@@ -162,7 +197,7 @@ impl AlfaApp {
                         ui.label(format!("loading {model}…"));
                     }
                 }
-                Some(ModelStatus::Ready { model, precision }) => {
+                Some(ModelStatus::Ready { model, precision, .. }) => {
                     // A folder's last part is enough to recognise it; the hover has the rest.
                     let short = std::path::Path::new(model).file_name().map_or(model.clone(), |n| n.to_string_lossy().into_owned());
                     let precision = if *precision == Precision::F32 { String::new() } else { format!(" ({})", precision.name()) };
@@ -175,8 +210,16 @@ impl AlfaApp {
             }
             ui.separator();
             let analysed = self.state.analysed();
-            let ng = (0..self.state.entries.len()).filter(|&i| self.state.verdict(i) == Some(Verdict::Ng)).count();
-            ui.label(format!("{} images, {analysed} analysed, {ng} NG", self.state.entries.len()));
+            let stale = self.state.entries.iter().filter(|e| e.stale && e.analysis.is_some()).count();
+            let ng = (0..self.state.entries.len())
+                .filter(|&i| !self.state.entries[i].stale && self.state.verdict(i) == Some(Verdict::Ng))
+                .count();
+            let mut counts = format!("{} images, {analysed} analysed, {ng} NG", self.state.entries.len());
+            if stale > 0 {
+                let why = if self.state.progress.running { "being re-scored" } else { "not re-scored: Analyse again" };
+                counts += &format!(", {stale} with old scores ({why})");
+            }
+            ui.label(counts);
             if let Some((encoded, seconds)) = self.state.last_encoding {
                 ui.separator();
                 ui.label(format!("prompts: {encoded} newly encoded")).on_hover_text(format!("in {seconds:.2} s"));
@@ -198,18 +241,26 @@ impl AlfaApp {
         let (model, error) = (model.clone(), error.clone());
         egui::Frame::group(ui.style()).fill(ui.visuals().extreme_bg_color).show(ui, |ui| {
             ui.colored_label(NG_COLOR, RichText::new(format!("The model `{model}` could not be loaded")).strong());
-            egui::ScrollArea::vertical().max_height(120.0).show(ui, |ui| {
-                ui.label(RichText::new(error).monospace());
-            });
-            ui.label("Choose a folder with open_clip_config.json, the weights and tokenizer.json, or fix the network and retry.");
+            // What to do first, where it is seen; the whole chain of causes below it.
+            let mut lines = error.lines();
+            ui.label(RichText::new(lines.next().unwrap_or_default()).strong());
             ui.horizontal(|ui| {
                 if ui.button("Choose model folder…").clicked() {
-                    self.pick_model_folder();
+                    self.ask_path(Purpose::ModelFolder);
                 }
                 if ui.button("Retry").clicked() {
                     self.load_model();
                 }
+                ui.label("(the Settings page also takes a weights file and a tokenizer.json)");
             });
+            let rest: Vec<&str> = lines.collect();
+            if !rest.is_empty() {
+                egui::CollapsingHeader::new("Details").default_open(true).show(ui, |ui| {
+                    egui::ScrollArea::vertical().max_height(160.0).show(ui, |ui| {
+                        ui.label(RichText::new(rest.join("\n")).monospace());
+                    });
+                });
+            }
         });
     }
 
@@ -228,6 +279,7 @@ impl AlfaApp {
         });
         ui.separator();
         let visible = self.state.visible();
+        let threshold = self.state.image_threshold();
         let mut clicked = None;
         let row_height = 56.0;
         egui::ScrollArea::vertical().auto_shrink([false, false]).show_rows(ui, row_height, visible.len(), |ui, rows| {
@@ -253,11 +305,13 @@ impl AlfaApp {
                                     ui.colored_label(NG_COLOR, "unreadable").on_hover_text(error);
                                 }
                                 (Some(score), Some(verdict), None) => {
-                                    verdict_badge(ui, verdict);
-                                    let text = format!("{score:.3}");
+                                    let text = score_text(score, threshold);
                                     if entry.stale {
-                                        ui.weak(text).on_hover_text("from the previous prompts; re-scoring");
+                                        // An old score must not pass for a verdict.
+                                        ui.label(RichText::new(format!("old {text}")).italics().strikethrough().weak())
+                                            .on_hover_text("From earlier prompts or settings; re-scored when the analysis reaches it (Analyse again if it was cancelled)");
                                     } else {
+                                        verdict_badge(ui, verdict);
                                         ui.label(text);
                                     }
                                 }
@@ -286,15 +340,30 @@ impl AlfaApp {
 
     fn viewer_controls(&mut self, ui: &mut Ui) {
         let (low, high) = self.state.selected.map_or((0.0, 1.0), |i| self.state.levels(i));
-        let s = &mut self.state.settings;
+        let region_threshold = self.state.region_threshold();
+        let mut thresholds = self.state.thresholds();
+        let before = thresholds.clone();
         ui.horizontal_wrapped(|ui| {
             // No step: a threshold from good images sits just above a score and must not be rounded.
-            ui.add(egui::Slider::new(&mut s.threshold, 0.0..=2.0).text("Threshold"))
-                .on_hover_text("Image scores are up to 1 in zero-shot mode and up to 2 in few-shot mode.");
-            ui.separator();
+            ui.add(egui::Slider::new(&mut thresholds.image.value, Thresholds::IMAGE_RANGE).text("OK/NG threshold"))
+                .on_hover_text("An image scoring at or above it is NG. Image scores are up to 1 in zero-shot mode and up to 2 in few-shot mode.");
+            ui.add(egui::Slider::new(&mut thresholds.region.value, Thresholds::REGION_RANGE).text("Region threshold"))
+                .on_hover_text("Map values at or above it are outlined and make the exported mask (map values are 0 to 1).");
+        });
+        if thresholds.image.value != before.image.value {
+            thresholds.image.origin = Threshold::BY_HAND.into();
+        }
+        if thresholds.region.value != before.region.value {
+            thresholds.region.origin = Threshold::BY_HAND.into();
+        }
+        if thresholds != before {
+            *self.state.thresholds_mut() = thresholds;
+        }
+        let s = &mut self.state.settings;
+        ui.horizontal_wrapped(|ui| {
             ui.checkbox(&mut s.overlay, "Overlay");
             ui.add(egui::Slider::new(&mut s.opacity, 0.0..=1.0).text("Opacity"));
-            ui.checkbox(&mut s.outline, "Outline >= threshold");
+            ui.checkbox(&mut s.outline, "Outline regions");
             ui.checkbox(&mut s.side_by_side, "Side by side");
         });
         self.threshold_row(ui);
@@ -319,7 +388,7 @@ impl AlfaApp {
             if ui.button("1:1").clicked() {
                 self.view.actual_size(ui.ctx().pixels_per_point());
             }
-            viewer::legend(ui, s.colormap, low, high, s.threshold);
+            viewer::legend(ui, s.colormap, low, high, region_threshold);
         });
     }
 
@@ -337,23 +406,25 @@ impl AlfaApp {
                     .max_decimals(3),
             )
             .labelled_by(label.id)
-            .on_hover_text("Share of good images allowed at or above the threshold (0.01 = 1%)");
+            .on_hover_text("Share of good images allowed to be NG, or to have a region outlined (0.01 = 1%)");
             from_references = ui
-                .add_enabled(has_references, egui::Button::new("From good references"))
-                .on_hover_text("Scores every reference against the others (leave-one-out) and sets the threshold at the target FPR")
+                .add_enabled(has_references, egui::Button::new("Both from good references"))
+                .on_hover_text("Scores every reference against the others (leave-one-out) and sets both thresholds at the target FPR")
                 .on_disabled_hover_text("Add good reference images first (References, bottom left)")
                 .clicked();
             from_folder = ui
-                .button("From a folder of good images…")
-                .on_hover_text("Scores the images of a folder of good parts and sets the threshold at the target FPR")
+                .button("Both from a folder of good images…")
+                .on_hover_text("Scores the images of a folder of good parts and sets both thresholds at the target FPR")
                 .clicked();
-            ui.label(RichText::new(self.state.threshold_origin()).small());
         });
+        // On a line of its own: it is long and must not wrap the buttons around.
+        let origin = self.state.threshold_origin();
+        ui.add(egui::Label::new(RichText::new(&origin).small()).truncate()).on_hover_text(origin);
         if from_references {
             self.threshold_from_references();
         }
         if from_folder {
-            self.pick_good_folder();
+            self.ask_path(Purpose::GoodFolder);
         }
     }
 
@@ -382,32 +453,35 @@ impl AlfaApp {
             if self.state.reference_views.is_empty() {
                 ui.weak("None: zero-shot. Drop good images here.");
             }
-            ui.horizontal_wrapped(|ui| {
-                for view in &self.state.reference_views {
-                    let name = view.path.file_name().map_or_else(|| view.path.display().to_string(), |n| n.to_string_lossy().into_owned());
+            // One row per reference: every name readable in full, however many there are.
+            for view in &self.state.reference_views {
+                let name = view.path.file_name().map_or_else(|| view.path.display().to_string(), |n| n.to_string_lossy().into_owned());
+                ui.horizontal(|ui| {
+                    match &view.thumbnail {
+                        Some(t) => {
+                            ui.add(egui::Image::new(t).fit_to_exact_size(egui::vec2(40.0, 40.0)))
+                                .on_hover_text(view.path.display().to_string());
+                        }
+                        None => {
+                            ui.allocate_exact_size(egui::vec2(40.0, 40.0), egui::Sense::hover());
+                        }
+                    }
                     ui.vertical(|ui| {
-                        ui.set_width(64.0);
-                        match &view.thumbnail {
-                            Some(t) => {
-                                ui.add(egui::Image::new(t).fit_to_exact_size(egui::vec2(56.0, 56.0)))
-                                    .on_hover_text(view.path.display().to_string());
+                        ui.add(egui::Label::new(&name).truncate()).on_hover_text(view.path.display().to_string());
+                        ui.horizontal(|ui| {
+                            if ui.small_button(format!("Remove {name}")).on_hover_text("No longer a reference; your original stays").clicked() {
+                                remove = Some(view.path.clone());
                             }
-                            None => {
-                                ui.allocate_exact_size(egui::vec2(56.0, 56.0), egui::Sense::hover());
+                            if let Some(error) = &view.error {
+                                ui.colored_label(NG_COLOR, "unreadable").on_hover_text(error);
                             }
-                        }
-                        if let Some(error) = &view.error {
-                            ui.colored_label(NG_COLOR, "unreadable").on_hover_text(error);
-                        }
-                        if ui.small_button(format!("Remove {name}")).on_hover_text("No longer a reference").clicked() {
-                            remove = Some(view.path.clone());
-                        }
+                        });
                     });
-                }
-            });
+                });
+            }
         });
         if add {
-            self.pick_references();
+            self.ask_path(Purpose::AddReferences);
         }
         if mark {
             self.mark_selected_as_reference();
@@ -448,18 +522,32 @@ impl AlfaApp {
         };
         let d = &analysis.detection;
         ui.horizontal(|ui| {
-            verdict_badge(ui, Verdict::of(d.image_score, self.state.settings.threshold));
-            ui.label(RichText::new(format!("image score {:.3}", d.image_score)).strong());
+            let threshold = self.state.image_threshold();
+            if entry.stale {
+                ui.label(RichText::new("old result").italics())
+                    .on_hover_text("From earlier prompts or settings: re-scored when the analysis reaches this image");
+            } else {
+                verdict_badge(ui, Verdict::of(d.image_score, threshold));
+            }
+            ui.label(RichText::new(format!("image score {}", score_text(d.image_score, threshold))).strong()).on_hover_text(
+                "(S_G + max S_L) / 2, plus the max few-shot score with references; NG at or above the OK/NG threshold",
+            );
         });
         egui::Grid::new("scores").show(ui, |ui| {
-            ui.label("S_G (global)");
+            ui.label("S_G (global)").on_hover_text(
+                "Global score: how much more the whole image matches the abnormal prompts than the normal ones (0 to 1)",
+            );
             ui.label(format!("{:.3}", d.global_score));
             ui.end_row();
-            ui.label("max S_L (local)");
+            ui.label("max S_L (local)").on_hover_text(
+                "Largest local score: the hottest point of the zero-shot map, from windows matched to the prompts (0 to 1)",
+            );
             ui.label(format!("{:.3}", d.local_max));
             ui.end_row();
             if let Some(few_shot) = &d.few_shot {
-                ui.label(format!("max few-shot ({} refs)", few_shot.references));
+                ui.label(format!("max few-shot ({} refs)", few_shot.references)).on_hover_text(
+                    "How far the most unusual window is from every reference window: (1 - cosine) / 2",
+                );
                 ui.label(format!("{:.3}", few_shot.max_score));
                 ui.end_row();
             }
@@ -568,19 +656,15 @@ impl AlfaApp {
             ui.colored_label(WARN_COLOR, "No set for this class: the generic set is used. Edit and save to make one.");
         }
         ui.label("One entry per line. `{c}` is the class name; bases need `{domain}` and `{state}`. Changes re-score after a short pause.");
-        let (mut generate, mut cancel_generate) = (false, false);
+        let (mut generate, mut cancel_generate, mut save) = (false, false, false);
         ui.horizontal(|ui| {
             if ui.add_enabled(editor.can_undo(), egui::Button::new("Undo")).clicked() {
                 self.undo_requested = true;
             }
-            let save = ui.add_enabled(editor.unsaved, egui::Button::new("Save"));
-            if save.on_hover_text("Writes prompts/<class>.toml (used from now on), keeping its comments").clicked() {
-                let dir = self.prompts.dir.clone().unwrap_or_else(|| "prompts".into());
-                self.state.notice = Some(match editor.save(&dir) {
-                    Ok(path) => format!("saved {}", path.display()),
-                    Err(e) => e,
-                });
-            }
+            save = ui
+                .add_enabled(editor.unsaved, egui::Button::new("Save"))
+                .on_hover_text("Writes prompts/<class>.toml (used from now on), keeping its comments")
+                .clicked();
             let asking = matches!(self.state.llm, Some(LlmStatus::Asking { .. }));
             generate = ui
                 .add_enabled(!asking, egui::Button::new("Generate more…"))
@@ -627,6 +711,9 @@ impl AlfaApp {
         if std::mem::take(&mut self.undo_requested) {
             self.undo_prompts();
         }
+        if save {
+            self.save_prompts();
+        }
         if generate {
             self.generate_more();
         }
@@ -636,6 +723,7 @@ impl AlfaApp {
     }
 
     fn settings_page(&mut self, ui: &mut Ui) {
+        let grid = self.state.model_grid();
         let s = &mut self.state.settings;
         ui.heading("Model");
         ui.horizontal(|ui| {
@@ -643,6 +731,12 @@ impl AlfaApp {
             ui.add(egui::TextEdit::singleline(&mut s.model).hint_text(crate::clip::DEFAULT_MODEL).desired_width(260.0));
         });
         ui.label(RichText::new("A hub repo id, a model folder or a weights file; empty for the default.").small());
+        ui.horizontal(|ui| {
+            let label = ui.label("Tokenizer:");
+            ui.add(egui::TextEdit::singleline(&mut s.tokenizer).hint_text("the model's own, or downloaded").desired_width(260.0))
+                .labelled_by(label.id)
+                .on_hover_text("CLIP's tokenizer.json, for weights without one when offline (as --tokenizer FILE)");
+        });
         ui.checkbox(&mut s.cpu, "Run on the CPU");
         ui.label(RichText::new(device_note()).small());
         ui.horizontal(|ui| {
@@ -667,19 +761,32 @@ impl AlfaApp {
         ui.separator();
         ui.heading("Detection");
         let mut changed = false;
-        let mut scales = s.detect.scales.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(",");
         ui.horizontal(|ui| {
-            ui.label("Window scales (patches):");
-            if ui.add(egui::TextEdit::singleline(&mut scales).desired_width(80.0)).changed() {
-                let parsed: Result<Vec<usize>, _> = scales.split(',').map(|v| v.trim().parse()).collect();
-                if let Ok(parsed) = parsed.map(|p: Vec<usize>| p.into_iter().filter(|&v| v > 0).collect::<Vec<_>>())
-                    && !parsed.is_empty()
-                {
-                    s.detect.scales = parsed;
-                    changed = true;
+            let label = ui.label("Window scales (patches):");
+            let typed = ui
+                .add(egui::TextEdit::singleline(&mut self.scales_input).desired_width(80.0))
+                .labelled_by(label.id)
+                .on_hover_text(match grid {
+                    Some(grid) => format!("Window sizes in patches, e.g. 2, 3; from 1 to this model's grid, {grid}"),
+                    None => "Window sizes in patches, e.g. 2, 3; checked against the model when it is loaded".into(),
+                });
+            if typed.changed() {
+                match crate::detect::engine::parse_scales(&self.scales_input, grid) {
+                    Ok(scales) => {
+                        self.scales_error = None;
+                        if scales != s.detect.scales {
+                            s.detect.scales = scales;
+                            changed = true;
+                        }
+                    }
+                    Err(e) => self.scales_error = Some(e.to_string()),
                 }
             }
         });
+        if let Some(error) = &self.scales_error {
+            let in_use = s.detect.scales.iter().map(usize::to_string).collect::<Vec<_>>().join(", ");
+            ui.colored_label(NG_COLOR, format!("{error}; still using {in_use}"));
+        }
         ui.horizontal(|ui| {
             ui.label("Window mode:");
             changed |= ui.selectable_value(&mut s.detect.window_mode, WindowMode::Tokens, "tokens (fast)").changed();
@@ -713,37 +820,37 @@ impl AlfaApp {
             self.load_model();
         }
         if choose {
-            self.pick_model_folder();
+            self.ask_path(Purpose::ModelFolder);
         }
     }
 
-    /// Writes the selected image's overlay, map and mask, and the list's scores, into a
-    /// folder the user picks; the dialog and the encoding run off the UI thread.
-    fn export(&mut self) {
-        let rows_state = export::ScoreTable::from_state(&self.state);
-        let selected = self.state.selected.and_then(|i| {
+    /// What an export writes now: the list's scores, and the overlay, map and mask
+    /// of the image on screen when it is analysed.
+    pub(super) fn export_of_state(&self) -> export::Export {
+        let scores = export::ScoreTable::from_state(&self.state);
+        let image = self.state.selected.and_then(|i| {
             let entry = &self.state.entries[i];
             let analysis: Arc<Analysis> = entry.analysis.clone()?;
-            let shown = self.state.shown.as_ref().filter(|s| s.id == entry.id)?;
+            let picture = self.state.shown.as_ref().filter(|s| s.id == entry.id).map(|s| s.picture.image.clone());
             let (low, high) = self.state.levels(i);
             let s = &self.state.settings;
+            let score = analysis.detection.image_score;
+            let threshold = self.state.image_threshold();
+            let verdict = Verdict::of(score, threshold).label();
+            let mut caption = vec![entry.name.clone(), format!("score {} {verdict} (threshold {threshold:.3})", score_text(score, threshold))];
+            if entry.stale {
+                caption.push("from earlier prompts or settings".into());
+            }
             Some(export::ImageExport {
-                stem: entry.path.file_stem().map_or_else(|| "image".into(), |s| s.to_string_lossy().into_owned()),
-                image: shown.picture.image.clone(),
+                stem: export::export_stem(&entry.name),
+                source: entry.path.clone(),
+                image: picture,
                 map: analysis.map.clone(),
-                style: OverlayStyle { colormap: s.colormap, opacity: s.opacity, range: (low, high) },
-                threshold: s.threshold,
+                style: OverlayStyle { colormap: s.colormap, opacity: s.opacity, range: (low, high), caption },
+                threshold: self.state.region_threshold(),
             })
         });
-        let outbox = self.workers.outbox();
-        std::thread::spawn(move || {
-            let Some(dir) = rfd::FileDialog::new().set_title("Export to folder").pick_folder() else { return };
-            let text = match export::export_all(&dir, &rows_state, selected.as_ref()) {
-                Ok(files) => format!("exported {} files to {}", files.len(), dir.display()),
-                Err(e) => format!("export failed: {e}"),
-            };
-            outbox.send(Message::Notice(text));
-        });
+        export::Export { scores, image }
     }
 }
 
@@ -782,9 +889,14 @@ fn prompt_table(ui: &mut Ui, label: &str, verdicts: &[PromptVerdict], sort: Prom
         .column(Column::exact(52.0))
         .column(Column::remainder().clip(true))
         .header(18.0, |mut header| {
-            for title in ["kept", "S_c", "sim", "prompt"] {
+            for (title, hover) in [
+                ("kept", "Whether contextual scoring kept the prompt for this image"),
+                ("S_c", "Contextual score: how well the prompt agrees with the image against the other label's prompts; kept above tau"),
+                ("sim", "Cosine similarity between the image and the prompt"),
+                ("prompt", "The prompt text"),
+            ] {
                 header.col(|ui| {
-                    ui.strong(title);
+                    ui.strong(title).on_hover_text(hover);
                 });
             }
         })

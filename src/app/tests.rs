@@ -84,3 +84,29 @@ fn the_precision_setting_goes_to_the_model_load() {
     }
     panic!("the status bar never read `model: tiny-gelu (bf16)`");
 }
+
+/// A panic on the engine thread (a bug) is reported and the engine comes back: the
+/// next analysis runs.
+#[test]
+fn the_engine_comes_back_after_a_panic() {
+    let mut harness = Harness::builder().with_max_steps(10_000).build_eframe(|cc| AlfaApp::new(cc, options(Vec::new())));
+    harness.state().workers.panic_engine();
+    let mut steps = 0;
+    while !harness.state().state.notice.as_deref().is_some_and(|n| n.contains("engine failed")) {
+        harness.step();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        steps += 1;
+        assert!(steps < 20_000, "the panic was never reported");
+    }
+    assert!(harness.state().state.notice.as_deref().unwrap().contains("a test asked the engine to panic"));
+    let image = manifest().join("tests/fixtures/images/odd_100x100_rgb.png");
+    harness.state_mut().open(&[image]);
+    while harness.state().state.progress.running || harness.state().state.analysed() == 0 {
+        harness.step();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        steps += 1;
+        assert!(steps < 40_000, "the analysis after the panic never finished");
+    }
+    assert!(harness.state().state.progress.error.is_none(), "{:?}", harness.state().state.progress.error);
+    assert_eq!(harness.state().state.analysed(), 1);
+}

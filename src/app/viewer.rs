@@ -77,30 +77,35 @@ impl ViewTransform {
 /// What the panes draw, from the settings and the selected image.
 pub struct ViewerFrame<'a> {
     pub content: Option<&'a HeatmapContent>,
+    /// Shown when there is no content.
+    pub placeholder: &'a str,
     pub params: PaneParams,
     pub side_by_side: bool,
     pub gpu: bool,
 }
 
-/// Draws the panes into the remaining space and handles wheel zoom and drag pan.
-pub fn show(ui: &mut egui::Ui, view: &mut ViewTransform, frame: ViewerFrame<'_>) {
+/// Draws the panes into the remaining space and handles wheel zoom and drag pan;
+/// returns the image pixel under the pointer.
+pub fn show(ui: &mut egui::Ui, view: &mut ViewTransform, frame: ViewerFrame<'_>) -> Option<[u32; 2]> {
     let area = ui.available_rect_before_wrap();
     ui.allocate_rect(area, Sense::hover());
     let Some(content) = frame.content else {
-        ui.put(area, egui::Label::new("Open images or a folder (Ctrl+O, or drop them here)."));
-        return;
+        ui.put(area, egui::Label::new(frame.placeholder));
+        return None;
     };
     if !frame.gpu {
         ui.put(area, egui::Label::new("The heatmap needs the wgpu renderer, which is not available."));
-        return;
+        return None;
     }
-    let image_size = Vec2::new(content.image.width() as f32, content.image.height() as f32);
+    let image_size = Vec2::new(content.size[0] as f32, content.size[1] as f32);
+    // One pane needs no caption (the name is above it); side by side says which is which.
     let panes: Vec<(Rect, bool, &str)> = if frame.side_by_side {
         let (left, right) = area.split_left_right_at_fraction(0.5);
         vec![(left.shrink(2.0), false, "Original"), (right.shrink(2.0), true, "Overlay")]
     } else {
-        vec![(area, frame.params.overlay, "Image")]
+        vec![(area, frame.params.overlay, "")]
     };
+    let mut hovered = None;
     view.update_fit(panes[0].0.size(), image_size);
     let pixels_per_point = ui.ctx().pixels_per_point();
     for (index, (pane, overlay, caption)) in panes.into_iter().enumerate() {
@@ -116,6 +121,10 @@ pub fn show(ui: &mut egui::Ui, view: &mut ViewTransform, frame: ViewerFrame<'_>)
             }
         }
         let rect = view.image_rect(pane, image_size);
+        if let Some(pointer) = response.hover_pos().filter(|p| rect.contains(*p)) {
+            let at = (pointer - rect.min) / view.zoom;
+            hovered = Some([(at.x as u32).min(content.size[0] - 1), (at.y as u32).min(content.size[1] - 1)]);
+        }
         let params = PaneParams {
             image_rect_px: Rect::from_min_max(
                 Pos2::new(rect.min.x * pixels_per_point, rect.min.y * pixels_per_point),
@@ -131,14 +140,17 @@ pub fn show(ui: &mut egui::Ui, view: &mut ViewTransform, frame: ViewerFrame<'_>)
             pane,
             HeatmapCallback { pane: index, params, content: content.clone() },
         ));
-        painter.text(
-            pane.left_top() + Vec2::splat(6.0),
-            egui::Align2::LEFT_TOP,
-            caption,
-            egui::FontId::proportional(13.0),
-            Color32::WHITE,
-        );
+        if !caption.is_empty() {
+            painter.text(
+                pane.left_top() + Vec2::splat(6.0),
+                egui::Align2::LEFT_TOP,
+                caption,
+                egui::FontId::proportional(13.0),
+                Color32::WHITE,
+            );
+        }
     }
+    hovered
 }
 
 /// The colour bar with its numbers and the threshold mark.

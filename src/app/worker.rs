@@ -36,6 +36,41 @@ pub enum Job {
     /// the test decides.
     #[cfg(test)]
     Hold(Receiver<()>),
+    /// Panics on the engine thread, as a bug would.
+    #[cfg(test)]
+    Panic,
+}
+
+/// What a job was, kept to report it failed after the job itself was consumed.
+enum JobKind {
+    LoadModel(String),
+    Analysis(u64),
+    Threshold(u64),
+    #[cfg(test)]
+    Test,
+}
+
+impl JobKind {
+    fn of(job: &Job) -> Self {
+        match job {
+            Job::LoadModel(model) => JobKind::LoadModel(model.model.clone().unwrap_or_else(|| clip::DEFAULT_MODEL.to_owned())),
+            Job::Analyse(job) => JobKind::Analysis(job.generation),
+            Job::Threshold(job) => JobKind::Threshold(job.id),
+            #[cfg(test)]
+            Job::Hold(_) | Job::Panic => JobKind::Test,
+        }
+    }
+
+    /// The message that tells the UI this job failed, so nothing waits for it forever.
+    fn failed(self, error: String) -> Message {
+        match self {
+            JobKind::LoadModel(model) => Message::ModelFailed { model, error },
+            JobKind::Analysis(generation) => Message::AnalysisDone { generation, error: Some(error) },
+            JobKind::Threshold(id) => Message::ThresholdDone { id, outcome: Err(error) },
+            #[cfg(test)]
+            JobKind::Test => Message::Notice(error),
+        }
+    }
 }
 
 pub struct AnalyseJob {
@@ -62,16 +97,23 @@ pub struct ThresholdJob {
     pub source: String,
 }
 
-/// A threshold from good images and the scores it came from.
+/// Thresholds from good images and the scores they came from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ThresholdFit {
-    pub threshold: f32,
+    /// On image scores (OK/NG).
+    pub image: f32,
+    /// On map values (outlines, masks): at most the same share of good images has
+    /// any region outlined.
+    pub region: f32,
     pub fpr: f64,
     pub source: String,
-    pub scores: Vec<(PathBuf, f32)>,
+    /// Each good image's image score and the largest value of its map.
+    pub scores: Vec<(PathBuf, f32, f32)>,
     /// Good images that could not be read, with the reason; the threshold comes from
     /// the others.
     pub skipped: Vec<(PathBuf, String)>,
+    /// What makes the thresholds less trustworthy than the rate says.
+    pub warnings: Vec<String>,
 }
 
 /// One image's result, shared between the list, the viewer and the exports.
@@ -97,7 +139,8 @@ impl Analysis {
 pub enum Message {
     ModelLoading { model: String },
     Download { file: String, done: u64, total: u64 },
-    ModelReady { name: String, precision: clip::Precision },
+    /// `grid`: the model's patch grid, which bounds the window scales.
+    ModelReady { name: String, precision: clip::Precision, grid: usize },
     ModelFailed { model: String, error: String },
     /// The class's prompts are encoded; `encoded` texts went through the text tower.
     PromptsEncoded { generation: u64, encoded: usize, seconds: f64 },
@@ -110,7 +153,7 @@ pub enum Message {
     ReferencesReady { task: Task, used: usize, skipped: Vec<(PathBuf, String)> },
     ThresholdScored { id: u64, done: usize, total: usize },
     ThresholdDone { id: u64, outcome: Result<ThresholdFit, String> },
-    Thumbnail { id: ItemId, outcome: Result<egui::ColorImage, String> },
+    Thumbnail { id: ItemId, outcome: Result<Thumbnail, String> },
     Picture { id: ItemId, outcome: Result<Picture, String> },
     /// "Generate more…": `done` of `total` LLM answers arrived.
     LlmAnswered { id: u64, done: usize, total: usize },
@@ -118,10 +161,12 @@ pub enum Message {
     Generated { id: u64, outcome: Result<(Generated, String), String> },
     /// A region of an image (the nearest reference window), keyed by the asker.
     Crop { key: String, outcome: Result<egui::ColorImage, String> },
-    /// Images were copied into a class's reference folder: how many were new.
-    ReferencesCopied { outcome: Result<usize, String> },
+    /// Images were copied into a class's reference folder (the unreadable ones refused).
+    ReferencesCopied { outcome: Result<references::ReferencesAdded, String> },
     /// A file dialog's choice.
     Picked(Pick),
+    /// The system file dialog returned at once, without a choice: it cannot open here.
+    DialogFailed(super::dialogs::Purpose),
     /// A line for the status bar (exports).
     Notice(String),
 }
@@ -131,6 +176,7 @@ pub enum Pick {
     ModelFolder(PathBuf),
     References(Vec<PathBuf>),
     GoodFolder(PathBuf),
+    ExportFolder(PathBuf),
 }
 
 /// Which engine job a message is about.
@@ -255,13 +301,26 @@ impl Workers {
         let _ = self.loads.send(LoadJob::Thumbnails(items));
     }
 
+    /// Decodes the picture to show now; it supersedes a picture asked for earlier
+    /// and not decoded yet (keys held down skip what is passed).
     pub fn picture(&self, id: ItemId, path: PathBuf) {
         let _ = self.loads.send(LoadJob::Picture(id, path));
+    }
+
+    /// Decodes pictures likely to be shown next (the list's neighbours) after the
+    /// one on screen and before thumbnails; replaces an earlier prefetch.
+    pub fn prefetch(&self, items: Vec<(ItemId, PathBuf)>) {
+        let _ = self.loads.send(LoadJob::Prefetch(items));
     }
 
     #[cfg(test)]
     pub fn hold(&self, until: Receiver<()>) {
         self.send(Job::Hold(until));
+    }
+
+    #[cfg(test)]
+    pub fn panic_engine(&self) {
+        self.send(Job::Panic);
     }
 
     fn send(&self, job: Job) {
@@ -320,17 +379,33 @@ impl DownloadObserver for DownloadProgress {
 }
 
 impl Engine {
+    /// Runs jobs until the UI is gone. A panic in a job (a bug) does not end the
+    /// thread: the job is reported as failed, the caches it may have left half-made
+    /// are dropped, and the next job runs on a clean engine.
     fn run(mut self, jobs: Receiver<Job>) {
         while let Ok(job) = jobs.recv() {
-            match job {
-                Job::LoadModel(model) => self.load(model),
-                Job::Analyse(job) => self.analyse(job),
-                Job::Threshold(job) => self.threshold(job),
-                #[cfg(test)]
-                Job::Hold(until) => {
-                    let _ = until.recv();
-                }
+            let kind = JobKind::of(&job);
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_job(job)));
+            if let Err(payload) = outcome {
+                self.encoded = None;
+                self.bank = None;
+                let error = format!("the engine failed ({}) and was restarted", panic_text(payload.as_ref()));
+                self.outbox.send(kind.failed(error));
             }
+        }
+    }
+
+    fn run_job(&mut self, job: Job) {
+        match job {
+            Job::LoadModel(model) => self.load(model),
+            Job::Analyse(job) => self.analyse(job),
+            Job::Threshold(job) => self.threshold(job),
+            #[cfg(test)]
+            Job::Hold(until) => {
+                let _ = until.recv();
+            }
+            #[cfg(test)]
+            Job::Panic => panic!("a test asked the engine to panic"),
         }
     }
 
@@ -354,7 +429,8 @@ impl Engine {
         })();
         match loaded {
             Ok(detector) => {
-                self.outbox.send(Message::ModelReady { name, precision: model.precision });
+                let grid = detector.clip.model.vision.grid();
+                self.outbox.send(Message::ModelReady { name, precision: model.precision, grid });
                 self.detector = Some(Ok(detector));
             }
             Err(e) => {
@@ -454,7 +530,12 @@ impl Engine {
             let outcome = clip::open_image(&path)
                 .map_err(|e| e.to_string())
                 .and_then(|image| {
-                    detector.detect_with_references(&image, class, bank, &job.settings).map_err(|e| e.to_string())
+                    // A bug on one image fails that image, not the rest of the list.
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        detector.detect_with_references(&image, class, bank, &job.settings)
+                    }))
+                    .map_err(|payload| format!("the engine failed on this image ({})", panic_text(payload.as_ref())))?
+                    .map_err(|e| e.to_string())
                 })
                 .map(|d| Arc::new(Analysis::new(d)));
             self.outbox.send(Message::Analysed { generation, id, outcome });
@@ -472,11 +553,26 @@ impl Engine {
             let (detector, class, bank) = self.prepared(&job.references);
             let mut scores = Vec::with_capacity(job.good.len());
             let mut skipped = Vec::new();
+            let mut warnings = Vec::new();
+            // A good image that is also a reference (the same file, or a copy of it in
+            // the reference folder) would score near zero against a bank that holds it.
+            let reference_contents: Vec<Option<Vec<u8>>> =
+                bank.map_or_else(Vec::new, |b| b.files.iter().map(|f| std::fs::read(f).ok()).collect());
+            let mut overlapping = 0;
             for (n, path) in job.good.iter().enumerate() {
                 if self.is_stale(task) {
                     return Err("cancelled".into());
                 }
-                let left_out = match bank.and_then(|b| b.files.iter().position(|f| f == path)) {
+                let same_file = bank.and_then(|b| b.files.iter().position(|f| f == path));
+                let same_content = || {
+                    let bytes = std::fs::read(path).ok()?;
+                    reference_contents.iter().position(|r| r.as_deref() == Some(bytes.as_slice()))
+                };
+                let as_reference = same_file.or_else(same_content);
+                if as_reference.is_some() && same_file.is_none() {
+                    overlapping += 1;
+                }
+                let left_out = match as_reference {
                     Some(i) => Some(bank.expect("position found in it").without(i).map_err(|e| e.to_string())?.ok_or_else(|| {
                         "a reference cannot be scored against the others with only one reference: add another".to_owned()
                     })?),
@@ -495,15 +591,31 @@ impl Engine {
                 let detection = detector
                     .detect_with_references(&image, class, left_out.as_ref().or(bank), &job.settings)
                     .map_err(|e| format!("{}: {e}", path.display()))?;
-                scores.push((path.clone(), detection.image_score));
+                scores.push((path.clone(), detection.image_score, detection.map.max()));
             }
             if let (true, Some((_, reason))) = (scores.is_empty(), skipped.first()) {
                 return Err(format!("none of the {} good images could be read, e.g. {reason}", skipped.len()));
             }
-            let values: Vec<f32> = scores.iter().map(|(_, s)| *s).collect();
-            let threshold = threshold_at_fpr(&values, job.fpr)
-                .ok_or_else(|| format!("no threshold from {} good image(s) at FPR {}", values.len(), job.fpr))?;
-            Ok(ThresholdFit { threshold, fpr: job.fpr, source: job.source.clone(), scores, skipped })
+            let fit = |values: Vec<f32>| {
+                threshold_at_fpr(&values, job.fpr)
+                    .ok_or_else(|| format!("no threshold from {} good image(s) at FPR {}", values.len(), job.fpr))
+            };
+            if overlapping > 0 {
+                warnings.push(format!(
+                    "{overlapping} of the good images are references too: each was scored against the other references"
+                ));
+            }
+            if job.fpr > 0.0 && (scores.len() as f64) * job.fpr < 1.0 {
+                warnings.push(format!(
+                    "only {} good images: a rate of {}% needs at least {} to allow any, so the thresholds sit above every good image",
+                    scores.len(),
+                    job.fpr * 100.0,
+                    (1.0 / job.fpr).ceil()
+                ));
+            }
+            let image = fit(scores.iter().map(|s| s.1).collect())?;
+            let region = fit(scores.iter().map(|s| s.2).collect())?;
+            Ok(ThresholdFit { image, region, fpr: job.fpr, source: job.source.clone(), scores, skipped, warnings })
         });
         if !self.is_stale(task) {
             self.outbox.send(Message::ThresholdDone { id, outcome });
@@ -511,9 +623,26 @@ impl Engine {
     }
 }
 
+/// `work`, with a panic (a decoder bug on a strange file) turned into that file's
+/// error: the loader thread goes on with the next file.
+fn guarded<T>(work: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
+        .unwrap_or_else(|payload| Err(format!("cannot decode this file ({})", panic_text(payload.as_ref()))))
+}
+
+/// The text a panic was raised with.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
 enum LoadJob {
     Thumbnails(Vec<(ItemId, PathBuf)>),
     Picture(ItemId, PathBuf),
+    Prefetch(Vec<(ItemId, PathBuf)>),
     Crop { key: String, path: PathBuf, region: [u32; 4] },
     CopyReferences { dir: PathBuf, images: Vec<PathBuf> },
 }
@@ -521,39 +650,79 @@ enum LoadJob {
 /// Longest side of a list thumbnail, in pixels.
 pub const THUMBNAIL_SIZE: u32 = 96;
 
-/// Decodes thumbnails in order, but serves a picture request (the image the user
-/// selected) before the next thumbnail.
+/// What the loader has to do, most urgent first: the picture on screen (only the
+/// newest request), then its neighbours, then thumbnails in list order.
+#[derive(Default)]
+struct LoadQueue {
+    picture: Option<(ItemId, PathBuf)>,
+    prefetch: std::collections::VecDeque<(ItemId, PathBuf)>,
+    thumbnails: std::collections::VecDeque<(ItemId, PathBuf)>,
+}
+
+impl LoadQueue {
+    fn is_empty(&self) -> bool {
+        self.picture.is_none() && self.prefetch.is_empty() && self.thumbnails.is_empty()
+    }
+
+    fn next(&mut self) -> Option<(ItemId, PathBuf, bool)> {
+        if let Some((id, path)) = self.picture.take().or_else(|| self.prefetch.pop_front()) {
+            return Some((id, path, true));
+        }
+        self.thumbnails.pop_front().map(|(id, path)| (id, path, false))
+    }
+}
+
 fn run_loader(jobs: Receiver<LoadJob>, outbox: Outbox) {
-    let mut queue = std::collections::VecDeque::new();
+    let mut queue = LoadQueue::default();
     loop {
-        let job = if queue.is_empty() {
+        if queue.is_empty() {
             match jobs.recv() {
-                Ok(job) => Some(job),
+                Ok(job) => take_load_job(job, &mut queue, &outbox),
                 Err(_) => return,
             }
-        } else {
-            jobs.try_recv().ok()
-        };
-        match job {
-            Some(LoadJob::Thumbnails(items)) => queue.extend(items),
-            Some(LoadJob::Picture(id, path)) => outbox.send(Message::Picture { id, outcome: picture(&path) }),
-            Some(LoadJob::Crop { key, path, region }) => outbox.send(Message::Crop { key, outcome: crop(&path, region) }),
-            Some(LoadJob::CopyReferences { dir, images }) => {
-                let outcome = references::copy_references(&dir, &images).map(|added| added.len()).map_err(|e| e.to_string());
-                outbox.send(Message::ReferencesCopied { outcome });
-            }
-            None => {
-                if let Some((id, path)) = queue.pop_front() {
-                    outbox.send(Message::Thumbnail { id, outcome: thumbnail(&path) });
-                }
-            }
+        }
+        // Everything asked so far, so a newer picture request replaces older ones.
+        while let Ok(job) = jobs.try_recv() {
+            take_load_job(job, &mut queue, &outbox);
+        }
+        match queue.next() {
+            Some((id, path, true)) => outbox.send(Message::Picture { id, outcome: guarded(|| picture(&path)) }),
+            Some((id, path, false)) => outbox.send(Message::Thumbnail { id, outcome: guarded(|| thumbnail(&path)) }),
+            None => {}
         }
     }
 }
 
-fn thumbnail(path: &std::path::Path) -> Result<egui::ColorImage, String> {
+/// Queues a decode, or does a quick job (crops, copies) at once.
+fn take_load_job(job: LoadJob, queue: &mut LoadQueue, outbox: &Outbox) {
+    match job {
+        LoadJob::Thumbnails(items) => queue.thumbnails.extend(items),
+        LoadJob::Picture(id, path) => {
+            queue.prefetch.retain(|(other, _)| *other != id);
+            queue.picture = Some((id, path));
+        }
+        LoadJob::Prefetch(items) => queue.prefetch = items.into(),
+        LoadJob::Crop { key, path, region } => outbox.send(Message::Crop { key, outcome: guarded(|| crop(&path, region)) }),
+        LoadJob::CopyReferences { dir, images } => {
+            let outcome = references::add_readable_references(&dir, &images).map_err(|e| e.to_string());
+            outbox.send(Message::ReferencesCopied { outcome });
+        }
+    }
+}
+
+/// A list thumbnail, which the viewer also shows scaled up until the picture is decoded.
+#[derive(Clone)]
+pub struct Thumbnail {
+    pub color: egui::ColorImage,
+    pub pixels: Arc<RgbaImage>,
+    /// The full picture's size.
+    pub size: [u32; 2],
+}
+
+fn thumbnail(path: &std::path::Path) -> Result<Thumbnail, String> {
     let image = clip::open_image(path).map_err(|e| e.to_string())?;
-    Ok(color_image(&image.thumbnail(THUMBNAIL_SIZE, THUMBNAIL_SIZE)))
+    let small = image.thumbnail(THUMBNAIL_SIZE, THUMBNAIL_SIZE);
+    Ok(Thumbnail { color: color_image(&small), pixels: Arc::new(small.to_rgba8()), size: [image.width(), image.height()] })
 }
 
 fn crop(path: &std::path::Path, [x0, y0, x1, y1]: [u32; 4]) -> Result<egui::ColorImage, String> {

@@ -10,7 +10,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use super::ModelArgs;
+use super::{ModelArgs, progress_label};
 use crate::clip::{self, Clip, Precision};
 use crate::detect::colormap::Colormap;
 use crate::detect::export::{self, OverlayStyle};
@@ -159,6 +159,7 @@ pub fn run(args: DetectArgs) -> Result<()> {
             })
         })
         .collect::<Result<_>>()?;
+    prepare_output_folder(&args.out)?;
     let outputs: Vec<Outputs> = images.iter().map(|i| Outputs::of(&args.out, i)).collect();
     if !args.force {
         let existing: Vec<&Path> = outputs.iter().flat_map(|o| o.all()).filter(|p| p.exists()).collect();
@@ -177,10 +178,14 @@ pub fn run(args: DetectArgs) -> Result<()> {
         sigma: args.sigma,
         ..Default::default()
     };
+    // What can be checked without the model, before it is loaded; the scales against
+    // its patch grid right after.
+    settings.validate(usize::MAX)?;
 
     let files = args.model.request().resolve()?;
     let identity = files.identity();
     let clip = Clip::load(&files, &clip::device(args.model.cpu)?, args.model.precision)?;
+    settings.validate(clip.model.vision.grid())?;
     let mut detector = Detector::new(clip, &identity, default_cache_dir().as_deref());
 
     let mut prompt_sets: HashMap<String, (ResolvedPrompts, ClassPrompts, Option<ReferenceBank>)> = HashMap::new();
@@ -191,7 +196,7 @@ pub fn run(args: DetectArgs) -> Result<()> {
     let mut scores = BTreeMap::new();
     let mut failures = 0;
     for ((image, class), outputs) in images.iter().zip(&classes).zip(&outputs) {
-        bar.set_message(image.path.display().to_string());
+        bar.set_message(progress_label(&image.path));
         if !prompt_sets.contains_key(class) {
             let resolved = match &args.prompts {
                 Some(file) => PromptStore::from_file(file)?,
@@ -256,6 +261,17 @@ pub fn run(args: DetectArgs) -> Result<()> {
     Ok(())
 }
 
+/// Creates `out` and checks that files can be written in it, so that a wrong `--out`
+/// is refused before the model is downloaded and loaded, not after every image failed.
+fn prepare_output_folder(out: &Path) -> Result<()> {
+    if out.exists() && !out.is_dir() {
+        bail!("--out {} is a file, not a folder: pass a folder (it is created if needed)", out.display());
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create the output folder --out {}", out.display()))?;
+    tempfile::NamedTempFile::new_in(out).with_context(|| format!("cannot write into the output folder --out {}", out.display()))?;
+    Ok(())
+}
+
 /// The class's few-shot bank, or `None` (zero-shot), saying which on stderr.
 fn reference_bank(detector: &Detector, args: &DetectArgs, class: &str, settings: &DetectSettings) -> Result<Option<ReferenceBank>> {
     if args.zero_shot {
@@ -313,9 +329,11 @@ fn detect_one(
             (lo, detection.map.max().max(lo + f32::EPSILON))
         }
     };
+    // An overlay seen on its own still says which image and score it shows.
     let style = OverlayStyle {
         range,
         colormap: args.colormap,
+        caption: vec![image.output_stem.display().to_string(), format!("image score {:.3}", detection.image_score)],
         ..Default::default()
     };
     export::write_png(&outputs.overlay, &export::render_overlay(&decoded, &detection.map, &style)?)?;

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::ModelArgs;
+use super::{ModelArgs, progress_label};
 use crate::clip::{self, Clip};
 use crate::detect::baselines::build_method;
 use crate::detect::references::draw;
@@ -28,8 +28,9 @@ pub struct EvalArgs {
     /// The dataset's root folder.
     #[arg(long, value_name = "ROOT")]
     pub root: PathBuf,
-    /// Classes to evaluate [default: all].
-    #[arg(long, value_delimiter = ',', value_name = "A,B")]
+    /// Classes to evaluate [default: all]. The folder layout has one class, named after
+    /// its folder unless given here (`--class bottle`): the name picks the prompt set.
+    #[arg(long, visible_alias = "class", value_delimiter = ',', value_name = "A,B")]
     pub classes: Vec<String>,
     #[arg(long, value_enum, default_value_t = MethodKind::Alfa)]
     pub method: MethodKind,
@@ -68,10 +69,16 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    let dataset = match args.dataset {
+    let mut dataset = match args.dataset {
         Some(kind) => Dataset::open_as(&args.root, kind)?,
         None => Dataset::open(&args.root)?,
     };
+    if dataset.kind() == DatasetKind::Folder && !args.classes.is_empty() {
+        match args.classes.as_slice() {
+            [class] => dataset.name_folder_class(class)?,
+            many => bail!("a folder dataset holds one class; pass one --class, not {}", many.join(", ")),
+        }
+    }
     let classes: Vec<String> = if args.classes.is_empty() { dataset.classes().to_vec() } else { args.classes.clone() };
     let samples = classes.iter().map(|c| dataset.test_samples(c)).collect::<Result<Vec<_>, _>>()?;
     let settings = DetectSettings {
@@ -79,6 +86,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         window_mode: args.window_mode,
         ..Default::default()
     };
+    settings.validate(usize::MAX)?;
     let mut run = serde_json::json!({
         "command": std::env::args().collect::<Vec<_>>().join(" "),
         "alfa": env!("CARGO_PKG_VERSION"),
@@ -97,7 +105,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
         }
         let files = args.model.request().resolve()?;
         let identity = files.identity();
-        let detector = Detector::new(Clip::load(&files, &clip::device(args.model.cpu)?, args.model.precision)?, &identity, default_cache_dir().as_deref());
+        let clip = Clip::load(&files, &clip::device(args.model.cpu)?, args.model.precision)?;
+        settings.validate(clip.model.vision.grid())?;
+        let detector = Detector::new(clip, &identity, default_cache_dir().as_deref());
         let mut method: Box<dyn Method> = match args.method {
             MethodKind::Alfa => Box::new(AlfaMethod::new(detector, settings.clone(), args.ablation)),
             kind => build_method(kind, detector, settings.clone())?,
@@ -117,20 +127,30 @@ pub fn run(args: EvalArgs) -> Result<()> {
         let seeds: Vec<u64> = (0..seed_count.max(1)).collect();
         run["seeds"] = serde_json::to_value(&seeds)?;
 
+        // Resolved once, and said: a class that silently got the generic set scores low.
+        let store = PromptStore { dir: Some(args.prompts_dir.clone()) };
+        let mut specs = Vec::new();
+        let mut prompt_sets = serde_json::Map::new();
+        for class in &classes {
+            let resolved = store.resolve(class)?;
+            eprintln!("class {class}: {}", resolved.origin());
+            prompt_sets.insert(class.clone(), resolved.origin().into());
+            let set = resolved.set;
+            specs.push(ClassSpec { id: class.clone(), name: set.class.name.clone(), prompts: set.expand() });
+        }
+        run["prompt_sets"] = prompt_sets.into();
+
         let total: usize = samples.iter().map(Vec::len).sum::<usize>() * seeds.len();
         let bar = ProgressBar::new(total as u64);
         bar.set_style(
             ProgressStyle::with_template("{bar:40} {pos}/{len} images ({eta} left) {wide_msg}").expect("the template is valid"),
         );
-        let store = PromptStore { dir: Some(args.prompts_dir.clone()) };
         let mut per_seed = Vec::new();
         for &seed in &seeds {
             method.reseed(seed);
             let mut metrics = Vec::new();
-            for (class, samples) in classes.iter().zip(&samples) {
+            for ((class, samples), spec) in classes.iter().zip(&samples).zip(&specs) {
                 bar.set_message(format!("{class}, seed {seed}"));
-                let set = store.resolve(class)?.set;
-                let spec = ClassSpec { id: class.clone(), name: set.class.name.clone(), prompts: set.expand() };
                 let references = if args.shots > 0 {
                     let pool = dataset.train_good(class)?;
                     if pool.len() < args.shots {
@@ -140,8 +160,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
                 } else {
                     Vec::new()
                 };
-                method.prepare(&spec, &references)?;
+                method.prepare(spec, &references)?;
                 let class_metrics = evaluate_class(class, samples, |sample| {
+                    bar.set_message(format!("{class}, seed {seed}: {}", progress_label(&sample.image)));
                     let image = clip::open_image(&sample.image).map_err(crate::detect::DetectError::from)?;
                     let scored = method.score(&image)?;
                     bar.inc(1);

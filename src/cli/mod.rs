@@ -1,6 +1,6 @@
 //! The command line: `alfa` opens the inspection window; subcommands work headless.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Result;
@@ -75,7 +75,8 @@ pub enum Command {
     /// Output: {"images": [{"file", "embedding"}], "texts": [{"text", "embedding"}]},
     /// in input order.
     Embed(EmbedArgs),
-    /// Anomaly maps, overlays and JSON records for images and folders (ALFA, zero-shot).
+    /// Anomaly maps, overlays and JSON records for images and folders (ALFA: zero-shot, or
+    /// few-shot with the class's reference images).
     ///
     /// For each image: OUT/<stem>.tiff (float32 map at the image's size), OUT/<stem>_overlay.png
     /// (heatmap with a colour legend) and OUT/<stem>.json (scores, kept and dropped prompts,
@@ -158,6 +159,16 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// A progress bar's label for `path`: the file and its folder, `…/broken_large/015.png`.
+/// The bar cuts a message that does not fit at its end, and a whole path's end is the
+/// part that says which image it is.
+pub(crate) fn progress_label(path: &Path) -> String {
+    let mut tail: Vec<String> = path.iter().rev().take(2).map(|c| c.to_string_lossy().into_owned()).collect();
+    tail.reverse();
+    let label = tail.join("/");
+    if path.iter().count() > 2 { format!("…/{label}") } else { label }
+}
+
 /// A terminal progress bar for model downloads.
 struct DownloadBar {
     bar: ProgressBar,
@@ -221,4 +232,17 @@ fn run_bench(args: BenchArgs) -> Result<()> {
         println!("{}", report.table());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_labels_keep_the_end_of_a_path() {
+        let long = Path::new("/data/mvtec_anomaly_detection/bottle/test/broken_large/015.png");
+        assert_eq!(progress_label(long), "…/broken_large/015.png");
+        assert_eq!(progress_label(Path::new("broken_large/015.png")), "broken_large/015.png");
+        assert_eq!(progress_label(Path::new("015.png")), "015.png");
+    }
 }

@@ -1,11 +1,12 @@
 //! `alfa refs`: a class's normal reference images for few-shot mode.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 
-use crate::detect::references::{add_references, list_references, references_dir, remove_references};
+use crate::detect::inputs::is_image;
+use crate::detect::references::{add_readable_references, list_references, references_dir, remove_references};
 
 #[derive(Args, Debug)]
 pub struct RefsArgs {
@@ -26,10 +27,15 @@ pub struct ClassRefs {
 #[derive(Subcommand, Debug)]
 pub enum RefsAction {
     /// Copy normal images into the class's references (the originals stay where they are).
+    ///
+    /// Folders are searched recursively (png, jpg, jpeg, bmp, tif, tiff, webp; not
+    /// `ground_truth/`, as in the app). Images that cannot be read are named and not
+    /// copied, the others are; the exit status is then non-zero.
     Add {
         #[command(flatten)]
         class: ClassRefs,
-        #[arg(required = true, value_name = "IMAGE")]
+        /// Images or folders.
+        #[arg(required = true, value_name = "IMAGE|DIR")]
         images: Vec<PathBuf>,
     },
     /// Delete references by file name (as `list` prints them).
@@ -50,10 +56,18 @@ pub fn run(args: RefsArgs) -> Result<()> {
     match args.action {
         RefsAction::Add { class, images } => {
             let dir = references_dir(&class.prompts_dir, &class.class);
-            for added in add_references(&dir, &images)? {
+            let files = image_files(&images)?;
+            let outcome = add_readable_references(&dir, &files)?;
+            for added in &outcome.added {
                 println!("added {}", added.display());
             }
+            for (_, reason) in &outcome.refused {
+                eprintln!("refused: {reason}");
+            }
             println!("{} reference image(s) for `{}`", list_references(&dir)?.len(), class.class);
+            if !outcome.refused.is_empty() {
+                bail!("{} of {} image(s) could not be read (named above); the others were added", outcome.refused.len(), files.len());
+            }
         }
         RefsAction::Remove { class, names } => {
             let dir = references_dir(&class.prompts_dir, &class.class);
@@ -75,6 +89,43 @@ pub fn run(args: RefsArgs) -> Result<()> {
             for file in files {
                 println!("{}", file.display());
             }
+        }
+    }
+    Ok(())
+}
+
+/// Files as given, and the images in folders (recursively, sorted; `ground_truth/`
+/// folders hold MVTec masks, not images of parts, and are skipped as the app does).
+fn image_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let before = files.len();
+            walk(path, &mut files)?;
+            if files.len() == before {
+                bail!("no images in {}", path.display());
+            }
+        } else if path.is_file() {
+            files.push(path.clone());
+        } else {
+            bail!("{}: no such file or folder", path.display());
+        }
+    }
+    Ok(files)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let mut entries = std::fs::read_dir(dir)
+        .and_then(|entries| entries.map(|e| e.map(|e| e.path())).collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("cannot list {}", dir.display()))?;
+    entries.sort();
+    for entry in entries {
+        if entry.is_dir() {
+            if entry.file_name().is_some_and(|n| n != "ground_truth") {
+                walk(&entry, out)?;
+            }
+        } else if is_image(&entry) {
+            out.push(entry);
         }
     }
     Ok(())

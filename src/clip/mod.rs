@@ -53,17 +53,19 @@ pub enum ClipError {
     Image { path: PathBuf, reason: String },
     #[error("model `{model}` not found: {reason}")]
     ModelNotFound { model: String, reason: String },
-    #[error(
-        "could not get `{file}` from the Hugging Face repo `{repo}`: {reason}.\n\
-         To work offline, put open_clip_config.json and open_clip_model.safetensors from \
-         https://huggingface.co/{repo} and tokenizer.json from \
-         https://huggingface.co/openai/clip-vit-base-patch32 into one folder and pass `--model FOLDER`"
-    )]
+    /// Offline, what to do comes first (see [`source::download_message`]).
+    #[error("{}", crate::clip::source::download_message(repo, file, url, reason, *offline))]
     Download {
         repo: String,
         file: String,
+        /// The repo's page on the hub (`https://huggingface.co/<repo>`, or under `HF_ENDPOINT`).
+        url: String,
         reason: String,
+        /// The hub could not be reached, or `HF_HUB_OFFLINE` forbade it.
+        offline: bool,
     },
+    #[error("could not set up the Hugging Face client: {0}")]
+    HubClient(String),
     #[error(
         "bf16 precision runs on CPUs with AVX512-BF16 (Intel Cooper Lake, Sapphire Rapids and later; \
          AMD Zen 4 and later), and {found}: use --precision f32"
@@ -129,23 +131,33 @@ pub const MAX_IMAGE_PIXELS: u64 = 100_000_000;
 
 /// Reads an image file, naming the file in the error.
 pub fn open_image(path: &Path) -> Result<DynamicImage, ClipError> {
-    let failed = |reason: String| ClipError::Image {
-        path: path.to_owned(),
-        reason,
-    };
-    let reader = || {
-        image::ImageReader::open(path)
-            .and_then(|r| r.with_guessed_format())
-            .map_err(|e| failed(e.to_string()))
-    };
-    let (width, height) = reader()?.into_dimensions().map_err(|e| failed(e.to_string()))?;
+    decode_checked(|| image::ImageReader::open(path).and_then(|r| r.with_guessed_format())).map_err(|reason| {
+        ClipError::Image {
+            path: path.to_owned(),
+            reason,
+        }
+    })
+}
+
+/// [`open_image`] for an image held in memory (the format is guessed from its bytes):
+/// the same size check and decoder limits; the error is the reason alone.
+pub fn decode_image(bytes: &[u8]) -> Result<DynamicImage, String> {
+    decode_checked(|| image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format())
+}
+
+/// Reads the dimensions first and decodes only images within [`MAX_IMAGE_PIXELS`];
+/// `reader` opens the image afresh for each of the two steps.
+fn decode_checked<R: std::io::BufRead + std::io::Seek>(
+    reader: impl Fn() -> std::io::Result<image::ImageReader<R>>,
+) -> Result<DynamicImage, String> {
+    let (width, height) = reader().map_err(|e| e.to_string())?.into_dimensions().map_err(|e| e.to_string())?;
     if u64::from(width) * u64::from(height) > MAX_IMAGE_PIXELS {
-        return Err(failed(format!(
+        return Err(format!(
             "{width} x {height} pixels is over the limit of {} megapixels: downscale or tile it first",
             MAX_IMAGE_PIXELS / 1_000_000
-        )));
+        ));
     }
-    reader()?.decode().map_err(|e| failed(e.to_string()))
+    reader().map_err(|e| e.to_string())?.decode().map_err(|e| e.to_string())
 }
 
 /// A loaded CLIP: model, tokenizer and preprocessing, on one device.

@@ -3,7 +3,7 @@
 //! Hub downloads go to the standard Hugging Face cache (`HF_HUB_CACHE`, `HF_HOME`,
 //! `~/.cache/huggingface/hub`), so files a Python user already has are reused, and a
 //! cached file is used without touching the network. `HF_HUB_OFFLINE=1` forbids the
-//! network entirely.
+//! network entirely; `HF_ENDPOINT` points at a hub mirror.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -212,19 +212,45 @@ fn first_weights_file(dir: &Path) -> Option<PathBuf> {
     files.into_iter().next()
 }
 
+/// The message of a failed hub download ([`ClipError::Download`]). Offline, what to do
+/// comes first, in one short sentence, then what failed, with the URL once; other
+/// failures (a misspelt repo) lead with what failed. The default model's tokenizer
+/// comes from another repo than its weights ([`DEFAULT_TOKENIZER_REPO`]); the message
+/// says which repo serves which file.
+pub fn download_message(repo: &str, file: &str, url: &str, reason: &str, offline: bool) -> String {
+    let failed = format!("Could not get {file} from {url}: {reason}.");
+    let (todo, whose) = if repo == DEFAULT_TOKENIZER_REPO && file == TOKENIZER_FILE {
+        (
+            "To work offline, pass `--tokenizer FILE` (CLIP's tokenizer.json), or put tokenizer.json into the model folder.".to_owned(),
+            format!("{repo} is only where alfa fetches CLIP's tokenizer from; the model's weights do not come from it."),
+        )
+    } else {
+        (
+            format!(
+                "To work offline, pass `--model FOLDER` holding {CONFIG_FILE} and {} of {repo}, \
+                 and CLIP's tokenizer.json or `--tokenizer FILE`.",
+                HUB_WEIGHT_FILES[0]
+            ),
+            format!(
+                "The weights come from {repo}; {DEFAULT_TOKENIZER_REPO} is only where alfa fetches tokenizer.json \
+                 from, when the model's repo has none."
+            ),
+        )
+    };
+    if offline { format!("{todo}\n{failed}\n{whose}") } else { format!("{failed}\n{todo}\n{whose}") }
+}
+
 struct Hub {
     client: hf_hub::HFClientSync,
+    /// The hub's base URL (`https://huggingface.co`, or `HF_ENDPOINT`), for messages.
+    endpoint: String,
     offline: bool,
     observer: Option<Arc<dyn DownloadObserver>>,
 }
 
 impl Hub {
     fn new(observer: Option<Arc<dyn DownloadObserver>>) -> Result<Self, ClipError> {
-        let setup = |e: String| ClipError::Download {
-            repo: String::new(),
-            file: String::new(),
-            reason: format!("could not set up the Hugging Face client: {e}"),
-        };
+        let setup = |e: String| ClipError::HubClient(e);
         // Timeouts so that a dead network ends in an error, never a hang; no total
         // timeout, since the weights are hundreds of megabytes.
         let http = reqwest::Client::builder()
@@ -236,11 +262,14 @@ impl Hub {
         let client = hf_hub::HFClient::builder()
             .client(http)
             .retry_max_attempts(2)
-            .build_sync()
+            .build()
             .map_err(|e| setup(e.to_string()))?;
+        let endpoint = client.endpoint().trim_end_matches('/').to_owned();
+        let client = hf_hub::HFClientSync::from_inner(client).map_err(|e| setup(e.to_string()))?;
         let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| !v.is_empty() && v != "0");
         Ok(Self {
             client,
+            endpoint,
             offline,
             observer,
         })
@@ -258,13 +287,15 @@ impl Hub {
         if let Ok(path) = cached {
             return Ok(path);
         }
-        let fail = |reason: String| ClipError::Download {
+        let fail = |reason: String, offline: bool| ClipError::Download {
             repo: repo.to_owned(),
             file: file.to_owned(),
+            url: format!("{}/{repo}", self.endpoint),
             reason,
+            offline,
         };
         if self.offline {
-            return Err(fail("it is not in the cache and HF_HUB_OFFLINE is set".into()));
+            return Err(fail("it is not in the cache and HF_HUB_OFFLINE is set".into(), true));
         }
         let progress = self.observer.clone().map(|observer| {
             hf_hub::progress::Progress::new(ProgressBridge { observer })
@@ -274,14 +305,38 @@ impl Hub {
             .filename(file)
             .maybe_progress(progress)
             .send()
-            .map_err(|e| fail(describe_hub_error(&e)))
+            .map_err(|e| fail(describe_hub_error(&e, &self.endpoint), matches!(e, hf_hub::HFError::Request { .. })))
     }
 }
 
-fn describe_hub_error(e: &hf_hub::HFError) -> String {
+/// The reason of a failed download in words, without the URL (the message has it once):
+/// a connection that cannot be made is "no network", not reqwest's "error sending request".
+fn describe_hub_error(e: &hf_hub::HFError, endpoint: &str) -> String {
+    use hf_hub::HFError;
+    let host = reqwest::Url::parse(endpoint)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_else(|| endpoint.to_owned());
     match e {
-        hf_hub::HFError::RepoNotFound { .. } => "the repository does not exist (or is private)".into(),
-        hf_hub::HFError::EntryNotFound { .. } => "the repository has no such file".into(),
+        HFError::RepoNotFound { .. } => "the repository does not exist (or is private)".into(),
+        HFError::EntryNotFound { .. } => "the repository has no such file".into(),
+        HFError::Request { source, .. } if source.is_connect() || source.is_timeout() => {
+            format!("no network (cannot reach {host})")
+        }
+        HFError::Request { source, .. } => {
+            let mut cause: &dyn std::error::Error = source;
+            while let Some(inner) = cause.source() {
+                cause = inner;
+            }
+            format!("the connection to {host} failed ({cause})")
+        }
+        HFError::Http { context }
+        | HFError::AuthRequired { context }
+        | HFError::Forbidden { context }
+        | HFError::RateLimited { context, .. } => {
+            let message = context.server_message.as_deref().map(|m| format!(": {m}")).unwrap_or_default();
+            format!("{host} answered {}{message}", context.status)
+        }
         other => other.to_string(),
     }
 }
@@ -323,5 +378,20 @@ mod tests {
         assert!(!looks_like_repo_id("/abs"));
         assert!(!looks_like_repo_id("weights.pt"));
         assert!(!looks_like_repo_id("../x"));
+    }
+
+    #[test]
+    fn download_messages_lead_with_the_way_out_only_offline() {
+        let url = "https://huggingface.co/someone/typo";
+        let typo = download_message("someone/typo", CONFIG_FILE, url, "the repository does not exist (or is private)", false);
+        assert!(typo.starts_with("Could not get open_clip_config.json from https://huggingface.co/someone/typo: the repository"), "{typo}");
+        let offline = download_message("someone/typo", CONFIG_FILE, url, "no network (cannot reach huggingface.co)", true);
+        assert!(offline.starts_with("To work offline, pass `--model FOLDER`"), "{offline}");
+        for message in [&typo, &offline] {
+            assert_eq!(message.matches("https://").count(), 1, "{message}");
+            assert!(message.contains("--tokenizer FILE"), "{message}");
+        }
+        let tokenizer = download_message(DEFAULT_TOKENIZER_REPO, TOKENIZER_FILE, url, "no network", true);
+        assert!(tokenizer.starts_with("To work offline, pass `--tokenizer FILE`") && !tokenizer.contains("safetensors"), "{tokenizer}");
     }
 }

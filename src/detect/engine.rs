@@ -71,6 +71,67 @@ impl Default for DetectSettings {
     }
 }
 
+/// More window scales than this are refused: each costs a full pass of windows, and
+/// a typed list must not be able to make the work (or memory) grow without bound.
+pub const MAX_SCALES: usize = 8;
+/// The largest Gaussian sigma (pixels) accepted; the kernel grows with it.
+pub const MAX_SIGMA: f32 = 256.0;
+/// The largest window batch accepted (windows per forward pass hold activations).
+pub const MAX_WINDOW_BATCH: usize = 4096;
+
+impl DetectSettings {
+    /// Refuses settings the detector cannot run on a model whose patch grid is
+    /// `grid` x `grid`, with a message that says what is allowed. Every entry point
+    /// (detection, window features, reference banks, baselines) calls it, so a bad
+    /// value typed anywhere is an error and never an index out of bounds.
+    pub fn validate(&self, grid: usize) -> Result<(), DetectError> {
+        let refuse = |m: String| Err(DetectError::Settings(m));
+        if self.scales.is_empty() {
+            return refuse("at least one window scale is needed".into());
+        }
+        if self.scales.len() > MAX_SCALES {
+            return refuse(format!("{} window scales given; at most {MAX_SCALES} are allowed", self.scales.len()));
+        }
+        if let Some(&s) = self.scales.iter().find(|&&s| s == 0 || s > grid) {
+            return refuse(format!("window scale {s} must be between 1 and the model's patch grid size {grid}"));
+        }
+        if let Some((i, &s)) = self.scales.iter().enumerate().find(|(i, s)| self.scales[..*i].contains(s)) {
+            return refuse(format!("window scale {s} is given twice (position {})", i + 1));
+        }
+        if !(1..=MAX_WINDOW_BATCH).contains(&self.window_batch) {
+            return refuse(format!("window batch {} must be between 1 and {MAX_WINDOW_BATCH}", self.window_batch));
+        }
+        if !(self.sigma.is_finite() && (0.0..=MAX_SIGMA).contains(&self.sigma)) {
+            return refuse(format!("sigma {} must be between 0 and {MAX_SIGMA} pixels", self.sigma));
+        }
+        if !(self.ridge_lambda.is_finite() && self.ridge_lambda > 0.0) {
+            return refuse(format!("ridge lambda {} must be a positive number", self.ridge_lambda));
+        }
+        if !(self.context_k.is_finite() && self.context_tau.is_finite()) {
+            return refuse(format!("contextual scoring k {} and tau {} must be numbers", self.context_k, self.context_tau));
+        }
+        Ok(())
+    }
+}
+
+/// Parses a typed list of window scales ("2, 3") and checks it against a patch grid
+/// (`None`: no model loaded yet, only the grid-free checks).
+pub fn parse_scales(text: &str, grid: Option<usize>) -> Result<Vec<usize>, DetectError> {
+    let scales = text
+        .split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            v.parse::<usize>()
+                .map_err(|_| DetectError::Settings(format!("`{v}` is not a window scale: give whole numbers separated by commas")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let settings = DetectSettings { scales, ..DetectSettings::default() };
+    // Without a model the grid is unknown: the detector checks it again when it runs.
+    settings.validate(grid.unwrap_or(usize::MAX))?;
+    Ok(settings.scales)
+}
+
 /// A class's prompts with their (normalised) text features.
 pub struct ClassPrompts {
     pub prompts: ExpandedPrompts,
@@ -238,19 +299,14 @@ impl Detector {
         references: Option<&ReferenceBank>,
         settings: &DetectSettings,
     ) -> Result<Detection, DetectError> {
+        let grid = self.clip.model.vision.grid();
+        settings.validate(grid)?;
         if let Some(bank) = references {
             if bank.window_mode != settings.window_mode || settings.scales.iter().any(|&s| bank.scale(s).is_none()) {
                 return Err(DetectError::Settings(
                     "the reference bank was built with other scales or another window mode: rebuild it".into(),
                 ));
             }
-        }
-        let grid = self.clip.model.vision.grid();
-        if let Some(&s) = settings.scales.iter().find(|&&s| s == 0 || s > grid) {
-            return Err(DetectError::Settings(format!("scale {s} must be between 1 and the grid size {grid}")));
-        }
-        if settings.scales.is_empty() {
-            return Err(DetectError::Settings("at least one scale is needed".into()));
         }
         let mut timings = Vec::new();
         let mut clock = Instant::now();
@@ -394,7 +450,10 @@ impl Detector {
         batch: usize,
         values: bool,
     ) -> Result<(Tensor, Option<Tensor>), DetectError> {
-        let windows = window_indices(self.clip.model.vision.grid(), scale);
+        let grid = self.clip.model.vision.grid();
+        let checked = DetectSettings { scales: vec![scale], window_batch: batch, ..DetectSettings::default() };
+        checked.validate(grid)?;
+        let windows = window_indices(grid, scale);
         match mode {
             WindowMode::Tokens => self.window_features_tokens(pixels, &windows, batch, values),
             WindowMode::Pixels => self.window_features_pixels(pixels, &windows, batch, values),

@@ -73,13 +73,16 @@ pub fn read_map_tiff(path: &Path) -> Result<Grid, ExportError> {
     Ok(Grid::new(width as usize, height as usize, values))
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct OverlayStyle {
     /// Map values shown from the first colour to the last; outside is clamped.
     pub range: (f32, f32),
     /// Weight of the heatmap over the image.
     pub opacity: f32,
     pub colormap: Colormap,
+    /// Lines written above the image (name, score, verdict), so an overlay seen on
+    /// its own still says what it shows.
+    pub caption: Vec<String>,
 }
 
 impl Default for OverlayStyle {
@@ -88,6 +91,7 @@ impl Default for OverlayStyle {
             range: (0.0, 1.0),
             opacity: 0.5,
             colormap: Colormap::Turbo,
+            caption: Vec::new(),
         }
     }
 }
@@ -114,19 +118,21 @@ pub fn render_overlay(image: &DynamicImage, map: &Grid, style: &OverlayStyle) ->
 
     let font_px = (h as f32 / 28.0).clamp(12.0, 48.0);
     let legend_w = (font_px * 5.0).ceil() as u32;
-    let canvas_h = h.max(MIN_LEGEND_HEIGHT);
+    let line_h = (font_px * 1.4).ceil() as u32;
+    let header = if style.caption.is_empty() { 0 } else { style.caption.len() as u32 * line_h + line_h / 3 };
+    let canvas_h = h.max(MIN_LEGEND_HEIGHT) + header;
     let mut canvas = RgbImage::from_pixel(w + legend_w, canvas_h, Rgb([255, 255, 255]));
     for (x, y, p) in base.enumerate_pixels() {
         let c = style.colormap.rgb8((map.at(x as usize, y as usize) - lo) / span);
         let blend = |i: usize| (f32::from(p[i]) * (1.0 - alpha) + f32::from(c[i]) * alpha).round() as u8;
-        canvas.put_pixel(x, y, Rgb([blend(0), blend(1), blend(2)]));
+        canvas.put_pixel(x, y + header, Rgb([blend(0), blend(1), blend(2)]));
     }
 
     // Colour bar: top is the high end of the range.
     let margin = (font_px * 0.8) as u32;
     let bar_x = w + margin / 2;
     let bar_w = (font_px * 0.9) as u32;
-    let (bar_top, bar_bottom) = (margin, canvas_h - margin);
+    let (bar_top, bar_bottom) = (header + margin, canvas_h - margin);
     let bar_h = (bar_bottom - bar_top).max(1);
     for y in bar_top..bar_bottom {
         let t = 1.0 - (y - bar_top) as f32 / bar_h as f32;
@@ -146,6 +152,9 @@ pub fn render_overlay(image: &DynamicImage, map: &Grid, style: &OverlayStyle) ->
         }
         let label = format!("{:.2}", lo + t * (hi - lo));
         draw_text(&mut canvas, &scaled, &label, x as f32 + 2.0, y - font_px / 2.0);
+    }
+    for (i, line) in style.caption.iter().enumerate() {
+        draw_text(&mut canvas, &scaled, line, font_px * 0.4, (i as u32 * line_h) as f32 + font_px * 0.2);
     }
     Ok(canvas)
 }
@@ -229,6 +238,21 @@ mod tests {
         assert!(legend_dark > 20, "{legend_dark}");
         let wrong_size = DynamicImage::ImageRgb8(RgbImage::new(4, 4));
         assert!(matches!(render_overlay(&wrong_size, &map, &style), Err(ExportError::SizeMismatch { .. })));
+    }
+
+    #[test]
+    fn a_caption_goes_above_the_image() {
+        let image = DynamicImage::ImageRgb8(RgbImage::from_pixel(40, 30, Rgb([128, 128, 128])));
+        let map = Grid::new(40, 30, vec![0.0; 40 * 30]);
+        let plain = render_overlay(&image, &map, &OverlayStyle::default()).unwrap();
+        let style = OverlayStyle { caption: vec!["broken_large/015.png".into(), "score 0.734 NG".into()], ..Default::default() };
+        let captioned = render_overlay(&image, &map, &style).unwrap();
+        let header = captioned.height() - plain.height();
+        assert!(header > 20, "{header}");
+        // The image moved down by the header; the header has dark text pixels.
+        assert_eq!(captioned.get_pixel(5, header + 5), plain.get_pixel(5, 5));
+        let dark = (0..40).flat_map(|x| (0..header).map(move |y| (x, y))).filter(|&(x, y)| captioned.get_pixel(x, y).0[0] < 60).count();
+        assert!(dark > 10, "{dark}");
     }
 
     #[test]

@@ -103,6 +103,15 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<InputImage>) -> Result<(), InputE
     Ok(())
 }
 
+/// The class an MVTec AD layout path names (`.../screw/test/scratch/000.png`: `screw`).
+pub fn layout_class(path: &Path) -> Option<String> {
+    let names: Vec<&str> = path.iter().filter_map(|c| c.to_str()).collect();
+    match names.as_slice() {
+        [.., class, "test", _, _] => Some((*class).to_owned()),
+        _ => None,
+    }
+}
+
 /// An input whose output follows the MVTec AD layout when the path has it.
 fn input(path: &Path, fallback_stem: PathBuf) -> InputImage {
     let names: Vec<&str> = path.iter().filter_map(|c| c.to_str()).collect();

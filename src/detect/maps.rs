@@ -51,8 +51,9 @@ pub struct MapAgreement {
 }
 
 /// Row-major patch indices of every stride-1 `scale` x `scale` window on a `grid` x `grid` grid.
+/// None when the window does not fit (`DetectSettings::validate` refuses that first).
 pub fn window_indices(grid: usize, scale: usize) -> Vec<Vec<u32>> {
-    let positions = grid + 1 - scale;
+    let Some(positions) = (grid + 1).checked_sub(scale) else { return Vec::new() };
     let mut windows = Vec::with_capacity(positions * positions);
     for top in 0..positions {
         for left in 0..positions {

@@ -51,8 +51,30 @@ pub fn add_references(dir: &Path, images: &[PathBuf]) -> Result<Vec<PathBuf>, De
     copy_references(dir, images)
 }
 
-/// `add_references` without decoding (the app shows unreadable references as such).
-pub fn copy_references(dir: &Path, images: &[PathBuf]) -> Result<Vec<PathBuf>, DetectError> {
+/// What `add_readable_references` did.
+#[derive(Debug, Default)]
+pub struct ReferencesAdded {
+    /// The new copies.
+    pub added: Vec<PathBuf>,
+    /// Files that could not be decoded, with the reason: not copied.
+    pub refused: Vec<(PathBuf, String)>,
+}
+
+/// `add_references` for many files at once (a dropped folder): the readable images
+/// are copied, the others are refused and named instead of failing the rest.
+pub fn add_readable_references(dir: &Path, images: &[PathBuf]) -> Result<ReferencesAdded, DetectError> {
+    let mut readable = Vec::with_capacity(images.len());
+    let mut refused = Vec::new();
+    for image in images {
+        match clip::open_image(image) {
+            Ok(_) => readable.push(image.clone()),
+            Err(e) => refused.push((image.clone(), e.to_string())),
+        }
+    }
+    Ok(ReferencesAdded { added: copy_references(dir, &readable)?, refused })
+}
+
+fn copy_references(dir: &Path, images: &[PathBuf]) -> Result<Vec<PathBuf>, DetectError> {
     std::fs::create_dir_all(dir).map_err(|e| DetectError::References(format!("cannot create {}: {e}", dir.display())))?;
     let mut added = Vec::new();
     for image in images {
@@ -249,6 +271,7 @@ impl Detector {
         mut progress: impl FnMut(usize, usize),
         cancelled: &dyn Fn() -> bool,
     ) -> Result<BankBuild, DetectError> {
+        settings.validate(self.clip.model.vision.grid())?;
         // Image features depend on the image tower's precision (text features do not);
         // f32 keeps the key of caches written before bf16 existed.
         let tower = match self.clip.model.vision.precision() {

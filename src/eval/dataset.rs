@@ -23,6 +23,7 @@ pub const GOOD: &str = "good";
 pub enum DatasetKind {
     /// `<root>/<class>/test/<defect>/*`, masks `<root>/<class>/ground_truth/<defect>/<stem>_mask.png`
     /// (or `<stem>.png`, as VisA-to-MVTec conversions write), references `<root>/<class>/train/good/*`.
+    /// A class without `ground_truth/` has image-level labels only.
     Mvtec,
     /// VisA's original layout: `<root>/split_csv/1cls.csv` with columns
     /// `object,split,label,image,mask`, paths relative to the root, labels `normal`/`anomaly`.
@@ -121,7 +122,8 @@ impl FromStr for DatasetKind {
 pub struct Sample {
     pub image: PathBuf,
     /// Ground-truth mask. `None` for normal images, and for anomalous ones only in a
-    /// folder dataset without `masks/` (then the class has image-level labels only).
+    /// class without masks (an MVTec class without `ground_truth/`, a folder dataset
+    /// without `masks/`): then the class has image-level labels only.
     pub mask: Option<PathBuf>,
     /// `true` = anomalous.
     pub label: bool,
@@ -179,26 +181,46 @@ impl Dataset {
         self.kind
     }
 
-    /// Class names, sorted. A folder dataset has one class, named after its root folder.
+    /// Class names, sorted. A folder dataset has one class, named after its root folder
+    /// unless [`Dataset::name_folder_class`] named it.
     pub fn classes(&self) -> &[String] {
         &self.classes
     }
 
+    /// Names the folder layout's one class. The class name picks the prompt set, and a
+    /// folder's own name (`folder_ds`) rarely is a class; the other layouts name their
+    /// classes themselves, so for them this is an error.
+    pub fn name_folder_class(&mut self, class: &str) -> Result<(), EvalError> {
+        if self.kind != DatasetKind::Folder {
+            return Err(EvalError::WrongLayout {
+                root: self.root.clone(),
+                kind: DatasetKind::Folder.to_string(),
+                reason: format!("only the folder layout's class can be named; this is a {} dataset", self.kind),
+            });
+        }
+        self.classes = vec![class.to_owned()];
+        Ok(())
+    }
+
     /// The test images of `class`, sorted (by defect folder then file name for MVTec and
-    /// folder layouts, by CSV image path for VisA). Anomalous images must have a mask
-    /// (except in a folder dataset without `masks/`).
+    /// folder layouts, by CSV image path for VisA). Anomalous images must have a mask,
+    /// except in a class that has no masks at all (an MVTec class without `ground_truth/`,
+    /// a folder dataset without `masks/`), which is evaluated on image labels only.
     pub fn test_samples(&self, class: &str) -> Result<Vec<Sample>, EvalError> {
         self.check_class(class)?;
         let samples = match self.kind {
             DatasetKind::Mvtec => {
                 let class_dir = self.root.join(class);
+                let has_masks = class_dir.join("ground_truth").is_dir();
                 let mut samples = Vec::new();
                 for defect_dir in subdirectories(&class_dir.join("test"))? {
                     let defect = file_name(&defect_dir);
                     let label = defect != GOOD;
                     let mask_dir = class_dir.join("ground_truth").join(&defect);
                     for image in image_files(&defect_dir)? {
-                        let mask = label.then(|| find_mask(&mask_dir, &image)).transpose()?;
+                        let mask = (label && has_masks)
+                            .then(|| find_mask(&mask_dir, &image))
+                            .transpose()?;
                         samples.push(Sample {
                             image,
                             mask,

@@ -24,7 +24,7 @@ pub struct ClassMetrics {
     /// Number of test images.
     pub images: usize,
     pub image: ImageMetrics,
-    /// `None` when some anomalous image has no mask (a folder dataset without `masks/`).
+    /// `None` when some anomalous image has no mask (a class without ground-truth masks).
     pub pixel: Option<PixelMetrics>,
 }
 

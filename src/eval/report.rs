@@ -86,6 +86,9 @@ pub struct EvalReport {
     /// With several seeds (few-shot): standard deviation over seeds, per class and of the mean.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub std: Option<SeedSpread>,
+    /// What a reader needs to read the table right, e.g. why pixel columns are empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -115,7 +118,24 @@ impl EvalReport {
                 mean: MetricRow::std(&seed_means),
             }
         });
-        Self { run, classes, mean, std }
+        let notes = Self::mask_note(&classes).into_iter().collect();
+        Self { run, classes, mean, std, notes }
+    }
+
+    /// Names the classes whose pixel columns are empty: without ground-truth masks only
+    /// the image metrics can be computed, and a bare `–` would read as a failure.
+    fn mask_note(classes: &BTreeMap<String, MetricRow>) -> Option<String> {
+        let unmasked: Vec<String> =
+            classes.iter().filter(|(_, r)| r.pixel_auroc.is_none()).map(|(c, _)| format!("`{c}`")).collect();
+        let (who, their) = match unmasked.len() {
+            0 => return None,
+            1 => (format!("class {} has none", unmasked[0]), "its"),
+            _ => (format!("classes {} have none", unmasked.join(", ")), "their"),
+        };
+        let mean = if unmasked.len() < classes.len() { "; the mean's pixel columns average the classes that have masks" } else { "" };
+        Some(format!(
+            "pixel metrics (P-AUROC, PRO, P-F1-max) need ground-truth masks and {who}: {their} pixel columns are – (null in JSON){mean}"
+        ))
     }
 
     const HEADER: [&'static str; 6] = ["I-AUROC", "I-AUPR", "I-F1-max", "P-AUROC", "PRO", "P-F1-max"];
@@ -138,6 +158,9 @@ impl EvalReport {
             row(class, r, self.std.as_ref().map(|s| &s.classes[class]));
         }
         row("**mean**", &self.mean, self.std.as_ref().map(|s| &s.mean));
+        for note in &self.notes {
+            out.push_str(&format!("\nNote: {note}.\n"));
+        }
         out
     }
 
@@ -184,8 +207,18 @@ mod tests {
         let md = report.markdown();
         assert!(md.contains("| a | 90.0 ± 14.1 |"), "{md}");
         assert!(md.contains("| b | 70.0 ± 14.1 | 50.0 ± 0.0 | 50.0 ± 0.0 | – | – | – |"), "{md}");
+        // The empty pixel columns are explained, naming the class.
+        assert!(md.contains("Note: pixel metrics") && md.contains("class `b` has none"), "{md}");
+        assert!(!md.contains("`a`"), "{md}");
         assert!(report.csv().lines().any(|l| l.starts_with("mean,0.800000,")));
         let json = serde_json::to_value(&report).unwrap();
         assert!(json["classes"]["a"]["pro"].is_number() && json["mean"]["image_auroc"].is_number());
+        assert!(json["classes"]["b"]["pro"].is_null());
+        assert!(json["notes"][0].as_str().unwrap().contains("class `b` has none"), "{}", json["notes"]);
+
+        // Every class with masks: no note.
+        let report = EvalReport::new(serde_json::json!({}), &[vec![metrics("a", 0.8, Some(0.6))]]);
+        assert!(report.notes.is_empty() && !report.markdown().contains("Note"));
+        assert!(serde_json::to_value(&report).unwrap().get("notes").is_none());
     }
 }

@@ -157,11 +157,12 @@ impl PromptSet {
         Ok(())
     }
 
-    /// Expands the unified template (every base x domain x state) and fills `{c}`.
+    /// Expands the unified template (every base x domain x state) and fills `{c}`;
+    /// `a` before a vowel sound becomes `an` (see [`with_articles`]).
     /// Duplicates (after filling) are dropped, keeping the first.
     pub fn expand(&self) -> ExpandedPrompts {
         let c = &self.class.name;
-        let fill = |s: &str| s.replace("{c}", c);
+        let fill = |s: &str| with_articles(&s.replace("{c}", c));
         let label = |states: &[String], llm: &[String]| {
             let mut prompts = Vec::new();
             let mut seen = std::collections::HashSet::new();
@@ -200,6 +201,30 @@ impl PromptSet {
     }
 }
 
+/// `a` before a word that starts with a vowel sound becomes `an`. The parts of a prompt
+/// are written apart (`a {domain} of a {state}.` with `industrial photo`, `abnormal {c}`,
+/// a class name), so only the filled-in text shows which article it needs. Decided by
+/// spelling: a vowel letter, except the "you" and "wuh" sounds of `uni-`, `use`, `eu-`,
+/// `one`...; a word starting with a consonant letter keeps `a`.
+pub fn with_articles(text: &str) -> String {
+    const YOU_OR_WUH: [&str; 10] = ["uni", "usa", "use", "usu", "uti", "ure", "u-", "eu", "one", "once"];
+    let vowel_sound = |word: &str| {
+        let word = word.to_lowercase();
+        word.starts_with(['a', 'e', 'i', 'o', 'u']) && !YOU_OR_WUH.iter().any(|p| word.starts_with(p))
+    };
+    let words: Vec<&str> = text.split(' ').collect();
+    let mut out = Vec::with_capacity(words.len());
+    for (i, word) in words.iter().enumerate() {
+        let next = words.get(i + 1).copied().unwrap_or("");
+        out.push(match *word {
+            "a" if vowel_sound(next) => "an",
+            "A" if vowel_sound(next) => "An",
+            other => other,
+        });
+    }
+    out.join(" ")
+}
+
 /// Case- and whitespace-insensitive form, for de-duplication.
 pub fn normalize(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()
@@ -208,4 +233,20 @@ pub fn normalize(text: &str) -> String {
 /// The path a class's prompt file has in a prompts folder.
 pub fn file_for(dir: &Path, class: &str) -> PathBuf {
     dir.join(format!("{class}.toml"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_becomes_an_before_vowel_sounds_only() {
+        assert_eq!(with_articles("a industrial photo of a abnormal bottle."), "an industrial photo of an abnormal bottle.");
+        assert_eq!(with_articles("A object with a imperfect edge"), "An object with an imperfect edge");
+        assert_eq!(with_articles("a unblemished hazelnut"), "an unblemished hazelnut");
+        // Consonant sounds keep `a`; so does a trailing `a` and `an` as written.
+        for kept in ["a uniform texture", "a one-piece part", "a photo of a", "an apple", "a European plug", "a usable part", "a"] {
+            assert_eq!(with_articles(kept), kept);
+        }
+    }
 }

@@ -59,6 +59,21 @@ pub struct ResolvedPrompts {
     pub generic_fallback: bool,
 }
 
+impl ResolvedPrompts {
+    /// Where the set came from, for messages: `prompts/bottle.toml`, `built-in bottle`,
+    /// or `generic (no prompt set named folder_ds)`, so a class that silently got the
+    /// generic prompts shows.
+    pub fn origin(&self) -> String {
+        let id = &self.set.class.id;
+        match (&self.path, self.generic_fallback) {
+            (None, true) => format!("generic (no prompt set named {id})"),
+            (Some(path), true) => format!("generic from {} (no prompt set named {id})", path.display()),
+            (Some(path), false) => path.display().to_string(),
+            (None, false) => format!("built-in {id}"),
+        }
+    }
+}
+
 /// The prompts folder the CLI and the app use unless told otherwise (relative to the
 /// working directory); class references live beside the sets, in `<class>.refs/`.
 pub const DEFAULT_DIR: &str = "prompts";

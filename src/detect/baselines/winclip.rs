@@ -125,13 +125,7 @@ pub struct Winclip {
 impl Winclip {
     /// Checks the window scales (`settings.scales`, 2 and 3 by default) against the grid.
     pub fn new(detector: Detector, settings: DetectSettings) -> Result<Self, DetectError> {
-        let grid = detector.clip.model.vision.grid();
-        if settings.scales.is_empty() {
-            return Err(DetectError::Settings("at least one scale is needed".into()));
-        }
-        if let Some(&s) = settings.scales.iter().find(|&&s| s == 0 || s > grid) {
-            return Err(DetectError::Settings(format!("scale {s} must be between 1 and the grid size {grid}")));
-        }
+        settings.validate(detector.clip.model.vision.grid())?;
         Ok(Self { detector, settings, text: None, banks: None })
     }
 
