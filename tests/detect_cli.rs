@@ -406,3 +406,23 @@ fn window_scales_beyond_the_grid_are_refused_before_work() {
         }
     }
 }
+
+/// Outputs get the permissions a plain file create gives under the user's umask
+/// (the atomic writes once made every one private, 0600).
+#[cfg(unix)]
+#[test]
+fn outputs_are_written_with_the_users_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("part.png");
+    save(&part(32, 32), &image);
+    let out = dir.path().join("out");
+    let run = Run::new().detect(&["--class", "bottle", "--zero-shot", "--out", out.to_str().unwrap(), image.to_str().unwrap()]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let plain = dir.path().join("plain");
+    std::fs::File::create(&plain).unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    for file in ["part.tiff", "part_overlay.png", "part.json", "scores.csv"] {
+        assert_eq!(mode(&out.join(file)), mode(&plain), "{file}");
+    }
+}

@@ -617,3 +617,19 @@ fn layout_class_unreadable_references_and_keys() {
     // Its picture is on screen at once, or its thumbnail until the picture is decoded.
     step_until(&mut harness, "the picture", |app| app.state.shown.as_ref().is_some_and(|s| s.id == app.state.entries[3].id));
 }
+
+/// The list's neighbours are decoded ahead: the next image's picture is on screen in
+/// the same frame as the key press.
+#[test]
+fn the_next_picture_is_decoded_before_it_is_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut harness = harness(vec![image_folder(dir.path())]);
+    step_until(&mut harness, "the analysis", analysed);
+    let next = harness.state().state.entries[1].id;
+    step_until(&mut harness, "the prefetch", move |app| app.state.decoded.iter().any(|s| s.id == next));
+    harness.key_press(eframe::egui::Key::ArrowDown);
+    harness.step();
+    let state = &harness.state().state;
+    assert_eq!(state.selected, Some(1));
+    assert_eq!(state.shown.as_ref().map(|s| s.id), Some(next), "shown without waiting for the loader");
+}

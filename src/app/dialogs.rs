@@ -133,6 +133,7 @@ pub fn path_prompt(ctx: &egui::Context, prompt: &mut PathPrompt, browse: &Browse
         .collapsible(false)
         .resizable(false)
         .default_width(520.0)
+        .anchor(egui::Align2::CENTER_TOP, egui::vec2(0.0, 80.0))
         .show(ctx, |ui| {
             let label = ui.label(format!("Path ({}):", prompt.purpose.hint()));
             let rows = if prompt.purpose.many() { 3 } else { 1 };

@@ -933,7 +933,11 @@ impl AlfaApp {
         let names: Vec<String> =
             existing.iter().map(|p| p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())).collect();
         let mut answer = None;
-        egui::Window::new("Replace files?").collapsible(false).resizable(false).show(ctx, |ui| {
+        egui::Window::new("Replace files?")
+            .collapsible(false)
+            .resizable(false)
+            .anchor(egui::Align2::CENTER_CENTER, egui::Vec2::ZERO)
+            .show(ctx, |ui| {
             ui.label(format!("{} already has {}:", dir.display(), if names.len() == 1 { "this file" } else { "these files" }));
             for name in &names {
                 ui.label(egui::RichText::new(name).monospace());

@@ -282,7 +282,17 @@ impl AlfaApp {
         let threshold = self.state.image_threshold();
         let mut clicked = None;
         let row_height = 56.0;
-        egui::ScrollArea::vertical().auto_shrink([false, false]).show_rows(ui, row_height, visible.len(), |ui, rows| {
+        let mut area = egui::ScrollArea::vertical().auto_shrink([false, false]);
+        // Only rows on screen are drawn, so a row the keyboard moved to far away cannot
+        // scroll itself into view: the list is scrolled to centre it instead.
+        if self.scroll_to_selected
+            && let Some(position) = self.state.selected.and_then(|s| visible.iter().position(|&v| v == s))
+        {
+            let pitch = row_height + ui.spacing().item_spacing.y;
+            let offset = (position as f32 + 0.5) * pitch - ui.available_height() / 2.0;
+            area = area.vertical_scroll_offset(offset.max(0.0));
+        }
+        area.show_rows(ui, row_height, visible.len(), |ui, rows| {
             for &index in &visible[rows] {
                 let entry = &self.state.entries[index];
                 let selected = self.state.selected == Some(index);
@@ -326,9 +336,6 @@ impl AlfaApp {
                     .inner;
                 if response.clicked() {
                     clicked = Some(index);
-                }
-                if selected && self.scroll_to_selected {
-                    response.scroll_to_me(None);
                 }
             }
         });

@@ -580,6 +580,16 @@ mod tests {
     }
 
     #[test]
+    fn thresholds_and_where_they_came_from_survive_a_restart() {
+        let mut state = state_with(&[]);
+        state.thresholds_mut().region = Threshold { value: 0.41, origin: "from 12 good images (folder good) at FPR 1%".into() };
+        let stored = serde_json::to_string(&state.settings).unwrap();
+        let restarted = AppState::new(serde_json::from_str::<Settings>(&stored).unwrap().checked().0);
+        assert_eq!(restarted.thresholds(), state.thresholds());
+        assert!(restarted.threshold_origin().ends_with("region 0.410 from 12 good images (folder good) at FPR 1%"), "{}", restarted.threshold_origin());
+    }
+
+    #[test]
     fn verdict_is_ng_at_or_above_the_threshold() {
         assert_eq!(Verdict::of(0.5, 0.5), Verdict::Ng);
         assert_eq!(Verdict::of(0.49, 0.5), Verdict::Ok);

@@ -110,3 +110,34 @@ fn the_engine_comes_back_after_a_panic() {
     assert!(harness.state().state.progress.error.is_none(), "{:?}", harness.state().state.progress.error);
     assert_eq!(harness.state().state.analysed(), 1);
 }
+
+/// Cancelled before re-scoring: the old scores are counted as old, not as analysed,
+/// and the export marks them.
+#[test]
+fn cancelled_rescoring_leaves_old_scores_marked() {
+    let mut harness = Harness::builder().with_max_steps(10_000).build_eframe(|cc| AlfaApp::new(cc, options(Vec::new())));
+    let image = manifest().join("tests/fixtures/images/odd_100x100_rgb.png");
+    harness.state_mut().open(&[image]);
+    let mut steps = 0;
+    while harness.state().state.progress.running || harness.state().state.analysed() == 0 {
+        harness.step();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        steps += 1;
+        assert!(steps < 40_000, "the analysis never finished");
+    }
+    let export = harness.state().export_of_state();
+    assert!(!export.scores.images[0].stale);
+    // A slow job keeps the engine busy, so Cancel comes before the re-scoring.
+    let (release, hold) = crossbeam_channel::bounded::<()>(0);
+    harness.state().workers.hold(hold);
+    harness.state_mut().analyse_all();
+    harness.state_mut().cancel();
+    drop(release);
+    harness.run_steps(3);
+    let app = harness.state();
+    assert_eq!(app.state.analysed(), 0, "an old score is not a result");
+    assert!(app.state.entries[0].stale && app.state.entries[0].score().is_some());
+    let export = app.export_of_state();
+    assert!(export.scores.images[0].stale);
+    assert_eq!(export.image.as_ref().map(|x| x.style.caption.len()), Some(3), "the overlay says the result is old");
+}
