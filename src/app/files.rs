@@ -1,64 +1,9 @@
-//! Finding images: files and folders the user opens, and MVTec-layout ground truth.
+//! MVTec-layout ground truth beside the images the user opens (finding the images
+//! is `detect::inputs::scan`, shared with `alfa refs add`).
 
 use std::path::{Path, PathBuf};
 
-pub use crate::detect::inputs::{IMAGE_EXTENSIONS, is_image};
-
-/// One image to show, with the name the list uses.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FoundImage {
-    pub path: PathBuf,
-    /// Path relative to the opened folder (`broken_large/003.png`), or the file name.
-    pub name: String,
-}
-
-/// Expands files and folders into images, in a stable order. Folders are scanned
-/// recursively (MVTec's `test/<defect>/` layout), except `ground_truth/` folders, which
-/// hold masks, not inputs. Explicitly named files are kept even if their extension is
-/// unknown, so that a bad file shows in the list with its reason.
-pub fn scan(paths: &[PathBuf]) -> Vec<FoundImage> {
-    let mut found = Vec::new();
-    for path in paths {
-        if path.is_dir() {
-            let mut files = Vec::new();
-            walk(path, &mut files);
-            files.sort();
-            found.extend(files.into_iter().map(|file| FoundImage {
-                name: file.strip_prefix(path).unwrap_or(&file).display().to_string(),
-                path: file,
-            }));
-        } else {
-            found.push(FoundImage { name: short_name(path), path: path.clone() });
-        }
-    }
-    found
-}
-
-/// `folder/file`: files named one by one often share their name (`000.png`) across
-/// MVTec's defect folders.
-fn short_name(path: &Path) -> String {
-    let file = path.file_name().map(|n| n.to_string_lossy().into_owned());
-    let folder = path.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());
-    match (folder, file) {
-        (Some(folder), Some(file)) => format!("{folder}/{file}"),
-        (None, Some(file)) => file,
-        _ => path.display().to_string(),
-    }
-}
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            if path.file_name().is_some_and(|n| n != "ground_truth") {
-                walk(&path, out);
-            }
-        } else if is_image(&path) {
-            out.push(path);
-        }
-    }
-}
+pub use crate::detect::inputs::{IMAGE_EXTENSIONS, scan};
 
 /// MVTec AD's mask of a test image: `<class>/test/<defect>/<stem>.png` has
 /// `<class>/ground_truth/<defect>/<stem>_mask.png`, if it exists.

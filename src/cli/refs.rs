@@ -1,11 +1,11 @@
 //! `alfa refs`: a class's normal reference images for few-shot mode.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 
-use crate::detect::inputs::is_image;
+use crate::detect::inputs::scan;
 use crate::detect::references::{add_readable_references, list_references, references_dir, remove_references};
 
 #[derive(Args, Debug)]
@@ -94,39 +94,19 @@ pub fn run(args: RefsArgs) -> Result<()> {
     Ok(())
 }
 
-/// Files as given, and the images in folders (recursively, sorted; `ground_truth/`
-/// folders hold MVTec masks, not images of parts, and are skipped as the app does).
+/// Files as given, and the images in folders (recursively, sorted, as the app finds
+/// them: `ground_truth/` folders hold MVTec masks and are skipped).
 fn image_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for path in paths {
-        if path.is_dir() {
-            let before = files.len();
-            walk(path, &mut files)?;
-            if files.len() == before {
-                bail!("no images in {}", path.display());
-            }
-        } else if path.is_file() {
-            files.push(path.clone());
-        } else {
+        if !path.exists() {
             bail!("{}: no such file or folder", path.display());
         }
+        let found = scan(std::slice::from_ref(path));
+        if found.is_empty() {
+            bail!("no images in {}", path.display());
+        }
+        files.extend(found.into_iter().map(|image| image.path));
     }
     Ok(files)
-}
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let mut entries = std::fs::read_dir(dir)
-        .and_then(|entries| entries.map(|e| e.map(|e| e.path())).collect::<Result<Vec<_>, _>>())
-        .with_context(|| format!("cannot list {}", dir.display()))?;
-    entries.sort();
-    for entry in entries {
-        if entry.is_dir() {
-            if entry.file_name().is_some_and(|n| n != "ground_truth") {
-                walk(&entry, out)?;
-            }
-        } else if is_image(&entry) {
-            out.push(entry);
-        }
-    }
-    Ok(())
 }

@@ -103,6 +103,62 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<InputImage>) -> Result<(), InputE
     Ok(())
 }
 
+/// One image the app lists (or `alfa refs add` copies), with the name the list uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundImage {
+    pub path: PathBuf,
+    /// Path relative to the opened folder (`broken_large/003.png`), or the file name.
+    pub name: String,
+}
+
+/// Expands files and folders into images, in a stable order. Folders are scanned
+/// recursively (MVTec's `test/<defect>/` layout), except `ground_truth/` folders, which
+/// hold masks, not inputs. Explicitly named files are kept even if their extension is
+/// unknown, so that a bad file shows in the list with its reason.
+pub fn scan(paths: &[PathBuf]) -> Vec<FoundImage> {
+    let mut found = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut files = Vec::new();
+            walk_images(path, &mut files);
+            files.sort();
+            found.extend(files.into_iter().map(|file| FoundImage {
+                name: file.strip_prefix(path).unwrap_or(&file).display().to_string(),
+                path: file,
+            }));
+        } else {
+            found.push(FoundImage { name: short_name(path), path: path.clone() });
+        }
+    }
+    found
+}
+
+/// `folder/file`: files named one by one often share their name (`000.png`) across
+/// MVTec's defect folders.
+fn short_name(path: &Path) -> String {
+    let file = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let folder = path.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());
+    match (folder, file) {
+        (Some(folder), Some(file)) => format!("{folder}/{file}"),
+        (None, Some(file)) => file,
+        _ => path.display().to_string(),
+    }
+}
+
+fn walk_images(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if path.file_name().is_some_and(|n| n != "ground_truth") {
+                walk_images(&path, out);
+            }
+        } else if is_image(&path) {
+            out.push(path);
+        }
+    }
+}
+
 /// The class an MVTec AD layout path names (`.../screw/test/scratch/000.png`: `screw`).
 pub fn layout_class(path: &Path) -> Option<String> {
     let names: Vec<&str> = path.iter().filter_map(|c| c.to_str()).collect();
