@@ -60,46 +60,51 @@ fn report(path: &Path) -> serde_json::Value {
 
 const KEYS: [&str; 6] = ["image_auroc", "image_aupr", "image_f1_max", "pixel_auroc", "pixel_f1_max", "pro"];
 
+/// Every method evaluates; `alfa detect --method M` on the dataset, then `eval
+/// --maps`, gives the same numbers as `eval --method M`.
 #[test]
-fn every_method_runs_and_saved_maps_score_the_same() {
+fn every_method_evaluates_and_its_detect_maps_score_the_same() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("mvtec");
     dataset(&root);
     let r = root.to_str().unwrap();
-    let mut alfa_report = None;
     for method in ["alfa", "clip", "winclip", "anovl-tfa", "anovl-tta"] {
-        let json = dir.path().join(format!("{method}.json"));
-        let out = alfa(&["eval", "--root", r, "--method", method, "--json", json.to_str().unwrap()], dir.path());
+        let direct = dir.path().join(format!("{method}.json"));
+        let out = alfa(&["eval", "--root", r, "--method", method, "--json", direct.to_str().unwrap()], dir.path());
         assert!(out.status.success(), "{method}: {}", String::from_utf8_lossy(&out.stderr));
         let table = String::from_utf8(out.stdout).unwrap();
         assert!(table.contains("| widget |") && table.contains("| **mean** |"), "{table}");
-        let report = report(&json);
+        let direct_report = report(&direct);
         for key in KEYS {
-            let v = report["classes"]["widget"][key].as_f64().unwrap();
+            let v = direct_report["classes"]["widget"][key].as_f64().unwrap();
             assert!((0.0..=1.0).contains(&v), "{method} {key} {v}");
-            assert_eq!(report["mean"][key], report["classes"]["widget"][key]);
+            assert_eq!(direct_report["mean"][key], direct_report["classes"]["widget"][key]);
         }
-        assert_eq!(report["run"]["method"], method);
-        if method == "alfa" {
-            alfa_report = Some(report);
+        assert_eq!(direct_report["run"]["method"], method);
+        let maps = dir.path().join(format!("maps-{method}"));
+        let out = alfa(&["detect", "--method", method, "--out", maps.to_str().unwrap(), r], dir.path());
+        assert!(out.status.success(), "{method}: {}", String::from_utf8_lossy(&out.stderr));
+        let record: serde_json::Value = serde_json::from_slice(&std::fs::read(maps.join("widget/test/crack/000.json")).unwrap()).unwrap();
+        assert_eq!(record["method"], method);
+        assert!(record["image_score"].is_number(), "{record}");
+        assert_eq!(record["prompts"].is_object(), method == "alfa", "only ALFA reports its prompts: {record}");
+        assert!(maps.join("widget/test/crack/000_overlay.png").is_file());
+        let json = dir.path().join(format!("maps-{method}.json"));
+        let csv = dir.path().join(format!("maps-{method}.csv"));
+        let out = alfa(&["eval", "--root", r, "--maps", maps.to_str().unwrap(), "--json", json.to_str().unwrap(), "--csv", csv.to_str().unwrap()], dir.path());
+        assert!(out.status.success(), "{method}: {}", String::from_utf8_lossy(&out.stderr));
+        let (from_maps, direct) = (report(&json), report(&direct));
+        for key in KEYS {
+            let (a, b) = (from_maps["classes"]["widget"][key].as_f64().unwrap(), direct["classes"]["widget"][key].as_f64().unwrap());
+            assert!((a - b).abs() < 1e-9, "{method} {key}: maps {a} vs method {b}");
         }
+        assert!(std::fs::read_to_string(&csv).unwrap().starts_with("class,image_auroc,"));
     }
-
-    // `alfa detect` on the dataset, then `eval --maps`: the same numbers as `eval --method alfa`.
-    let maps = dir.path().join("maps");
-    let out = alfa(&["detect", "--out", maps.to_str().unwrap(), r], dir.path());
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let json = dir.path().join("maps.json");
-    let csv = dir.path().join("maps.csv");
-    let out = alfa(&["eval", "--root", r, "--maps", maps.to_str().unwrap(), "--json", json.to_str().unwrap(), "--csv", csv.to_str().unwrap()], dir.path());
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let from_maps = report(&json);
-    let alfa_report = alfa_report.unwrap();
-    for key in KEYS {
-        let (a, b) = (from_maps["classes"]["widget"][key].as_f64().unwrap(), alfa_report["classes"]["widget"][key].as_f64().unwrap());
-        assert!((a - b).abs() < 1e-9, "{key}: maps {a} vs method {b}");
-    }
-    assert!(std::fs::read_to_string(&csv).unwrap().starts_with("class,image_auroc,"));
+    // A zero-shot method with references asked for: refused before any work.
+    let out = alfa(&["detect", "--method", "clip", "--shots", "1", "--out", dir.path().join("x").to_str().unwrap(), r], dir.path());
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--method clip is zero-shot only"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!dir.path().join("x").exists(), "nothing written");
 }
 
 #[test]

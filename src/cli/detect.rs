@@ -17,13 +17,20 @@ use crate::detect::export::{self, OverlayStyle};
 use crate::detect::inputs::{self, InputImage};
 use crate::detect::references::{ReferenceBank, draw, list_references, references_dir};
 use crate::detect::text_cache::default_cache_dir;
-use crate::detect::{ClassPrompts, DetectSettings, Detection, Detector, WindowMode};
+use crate::detect::baselines::build_method;
+use crate::detect::maps::Grid;
+use crate::detect::{ClassPrompts, ClassSpec, DetectSettings, Detection, Detector, Method, MethodKind, WindowMode};
 use crate::prompts::{PromptStore, ResolvedPrompts};
 
 #[derive(Args, Debug)]
 pub struct DetectArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// The method whose maps to write: ALFA, or a baseline to compare it with (the
+    /// same files; the JSON record has what that method knows). Only alfa and
+    /// winclip (WinCLIP+) use reference images.
+    #[arg(long, value_enum, default_value_t = MethodKind::Alfa)]
+    pub method: MethodKind,
     /// Object class of the images (bottle, metal_nut, pcb1, ... or any name: unknown
     /// classes use the generic prompt set). Optional for images in an MVTec AD layout
     /// (<class>/test/<defect>/), which names the class.
@@ -128,9 +135,35 @@ impl Outputs {
     }
 }
 
+/// What a record says about the image: ALFA's whole detection (scores, prompts,
+/// descriptors, few-shot), or a baseline's image score.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Findings<'a> {
+    Alfa(&'a Detection),
+    Baseline { image_score: f32 },
+}
+
+/// One image's result, whichever method made it.
+struct Outcome {
+    image_score: f32,
+    map: Grid,
+    detection: Option<Detection>,
+}
+
+impl Outcome {
+    fn findings(&self) -> Findings<'_> {
+        match &self.detection {
+            Some(detection) => Findings::Alfa(detection),
+            None => Findings::Baseline { image_score: self.image_score },
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct Record<'a> {
     file: String,
+    method: MethodKind,
     class: &'a str,
     map: String,
     overlay: String,
@@ -143,10 +176,27 @@ struct Record<'a> {
     precision: Precision,
     settings: &'a DetectSettings,
     #[serde(flatten)]
-    detection: &'a Detection,
+    findings: Findings<'a>,
+}
+
+/// The method that analyses the images, with what it has prepared per class.
+enum Analyser {
+    Alfa {
+        detector: Detector,
+        prompt_sets: HashMap<String, (ClassPrompts, Option<ReferenceBank>)>,
+    },
+    Baseline {
+        method: Box<dyn Method>,
+        /// The class `method` is prepared for.
+        prepared: Option<String>,
+    },
 }
 
 pub fn run(args: DetectArgs) -> Result<()> {
+    let few_shot_method = matches!(args.method, MethodKind::Alfa | MethodKind::Winclip);
+    if !few_shot_method && (args.refs.is_some() || args.shots.is_some()) {
+        bail!("--method {} is zero-shot only: it takes no reference images (drop --refs / --shots)", method_name(args.method));
+    }
     let images = inputs::collect(&args.inputs)?;
     let classes: Vec<String> = images
         .iter()
@@ -186,9 +236,13 @@ pub fn run(args: DetectArgs) -> Result<()> {
     let identity = files.identity();
     let clip = Clip::load(&files, &clip::device(args.model.cpu)?, args.model.precision)?;
     settings.validate(clip.model.vision.grid())?;
-    let mut detector = Detector::new(clip, &identity, default_cache_dir().as_deref());
+    let detector = Detector::new(clip, &identity, default_cache_dir().as_deref());
+    let mut analyser = match args.method {
+        MethodKind::Alfa => Analyser::Alfa { detector, prompt_sets: HashMap::new() },
+        kind => Analyser::Baseline { method: build_method(kind, detector, settings.clone())?, prepared: None },
+    };
 
-    let mut prompt_sets: HashMap<String, (ResolvedPrompts, ClassPrompts, Option<ReferenceBank>)> = HashMap::new();
+    let mut resolved_sets: HashMap<String, ResolvedPrompts> = HashMap::new();
     let store = PromptStore {
         dir: Some(args.prompts_dir.clone()),
     };
@@ -197,12 +251,12 @@ pub fn run(args: DetectArgs) -> Result<()> {
     let mut failures = 0;
     for ((image, class), outputs) in images.iter().zip(&classes).zip(&outputs) {
         bar.set_message(progress_label(&image.path));
-        if !prompt_sets.contains_key(class) {
+        if !resolved_sets.contains_key(class) {
             let resolved = match &args.prompts {
                 Some(file) => PromptStore::from_file(file)?,
                 None => store.resolve(class)?,
             };
-            if resolved.generic_fallback {
+            if resolved.generic_fallback && args.method == MethodKind::Alfa {
                 bar.suspend(|| {
                     eprintln!(
                         "note: no prompt set for class `{class}`: using the generic set \
@@ -211,14 +265,17 @@ pub fn run(args: DetectArgs) -> Result<()> {
                     )
                 });
             }
-            let encoded = detector.encode_class(resolved.set.expand())?;
-            let bank = bar.suspend(|| reference_bank(&detector, &args, class, &settings))?;
-            prompt_sets.insert(class.clone(), (resolved, encoded, bank));
+            resolved_sets.insert(class.clone(), resolved);
         }
-        let (resolved, class_prompts, bank) = &prompt_sets[class];
-        let result = detect_one(&detector, image, class_prompts, bank.as_ref(), &settings, &args, outputs).and_then(|detection| {
+        let resolved = &resolved_sets[class];
+        prepare(&mut analyser, resolved, class, &args, &settings, &bar)?;
+        let result = (|| -> Result<f32> {
+            let decoded = clip::open_image(&image.path)?;
+            let outcome = analyse(&mut analyser, &decoded, class, &settings)?;
+            write_image_outputs(image, &decoded, &outcome, &args, outputs)?;
             let record = Record {
                 file: image.path.display().to_string(),
+                method: args.method,
                 class,
                 map: outputs.map.display().to_string(),
                 overlay: outputs.overlay.display().to_string(),
@@ -227,7 +284,7 @@ pub fn run(args: DetectArgs) -> Result<()> {
                 model: &identity,
                 precision: args.model.precision,
                 settings: &settings,
-                detection: &detection,
+                findings: outcome.findings(),
             };
             let json = serde_json::to_string(&record)?;
             export::write_atomic(&outputs.record, json.as_bytes())?;
@@ -237,8 +294,8 @@ pub fn run(args: DetectArgs) -> Result<()> {
                     writeln!(stdout, "{json}").context("cannot write to stdout")
                 })?;
             }
-            Ok(detection.image_score)
-        });
+            Ok(outcome.image_score)
+        })();
         match result {
             Ok(score) => {
                 let relative = outputs.map.strip_prefix(&args.out).unwrap_or(&outputs.map);
@@ -310,34 +367,122 @@ fn reference_bank(detector: &Detector, args: &DetectArgs, class: &str, settings:
     }
 }
 
-fn detect_one(
-    detector: &Detector,
-    image: &InputImage,
-    class: &ClassPrompts,
-    references: Option<&ReferenceBank>,
+/// Prepares `analyser` for `class` when it is not yet: ALFA encodes the class's
+/// prompts and builds its bank once per class; a baseline is prepared again when the
+/// class changes (its own prompts; WinCLIP+ with the references).
+fn prepare(
+    analyser: &mut Analyser,
+    resolved: &ResolvedPrompts,
+    class: &str,
+    args: &DetectArgs,
     settings: &DetectSettings,
+    bar: &ProgressBar,
+) -> Result<()> {
+    match analyser {
+        Analyser::Alfa { detector, prompt_sets } => {
+            if !prompt_sets.contains_key(class) {
+                let encoded = detector.encode_class(resolved.set.expand())?;
+                let bank = bar.suspend(|| reference_bank(detector, args, class, settings))?;
+                prompt_sets.insert(class.to_owned(), (encoded, bank));
+            }
+        }
+        Analyser::Baseline { method, prepared } => {
+            if prepared.as_deref() != Some(class) {
+                let spec = ClassSpec { id: class.to_owned(), name: resolved.set.class.name.clone(), prompts: resolved.set.expand() };
+                let references = bar.suspend(|| baseline_references(method.kind(), args, class))?;
+                method.prepare(&spec, &references)?;
+                *prepared = Some(class.to_owned());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// WinCLIP+'s reference images (decoded), or none; zero-shot baselines say that the
+/// class's references are not used.
+fn baseline_references(kind: MethodKind, args: &DetectArgs, class: &str) -> Result<Vec<image::DynamicImage>> {
+    if args.zero_shot {
+        return Ok(Vec::new());
+    }
+    let dir = args.refs.clone().unwrap_or_else(|| references_dir(&args.prompts_dir, class));
+    let mut files = list_references(&dir)?;
+    if kind != MethodKind::Winclip {
+        if !files.is_empty() {
+            eprintln!("note: --method {} is zero-shot only: the {} reference image(s) of `{class}` are not used", method_name(kind), files.len());
+        }
+        return Ok(Vec::new());
+    }
+    if args.refs.is_some() && files.is_empty() {
+        bail!("no reference images in {}", dir.display());
+    }
+    if let Some(shots) = args.shots {
+        files = draw(&files, shots, args.seed);
+    }
+    let mut images = Vec::with_capacity(files.len());
+    for file in &files {
+        match clip::open_image(file) {
+            Ok(image) => images.push(image),
+            Err(e) => eprintln!("warning: skipped reference {}: {e}", file.display()),
+        }
+    }
+    if images.is_empty() {
+        eprintln!("zero-shot for `{class}`: no reference images");
+    } else {
+        eprintln!("few-shot (WinCLIP+) for `{class}`: {} reference image(s) from {}", images.len(), dir.display());
+    }
+    Ok(images)
+}
+
+/// One image through the prepared method.
+fn analyse(analyser: &mut Analyser, decoded: &image::DynamicImage, class: &str, settings: &DetectSettings) -> Result<Outcome> {
+    Ok(match analyser {
+        Analyser::Alfa { detector, prompt_sets } => {
+            let (class_prompts, bank) = &prompt_sets[class];
+            let mut detection = detector.detect_with_references(decoded, class_prompts, bank.as_ref(), settings)?;
+            let map = std::mem::replace(&mut detection.map, Grid::new(0, 0, Vec::new()));
+            Outcome { image_score: detection.image_score, map, detection: Some(detection) }
+        }
+        Analyser::Baseline { method, .. } => {
+            let scored = method.score(decoded)?;
+            Outcome { image_score: scored.image_score, map: scored.map, detection: None }
+        }
+    })
+}
+
+/// The map as float32 TIFF and the overlay, whose caption names the image and score.
+fn write_image_outputs(
+    image: &InputImage,
+    decoded: &image::DynamicImage,
+    outcome: &Outcome,
     args: &DetectArgs,
     outputs: &Outputs,
-) -> Result<Detection> {
-    let decoded = clip::open_image(&image.path)?;
-    let detection = detector.detect_with_references(&decoded, class, references, settings)?;
-    export::write_map_tiff(&outputs.map, &detection.map)?;
+) -> Result<()> {
+    let map = &outcome.map;
+    export::write_map_tiff(&outputs.map, map)?;
     let range = match args.overlay_range {
         OverlayRange::Fixed(lo, hi) => (lo, hi),
         OverlayRange::PerImage => {
-            let lo = detection.map.values.iter().copied().fold(f32::INFINITY, f32::min);
-            (lo, detection.map.max().max(lo + f32::EPSILON))
+            let lo = map.values.iter().copied().fold(f32::INFINITY, f32::min);
+            (lo, map.max().max(lo + f32::EPSILON))
         }
     };
-    // An overlay seen on its own still says which image and score it shows.
+    // An overlay seen on its own still says which image, method and score it shows.
     let style = OverlayStyle {
         range,
         colormap: args.colormap,
-        caption: vec![image.output_stem.display().to_string(), format!("image score {:.3}", detection.image_score)],
+        caption: vec![
+            image.output_stem.display().to_string(),
+            format!("{} image score {:.3}", method_name(args.method), outcome.image_score),
+        ],
         ..Default::default()
     };
-    export::write_png(&outputs.overlay, &export::render_overlay(&decoded, &detection.map, &style)?)?;
-    Ok(detection)
+    export::write_png(&outputs.overlay, &export::render_overlay(decoded, map, &style)?)?;
+    Ok(())
+}
+
+/// The method as `--method` spells it.
+fn method_name(kind: MethodKind) -> String {
+    serde_json::to_value(kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_else(|| format!("{kind:?}"))
 }
 
 fn progress_bar(len: usize) -> ProgressBar {
