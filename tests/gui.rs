@@ -125,7 +125,7 @@ fn open_analyse_threshold_and_live_prompt_edit() {
     editor.type_text("An abnormal image of {c} shows a green stripe.");
     step_until(&mut harness, "the re-score", |app| app.state.progress.generation > generation && analysed(app));
     let state = &harness.state().state;
-    let report = &state.selected_analysis().unwrap().detection.prompts;
+    let report = &state.selected_analysis().unwrap().detection.as_ref().unwrap().prompts;
     assert!(
         report.abnormal.iter().any(|p| p.text == "An abnormal image of bottle shows a green stripe."),
         "the edited prompt is scored: {:?}",
@@ -166,7 +166,7 @@ fn references_switch_to_few_shot_and_set_the_threshold() {
     let mut harness = harness_with_prompts(vec![root.clone()], Some(prompts));
     step_until(&mut harness, "the analysis", analysed);
     assert!(harness.query_all_by_label("zero-shot").count() >= 1);
-    assert!(harness.state().state.entries.iter().filter_map(|e| e.analysis.as_ref()).all(|a| a.detection.few_shot.is_none()));
+    assert!(harness.state().state.entries.iter().filter_map(|e| e.analysis.as_ref()).all(|a| a.detection.as_ref().unwrap().few_shot.is_none()));
 
     // The good image on screen becomes a reference with G.
     harness.get_by_label("test/good/000.png").click();
@@ -181,13 +181,13 @@ fn references_switch_to_few_shot_and_set_the_threshold() {
     assert!(harness.query_all_by_label("few-shot (1 ref)").count() >= 1, "the mode label reads few-shot");
     let state = &harness.state().state;
     for entry in state.entries.iter().filter(|e| e.analysis.is_some()) {
-        let few_shot = entry.analysis.as_ref().unwrap().detection.few_shot.as_ref().expect("few-shot report");
+        let few_shot = entry.analysis.as_ref().unwrap().detection.as_ref().unwrap().few_shot.as_ref().expect("few-shot report");
         assert_eq!(few_shot.references, 1);
         let nearest = few_shot.nearest.as_ref().expect("the nearest reference window");
         assert_eq!(nearest.file, refs.join("000.png"));
     }
     // A reference is its own nearest neighbour: no few-shot anomaly on it.
-    let own = state.entries[3].analysis.as_ref().unwrap().detection.few_shot.as_ref().unwrap().max_score;
+    let own = state.entries[3].analysis.as_ref().unwrap().detection.as_ref().unwrap().few_shot.as_ref().unwrap().max_score;
     assert!(own < 1e-3, "{own}");
     // The Why panel shows the few-shot part.
     assert!(harness.query_by_label_contains("max few-shot").is_some());
@@ -255,7 +255,7 @@ fn references_switch_to_few_shot_and_set_the_threshold() {
     assert!(alfa::detect::references::list_references(&refs).unwrap().is_empty(), "the copies are deleted");
     assert!(root.join("test/good/000.png").exists() && extra.exists(), "the originals stay");
     assert!(harness.query_all_by_label("zero-shot").count() >= 1);
-    assert!(harness.state().state.entries.iter().filter_map(|e| e.analysis.as_ref()).all(|a| a.detection.few_shot.is_none()));
+    assert!(harness.state().state.entries.iter().filter_map(|e| e.analysis.as_ref()).all(|a| a.detection.as_ref().unwrap().few_shot.is_none()));
 
     // A reference added from the command line (`alfa refs add`) is the app's too.
     alfa::detect::references::add_references(&refs, &[extra]).unwrap();
@@ -369,7 +369,7 @@ fn generate_more_adds_prompts_and_save_keeps_comments() {
     assert_eq!(set.llm.normal.len(), before.llm.normal.len() + 2);
     assert_eq!(set.descriptors.abnormal.len(), before.descriptors.abnormal.len() + 2);
     step_until(&mut harness, "the re-score", reanalysed(generation));
-    let report = &harness.state().state.selected_analysis().unwrap().detection.prompts;
+    let report = &harness.state().state.selected_analysis().unwrap().detection.as_ref().unwrap().prompts;
     assert!(report.abnormal.iter().any(|p| p.text == "An abnormal image of bottle has soot inside."));
     assert_eq!(std::fs::read_to_string(prompts_dir.join("bottle.toml")).unwrap(), commented, "nothing saved yet");
 
@@ -437,7 +437,7 @@ fn window_scales_beyond_the_grid_are_refused_and_the_engine_recovers() {
     assert_eq!(state.settings.detect.scales, [2, 3]);
     let notice = state.notice.clone().unwrap_or_default();
     assert!(notice.contains("window scale 5") && notice.contains("grid size 4") && notice.contains("set to 2, 3"), "{notice}");
-    assert!(state.entries.iter().filter_map(|e| e.analysis.as_ref()).all(|a| a.detection.few_shot.is_some()));
+    assert!(state.entries.iter().filter_map(|e| e.analysis.as_ref()).all(|a| a.detection.as_ref().unwrap().few_shot.is_some()));
 
     // Typed in Settings: refused with the reason, the scales in use stay.
     harness.get_by_label("Settings").click();
@@ -632,4 +632,45 @@ fn the_next_picture_is_decoded_before_it_is_asked_for() {
     let state = &harness.state().state;
     assert_eq!(state.selected, Some(1));
     assert_eq!(state.shown.as_ref().map(|s| s.id), Some(next), "shown without waiting for the loader");
+}
+
+/// Another method scores the list (through the engine, the window never waits), and
+/// the compare view shows a second method's map beside the first.
+#[test]
+fn methods_switch_and_two_compare_side_by_side() {
+    use alfa::detect::MethodKind;
+    let dir = tempfile::tempdir().unwrap();
+    let mut harness = harness(vec![image_folder(dir.path())]);
+    step_until(&mut harness, "the analysis", analysed);
+    let alfa_scores: Vec<f32> = harness.state().state.entries.iter().filter_map(|e| e.score()).collect();
+
+    harness.get_by_label("Settings").click();
+    harness.run_steps(2);
+    let generation = harness.state().state.progress.generation;
+    harness.get_by_label("WinCLIP").click();
+    step_until(&mut harness, "the WinCLIP analysis", reanalysed(generation));
+    let state = &harness.state().state;
+    assert_eq!(state.settings.method, MethodKind::Winclip);
+    let analyses: Vec<_> = state.entries.iter().filter_map(|e| e.analysis.as_ref()).collect();
+    assert_eq!(analyses.len(), 3);
+    assert!(analyses.iter().all(|a| a.method == MethodKind::Winclip && a.detection.is_none()));
+    let winclip_scores: Vec<f32> = analyses.iter().map(|a| a.image_score).collect();
+    assert_ne!(winclip_scores, alfa_scores, "another method, other scores");
+    harness.get_by_label("Why").click();
+    harness.run_steps(2);
+    assert!(harness.query_by_label_contains("WinCLIP gives an image score and a map only").is_some());
+
+    // Compare with ALFA: the image on screen gets ALFA's result beside WinCLIP's.
+    harness.state_mut().state.settings.compare = Some(MethodKind::Alfa);
+    step_until(&mut harness, "the compare result", |app| {
+        app.state.selected.and_then(|i| app.state.entries[i].compare.as_ref()).is_some_and(|c| c.method == MethodKind::Alfa)
+    });
+    let state = &harness.state().state;
+    let selected = &state.entries[state.selected.unwrap()];
+    let compared = selected.compare.as_ref().unwrap();
+    assert!(compared.detection.is_some(), "ALFA's whole result");
+    assert!((compared.image_score - alfa_scores[0]).abs() < 1e-6, "the same score as ALFA's own run");
+    harness.run_steps(3);
+    assert!(harness.query_by_label_contains("ALFA 0.").is_none(), "captions are painted, not widgets");
+    harness.snapshot_options("gui_compare", &SnapshotOptions::new().threshold(2.0).max_failed_pixels(12_000));
 }

@@ -16,6 +16,7 @@ use crate::detect::maps::Grid;
 pub struct ScoreRow {
     pub file: String,
     pub name: String,
+    pub method: Option<crate::detect::MethodKind>,
     pub image_score: Option<f32>,
     pub global_score: Option<f32>,
     pub local_max: Option<f32>,
@@ -41,15 +42,17 @@ impl ScoreTable {
             .entries
             .iter()
             .map(|e| {
-                let d = e.analysis.as_ref().map(|a| &a.detection);
+                let a = e.analysis.as_ref();
+                let d = a.and_then(|a| a.detection.as_ref());
                 ScoreRow {
                     file: e.path.display().to_string(),
                     name: e.name.clone(),
-                    image_score: d.map(|d| d.image_score),
+                    method: a.map(|a| a.method),
+                    image_score: a.map(|a| a.image_score),
                     global_score: d.map(|d| d.global_score),
                     local_max: d.map(|d| d.local_max),
-                    verdict: d.map(|d| Verdict::of(d.image_score, state.image_threshold()).label()),
-                    stale: e.stale && d.is_some(),
+                    verdict: a.map(|a| Verdict::of(a.image_score, state.image_threshold()).label()),
+                    stale: e.stale && a.is_some(),
                     error: e.error.clone(),
                 }
             })

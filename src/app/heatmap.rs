@@ -90,12 +90,13 @@ pub struct HeatmapResources {
     sampler: wgpu::Sampler,
     uniforms: [wgpu::Buffer; PANES],
     srgb_target: bool,
-    uploaded: Option<Uploaded>,
+    /// Per pane: the two panes may show different content (two methods' maps).
+    uploaded: [Option<Uploaded>; PANES],
 }
 
 struct Uploaded {
     key: [usize; 3],
-    bind_groups: Vec<wgpu::BindGroup>,
+    bind_group: wgpu::BindGroup,
 }
 
 /// Registers the pipeline with the renderer; call once at start-up.
@@ -194,13 +195,13 @@ impl HeatmapResources {
             sampler,
             uniforms,
             srgb_target: target_format.is_srgb(),
-            uploaded: None,
+            uploaded: [None, None],
         }
     }
 
-    fn upload(&mut self, device: &wgpu::Device, queue: &wgpu::Queue, content: &HeatmapContent) {
+    fn upload(&mut self, device: &wgpu::Device, queue: &wgpu::Queue, pane: usize, content: &HeatmapContent) {
         let key = content.key();
-        if self.uploaded.as_ref().is_some_and(|u| u.key == key) {
+        if self.uploaded[pane].as_ref().is_some_and(|u| u.key == key) {
             return;
         }
         let max = device.limits().max_texture_dimension_2d;
@@ -227,24 +228,18 @@ impl HeatmapResources {
             }
             None => texture(device, queue, (1, 1), wgpu::TextureFormat::R8Unorm, &[0]),
         };
-        let bind_groups = self
-            .uniforms
-            .iter()
-            .map(|uniform| {
-                device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some("alfa heatmap"),
-                    layout: &self.layout,
-                    entries: &[
-                        wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() },
-                        wgpu::BindGroupEntry { binding: 1, resource: wgpu::BindingResource::TextureView(&image_view) },
-                        wgpu::BindGroupEntry { binding: 2, resource: wgpu::BindingResource::Sampler(&self.sampler) },
-                        wgpu::BindGroupEntry { binding: 3, resource: wgpu::BindingResource::TextureView(&map_view) },
-                        wgpu::BindGroupEntry { binding: 4, resource: wgpu::BindingResource::TextureView(&mask_view) },
-                    ],
-                })
-            })
-            .collect();
-        self.uploaded = Some(Uploaded { key, bind_groups });
+        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("alfa heatmap"),
+            layout: &self.layout,
+            entries: &[
+                wgpu::BindGroupEntry { binding: 0, resource: self.uniforms[pane].as_entire_binding() },
+                wgpu::BindGroupEntry { binding: 1, resource: wgpu::BindingResource::TextureView(&image_view) },
+                wgpu::BindGroupEntry { binding: 2, resource: wgpu::BindingResource::Sampler(&self.sampler) },
+                wgpu::BindGroupEntry { binding: 3, resource: wgpu::BindingResource::TextureView(&map_view) },
+                wgpu::BindGroupEntry { binding: 4, resource: wgpu::BindingResource::TextureView(&mask_view) },
+            ],
+        });
+        self.uploaded[pane] = Some(Uploaded { key, bind_group });
     }
 }
 
@@ -321,7 +316,7 @@ impl egui_wgpu::CallbackTrait for HeatmapCallback {
         resources: &mut egui_wgpu::CallbackResources,
     ) -> Vec<wgpu::CommandBuffer> {
         if let Some(gpu) = resources.get_mut::<HeatmapResources>() {
-            gpu.upload(device, queue, &self.content);
+            gpu.upload(device, queue, self.pane, &self.content);
             queue.write_buffer(&gpu.uniforms[self.pane], 0, &self.params.to_bytes(gpu.srgb_target));
         }
         Vec::new()
@@ -334,9 +329,9 @@ impl egui_wgpu::CallbackTrait for HeatmapCallback {
         resources: &egui_wgpu::CallbackResources,
     ) {
         let Some(gpu) = resources.get::<HeatmapResources>() else { return };
-        let Some(uploaded) = &gpu.uploaded else { return };
+        let Some(uploaded) = &gpu.uploaded[self.pane] else { return };
         render_pass.set_pipeline(&gpu.pipeline);
-        render_pass.set_bind_group(0, &uploaded.bind_groups[self.pane], &[]);
+        render_pass.set_bind_group(0, &uploaded.bind_group, &[]);
         render_pass.draw(0..3, 0..1);
     }
 }

@@ -122,6 +122,8 @@ pub struct AlfaApp {
     /// The path window (open, add references, export, …), when open.
     path_prompt: Option<PathPrompt>,
     browse: BrowseState,
+    /// The compare request in flight: its id, and the (image, method) it is for.
+    compare_asked: Option<(u64, (worker::ItemId, crate::detect::MethodKind))>,
     /// An export that would replace files, waiting for the user's answer.
     pending_export: Option<(PathBuf, export::Export, Vec<PathBuf>)>,
     /// `--arch` from the command line; the model and the tokenizer are in settings.
@@ -191,6 +193,7 @@ impl AlfaApp {
             path_prompt: None,
             browse: BrowseState::detect(),
             pending_export: None,
+            compare_asked: None,
             state: AppState::new(settings),
             workers,
             editor: None,
@@ -340,6 +343,7 @@ impl AlfaApp {
                     preview: None,
                     error: None,
                     analysis: None,
+                    compare: None,
                     stale: false,
                 }
             })
@@ -399,9 +403,12 @@ impl AlfaApp {
         let items = order.iter().map(|&i| (self.state.entries[i].id, self.state.entries[i].path.clone())).collect();
         for entry in &mut self.state.entries {
             entry.stale = entry.analysis.is_some();
+            entry.compare = None;
         }
+        self.compare_asked = None;
         let references = self.state.references().to_vec();
-        let generation = self.workers.analyse(editor.applied.clone(), self.state.settings.detect.clone(), references, items);
+        let method = self.state.settings.method;
+        let generation = self.workers.analyse(method, editor.applied.clone(), self.state.settings.detect.clone(), references, items);
         self.state.progress =
             state::Progress { generation, done: 0, total: order.len(), running: true, error: None, references: None };
     }
@@ -409,6 +416,27 @@ impl AlfaApp {
     /// The folder prompt sets are read from and saved to (`./prompts` by default).
     pub fn prompts_dir(&self) -> &std::path::Path {
         self.prompts.dir.as_deref().unwrap_or(std::path::Path::new(crate::prompts::store::DEFAULT_DIR))
+    }
+
+    /// Asks the engine for the compare view's second result of the image on screen,
+    /// once per (image, method) until prompts or settings change.
+    fn request_compare(&mut self) {
+        let Some(kind) = self.state.settings.compare.filter(|&k| k != self.state.settings.method) else { return };
+        let Some(editor) = &self.editor else { return };
+        let Some(entry) = self.state.selected.and_then(|i| self.state.entries.get(i)) else { return };
+        let wanted = (entry.id, kind);
+        if entry.compare.as_ref().is_some_and(|c| c.method == kind) || self.compare_asked.is_some_and(|(_, asked)| asked == wanted) {
+            return;
+        }
+        let id = self.workers.compare(worker::CompareJob {
+            id: 0,
+            method: kind,
+            prompts: editor.applied.clone(),
+            settings: self.state.settings.detect.clone(),
+            references: self.state.references().to_vec(),
+            item: (entry.id, entry.path.clone()),
+        });
+        self.compare_asked = Some((id, wanted));
     }
 
     /// The class's reference folder, `<prompts>/<class>.refs/`: the one `alfa refs`
@@ -617,6 +645,21 @@ impl AlfaApp {
                     self.content = None;
                 }
             }
+            Message::Compared { id, item, outcome } => {
+                if self.compare_asked.is_none_or(|(asked, _)| asked != id) {
+                    return;
+                }
+                let Some(index) = state.index_of(item) else { return };
+                match outcome {
+                    Ok(analysis) => state.entries[index].compare = Some(analysis),
+                    Err(e) => {
+                        state.notice = Some(format!("compare: {e}"));
+                        // Asked once: a failure is not asked again for this image.
+                        return;
+                    }
+                }
+                self.compare_asked = None;
+            }
             Message::AnalysisDone { generation, error } => {
                 if generation == state.progress.generation {
                     state.progress.running = false;
@@ -632,7 +675,7 @@ impl AlfaApp {
                         t.references = Some((done, total));
                     }
                 }
-                worker::Task::Analysis(_) => {}
+                worker::Task::Analysis(_) | worker::Task::Compare(_) => {}
             },
             Message::ReferencesReady { task, used, skipped } => {
                 match task {
@@ -644,7 +687,7 @@ impl AlfaApp {
                             t.references = None;
                         }
                     }
-                    worker::Task::Analysis(_) => {}
+                    worker::Task::Analysis(_) | worker::Task::Compare(_) => {}
                 }
                 for (path, reason) in &skipped {
                     if let Some(view) = state.reference_views.iter_mut().find(|v| &v.path == path) {
@@ -1057,6 +1100,7 @@ impl eframe::App for AlfaApp {
         self.dropped_files(&ctx);
         self.shortcuts(&ctx);
         self.poll_editor(&ctx);
+        self.request_compare();
         self.panels(ui);
         self.dialogs(&ctx);
         self.screenshot_step(&ctx);

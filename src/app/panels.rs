@@ -17,11 +17,11 @@ use super::heatmap::PaneParams;
 use super::prompt_editor::Field;
 use super::dialogs::Purpose;
 use super::state::{Filter, LlmStatus, ModelStatus, Normalisation, SortKey, Threshold, Thresholds, Verdict, score_text};
-use super::viewer::{self, ViewerFrame};
+use super::viewer::{self, PaneView, ViewerFrame};
 use super::worker::Analysis;
 use super::{AlfaApp, SideTab};
 use crate::detect::engine::{FewShotReport, PromptVerdict};
-use crate::detect::WindowMode;
+use crate::detect::{MethodKind, WindowMode};
 use crate::clip::Precision;
 
 const NG_COLOR: Color32 = Color32::from_rgb(220, 60, 50);
@@ -90,7 +90,23 @@ impl AlfaApp {
             } else {
                 "Select an image in the list."
             };
-            let frame = ViewerFrame { content: content.as_ref(), placeholder, params, side_by_side: s.side_by_side, gpu: self.gpu };
+            let compare = self.compare_content(content.as_ref());
+            let panes = match (&content, &compare) {
+                (None, _) => Vec::new(),
+                (Some(main), Some((other, caption, levels))) => {
+                    let score = self.state.selected_analysis().map(|a| format!(" {:.3}", a.image_score)).unwrap_or_default();
+                    vec![
+                        PaneView { content: main, overlay: true, caption: format!("{}{score}", method_label(s.method)), levels: (low, high) },
+                        PaneView { content: other, overlay: true, caption: caption.clone(), levels: *levels },
+                    ]
+                }
+                (Some(main), None) if s.side_by_side => vec![
+                    PaneView { content: main, overlay: false, caption: "Original".into(), levels: (low, high) },
+                    PaneView { content: main, overlay: true, caption: "Overlay".into(), levels: (low, high) },
+                ],
+                (Some(main), None) => vec![PaneView { content: main, overlay: s.overlay, caption: String::new(), levels: (low, high) }],
+            };
+            let frame = ViewerFrame { panes, placeholder, params, gpu: self.gpu };
             self.hover_pixel = viewer::show(ui, &mut self.view, frame);
         });
         let ctx = ui.ctx().clone();
@@ -103,6 +119,25 @@ impl AlfaApp {
                 }
             });
         });
+    }
+
+    /// The compare view's second pane: the other method's map over the same picture,
+    /// its caption and its colour range (its own min and max: methods' maps differ).
+    fn compare_content(
+        &self,
+        main: Option<&super::heatmap::HeatmapContent>,
+    ) -> Option<(super::heatmap::HeatmapContent, String, (f32, f32))> {
+        let kind = self.state.settings.compare.filter(|&k| k != self.state.settings.method)?;
+        let main = main?;
+        let entry = self.state.entries.get(self.state.selected?)?;
+        let compared = entry.compare.as_ref().filter(|c| c.method == kind);
+        let caption = match compared {
+            Some(c) => format!("{} {:.3}", method_label(kind), c.image_score),
+            None => format!("{}: computing…", method_label(kind)),
+        };
+        let map = compared.map(|c| c.map.clone()).filter(|m| [m.width as u32, m.height as u32] == main.size);
+        let levels = compared.map_or((0.0, 1.0), |c| if c.map_range.1 > c.map_range.0 { c.map_range } else { (0.0, 1.0) });
+        Some((super::heatmap::HeatmapContent { map, ..main.clone() }, caption, levels))
     }
 
     /// The image's name over the picture, the zoom, and the map value under the pointer.
@@ -372,6 +407,18 @@ impl AlfaApp {
             ui.add(egui::Slider::new(&mut s.opacity, 0.0..=1.0).text("Opacity"));
             ui.checkbox(&mut s.outline, "Outline regions");
             ui.checkbox(&mut s.side_by_side, "Side by side");
+            let label = ui.label("Compare with:");
+            egui::ComboBox::from_id_salt("compare")
+                .selected_text(s.compare.map_or("none", method_label))
+                .show_ui(ui, |ui| {
+                    ui.selectable_value(&mut s.compare, None, "none");
+                    for kind in METHODS.into_iter().filter(|&k| k != s.method) {
+                        ui.selectable_value(&mut s.compare, Some(kind), method_label(kind));
+                    }
+                })
+                .response
+                .labelled_by(label.id)
+                .on_hover_text("Shows a second method's map beside this one, zoom and pan in sync");
         });
         self.threshold_row(ui);
         let s = &mut self.state.settings;
@@ -527,19 +574,25 @@ impl AlfaApp {
             ui.label("Not analysed yet.");
             return;
         };
-        let d = &analysis.detection;
         ui.horizontal(|ui| {
             let threshold = self.state.image_threshold();
             if entry.stale {
                 ui.label(RichText::new("old result").italics())
                     .on_hover_text("From earlier prompts or settings: re-scored when the analysis reaches this image");
             } else {
-                verdict_badge(ui, Verdict::of(d.image_score, threshold));
+                verdict_badge(ui, Verdict::of(analysis.image_score, threshold));
             }
-            ui.label(RichText::new(format!("image score {}", score_text(d.image_score, threshold))).strong()).on_hover_text(
-                "(S_G + max S_L) / 2, plus the max few-shot score with references; NG at or above the OK/NG threshold",
+            ui.label(RichText::new(format!("image score {}", score_text(analysis.image_score, threshold))).strong()).on_hover_text(
+                "ALFA: (S_G + max S_L) / 2, plus the max few-shot score with references; NG at or above the OK/NG threshold",
             );
         });
+        let Some(d) = &analysis.detection else {
+            ui.label(format!(
+                "{} gives an image score and a map only: the prompts, descriptors and scores behind them are ALFA's (Settings, Method).",
+                method_label(analysis.method)
+            ));
+            return;
+        };
         egui::Grid::new("scores").show(ui, |ui| {
             ui.label("S_G (global)").on_hover_text(
                 "Global score: how much more the whole image matches the abnormal prompts than the normal ones (0 to 1)",
@@ -768,6 +821,21 @@ impl AlfaApp {
         ui.separator();
         ui.heading("Detection");
         let mut changed = false;
+        ui.horizontal_wrapped(|ui| {
+            ui.label("Method:");
+            for kind in METHODS {
+                changed |= ui
+                    .selectable_value(&mut s.method, kind, method_label(kind))
+                    .on_hover_text(match kind {
+                        MethodKind::Alfa => "ALFA: prompt adaptation and the fine-grained aligner (+ the memory bank with references)",
+                        MethodKind::Clip => "Plain CLIP: two prompts, last-layer patch tokens (zero-shot)",
+                        MethodKind::Winclip => "WinCLIP: prompt ensemble and windows (WinCLIP+ with references)",
+                        MethodKind::AnovlTfa => "AnoVL, training-free adaptation (zero-shot)",
+                        MethodKind::AnovlTta => "AnoVL with test-time adaptation (zero-shot, slower)",
+                    })
+                    .changed();
+            }
+        });
         ui.horizontal(|ui| {
             let label = ui.label("Window scales (patches):");
             let typed = ui
@@ -841,7 +909,7 @@ impl AlfaApp {
             let picture = self.state.shown.as_ref().filter(|s| s.id == entry.id).map(|s| s.picture.image.clone());
             let (low, high) = self.state.levels(i);
             let s = &self.state.settings;
-            let score = analysis.detection.image_score;
+            let score = analysis.image_score;
             let threshold = self.state.image_threshold();
             let verdict = Verdict::of(score, threshold).label();
             let mut caption = vec![entry.name.clone(), format!("score {} {verdict} (threshold {threshold:.3})", score_text(score, threshold))];
@@ -860,6 +928,20 @@ impl AlfaApp {
         export::Export { scores, image }
     }
 }
+
+/// A method as the window names it.
+pub fn method_label(kind: MethodKind) -> &'static str {
+    match kind {
+        MethodKind::Alfa => "ALFA",
+        MethodKind::Clip => "CLIP",
+        MethodKind::Winclip => "WinCLIP",
+        MethodKind::AnovlTfa => "AnoVL TFA",
+        MethodKind::AnovlTta => "AnoVL TTA",
+    }
+}
+
+/// Every method, in the order the selectors list them.
+const METHODS: [MethodKind; 5] = [MethodKind::Alfa, MethodKind::Clip, MethodKind::Winclip, MethodKind::AnovlTfa, MethodKind::AnovlTta];
 
 fn device_note() -> &'static str {
     if cfg!(feature = "cuda") {

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::detect::colormap::Colormap;
 use super::worker::{Analysis, ItemId, Picture, ThresholdFit};
 use crate::clip::Precision;
-use crate::detect::DetectSettings;
+use crate::detect::{DetectSettings, MethodKind};
 use crate::prompts::llm::LlmConfig;
 
 /// One image in the list.
@@ -27,13 +27,15 @@ pub struct Entry {
     /// Why the file could not be read or analysed.
     pub error: Option<String>,
     pub analysis: Option<Arc<Analysis>>,
+    /// The compare view's second method's result (of the current prompts and settings).
+    pub compare: Option<Arc<Analysis>>,
     /// The result is from older prompts or settings; a newer one is coming.
     pub stale: bool,
 }
 
 impl Entry {
     pub fn score(&self) -> Option<f32> {
-        self.analysis.as_ref().map(|a| a.detection.image_score)
+        self.analysis.as_ref().map(|a| a.image_score)
     }
 }
 
@@ -144,6 +146,10 @@ pub struct Settings {
     /// The image tower's number format.
     pub precision: Precision,
     pub class: String,
+    /// The method that scores the list: ALFA, or a baseline to compare it with.
+    pub method: MethodKind,
+    /// A second method shown beside the first for the image on screen.
+    pub compare: Option<MethodKind>,
     pub detect: DetectSettings,
     /// Per class and model (`threshold_key`): a threshold fitted for one does not
     /// carry over to another.
@@ -172,6 +178,8 @@ impl Default for Settings {
             cpu: false,
             precision: Precision::F32,
             class: "bottle".into(),
+            method: MethodKind::Alfa,
+            compare: None,
             detect: DetectSettings::default(),
             thresholds: Default::default(),
             colormap: Colormap::default(),
@@ -343,18 +351,24 @@ impl AppState {
 
     /// `few-shot (K refs)` or `zero-shot`.
     pub fn mode_label(&self) -> String {
+        let few_shot_method = matches!(self.settings.method, MethodKind::Alfa | MethodKind::Winclip);
         match self.references().len() {
             0 => "zero-shot".into(),
+            _ if !few_shot_method => "zero-shot (this method takes no references)".into(),
             1 => "few-shot (1 ref)".into(),
             k => format!("few-shot ({k} refs)"),
         }
     }
 
-    /// Thresholds are kept per class and model: `bottle @ <model>`.
+    /// Thresholds are kept per class and model (and method, for a baseline, whose
+    /// scores mean something else): `bottle @ <model>`, `bottle @ <model> (Winclip)`.
     pub fn threshold_key(&self) -> String {
         let model = self.settings.model.trim();
         let model = if model.is_empty() { crate::clip::DEFAULT_MODEL } else { model };
-        format!("{} @ {model}", self.settings.class)
+        match self.settings.method {
+            MethodKind::Alfa => format!("{} @ {model}", self.settings.class),
+            method => format!("{} @ {model} ({method:?})", self.settings.class),
+        }
     }
 
     /// The current class's thresholds (defaults until one is set).
@@ -499,7 +513,7 @@ mod tests {
     use super::*;
 
     fn entry(name: &str) -> Entry {
-        Entry { id: 0, path: name.into(), name: name.into(), thumbnail: None, preview: None, error: None, analysis: None, stale: false }
+        Entry { id: 0, path: name.into(), name: name.into(), thumbnail: None, preview: None, error: None, analysis: None, compare: None, stale: false }
     }
 
     fn state_with(names: &[&str]) -> AppState {

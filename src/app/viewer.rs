@@ -74,13 +74,23 @@ impl ViewTransform {
     }
 }
 
-/// What the panes draw, from the settings and the selected image.
+/// One pane: what it shows, with or without the heatmap, and its caption.
+pub struct PaneView<'a> {
+    pub content: &'a HeatmapContent,
+    pub overlay: bool,
+    pub caption: String,
+    /// Map values at the ends of the colour map (two methods' maps differ in range).
+    pub levels: (f32, f32),
+}
+
+/// What the panes draw, from the settings and the selected image: one pane, the
+/// original beside the overlay, or two methods' overlays side by side.
 pub struct ViewerFrame<'a> {
-    pub content: Option<&'a HeatmapContent>,
+    /// One or two (at most `PANES`); none shows the placeholder.
+    pub panes: Vec<PaneView<'a>>,
     /// Shown when there is no content.
     pub placeholder: &'a str,
     pub params: PaneParams,
-    pub side_by_side: bool,
     pub gpu: bool,
 }
 
@@ -89,7 +99,7 @@ pub struct ViewerFrame<'a> {
 pub fn show(ui: &mut egui::Ui, view: &mut ViewTransform, frame: ViewerFrame<'_>) -> Option<[u32; 2]> {
     let area = ui.available_rect_before_wrap();
     ui.allocate_rect(area, Sense::hover());
-    let Some(content) = frame.content else {
+    let Some(first) = frame.panes.first() else {
         ui.put(area, egui::Label::new(frame.placeholder));
         return None;
     };
@@ -97,18 +107,20 @@ pub fn show(ui: &mut egui::Ui, view: &mut ViewTransform, frame: ViewerFrame<'_>)
         ui.put(area, egui::Label::new("The heatmap needs the wgpu renderer, which is not available."));
         return None;
     }
-    let image_size = Vec2::new(content.size[0] as f32, content.size[1] as f32);
-    // One pane needs no caption (the name is above it); side by side says which is which.
-    let panes: Vec<(Rect, bool, &str)> = if frame.side_by_side {
+    let size = first.content.size;
+    let image_size = Vec2::new(size[0] as f32, size[1] as f32);
+    let rects: Vec<Rect> = if frame.panes.len() > 1 {
         let (left, right) = area.split_left_right_at_fraction(0.5);
-        vec![(left.shrink(2.0), false, "Original"), (right.shrink(2.0), true, "Overlay")]
+        vec![left.shrink(2.0), right.shrink(2.0)]
     } else {
-        vec![(area, frame.params.overlay, "")]
+        vec![area]
     };
+    let panes: Vec<(Rect, &PaneView<'_>)> = rects.into_iter().zip(&frame.panes).take(super::heatmap::PANES).collect();
     let mut hovered = None;
     view.update_fit(panes[0].0.size(), image_size);
     let pixels_per_point = ui.ctx().pixels_per_point();
-    for (index, (pane, overlay, caption)) in panes.into_iter().enumerate() {
+    for (index, (pane, shown)) in panes.into_iter().enumerate() {
+        let (content, overlay, caption) = (shown.content, shown.overlay, shown.caption.as_str());
         let response = ui.interact(pane, ui.scope_id().with(("pane", index)), Sense::click_and_drag());
         if response.dragged() {
             view.pan(response.drag_delta());
@@ -123,7 +135,7 @@ pub fn show(ui: &mut egui::Ui, view: &mut ViewTransform, frame: ViewerFrame<'_>)
         let rect = view.image_rect(pane, image_size);
         if let Some(pointer) = response.hover_pos().filter(|p| rect.contains(*p)) {
             let at = (pointer - rect.min) / view.zoom;
-            hovered = Some([(at.x as u32).min(content.size[0] - 1), (at.y as u32).min(content.size[1] - 1)]);
+            hovered = Some([(at.x as u32).min(size[0] - 1), (at.y as u32).min(size[1] - 1)]);
         }
         let params = PaneParams {
             image_rect_px: Rect::from_min_max(
@@ -131,6 +143,8 @@ pub fn show(ui: &mut egui::Ui, view: &mut ViewTransform, frame: ViewerFrame<'_>)
                 Pos2::new(rect.max.x * pixels_per_point, rect.max.y * pixels_per_point),
             ),
             overlay,
+            low: shown.levels.0,
+            high: shown.levels.1,
             // The threshold outline belongs to the overlay; the original stays clean.
             outline: frame.params.outline && overlay,
             ..frame.params

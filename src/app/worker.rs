@@ -21,7 +21,8 @@ use crate::clip::{self, Clip, DownloadObserver, ModelRequest};
 use crate::detect::maps::Grid;
 use crate::detect::references::{self, ReferenceBank};
 use crate::detect::threshold::threshold_at_fpr;
-use crate::detect::{ClassPrompts, DetectError, DetectSettings, Detection, Detector};
+use crate::detect::baselines::build_method;
+use crate::detect::{ClassPrompts, ClassSpec, DetectError, DetectSettings, Detection, Detector, Method, MethodKind};
 use crate::prompts::PromptSet;
 use crate::prompts::generate::Generated;
 
@@ -31,6 +32,8 @@ pub type ItemId = usize;
 pub enum Job {
     LoadModel(ModelArgs),
     Analyse(AnalyseJob),
+    /// One image with a second method, for the compare view.
+    Compare(CompareJob),
     Threshold(ThresholdJob),
     /// Keeps the engine thread busy until the sender is dropped: a slow job whose end
     /// the test decides.
@@ -45,6 +48,7 @@ pub enum Job {
 enum JobKind {
     LoadModel(String),
     Analysis(u64),
+    Compare(u64, ItemId),
     Threshold(u64),
     #[cfg(test)]
     Test,
@@ -55,6 +59,7 @@ impl JobKind {
         match job {
             Job::LoadModel(model) => JobKind::LoadModel(model.model.clone().unwrap_or_else(|| clip::DEFAULT_MODEL.to_owned())),
             Job::Analyse(job) => JobKind::Analysis(job.generation),
+            Job::Compare(job) => JobKind::Compare(job.id, job.item.0),
             Job::Threshold(job) => JobKind::Threshold(job.id),
             #[cfg(test)]
             Job::Hold(_) | Job::Panic => JobKind::Test,
@@ -66,6 +71,7 @@ impl JobKind {
         match self {
             JobKind::LoadModel(model) => Message::ModelFailed { model, error },
             JobKind::Analysis(generation) => Message::AnalysisDone { generation, error: Some(error) },
+            JobKind::Compare(id, item) => Message::Compared { id, item, outcome: Err(error) },
             JobKind::Threshold(id) => Message::ThresholdDone { id, outcome: Err(error) },
             #[cfg(test)]
             JobKind::Test => Message::Notice(error),
@@ -75,12 +81,24 @@ impl JobKind {
 
 pub struct AnalyseJob {
     pub generation: u64,
+    pub method: MethodKind,
     pub prompts: PromptSet,
     pub settings: DetectSettings,
     /// Normal reference images: few-shot when there are any.
     pub references: Vec<PathBuf>,
     /// In the order to analyse them (the image on screen first).
     pub items: Vec<(ItemId, PathBuf)>,
+}
+
+/// The image on screen with a second method (the compare view).
+pub struct CompareJob {
+    /// From its own counter: a newer compare request supersedes this one.
+    pub id: u64,
+    pub method: MethodKind,
+    pub prompts: PromptSet,
+    pub settings: DetectSettings,
+    pub references: Vec<PathBuf>,
+    pub item: (ItemId, PathBuf),
 }
 
 /// Scoring good images to set the threshold at a target false-positive rate.
@@ -118,21 +136,28 @@ pub struct ThresholdFit {
 
 /// One image's result, shared between the list, the viewer and the exports.
 pub struct Analysis {
-    /// The engine's result; its `map` is moved to `map` (no copy).
-    pub detection: Detection,
+    pub method: MethodKind,
+    pub image_score: f32,
+    /// ALFA's whole result (its `map` moved to `map`, no copy); a baseline gives
+    /// only its score and map.
+    pub detection: Option<Detection>,
     pub map: Arc<Grid>,
     /// Smallest and largest map value, for normalisation.
     pub map_range: (f32, f32),
 }
 
 impl Analysis {
-    fn new(mut detection: Detection) -> Self {
+    fn alfa(mut detection: Detection) -> Self {
         let map = std::mem::replace(&mut detection.map, Grid::new(0, 0, Vec::new()));
+        Self::of(MethodKind::Alfa, detection.image_score, Some(detection), map)
+    }
+
+    fn of(method: MethodKind, image_score: f32, detection: Option<Detection>, map: Grid) -> Self {
         let map_range = map
             .values
             .iter()
             .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-        Self { detection, map: Arc::new(map), map_range }
+        Self { method, image_score, detection, map: Arc::new(map), map_range }
     }
 }
 
@@ -145,6 +170,8 @@ pub enum Message {
     /// The class's prompts are encoded; `encoded` texts went through the text tower.
     PromptsEncoded { generation: u64, encoded: usize, seconds: f64 },
     Analysed { generation: u64, id: ItemId, outcome: Result<Arc<Analysis>, String> },
+    /// The compare view's second result for image `item`.
+    Compared { id: u64, item: ItemId, outcome: Result<Arc<Analysis>, String> },
     /// An analysis ended (finished, cancelled, or failed before any image).
     AnalysisDone { generation: u64, error: Option<String> },
     /// Reference features: `done` of `total` images (of an analysis or a threshold job).
@@ -184,6 +211,7 @@ pub enum Pick {
 pub enum Task {
     Analysis(u64),
     Threshold(u64),
+    Compare(u64),
 }
 
 /// A decoded image for the viewer, with its ground-truth mask if one exists.
@@ -214,6 +242,7 @@ pub struct Workers {
     loads: Sender<LoadJob>,
     latest: Arc<AtomicU64>,
     latest_threshold: Arc<AtomicU64>,
+    latest_compare: Arc<AtomicU64>,
     outbox: Outbox,
     pub messages: Receiver<Message>,
 }
@@ -225,14 +254,16 @@ impl Workers {
         let outbox = Outbox { tx, ctx: ctx.clone() };
         let latest = Arc::new(AtomicU64::new(0));
         let latest_threshold = Arc::new(AtomicU64::new(0));
+        let latest_compare = Arc::new(AtomicU64::new(0));
         let (jobs, job_rx) = crossbeam_channel::unbounded();
         let engine = Engine {
             outbox: outbox.clone(),
-            latest: Latest { analysis: latest.clone(), threshold: latest_threshold.clone() },
+            latest: Latest { analysis: latest.clone(), threshold: latest_threshold.clone(), compare: latest_compare.clone() },
             cache_dir,
             detector: None,
             encoded: None,
             bank: None,
+            baselines: Vec::new(),
         };
         std::thread::Builder::new()
             .name("alfa-engine".into())
@@ -244,7 +275,7 @@ impl Workers {
             .name("alfa-loader".into())
             .spawn(move || run_loader(load_rx, loader_outbox))
             .expect("the OS can start a thread");
-        Self { jobs, loads, latest, latest_threshold, outbox, messages }
+        Self { jobs, loads, latest, latest_threshold, latest_compare, outbox, messages }
     }
 
     /// For helper threads (file dialogs, exports) that report back.
@@ -259,14 +290,24 @@ impl Workers {
     /// Starts an analysis that supersedes every earlier one; returns its generation.
     pub fn analyse(
         &self,
+        method: MethodKind,
         prompts: PromptSet,
         settings: DetectSettings,
         references: Vec<PathBuf>,
         items: Vec<(ItemId, PathBuf)>,
     ) -> u64 {
         let generation = self.latest.fetch_add(1, Ordering::SeqCst) + 1;
-        self.send(Job::Analyse(AnalyseJob { generation, prompts, settings, references, items }));
+        self.send(Job::Analyse(AnalyseJob { generation, method, prompts, settings, references, items }));
         generation
+    }
+
+    /// Scores one image with a second method (`job.id` is set here), superseding an
+    /// earlier compare request; returns its id.
+    pub fn compare(&self, mut job: CompareJob) -> u64 {
+        job.id = self.latest_compare.fetch_add(1, Ordering::SeqCst) + 1;
+        let id = job.id;
+        self.send(Job::Compare(job));
+        id
     }
 
     /// Stops the running analysis after its current image (or reference).
@@ -333,6 +374,7 @@ impl Workers {
 struct Latest {
     analysis: Arc<AtomicU64>,
     threshold: Arc<AtomicU64>,
+    compare: Arc<AtomicU64>,
 }
 
 impl Latest {
@@ -340,6 +382,7 @@ impl Latest {
         match task {
             Task::Analysis(generation) => self.analysis.load(Ordering::SeqCst) > generation,
             Task::Threshold(id) => self.threshold.load(Ordering::SeqCst) > id,
+            Task::Compare(id) => self.compare.load(Ordering::SeqCst) > id,
         }
     }
 }
@@ -353,6 +396,16 @@ struct Engine {
     encoded: Option<(PromptSet, ClassPrompts)>,
     /// The last reference bank, reused while its files and settings do not change.
     bank: Option<CachedBank>,
+    /// Baselines built so far on the same model (at most one per method).
+    baselines: Vec<BaselineSlot>,
+}
+
+/// A baseline, and the prompts and references it is prepared with.
+struct BaselineSlot {
+    kind: MethodKind,
+    settings: DetectSettings,
+    method: Box<dyn Method>,
+    prepared: Option<(PromptSet, Vec<PathBuf>)>,
 }
 
 struct CachedBank {
@@ -389,6 +442,7 @@ impl Engine {
             if let Err(payload) = outcome {
                 self.encoded = None;
                 self.bank = None;
+                self.baselines.clear();
                 let error = format!("the engine failed ({}) and was restarted", panic_text(payload.as_ref()));
                 self.outbox.send(kind.failed(error));
             }
@@ -399,6 +453,7 @@ impl Engine {
         match job {
             Job::LoadModel(model) => self.load(model),
             Job::Analyse(job) => self.analyse(job),
+            Job::Compare(job) => self.compare(job),
             Job::Threshold(job) => self.threshold(job),
             #[cfg(test)]
             Job::Hold(until) => {
@@ -415,6 +470,7 @@ impl Engine {
         self.detector = None;
         self.encoded = None;
         self.bank = None;
+        self.baselines.clear();
         let request = ModelRequest {
             model: model.model.clone(),
             arch: model.arch.clone(),
@@ -518,29 +574,94 @@ impl Engine {
         if self.is_stale(task) {
             return self.outbox.send(done(None));
         }
-        if let Err(e) = self.prepare(task, &job.prompts, &job.settings, &job.references) {
+        if let Err(e) = self.prepare_method(task, job.method, &job.prompts, &job.settings, &job.references) {
             let error = (!self.is_stale(task)).then_some(e);
             return self.outbox.send(done(error));
         }
-        let (detector, class, bank) = self.prepared(&job.references);
         for (id, path) in job.items {
             if self.is_stale(task) {
                 break;
             }
-            let outcome = clip::open_image(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|image| {
-                    // A bug on one image fails that image, not the rest of the list.
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        detector.detect_with_references(&image, class, bank, &job.settings)
-                    }))
-                    .map_err(|payload| format!("the engine failed on this image ({})", panic_text(payload.as_ref())))?
-                    .map_err(|e| e.to_string())
-                })
-                .map(|d| Arc::new(Analysis::new(d)));
+            let outcome = self.score_prepared(job.method, &job.references, &job.settings, &path);
             self.outbox.send(Message::Analysed { generation, id, outcome });
         }
         self.outbox.send(done(None));
+    }
+
+    fn compare(&mut self, job: CompareJob) {
+        let task = Task::Compare(job.id);
+        if self.is_stale(task) {
+            return;
+        }
+        let outcome = self
+            .prepare_method(task, job.method, &job.prompts, &job.settings, &job.references)
+            .and_then(|()| self.score_prepared(job.method, &job.references, &job.settings, &job.item.1));
+        if !self.is_stale(task) {
+            self.outbox.send(Message::Compared { id: job.id, item: job.item.0, outcome });
+        }
+    }
+
+    /// ALFA's prompts and bank, or a baseline built and prepared, for `method`.
+    fn prepare_method(
+        &mut self,
+        task: Task,
+        method: MethodKind,
+        prompts: &PromptSet,
+        settings: &DetectSettings,
+        references: &[PathBuf],
+    ) -> Result<(), String> {
+        if method == MethodKind::Alfa {
+            return self.prepare(task, prompts, settings, references);
+        }
+        let detector = match &self.detector {
+            Some(Ok(detector)) => detector,
+            Some(Err(e)) => return Err(format!("no model: {e}")),
+            None => return Err("no model loaded".into()),
+        };
+        let index = match self.baselines.iter().position(|b| b.kind == method && b.settings == *settings) {
+            Some(index) => index,
+            None => {
+                self.baselines.retain(|b| b.kind != method);
+                let built = build_method(method, detector.share(), settings.clone()).map_err(|e| e.to_string())?;
+                self.baselines.push(BaselineSlot { kind: method, settings: settings.clone(), method: built, prepared: None });
+                self.baselines.len() - 1
+            }
+        };
+        let slot = &mut self.baselines[index];
+        // Only WinCLIP(+) uses references; the others are zero-shot.
+        let references = if method == MethodKind::Winclip { references.to_vec() } else { Vec::new() };
+        if slot.prepared.as_ref().is_some_and(|(p, r)| p == prompts && *r == references) {
+            return Ok(());
+        }
+        let images: Vec<image::DynamicImage> = references.iter().filter_map(|r| clip::open_image(r).ok()).collect();
+        let spec = ClassSpec { id: prompts.class.id.clone(), name: prompts.class.name.clone(), prompts: prompts.expand() };
+        slot.prepared = None;
+        slot.method.prepare(&spec, &images).map_err(|e| format!("cannot prepare {method:?}: {e}"))?;
+        slot.prepared = Some((prompts.clone(), references));
+        Ok(())
+    }
+
+    /// One image through the method `prepare_method` prepared.
+    fn score_prepared(
+        &mut self,
+        method: MethodKind,
+        references: &[PathBuf],
+        settings: &DetectSettings,
+        path: &std::path::Path,
+    ) -> Result<Arc<Analysis>, String> {
+        let image = clip::open_image(path).map_err(|e| e.to_string())?;
+        // A bug on one image fails that image, not the rest of the list.
+        let scored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<Analysis, DetectError> {
+            if method == MethodKind::Alfa {
+                let (detector, class, bank) = self.prepared(references);
+                return Ok(Analysis::alfa(detector.detect_with_references(&image, class, bank, settings)?));
+            }
+            let slot = self.baselines.iter_mut().find(|b| b.kind == method).ok_or(DetectError::NotPrepared)?;
+            let scored = slot.method.score(&image)?;
+            Ok(Analysis::of(method, scored.image_score, None, scored.map))
+        }))
+        .map_err(|payload| format!("the engine failed on this image ({})", panic_text(payload.as_ref())))?;
+        scored.map(Arc::new).map_err(|e| e.to_string())
     }
 
     fn threshold(&mut self, job: ThresholdJob) {

@@ -210,7 +210,8 @@ pub struct FewShotReport {
 }
 
 pub struct Detector {
-    pub clip: Clip,
+    /// Shared: `share` makes another detector on the same weights without a copy.
+    pub clip: std::sync::Arc<Clip>,
     cache: TextFeatureCache,
     cache_dir: Option<PathBuf>,
     model_identity: String,
@@ -229,8 +230,22 @@ impl Detector {
             cache: TextFeatureCache::open(cache_dir, model_identity, dim),
             cache_dir: cache_dir.map(Path::to_owned),
             model_identity: model_identity.to_owned(),
-            clip,
+            clip: std::sync::Arc::new(clip),
             preprocessor,
+        }
+    }
+
+    /// Another detector on the same loaded model (the weights are shared, not
+    /// copied), with a text-feature cache of its own: the app runs a baseline
+    /// beside ALFA this way.
+    pub fn share(&self) -> Self {
+        let dim = self.clip.config.model_cfg.embed_dim;
+        Self {
+            cache: TextFeatureCache::open(self.cache_dir.as_deref(), &self.model_identity, dim),
+            cache_dir: self.cache_dir.clone(),
+            model_identity: self.model_identity.clone(),
+            clip: self.clip.clone(),
+            preprocessor: self.preprocessor.clone(),
         }
     }
 
@@ -256,6 +271,12 @@ impl Detector {
     /// Normalised text features [N, E] of `texts`, encoded only when not cached.
     pub fn text_features(&mut self, texts: &[String]) -> Result<Tensor, DetectError> {
         Ok(self.cache.features(&self.clip, texts)?)
+    }
+
+    /// The text tower's features of `texts` before normalisation [N, E], encoded only
+    /// when not cached (the cache keeps each text's norm beside its unit feature).
+    pub fn raw_text_features(&mut self, texts: &[String]) -> Result<Tensor, DetectError> {
+        Ok(self.cache.raw_features(&self.clip, texts)?)
     }
 
     /// Encodes (or fetches from the cache) a class's prompts and descriptors.

@@ -76,7 +76,8 @@ pub struct Scored {
     pub map: Grid,
 }
 
-pub trait Method {
+/// `Send`: the app runs methods on its engine thread.
+pub trait Method: Send {
     fn kind(&self) -> MethodKind;
     /// Prepares a class: text features, and a memory bank when `references` (normal
     /// images) are given; none means zero-shot.
