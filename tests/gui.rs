@@ -14,7 +14,7 @@ use common::llm_server::{Reply, Server};
 use common::{fixtures, shared_tokenizer};
 use eframe::egui::accesskit::Role;
 use eframe::egui::{DroppedFile, Event, Modifiers};
-use egui_kittest::kittest::Queryable;
+use egui_kittest::kittest::{NodeT, Queryable};
 use egui_kittest::{Harness, SnapshotOptions};
 use image::{Rgb, RgbImage};
 
@@ -659,6 +659,8 @@ fn methods_switch_and_two_compare_side_by_side() {
     harness.get_by_label("Why").click();
     harness.run_steps(2);
     assert!(harness.query_by_label_contains("WinCLIP gives an image score and a map only").is_some());
+    // Thresholds from good images are ALFA's: a baseline's are set by hand.
+    assert!(harness.get_by_label("Both from a folder of good images…").accesskit_node().is_disabled());
 
     // Compare with ALFA: the image on screen gets ALFA's result beside WinCLIP's.
     harness.state_mut().state.settings.compare = Some(MethodKind::Alfa);

@@ -520,6 +520,10 @@ impl AlfaApp {
 
     fn start_threshold(&mut self, good: Vec<PathBuf>, source: String) {
         let Some(editor) = &self.editor else { return };
+        if self.state.settings.method != crate::detect::MethodKind::Alfa {
+            self.state.notice = Some("thresholds are fitted from good images for ALFA; set a baseline's by hand".into());
+            return;
+        }
         let total = good.len();
         let id = self.workers.threshold(worker::ThresholdJob {
             id: 0,

@@ -449,6 +449,9 @@ impl AlfaApp {
     /// Threshold from good images at a target false-positive rate, and what set it.
     fn threshold_row(&mut self, ui: &mut Ui) {
         let has_references = !self.state.references().is_empty();
+        // Fitting scores good images with ALFA's leave-one-out bank; a baseline's
+        // thresholds are set by hand (they are kept apart from ALFA's).
+        let alfa = self.state.settings.method == MethodKind::Alfa;
         let mut from_references = false;
         let mut from_folder = false;
         ui.horizontal_wrapped(|ui| {
@@ -462,12 +465,17 @@ impl AlfaApp {
             .labelled_by(label.id)
             .on_hover_text("Share of good images allowed to be NG, or to have a region outlined (0.01 = 1%)");
             from_references = ui
-                .add_enabled(has_references, egui::Button::new("Both from good references"))
+                .add_enabled(alfa && has_references, egui::Button::new("Both from good references"))
                 .on_hover_text("Scores every reference against the others (leave-one-out) and sets both thresholds at the target FPR")
-                .on_disabled_hover_text("Add good reference images first (References, bottom left)")
+                .on_disabled_hover_text(if alfa {
+                    "Add good reference images first (References, bottom left)"
+                } else {
+                    "Thresholds are fitted from good images for ALFA; set a baseline's by hand"
+                })
                 .clicked();
             from_folder = ui
-                .button("Both from a folder of good images…")
+                .add_enabled(alfa, egui::Button::new("Both from a folder of good images…"))
+                .on_disabled_hover_text("Thresholds are fitted from good images for ALFA; set a baseline's by hand")
                 .on_hover_text("Scores the images of a folder of good parts and sets both thresholds at the target FPR")
                 .clicked();
         });
