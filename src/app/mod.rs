@@ -559,7 +559,8 @@ impl AlfaApp {
         });
         let outbox = self.workers.outbox();
         std::thread::spawn(move || {
-            let outcome = (|| -> Result<(Generated, String), String> {
+            // A panic (a bug) must still end the spinner with a message.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<(Generated, String), String> {
                 let files = request.resolve().map_err(|e| format!("cannot find CLIP's tokenizer: {e}"))?;
                 let tokenizer = ClipTokenizer::from_file(&files.tokenizer, CLIP_CONTEXT).map_err(|e| e.to_string())?;
                 let generated = generate::generate(&client, &tokenizer, &class_name, samples, &mut |event| {
@@ -569,7 +570,8 @@ impl AlfaApp {
                 })
                 .map_err(|e| e.to_string())?;
                 Ok((generated, generate::provenance(&client, samples, std::time::SystemTime::now())))
-            })();
+            }))
+            .unwrap_or_else(|payload| Err(format!("the LLM request failed ({})", worker::panic_text(payload.as_ref()))));
             outbox.send(Message::Generated { id, outcome });
         });
     }
@@ -1028,9 +1030,11 @@ impl AlfaApp {
     fn write_export(&self, dir: PathBuf, export: export::Export) {
         let outbox = self.workers.outbox();
         std::thread::spawn(move || {
-            let text = match export.write(&dir) {
-                Ok(files) => format!("exported {} files to {}", files.len(), dir.display()),
-                Err(e) => format!("export failed: {e}"),
+            let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| export.write(&dir)));
+            let text = match written {
+                Ok(Ok(files)) => format!("exported {} files to {}", files.len(), dir.display()),
+                Ok(Err(e)) => format!("export failed: {e}"),
+                Err(payload) => format!("export failed ({})", worker::panic_text(payload.as_ref())),
             };
             outbox.send(Message::Notice(text));
         });
