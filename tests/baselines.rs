@@ -3,9 +3,10 @@
 
 mod common;
 
-use alfa::clip::VisionCapture;
-use alfa::detect::baselines::anovl::{DenseFeatures, dense_features, value_value_step};
-use alfa::detect::baselines::{Anovl, TtaSettings, Winclip, build_method};
+use alfa::clip::{VisionCapture, l2_normalize};
+use alfa::detect::baselines::anovl::views::public_code_views;
+use alfa::detect::baselines::anovl::{DenseFeatures, anovl_prompts, dense_features, value_value_step};
+use alfa::detect::baselines::{Anovl, BaselineOptions, ImageViews, TtaSettings, Winclip, build_method, build_method_with};
 use alfa::detect::{ClassSpec, DetectError, DetectSettings, Detector, MethodKind, Method};
 use alfa::prompts::PromptStore;
 use candle_core::{Device, IndexOp, Tensor};
@@ -182,26 +183,157 @@ fn value_value_step_matches_an_independent_computation() {
     assert!(worst < 1e-5, "max deviation {worst}");
 }
 
+/// The V-V path by hand: the tokens entering block 1, plus every block's V-V step
+/// on the original path's tokens entering that block; `blocks` of them.
+fn value_path_by_hand(det: &Detector, pixels: &Tensor, blocks: usize) -> Tensor {
+    let vision = &det.clip.model.vision;
+    let capture = VisionCapture { layers: true, ..Default::default() };
+    let (_, original, _) = vision.forward_embedded(&vision.embed(pixels).unwrap(), capture).unwrap();
+    let mut path = original[0].clone();
+    for (block, entering) in vision.blocks().iter().zip(&original).take(blocks) {
+        path = (path + value_value_step(block, entering).unwrap()).unwrap();
+    }
+    l2_normalize(&vision.project(&path.i((0, 1.., ..)).unwrap()).unwrap()).unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+}
+
 #[test]
-fn the_value_path_reads_its_values_from_the_original_path() {
+fn dense_features_are_the_value_path_after_the_last_block() {
     let det = detector();
     let vision = &det.clip.model.vision;
+    let depth = vision.blocks().len();
+    assert_eq!(depth, 3);
     let pixels = det.pixels(&part(20, 20)).unwrap();
-    let DenseFeatures { global, layers } = dense_features(vision, &pixels).unwrap();
-    assert_eq!(layers.len(), 3, "tiny model: 3 blocks, each tapped");
-    let capture = VisionCapture { layers: true, ..Default::default() };
-    let (tokens, original, _) = vision.forward_embedded(&vision.embed(&pixels).unwrap(), capture).unwrap();
-    let blocks = vision.blocks();
-    let after_two = ((&original[0] + value_value_step(&blocks[0], &original[0]).unwrap()).unwrap()
-        + value_value_step(&blocks[1], &original[1]).unwrap())
-    .unwrap();
-    let expected = alfa::clip::l2_normalize(&vision.project(&after_two.i((0, 1.., ..)).unwrap()).unwrap()).unwrap();
-    let diff = (&layers[1] - &expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-    assert!(diff < 1e-6, "{diff}");
+    let DenseFeatures { global, patches } = dense_features(vision, &pixels).unwrap();
+    let last = value_path_by_hand(&det, &pixels, depth);
+    assert_eq!(patches.dims(), [16, 16], "one [M, E] set: the tiny model's 4 x 4 patches");
+    assert!(max_abs_diff(&patches, &last) < 1e-6);
+    // Earlier blocks' V-V tokens are not what AnoVL scores: they differ.
+    for blocks in 1..depth {
+        let earlier = value_path_by_hand(&det, &pixels, blocks);
+        assert!(max_abs_diff(&patches, &earlier) > 1e-3, "after {blocks} blocks");
+    }
     // The original path is untouched: its global feature is CLIP's.
-    let pooled = alfa::clip::l2_normalize(&vision.project(&tokens.i((.., 0, ..)).unwrap()).unwrap()).unwrap();
-    let diff = (&global - &pooled).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-    assert_eq!(diff, 0.0);
+    let capture = VisionCapture { layers: true, ..Default::default() };
+    let (tokens, _, _) = vision.forward_embedded(&vision.embed(&pixels).unwrap(), capture).unwrap();
+    let pooled = l2_normalize(&vision.project(&tokens.i((.., 0, ..)).unwrap()).unwrap()).unwrap();
+    assert_eq!(max_abs_diff(&global, &pooled), 0.0);
+}
+
+/// `[f+, f-]` by hand from the text tower's output: each label's mean of the raw
+/// (`raw_mean`) or unit prompt features, normalised.
+fn text_by_hand(det: &Detector, normal: &[String], abnormal: &[String], raw_mean: bool) -> Tensor {
+    let label = |texts: &[String]| {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let ids = det.clip.tokenizer.batch(&refs, &Device::Cpu).unwrap();
+        let raw = det.clip.model.text.forward(&ids).unwrap();
+        let rows = if raw_mean { raw } else { l2_normalize(&raw).unwrap() };
+        l2_normalize(&rows.mean_keepdim(0).unwrap()).unwrap()
+    };
+    Tensor::cat(&[label(normal), label(abnormal)], 0).unwrap()
+}
+
+/// AnoVL eqs. 1-2 by hand: `exp(c-) / (exp(c+) + exp(c-))` of `scale` times the cosines.
+fn abnormal_by_hand(features: &Tensor, text: &Tensor, scale: f64) -> Vec<f64> {
+    let cos = features.matmul(&text.t().unwrap()).unwrap().to_vec2::<f32>().unwrap();
+    cos.iter()
+        .map(|c| {
+            let (normal, abnormal) = (scale * f64::from(c[0]), scale * f64::from(c[1]));
+            abnormal.exp() / (normal.exp() + abnormal.exp())
+        })
+        .collect()
+}
+
+#[test]
+fn anovl_softmaxes_raw_cosines_to_the_normalised_mean_of_raw_text_features() {
+    let det = detector();
+    // Square input: CLIP's crop and the detector's squash see the same pixels.
+    let image = part(12, 26);
+    let (normal, abnormal) = anovl_prompts(&bottle());
+    let text = text_by_hand(&det, &normal, &abnormal, true);
+    let global = det.clip.encode_images(std::slice::from_ref(&image)).unwrap();
+    let expected_image = abnormal_by_hand(&global, &text, 1.0)[0];
+    let pixels = det.pixels(&image).unwrap();
+    let expected_map = abnormal_by_hand(&value_path_by_hand(&det, &pixels, 3), &text, 1.0);
+    // What the test tells apart: CLIP's logit scale, the mean of unit prompt features.
+    let scale = f64::from(det.clip.model.logit_scale.min(100.0));
+    let scaled = abnormal_by_hand(&global, &text, scale)[0];
+    let unit_mean = abnormal_by_hand(&global, &text_by_hand(&det, &normal, &abnormal, false), 1.0)[0];
+    assert!((scaled - expected_image).abs() > 1e-3, "{scaled} vs {expected_image}");
+    assert!((unit_mean - expected_image).abs() > 1e-5, "{unit_mean} vs {expected_image}");
+
+    let mut tfa = Anovl::tfa(det, DetectSettings::default());
+    tfa.prepare(&bottle(), &[]).unwrap();
+    let (image_score, map) = tfa.patch_scores(&image).unwrap();
+    assert!((f64::from(image_score) - expected_image).abs() < 1e-6, "{image_score} vs {expected_image}");
+    assert_eq!(map.values.len(), expected_map.len());
+    for (got, expected) in map.values.iter().zip(&expected_map) {
+        assert!((f64::from(*got) - expected).abs() < 1e-6, "{got} vs {expected}");
+    }
+}
+
+#[test]
+fn raw_text_features_are_the_text_towers_output_and_survive_the_cache() {
+    let cache = tempfile::tempdir().unwrap();
+    let texts: Vec<String> = ["a photo of a bottle", "an industrial photo of a damaged bottle"].map(String::from).into();
+    let mut det = common::detector("tiny-gelu", Some("raw-cache"), Some(cache.path()));
+    let raw = det.raw_text_features(&texts).unwrap();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let tower = det.clip.model.text.forward(&det.clip.tokenizer.batch(&refs, &Device::Cpu).unwrap()).unwrap();
+    assert!(max_abs_diff(&raw, &tower) < 1e-5);
+    // The unit features are unchanged: the raw ones normalised.
+    let unit = det.text_features(&texts).unwrap();
+    assert_eq!(max_abs_diff(&unit, &det.clip.encode_texts(&refs).unwrap()), 0.0);
+    assert_eq!(det.texts_encoded(), 2);
+    // Norms differ per text, so the mean of raw features is not the mean of unit ones.
+    let norms = raw.sqr().unwrap().sum(1).unwrap().sqrt().unwrap().to_vec1::<f32>().unwrap();
+    assert!((norms[0] - norms[1]).abs() > 1e-3, "{norms:?}");
+
+    let mut again = common::detector("tiny-gelu", Some("raw-cache"), Some(cache.path()));
+    assert_eq!(max_abs_diff(&again.raw_text_features(&texts).unwrap(), &raw), 0.0);
+    assert_eq!(again.texts_encoded(), 0, "read back from the cache file");
+}
+
+#[test]
+fn the_public_code_image_score_averages_the_global_probability_over_its_22_views() {
+    let image = part(28, 12);
+    let det = detector();
+    let (normal, abnormal) = anovl_prompts(&bottle());
+    let text = text_by_hand(&det, &normal, &abnormal, true);
+    let views = public_code_views(&det.pixels(&image).unwrap()).unwrap();
+    assert_eq!(views.dim(0).unwrap(), 22);
+    let per_view: Vec<f64> = (0..22)
+        .map(|i| {
+            let global = l2_normalize(&det.clip.model.vision.forward(&views.narrow(0, i, 1).unwrap()).unwrap()).unwrap();
+            abnormal_by_hand(&global, &text, 1.0)[0]
+        })
+        .collect();
+    let expected = per_view.iter().sum::<f64>() / 22.0;
+
+    let run = |views: ImageViews| {
+        let mut method = Anovl::tfa(detector(), DetectSettings::default()).with_views(views);
+        method.prepare(&bottle(), &[]).unwrap();
+        method.patch_scores(&image).unwrap()
+    };
+    let (original_score, original_map) = run(ImageViews::Original);
+    let (score, map) = run(ImageViews::PublicCode);
+    assert!((f64::from(score) - expected).abs() < 1e-6, "{score} vs {expected}");
+    assert!((f64::from(original_score) - per_view[0]).abs() < 1e-6, "view 0 is the input");
+    assert!((expected - per_view[0]).abs() > 1e-6, "the views change the score");
+    assert_eq!(map, original_map, "the views are for the image score only");
+
+    // Through `build_method_with`, TTA too; other methods refuse the option.
+    let options = BaselineOptions { anovl_views: ImageViews::PublicCode };
+    let mut tta = build_method_with(MethodKind::AnovlTta, detector(), DetectSettings::default(), options).unwrap();
+    tta.prepare(&bottle(), &[]).unwrap();
+    assert!((tta.score(&image).unwrap().image_score - score).abs() < 1e-7, "TTA adapts the map, not the image score");
+    for kind in [MethodKind::Clip, MethodKind::Winclip] {
+        let err = build_method_with(kind, detector(), DetectSettings::default(), options).err().unwrap();
+        assert!(matches!(err, DetectError::Settings(_)), "{kind:?}: {err}");
+    }
 }
 
 #[test]

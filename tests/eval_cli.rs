@@ -144,6 +144,41 @@ fn few_shot_seeds_and_ablations() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("widget"), "the error lists the classes");
 }
 
+#[test]
+fn anovl_views_are_checked_before_any_work_and_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    // No dataset there: an error about the flag, not the root, comes before any work.
+    let missing = dir.path().join("no-dataset");
+    let m = missing.to_str().unwrap();
+    let stderr = |out: &Output| String::from_utf8_lossy(&out.stderr).into_owned();
+    for (args, message) in [
+        (vec!["--method", "clip", "--anovl-views", "22"], "--anovl-views works with --method anovl-tfa or anovl-tta, not clip"),
+        (vec!["--anovl-views", "1"], "--anovl-views works with --method anovl-tfa or anovl-tta, not alfa"),
+        (vec!["--method", "anovl-tfa", "--anovl-views", "5"], "not 5"),
+        (vec!["--method", "anovl-tta", "--anovl-views", "22", "--maps", m], "does nothing with --maps"),
+    ] {
+        let out = alfa(&[&["eval", "--root", m][..], &args].concat(), dir.path());
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr(&out).contains(message), "{args:?}: {}", stderr(&out));
+    }
+
+    let root = dir.path().join("mvtec");
+    dataset(&root);
+    let r = root.to_str().unwrap();
+    let mut image_auroc = Vec::new();
+    for views in [None, Some("22")] {
+        let json = dir.path().join(format!("views-{views:?}.json"));
+        let mut args = vec!["eval", "--root", r, "--method", "anovl-tfa", "--json", json.to_str().unwrap()];
+        args.extend(views.map(|v| ["--anovl-views", v]).into_iter().flatten());
+        let out = alfa(&args, dir.path());
+        assert!(out.status.success(), "{}", stderr(&out));
+        let report = report(&json);
+        assert_eq!(report["run"]["anovl_views"], views.map_or(1, |v| v.parse::<u64>().unwrap()));
+        image_auroc.push(report["classes"]["widget"]["image_auroc"].as_f64().unwrap());
+    }
+    assert!(image_auroc.iter().all(|v| (0.0..=1.0).contains(v)), "{image_auroc:?}");
+}
+
 /// Photos sorted into MVTec's folders without `ground_truth/`: image-level metrics, and
 /// the pixel columns empty with a note that names the class, instead of an error.
 #[test]

@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{ModelArgs, progress_label};
 use crate::clip::{self, Clip};
-use crate::detect::baselines::build_method;
+use crate::detect::baselines::{BaselineOptions, ImageViews, build_method_with};
 use crate::detect::references::draw;
 use crate::detect::text_cache::default_cache_dir;
 use crate::detect::{Ablation, AlfaMethod, ClassSpec, DetectSettings, Detector, Method, MethodKind, WindowMode};
@@ -57,6 +57,11 @@ pub struct EvalArgs {
     pub scales: Vec<usize>,
     #[arg(long, value_enum, default_value_t = WindowMode::Tokens)]
     pub window_mode: WindowMode,
+    /// AnoVL only (anovl-tfa, anovl-tta): the views its image score averages, 1 (the
+    /// input alone, as its paper) or 22 (its public code's views: rotations,
+    /// translations, flip, grey) [default: 1].
+    #[arg(long, value_name = "N")]
+    pub anovl_views: Option<usize>,
     /// Write the report as JSON.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -68,7 +73,21 @@ pub struct EvalArgs {
     pub csv: Option<PathBuf>,
 }
 
+/// `--anovl-views`, checked against the method before any work.
+fn anovl_views(args: &EvalArgs) -> Result<ImageViews> {
+    let Some(count) = args.anovl_views else { return Ok(ImageViews::default()) };
+    if args.maps.is_some() {
+        bail!("--anovl-views sets how AnoVL scores images; it does nothing with --maps");
+    }
+    if !matches!(args.method, MethodKind::AnovlTfa | MethodKind::AnovlTta) {
+        let name = clap::ValueEnum::to_possible_value(&args.method).map(|v| v.get_name().to_owned()).unwrap_or_default();
+        bail!("--anovl-views works with --method anovl-tfa or anovl-tta, not {name}");
+    }
+    Ok(ImageViews::from_count(count)?)
+}
+
 pub fn run(args: EvalArgs) -> Result<()> {
+    let views = anovl_views(&args)?;
     let mut dataset = match args.dataset {
         Some(kind) => Dataset::open_as(&args.root, kind)?,
         None => Dataset::open(&args.root)?,
@@ -110,7 +129,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         let detector = Detector::new(clip, &identity, default_cache_dir().as_deref());
         let mut method: Box<dyn Method> = match args.method {
             MethodKind::Alfa => Box::new(AlfaMethod::new(detector, settings.clone(), args.ablation)),
-            kind => build_method(kind, detector, settings.clone())?,
+            kind => build_method_with(kind, detector, settings.clone(), BaselineOptions { anovl_views: views })?,
         };
         run["method"] = serde_json::to_value(args.method)?;
         run["ablation"] = serde_json::to_value(args.ablation)?;
@@ -119,6 +138,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
         run["precision"] = args.model.precision.name().into();
         run["settings"] = serde_json::to_value(&settings)?;
         run["shots"] = args.shots.into();
+        if matches!(args.method, MethodKind::AnovlTfa | MethodKind::AnovlTta) {
+            run["anovl_views"] = views.count().into();
+        }
         let seed_count = match (args.shots > 0, args.method == MethodKind::AnovlTta) {
             (true, _) => args.seeds.unwrap_or(5),
             (false, true) => args.seeds.unwrap_or(1),

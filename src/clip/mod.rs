@@ -205,8 +205,14 @@ impl Clip {
 
     /// L2-normalised text embeddings [T, E]; the batch is cut to its longest prompt.
     pub fn encode_texts(&self, texts: &[&str]) -> Result<Tensor, ClipError> {
+        Ok(l2_normalize(&self.encode_texts_raw(texts)?)?)
+    }
+
+    /// The text tower's embeddings before normalisation [T, E] (OpenCLIP's
+    /// `encode_text(normalize=False)`); the batch is cut to its longest prompt.
+    pub fn encode_texts_raw(&self, texts: &[&str]) -> Result<Tensor, ClipError> {
         let ids = self.tokenizer.batch(texts, &self.device)?;
-        Ok(l2_normalize(&self.model.text.forward(&ids)?)?)
+        Ok(self.model.text.forward(&ids)?)
     }
 }
 

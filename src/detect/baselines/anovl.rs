@@ -1,24 +1,41 @@
-//! AnoVL (Deng et al.): training-free adaptation (TFA) and test-time adaptation (TTA).
+//! AnoVL (Deng et al.): training-free adaptation (TFA) after AnoVL's paper and public
+//! code (github.com/hq-deng/AnoVL), and test-time adaptation (TTA) after the paper (the
+//! public code's adapter is another one); the README's Baselines section lists where
+//! and why this differs from that code.
 //!
-//! TFA, as AnoVL's public code builds it (the CLIP Surgery dual path): beside the
-//! unchanged original path, a V-V path starts from the tokens entering block 1 and
+//! TFA (the CLIP Surgery dual path of the public `open_clip/transformer.py`): beside
+//! the unchanged original path, a V-V path starts from the tokens entering block 1 and
 //! in every block adds `OutProj(softmax(V V^T / sqrt(d_head)) V)` (per head) to its own
 //! running tokens, with `V` the value projection of `ln_1` of the ORIGINAL path's
-//! tokens; it skips the MLP. Dense features are `ln_post(.) @ proj` of the V-V
-//! tokens after every quarter of the depth (blocks 3, 6, 9, 12 of a 12-block ViT);
-//! each gives a map against the domain-aware state prompts (AnoVL eq. 8), and the
-//! maps are averaged. The image score is the original path's global feature.
+//! tokens; it skips the MLP. Dense features are `ln_post(.) @ proj` of the V-V patch
+//! tokens after the LAST block: the public `vl_test.py` keeps one entry of the tapped
+//! token list (`if layer != 6`, with `--features_list 3 6 9 12` the V-V tokens of block
+//! 12), and its V-V taps all equal the last block's anyway, since the V-V tokens are
+//! accumulated in place (`x += x_res`) in the one tensor every tap refers to. The paper
+//! (after eq. 7) takes "the patch tokens from the last layer" too.
 //!
-//! TTA (AnoVL eqs. 9-11): `P' = softmax(P w^T) T + P` with `w` initialised to
-//! `T = [f+, f-]`, trained per image for a few AdamW steps on
+//! Scores are AnoVL's eqs. 1-2: the two-class softmax of the RAW cosines to `[f+, f-]`
+//! (no logit scale; `vl_test.py` applies `.softmax` to `features @ text_features`).
+//! A label's text feature is the mean of its prompts' raw text embeddings, normalised
+//! (`prompt_ensemble.py`), over AnoVL's domain-aware state prompts (eq. 8), whose class
+//! word is the dataset's folder id as in the public code (`metal_nut`, `pcb1`,
+//! `pipe_fryum`; only `macaroni1` / `macaroni2` become `macaroni`). The image score is
+//! the original path's global feature on the input alone (the paper: no augmentation),
+//! or with [`ImageViews::PublicCode`] the mean over the public code's 22 views.
+//!
+//! TTA (AnoVL eqs. 9-11, the paper's form): `P' = softmax(P w^T) T + P` with `w`
+//! initialised to `T = [f+, f-]`, trained per image for a few AdamW steps on
 //! `L = L_d + L_p`:
 //! - `L_d = -1/(2M) sum_i [log(1 - S(p'_i)) + log S(p'_i + d_i)]`: clean adapted tokens
 //!   are normal, noise-corrupted ones abnormal (eq. 10);
 //! - `L_p = -1/M sum_i sum_c S_c(p_i) log S_c(p'_i)`: TFA's two-class prediction on the
-//!   unadapted tokens is the soft label of the adapted ones (eq. 11; the OCR'd
-//!   equation shows the abnormal term, the public code's loss sums both classes).
+//!   unadapted tokens is the soft label of the adapted ones (eq. 11 shows the abnormal
+//!   term; both classes are summed here).
 //!
-//! `S` is the two-class softmax at CLIP's logit scale of the cosines to `[f+, f-]`.
+//! `S` is the same softmax of raw cosines (the paper's `S_AL`; the public code's TTA
+//! losses also take `.softmax` of raw cosines).
+
+pub mod views;
 
 use candle_core::{D, IndexOp, Module, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
@@ -28,12 +45,18 @@ use rand_chacha::rand_core::SeedableRng;
 use rand_distr::{Distribution, Normal};
 
 use super::winclip::{TEMPLATES, compose};
-use super::{image_map, label_features, logit_scale, patch_tokens, zero_shot_only};
+use super::{LabelPooling, image_map, label_features, patch_tokens, zero_shot_only};
 use crate::clip::model::{ResidualAttentionBlock, VisionTransformer};
 use crate::clip::{VisionCapture, l2_normalize};
 use crate::detect::engine::abnormal_probability;
 use crate::detect::maps::Grid;
 use crate::detect::{ClassSpec, DetectError, DetectSettings, Detector, Method, MethodKind, Scored};
+
+/// AnoVL's softmax takes the raw cosines: a logit scale of 1 (eqs. 1-2).
+const RAW_COSINES: f32 = 1.0;
+
+/// Views per forward batch for the public code's image score (memory bound).
+const VIEW_BATCH: usize = 7;
 
 /// AnoVL's state words (its public `state_normal` / `state_anomaly`).
 pub const NORMAL_STATES: [&str; 7] = [
@@ -79,22 +102,23 @@ fn domain_templates(domain: &str) -> Vec<String> {
         .collect()
 }
 
-/// Domain-aware state prompts (AnoVL eq. 8: templates x domains x states): (normal, abnormal).
+/// The class word AnoVL's code puts in its prompts: the dataset's folder id
+/// (`metal_nut`, `pcb1`, `pipe_fryum`), except `macaroni1` and `macaroni2`, which its
+/// `class_mapping` maps to `macaroni` (the other entries there are commented out).
+pub fn prompt_class(id: &str) -> &str {
+    match id {
+        "macaroni1" | "macaroni2" => "macaroni",
+        other => other,
+    }
+}
+
+/// Domain-aware state prompts (AnoVL eq. 8: templates x domains x states), filled with
+/// [`prompt_class`] of the class id: (normal, abnormal).
 pub fn anovl_prompts(class: &ClassSpec) -> (Vec<String>, Vec<String>) {
     let domains = if TEXTURE_CLASSES.contains(&class.id.as_str()) { TEXTURE_DOMAINS } else { OBJECT_DOMAINS };
     let templates: Vec<String> = domains.iter().flat_map(|d| domain_templates(d)).collect();
-    (
-        compose(&templates, &NORMAL_STATES, &class.name),
-        compose(&templates, &ABNORMAL_STATES, &class.name),
-    )
-}
-
-/// 1-based blocks whose V-V tokens become dense features: every quarter of the depth
-/// (3, 6, 9, 12 for 12 blocks; fewer, distinct ones for shallow models).
-pub fn tap_blocks(depth: usize) -> Vec<usize> {
-    let mut blocks: Vec<usize> = (1..=4).map(|q| (q * depth).div_ceil(4)).filter(|&b| b > 0).collect();
-    blocks.dedup();
-    blocks
+    let name = prompt_class(&class.id);
+    (compose(&templates, &NORMAL_STATES, name), compose(&templates, &ABNORMAL_STATES, name))
 }
 
 /// What the V-V path adds to its running tokens in one block: V-V attention of the
@@ -107,8 +131,8 @@ pub fn value_value_step(block: &ResidualAttentionBlock, original: &Tensor) -> ca
 pub struct DenseFeatures {
     /// The original path's unit global feature [1, E].
     pub global: Tensor,
-    /// Per tapped block, the V-V path's unit patch features [M, E].
-    pub layers: Vec<Tensor>,
+    /// The V-V path's unit patch features after the last block [M, E].
+    pub patches: Tensor,
 }
 
 /// Runs the original path and the V-V path beside it (pixels [1, 3, S, S]).
@@ -117,16 +141,45 @@ pub fn dense_features(vision: &VisionTransformer, pixels: &Tensor) -> candle_cor
     // `original[i]` enters block i; the V-V path reads the values from it.
     let (tokens, original, _) = vision.forward_embedded(&vision.embed(pixels)?, capture)?;
     let global = l2_normalize(&vision.project(&tokens.i((.., 0, ..))?.contiguous()?)?)?;
-    let taps = tap_blocks(vision.blocks().len());
     let mut value_path = original[0].clone();
-    let mut layers = Vec::with_capacity(taps.len());
-    for (i, block) in vision.blocks().iter().enumerate() {
-        value_path = (value_path + value_value_step(block, &original[i])?)?;
-        if taps.contains(&(i + 1)) {
-            layers.push(l2_normalize(&vision.project(&patch_tokens(&value_path)?)?)?);
+    for (block, entering) in vision.blocks().iter().zip(&original) {
+        value_path = (value_path + value_value_step(block, entering)?)?;
+    }
+    let patches = l2_normalize(&vision.project(&patch_tokens(&value_path)?)?)?;
+    Ok(DenseFeatures { global, patches })
+}
+
+/// The views AnoVL's image score averages the abnormal probability over.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ImageViews {
+    /// The input alone, as the paper states ("without any image augmentation").
+    #[default]
+    Original,
+    /// The input and the 21 transformed views of the public code (`utils.py: aug`,
+    /// which `vl_test.py` scores on MVTec AD): see [`views`].
+    PublicCode,
+}
+
+impl ImageViews {
+    /// How many views are scored.
+    pub fn count(self) -> usize {
+        match self {
+            Self::Original => 1,
+            Self::PublicCode => views::VIEW_COUNT,
         }
     }
-    Ok(DenseFeatures { global, layers })
+
+    /// The protocol scoring `count` views: 1 (the paper's) or 22 (the public code's).
+    pub fn from_count(count: usize) -> Result<Self, DetectError> {
+        match count {
+            1 => Ok(Self::Original),
+            views::VIEW_COUNT => Ok(Self::PublicCode),
+            other => Err(DetectError::Settings(format!(
+                "AnoVL scores 1 view (the input, as its paper) or {} (its public code's views), not {other}",
+                views::VIEW_COUNT
+            ))),
+        }
+    }
 }
 
 /// AnoVL's test-time adaptation (the paper's values where it gives them).
@@ -156,20 +209,20 @@ fn adapter(p: &Tensor, omega: &Tensor, text: &Tensor) -> candle_core::Result<Ten
     candle_nn::ops::softmax(&p.matmul(&omega.t()?)?, D::Minus1)?.matmul(text)? + p
 }
 
-/// Log of the two-class softmax of `scale` times the cosines to `[f+, f-]` [N, 2].
-fn log_probabilities(x: &Tensor, text: &Tensor, scale: f32) -> candle_core::Result<Tensor> {
-    candle_nn::ops::log_softmax(&(l2_normalize(x)?.matmul(&text.t()?)? * scale as f64)?, D::Minus1)
+/// Log of the two-class softmax of the raw cosines to `[f+, f-]` [N, 2].
+fn log_probabilities(x: &Tensor, text: &Tensor) -> candle_core::Result<Tensor> {
+    candle_nn::ops::log_softmax(&(l2_normalize(x)?.matmul(&text.t()?)? * f64::from(RAW_COSINES))?, D::Minus1)
 }
 
 /// Trains the adapter on the unit patch features `p` [N, E] and returns the adapted features.
-fn test_time_adapt(p: &Tensor, text: &Tensor, scale: f32, settings: &TtaSettings) -> Result<Tensor, DetectError> {
+fn test_time_adapt(p: &Tensor, text: &Tensor, settings: &TtaSettings) -> Result<Tensor, DetectError> {
     let (n, e) = p.dims2()?;
     let sigma = settings.relative_noise / (e as f32).sqrt();
     let normal = Normal::new(0f32, sigma)
         .map_err(|err| DetectError::Settings(format!("TTA noise of relative size {}: {err}", settings.relative_noise)))?;
     let mut rng = ChaCha8Rng::seed_from_u64(settings.seed);
     // TFA's prediction on the unadapted tokens: the pseudo-labels of L_p.
-    let pseudo_labels = log_probabilities(p, text, scale)?.exp()?;
+    let pseudo_labels = log_probabilities(p, text)?.exp()?;
     let omega = Var::from_tensor(text)?;
     let mut optimiser = AdamW::new(
         vec![omega.clone()],
@@ -179,8 +232,8 @@ fn test_time_adapt(p: &Tensor, text: &Tensor, scale: f32, settings: &TtaSettings
         let adapted = adapter(p, omega.as_tensor(), text)?;
         let noise: Vec<f32> = (0..n * e).map(|_| normal.sample(&mut rng)).collect();
         let noisy = (&adapted + Tensor::from_vec(noise, (n, e), p.device())?)?;
-        let clean = log_probabilities(&adapted, text, scale)?;
-        let corrupted = log_probabilities(&noisy, text, scale)?;
+        let clean = log_probabilities(&adapted, text)?;
+        let corrupted = log_probabilities(&noisy, text)?;
         let discrimination = ((clean.i((.., 0))?.mean_all()? + corrupted.i((.., 1))?.mean_all()?)? * -0.5)?;
         let pseudo = (pseudo_labels.mul(&clean)?.sum(1)?.mean_all()? * -1.0)?;
         optimiser.backward_step(&(discrimination + pseudo)?)?;
@@ -193,45 +246,57 @@ pub struct Anovl {
     settings: DetectSettings,
     /// `None`: TFA only.
     tta: Option<TtaSettings>,
+    views: ImageViews,
     text: Option<Tensor>,
 }
 
 impl Anovl {
     pub fn tfa(detector: Detector, settings: DetectSettings) -> Self {
-        Self { detector, settings, tta: None, text: None }
+        Self { detector, settings, tta: None, views: ImageViews::default(), text: None }
     }
 
     pub fn tta(detector: Detector, settings: DetectSettings, tta: TtaSettings) -> Self {
-        Self { detector, settings, tta: Some(tta), text: None }
+        Self { detector, settings, tta: Some(tta), views: ImageViews::default(), text: None }
     }
 
-    /// The image score and the patch map (grid x grid), the layers' maps averaged.
+    /// The views the image score averages (the input alone by default).
+    pub fn with_views(mut self, views: ImageViews) -> Self {
+        self.views = views;
+        self
+    }
+
+    /// The image score and the patch map (grid x grid).
     pub fn patch_scores(&self, image: &DynamicImage) -> Result<(f32, Grid), DetectError> {
         let text = self.text.as_ref().ok_or(DetectError::NotPrepared)?;
         let vision = &self.detector.clip.model.vision;
-        let scale = logit_scale(&self.detector);
-        let dense = dense_features(vision, &self.detector.pixels(image)?)?;
-        let image_score = abnormal_probability(&dense.global, text, scale)?[0];
-        let layers = match &self.tta {
-            None => dense.layers,
-            Some(tta) => {
-                // One adapter for all tapped layers: their tokens are one set P.
-                let m = dense.layers[0].dim(0)?;
-                let adapted = l2_normalize(&test_time_adapt(&Tensor::cat(&dense.layers, 0)?, text, scale, tta)?)?;
-                (0..dense.layers.len())
-                    .map(|l| adapted.narrow(0, l * m, m))
-                    .collect::<candle_core::Result<_>>()?
-            }
+        let pixels = self.detector.pixels(image)?;
+        let dense = dense_features(vision, &pixels)?;
+        let image_score = self.image_score(&dense.global, &pixels, text)?;
+        let patches = match &self.tta {
+            None => dense.patches,
+            Some(tta) => l2_normalize(&test_time_adapt(&dense.patches, text, tta)?)?,
         };
-        let per_layer = layers
-            .iter()
-            .map(|f| abnormal_probability(f, text, scale))
-            .collect::<candle_core::Result<Vec<_>>>()?;
         let grid = vision.grid();
-        let values = (0..grid * grid)
-            .map(|i| per_layer.iter().map(|p| p[i]).sum::<f32>() / per_layer.len() as f32)
-            .collect();
-        Ok((image_score, Grid::new(grid, grid, values)))
+        Ok((image_score, Grid::new(grid, grid, abnormal_probability(&patches, text, RAW_COSINES)?)))
+    }
+
+    /// The abnormal probability of the global feature, averaged over `self.views`
+    /// (`global` is the input's, `pixels` the preprocessed input [1, 3, S, S]).
+    fn image_score(&self, global: &Tensor, pixels: &Tensor, text: &Tensor) -> Result<f32, DetectError> {
+        let original = abnormal_probability(global, text, RAW_COSINES)?[0];
+        if self.views == ImageViews::Original {
+            return Ok(original);
+        }
+        let vision = &self.detector.clip.model.vision;
+        // View 0 is the input itself, already scored.
+        let all = views::public_code_views(pixels)?;
+        let mut total = f64::from(original);
+        for start in (1..all.dim(0)?).step_by(VIEW_BATCH) {
+            let batch = all.narrow(0, start, VIEW_BATCH.min(all.dim(0)? - start))?;
+            let globals = l2_normalize(&vision.forward(&batch)?)?;
+            total += abnormal_probability(&globals, text, RAW_COSINES)?.iter().map(|&p| f64::from(p)).sum::<f64>();
+        }
+        Ok((total / all.dim(0)? as f64) as f32)
     }
 }
 
@@ -249,7 +314,7 @@ impl Method for Anovl {
     fn prepare(&mut self, class: &ClassSpec, references: &[DynamicImage]) -> Result<(), DetectError> {
         zero_shot_only(self.kind(), references)?;
         let (normal, abnormal) = anovl_prompts(class);
-        self.text = Some(label_features(&mut self.detector, &normal, &abnormal)?);
+        self.text = Some(label_features(&mut self.detector, &normal, &abnormal, LabelPooling::RawMean)?);
         Ok(())
     }
 
@@ -266,12 +331,17 @@ impl Method for Anovl {
 mod tests {
     use super::*;
 
-    #[test]
-    fn taps_every_quarter_of_the_depth() {
-        assert_eq!(tap_blocks(12), [3, 6, 9, 12]);
-        assert_eq!(tap_blocks(24), [6, 12, 18, 24]);
-        assert_eq!(tap_blocks(3), [1, 2, 3]);
-        assert_eq!(tap_blocks(1), [1]);
+    fn spec(id: &str, name: &str) -> ClassSpec {
+        ClassSpec {
+            id: id.into(),
+            name: name.into(),
+            prompts: crate::prompts::ExpandedPrompts {
+                class: id.into(),
+                normal: vec![],
+                abnormal: vec![],
+                descriptors: vec![],
+            },
+        }
     }
 
     #[test]
@@ -288,22 +358,41 @@ mod tests {
 
     #[test]
     fn prompts_cross_templates_domains_and_states() {
-        let spec = |id: &str, name: &str| ClassSpec {
-            id: id.into(),
-            name: name.into(),
-            prompts: crate::prompts::ExpandedPrompts {
-                class: id.into(),
-                normal: vec![],
-                abnormal: vec![],
-                descriptors: vec![],
-            },
-        };
-        let (normal, abnormal) = anovl_prompts(&spec("metal_nut", "metal nut"));
+        let (normal, abnormal) = anovl_prompts(&spec("bottle", "bottle"));
         assert_eq!((normal.len(), abnormal.len()), (66 * 7, 66 * 7));
-        assert_eq!(normal[0], "a cropped industrial photo of the normal metal nut");
-        assert!(abnormal.contains(&"a manufacturing image of a metal nut with damage".to_string()));
+        assert_eq!(normal[0], "a cropped industrial photo of the normal bottle");
+        assert!(abnormal.contains(&"a manufacturing image of a bottle with damage".to_string()));
         let (normal, _) = anovl_prompts(&spec("wood", "wood"));
         assert!(normal.contains(&"a textural photo of the flawless wood".to_string()));
         assert!(!normal.iter().any(|p| p.contains("manufacturing")));
+    }
+
+    #[test]
+    fn prompts_name_the_class_by_its_folder_id_as_the_public_code() {
+        // The readable name is not what AnoVL's code writes.
+        let (normal, abnormal) = anovl_prompts(&spec("metal_nut", "metal nut"));
+        assert_eq!(normal[0], "a cropped industrial photo of the normal metal_nut");
+        assert!(abnormal.contains(&"a manufacturing image of a metal_nut with damage".to_string()));
+        assert!(!normal.iter().chain(&abnormal).any(|p| p.contains("metal nut")));
+        for (id, name, word) in [
+            ("pcb1", "printed circuit board", "pcb1"),
+            ("pipe_fryum", "pipe fryum", "pipe_fryum"),
+            ("macaroni1", "macaroni", "macaroni"),
+            ("macaroni2", "macaroni", "macaroni"),
+        ] {
+            let (normal, _) = anovl_prompts(&spec(id, name));
+            assert_eq!(normal[0], format!("a cropped industrial photo of the normal {word}"), "{id}");
+        }
+    }
+
+    #[test]
+    fn the_paper_scores_one_view_and_the_public_code_22() {
+        assert_eq!(ImageViews::default(), ImageViews::Original);
+        assert_eq!(ImageViews::from_count(1).unwrap(), ImageViews::Original);
+        assert_eq!(ImageViews::from_count(22).unwrap(), ImageViews::PublicCode);
+        assert_eq!(ImageViews::PublicCode.count(), 22);
+        for bad in [0, 2, 21, 23] {
+            assert!(matches!(ImageViews::from_count(bad), Err(DetectError::Settings(_))), "{bad}");
+        }
     }
 }

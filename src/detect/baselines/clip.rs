@@ -5,7 +5,7 @@
 use candle_core::Tensor;
 use image::DynamicImage;
 
-use super::{image_map, label_features, logit_scale, patch_tokens, zero_shot_only};
+use super::{LabelPooling, image_map, label_features, logit_scale, patch_tokens, zero_shot_only};
 use crate::clip::{VisionCapture, l2_normalize};
 use crate::detect::engine::abnormal_probability;
 use crate::detect::maps::Grid;
@@ -37,7 +37,7 @@ impl Method for ClipBaseline {
     fn prepare(&mut self, class: &ClassSpec, references: &[DynamicImage]) -> Result<(), DetectError> {
         zero_shot_only(self.kind(), references)?;
         let (normal, abnormal) = clip_prompts(&class.name);
-        self.text = Some(label_features(&mut self.detector, &[normal], &[abnormal])?);
+        self.text = Some(label_features(&mut self.detector, &[normal], &[abnormal], LabelPooling::UnitMean)?);
         Ok(())
     }
 

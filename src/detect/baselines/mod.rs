@@ -13,9 +13,16 @@ use super::maps::{Grid, gaussian_blur, resize_bilinear};
 use super::{DetectError, DetectSettings, Detector, Method, MethodKind};
 use crate::clip::l2_normalize;
 
-pub use anovl::{Anovl, TtaSettings};
+pub use anovl::{Anovl, ImageViews, TtaSettings};
 pub use clip::ClipBaseline;
 pub use winclip::{Winclip, WinclipScores};
+
+/// What `build_method` leaves at its defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BaselineOptions {
+    /// The views AnoVL's image score averages (AnoVL only).
+    pub anovl_views: ImageViews,
+}
 
 /// A baseline of `kind` around `detector`. ALFA itself is not a baseline: the
 /// `AlfaMethod` builds it.
@@ -24,12 +31,30 @@ pub fn build_method(
     detector: Detector,
     settings: DetectSettings,
 ) -> Result<Box<dyn Method>, DetectError> {
+    build_method_with(kind, detector, settings, BaselineOptions::default())
+}
+
+/// `build_method` with `options`; an option the method does not have is an error.
+pub fn build_method_with(
+    kind: MethodKind,
+    detector: Detector,
+    settings: DetectSettings,
+    options: BaselineOptions,
+) -> Result<Box<dyn Method>, DetectError> {
+    let anovl = matches!(kind, MethodKind::AnovlTfa | MethodKind::AnovlTta);
+    if !anovl && options.anovl_views != ImageViews::default() {
+        return Err(DetectError::Settings(format!(
+            "AnoVL's image views apply to anovl-tfa and anovl-tta, not {kind:?}"
+        )));
+    }
     Ok(match kind {
         MethodKind::Alfa => return Err(DetectError::Settings("alfa is built by AlfaMethod".into())),
         MethodKind::Clip => Box::new(ClipBaseline::new(detector, settings)),
         MethodKind::Winclip => Box::new(Winclip::new(detector, settings)?),
-        MethodKind::AnovlTfa => Box::new(Anovl::tfa(detector, settings)),
-        MethodKind::AnovlTta => Box::new(Anovl::tta(detector, settings, TtaSettings::default())),
+        MethodKind::AnovlTfa => Box::new(Anovl::tfa(detector, settings).with_views(options.anovl_views)),
+        MethodKind::AnovlTta => {
+            Box::new(Anovl::tta(detector, settings, TtaSettings::default()).with_views(options.anovl_views))
+        }
     })
 }
 
@@ -38,11 +63,33 @@ fn logit_scale(detector: &Detector) -> f32 {
     detector.clip.model.logit_scale.min(100.0)
 }
 
-/// `[f+, f-]` [2, E]: each label's prompt features averaged, then normalised.
-fn label_features(detector: &mut Detector, normal: &[String], abnormal: &[String]) -> Result<Tensor, DetectError> {
-    let mean = |features: Tensor| l2_normalize(&features.mean_keepdim(0)?);
-    let normal = mean(detector.text_features(normal)?)?;
-    let abnormal = mean(detector.text_features(abnormal)?)?;
+/// How a label's prompt features become its text feature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LabelPooling {
+    /// The normalised mean of the unit prompt features (CLIP, WinCLIP).
+    UnitMean,
+    /// The normalised mean of the raw prompt features, the text tower's output before
+    /// normalisation (AnoVL's `prompt_ensemble.py`).
+    RawMean,
+}
+
+/// `[f+, f-]` [2, E]: each label's prompt features averaged as `pooling` says, then
+/// normalised.
+fn label_features(
+    detector: &mut Detector,
+    normal: &[String],
+    abnormal: &[String],
+    pooling: LabelPooling,
+) -> Result<Tensor, DetectError> {
+    let mut mean = |texts: &[String]| -> Result<Tensor, DetectError> {
+        let features = match pooling {
+            LabelPooling::UnitMean => detector.text_features(texts)?,
+            LabelPooling::RawMean => detector.raw_text_features(texts)?,
+        };
+        Ok(l2_normalize(&features.mean_keepdim(0)?)?)
+    };
+    let normal = mean(normal)?;
+    let abnormal = mean(abnormal)?;
     Ok(Tensor::cat(&[&normal, &abnormal], 0)?)
 }
 

@@ -13,7 +13,7 @@
 use candle_core::{IndexOp, Tensor};
 use image::DynamicImage;
 
-use super::{image_map, label_features, logit_scale, patch_tokens};
+use super::{LabelPooling, image_map, label_features, logit_scale, patch_tokens};
 use crate::clip::{VisionCapture, l2_normalize};
 use crate::detect::engine::abnormal_probability;
 use crate::detect::maps::{Grid, harmonic_mean, harmonic_patch_map, window_indices};
@@ -200,7 +200,7 @@ impl Method for Winclip {
 
     fn prepare(&mut self, class: &ClassSpec, references: &[DynamicImage]) -> Result<(), DetectError> {
         let (normal, abnormal) = winclip_prompts(&class.name);
-        self.text = Some(label_features(&mut self.detector, &normal, &abnormal)?);
+        self.text = Some(label_features(&mut self.detector, &normal, &abnormal, LabelPooling::UnitMean)?);
         self.banks = None;
         if references.is_empty() {
             return Ok(());
