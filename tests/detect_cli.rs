@@ -426,3 +426,28 @@ fn outputs_are_written_with_the_users_umask() {
         assert_eq!(mode(&out.join(file)), mode(&plain), "{file}");
     }
 }
+
+/// `--anovl-views 22` scores AnoVL's image with its public code's views; with another
+/// method, or another count, it is refused before any work.
+#[test]
+fn anovl_views_in_detect() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("part.png");
+    save(&part(32, 32), &image);
+    let run = Run::new();
+    let score = |views: &str| {
+        let out = dir.path().join(format!("out-{views}"));
+        let detect = run.detect(&["--class", "bottle", "--method", "anovl-tfa", "--anovl-views", views, "--json", "--out", out.to_str().unwrap(), image.to_str().unwrap()]);
+        assert!(detect.status.success(), "{}", stderr(&detect));
+        let record: serde_json::Value = serde_json::from_slice(&detect.stdout).unwrap();
+        record["image_score"].as_f64().unwrap()
+    };
+    assert_ne!(score("1"), score("22"), "22 views average other probabilities");
+    for (method, views, why) in [("clip", "22", "--anovl-views works with --method anovl-tfa or anovl-tta, not clip"), ("anovl-tfa", "5", "not 5")] {
+        let out = dir.path().join("refused");
+        let detect = run.detect(&["--class", "bottle", "--method", method, "--anovl-views", views, "--out", out.to_str().unwrap(), image.to_str().unwrap()]);
+        assert!(!detect.status.success());
+        assert!(stderr(&detect).contains(why), "{}", stderr(&detect));
+        assert!(!out.exists(), "refused before any work");
+    }
+}

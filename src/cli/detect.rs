@@ -17,7 +17,7 @@ use crate::detect::export::{self, OverlayStyle};
 use crate::detect::inputs::{self, InputImage};
 use crate::detect::references::{ReferenceBank, draw, list_references, references_dir};
 use crate::detect::text_cache::default_cache_dir;
-use crate::detect::baselines::build_method;
+use crate::detect::baselines::{BaselineOptions, build_method_with};
 use crate::detect::maps::Grid;
 use crate::detect::{ClassPrompts, ClassSpec, DetectSettings, Detection, Detector, Method, MethodKind, WindowMode};
 use crate::prompts::{PromptStore, ResolvedPrompts};
@@ -31,6 +31,10 @@ pub struct DetectArgs {
     /// winclip (WinCLIP+) use reference images.
     #[arg(long, value_enum, default_value_t = MethodKind::Alfa)]
     pub method: MethodKind,
+    /// AnoVL only (anovl-tfa, anovl-tta): the views its image score averages, 1 (the
+    /// input alone, as its paper) or 22 (its public code's views) [default: 1].
+    #[arg(long, value_name = "N")]
+    pub anovl_views: Option<usize>,
     /// Object class of the images (bottle, metal_nut, pcb1, ... or any name: unknown
     /// classes use the generic prompt set). Optional for images in an MVTec AD layout
     /// (<class>/test/<defect>/), which names the class.
@@ -197,6 +201,7 @@ pub fn run(args: DetectArgs) -> Result<()> {
     if !few_shot_method && (args.refs.is_some() || args.shots.is_some()) {
         bail!("--method {} is zero-shot only: it takes no reference images (drop --refs / --shots)", method_name(args.method));
     }
+    let options = BaselineOptions::for_method(args.method, args.anovl_views)?;
     let images = inputs::collect(&args.inputs)?;
     let classes: Vec<String> = images
         .iter()
@@ -239,7 +244,7 @@ pub fn run(args: DetectArgs) -> Result<()> {
     let detector = Detector::new(clip, &identity, default_cache_dir().as_deref());
     let mut analyser = match args.method {
         MethodKind::Alfa => Analyser::Alfa { detector, prompt_sets: HashMap::new() },
-        kind => Analyser::Baseline { method: build_method(kind, detector, settings.clone())?, prepared: None },
+        kind => Analyser::Baseline { method: build_method_with(kind, detector, settings.clone(), options)?, prepared: None },
     };
 
     let mut resolved_sets: HashMap<String, ResolvedPrompts> = HashMap::new();

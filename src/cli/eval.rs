@@ -79,11 +79,7 @@ fn anovl_views(args: &EvalArgs) -> Result<ImageViews> {
     if args.maps.is_some() {
         bail!("--anovl-views sets how AnoVL scores images; it does nothing with --maps");
     }
-    if !matches!(args.method, MethodKind::AnovlTfa | MethodKind::AnovlTta) {
-        let name = clap::ValueEnum::to_possible_value(&args.method).map(|v| v.get_name().to_owned()).unwrap_or_default();
-        bail!("--anovl-views works with --method anovl-tfa or anovl-tta, not {name}");
-    }
-    Ok(ImageViews::from_count(count)?)
+    Ok(BaselineOptions::for_method(args.method, Some(count))?.anovl_views)
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {

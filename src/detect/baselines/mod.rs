@@ -24,6 +24,19 @@ pub struct BaselineOptions {
     pub anovl_views: ImageViews,
 }
 
+impl BaselineOptions {
+    /// The options for `kind` from the command line's `--anovl-views N`, refused before
+    /// any work when the method has no such option or the count is not one it knows.
+    pub fn for_method(kind: MethodKind, anovl_views: Option<usize>) -> Result<Self, DetectError> {
+        let Some(count) = anovl_views else { return Ok(Self::default()) };
+        if !matches!(kind, MethodKind::AnovlTfa | MethodKind::AnovlTta) {
+            let name = clap::ValueEnum::to_possible_value(&kind).map(|v| v.get_name().to_owned()).unwrap_or_default();
+            return Err(DetectError::Settings(format!("--anovl-views works with --method anovl-tfa or anovl-tta, not {name}")));
+        }
+        Ok(Self { anovl_views: ImageViews::from_count(count)? })
+    }
+}
+
 /// A baseline of `kind` around `detector`. ALFA itself is not a baseline: the
 /// `AlfaMethod` builds it.
 pub fn build_method(
