@@ -63,6 +63,12 @@ pub fn winclip_prompts(name: &str) -> (Vec<String>, Vec<String>) {
     (compose(&TEMPLATES, &NORMAL_STATES, name), compose(&TEMPLATES, &ABNORMAL_STATES, name))
 }
 
+/// The prompts of `class` as anomalib's WinCLIP writes them: it fills in the dataset's
+/// category, the folder id (`metal_nut`, `pcb1`), not a readable name.
+pub fn class_prompts(class: &ClassSpec) -> (Vec<String>, Vec<String>) {
+    winclip_prompts(&class.id)
+}
+
 /// `template.format(state.format(name))` for every template and state (shared with AnoVL).
 pub(super) fn compose<T: AsRef<str>>(templates: &[T], states: &[&str], name: &str) -> Vec<String> {
     templates
@@ -199,7 +205,7 @@ impl Method for Winclip {
     }
 
     fn prepare(&mut self, class: &ClassSpec, references: &[DynamicImage]) -> Result<(), DetectError> {
-        let (normal, abnormal) = winclip_prompts(&class.name);
+        let (normal, abnormal) = class_prompts(class);
         self.text = Some(label_features(&mut self.detector, &normal, &abnormal, LabelPooling::UnitMean)?);
         self.banks = None;
         if references.is_empty() {
@@ -235,6 +241,15 @@ mod tests {
         assert_eq!(normal[1], "a cropped photo of the flawless metal nut.");
         assert_eq!(abnormal[3], "a cropped photo of the metal nut with damage.");
         assert_eq!(abnormal.last().unwrap(), "a photo of a metal nut with damage for anomaly detection.");
+    }
+
+    #[test]
+    fn prompts_name_the_class_by_its_folder_id() {
+        let prompts = crate::prompts::PromptStore { dir: None }.resolve("metal_nut").unwrap().set.expand();
+        let class = ClassSpec { id: "metal_nut".into(), name: "metal nut".into(), prompts };
+        let (normal, abnormal) = class_prompts(&class);
+        assert_eq!(normal[0], "a cropped photo of the metal_nut.");
+        assert!(abnormal.iter().all(|p| p.contains("metal_nut")));
     }
 
     #[test]
