@@ -1,6 +1,7 @@
-//! Plain CLIP (AnoVL eqs. 1-2): two prompts, the global feature for the image
-//! score and the last layer's patch tokens, taken through `ln_post` and `proj`,
-//! for the map.
+//! Plain CLIP: two prompts, the global feature for the image score and the last
+//! layer's patch tokens, taken through `ln_post` and `proj`, for the map; the softmax
+//! at CLIP's logit scale, as zero-shot CLIP classifies (AnoVL's eqs. 1-2 take the
+//! raw cosines instead: that is AnoVL's row, not this one).
 
 use candle_core::Tensor;
 use image::DynamicImage;
