@@ -96,15 +96,15 @@ impl AlfaApp {
                 (Some(main), Some((other, caption, levels))) => {
                     let score = self.state.selected_analysis().map(|a| format!(" {:.3}", a.image_score)).unwrap_or_default();
                     vec![
-                        PaneView { content: main, overlay: true, caption: format!("{}{score}", method_label(s.method)), levels: (low, high) },
-                        PaneView { content: other, overlay: true, caption: caption.clone(), levels: *levels },
+                        PaneView { content: main, overlay: true, caption: format!("{}{score}", method_label(s.method)), levels: (low, high), outline: true },
+                        PaneView { content: other, overlay: true, caption: caption.clone(), levels: *levels, outline: false },
                     ]
                 }
                 (Some(main), None) if s.side_by_side => vec![
-                    PaneView { content: main, overlay: false, caption: "Original".into(), levels: (low, high) },
-                    PaneView { content: main, overlay: true, caption: "Overlay".into(), levels: (low, high) },
+                    PaneView { content: main, overlay: false, caption: "Original".into(), levels: (low, high), outline: false },
+                    PaneView { content: main, overlay: true, caption: "Overlay".into(), levels: (low, high), outline: true },
                 ],
-                (Some(main), None) => vec![PaneView { content: main, overlay: s.overlay, caption: String::new(), levels: (low, high) }],
+                (Some(main), None) => vec![PaneView { content: main, overlay: s.overlay, caption: String::new(), levels: (low, high), outline: true }],
             };
             let frame = ViewerFrame { panes, placeholder, params, gpu: self.gpu };
             self.hover_pixel = viewer::show(ui, &mut self.view, frame);

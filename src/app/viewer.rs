@@ -81,6 +81,8 @@ pub struct PaneView<'a> {
     pub caption: String,
     /// Map values at the ends of the colour map (two methods' maps differ in range).
     pub levels: (f32, f32),
+    /// The region threshold is the scoring method's: another method's map is not outlined.
+    pub outline: bool,
 }
 
 /// What the panes draw, from the settings and the selected image: one pane, the
@@ -146,7 +148,7 @@ pub fn show(ui: &mut egui::Ui, view: &mut ViewTransform, frame: ViewerFrame<'_>)
             low: shown.levels.0,
             high: shown.levels.1,
             // The threshold outline belongs to the overlay; the original stays clean.
-            outline: frame.params.outline && overlay,
+            outline: frame.params.outline && overlay && shown.outline,
             ..frame.params
         };
         let painter = ui.painter_at(pane);
