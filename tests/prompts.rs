@@ -152,3 +152,39 @@ fn expanded_prompts_use_an_before_a_vowel_sound() {
         assert_eq!(p.normal.iter().filter(|p| p.source == PromptSource::Template).count(), 72, "{id}");
     }
 }
+
+/// Found by `cargo fuzz run prompt_file` (fuzz/): `llm.source` and `descriptors.query` are
+/// optional, but merging generated prompts into (or the app's rewrite of) a file without
+/// them panicked ("index not found" in toml_edit) instead of adding them.
+#[test]
+fn a_file_without_the_optional_keys_takes_merged_prompts() {
+    use alfa::prompts::generate::Generated;
+    use alfa::prompts::merge::PromptFile;
+
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[class]\nid = \"x\"\nname = \"x\"\nkind = \"texture\"\n[templates]\nbases = []\ndomains = []\n\
+                normal_states = []\nabnormal_states = []\n[llm]\nnormal = [\"n\"]\nabnormal = [\"a\"] # mine\n\
+                [descriptors]\nabnormal = []\n";
+    std::fs::write(dir.path().join("x.toml"), text).unwrap();
+    let file = PromptFile::load(dir.path(), "x").unwrap();
+    assert_eq!((file.set.llm.source.as_str(), file.set.descriptors.query.as_str()), ("", ""));
+
+    let generated = Generated {
+        normal: vec!["A normal image of {c} is even.".into()],
+        descriptor_query: "Q: descriptors?".into(),
+        ..Generated::default()
+    };
+    let update = file.merge(&generated, "the test").unwrap();
+    let merged = PromptSet::from_toml(&update.text, &update.path).unwrap();
+    assert_eq!(merged.llm.source, "the test");
+    assert_eq!(merged.descriptors.query, "Q: descriptors?");
+    assert_eq!(merged.llm.normal, ["n", "A normal image of {c} is even."]);
+    assert!(update.text.contains("# mine"), "{}", update.text);
+
+    // The prompt editor's save of an edited set goes through the same code.
+    let mut edited = file.set.clone();
+    edited.llm.abnormal.push("b".into());
+    let update = file.rewrite(&edited).unwrap();
+    assert_eq!(PromptSet::from_toml(&update.text, &update.path).unwrap(), edited);
+    assert!(!update.text.contains("source"), "an empty optional key stays absent: {}", update.text);
+}

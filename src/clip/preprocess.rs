@@ -7,6 +7,8 @@
 //! same, so the resampler below follows Pillow's `Resample.c` exactly for 8-bit
 //! images; the fixture tests measure the remaining difference.
 
+use std::ops::Range;
+
 use candle_core::{Device, Tensor};
 use image::{DynamicImage, RgbImage};
 
@@ -49,23 +51,24 @@ impl Filter {
 /// Pillow's fixed-point precision for 8-bit images.
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
-/// Per output pixel: first input index, and fixed-point weights.
+/// Per output pixel of a window: first input index, and fixed-point weights.
 struct Coefficients {
     bounds: Vec<(usize, usize)>,
     weights: Vec<i32>,
     kernel_size: usize,
 }
 
-/// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for a full-range resize.
-fn coefficients(in_size: usize, out_size: usize, filter: Filter) -> Coefficients {
+/// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for a full-range resize
+/// from `in_size` to `out_size`, for the output pixels in `window` only.
+fn coefficients(in_size: usize, out_size: usize, window: Range<usize>, filter: Filter) -> Coefficients {
     let scale = in_size as f64 / out_size as f64;
     let filter_scale = scale.max(1.0);
     let support = filter.support() * filter_scale;
     let kernel_size = support.ceil() as usize * 2 + 1;
-    let mut bounds = Vec::with_capacity(out_size);
-    let mut weights = vec![0i32; out_size * kernel_size];
+    let mut bounds = Vec::with_capacity(window.len());
+    let mut weights = vec![0i32; window.len() * kernel_size];
     let mut row = vec![0f64; kernel_size];
-    for xx in 0..out_size {
+    for (i, xx) in window.enumerate() {
         let center = (xx as f64 + 0.5) * scale;
         // Pillow truncates `center -/+ support + 0.5` with a C cast (towards zero).
         let xmin = ((center - support + 0.5) as i64).max(0) as usize;
@@ -78,7 +81,7 @@ fn coefficients(in_size: usize, out_size: usize, filter: Filter) -> Coefficients
         for x in 0..xmax {
             let w = if total != 0.0 { row[x] / total } else { row[x] };
             let fixed = w * (1u32 << PRECISION_BITS) as f64;
-            weights[xx * kernel_size + x] = if w < 0.0 { (fixed - 0.5) as i32 } else { (fixed + 0.5) as i32 };
+            weights[i * kernel_size + x] = if w < 0.0 { (fixed - 0.5) as i32 } else { (fixed + 0.5) as i32 };
         }
         bounds.push((xmin, xmax));
     }
@@ -90,18 +93,19 @@ fn clip8(acc: i64) -> u8 {
 }
 
 /// One resampling pass along x (`horizontal`) or y over a `channels`-interleaved
-/// 8-bit image of `w` x `h`, to `out` pixels along that axis.
+/// 8-bit image of `w` x `h`, to `out` pixels along that axis of which only those in
+/// `window` are computed (the result has `window.len()` pixels along the axis).
 fn resample_pass(
     src: &[u8],
     (w, h): (usize, usize),
-    out: usize,
+    (out, window): (usize, Range<usize>),
     channels: usize,
     horizontal: bool,
     filter: Filter,
 ) -> Vec<u8> {
     let round = 1i64 << (PRECISION_BITS - 1);
-    let c = coefficients(if horizontal { w } else { h }, out, filter);
-    let (out_w, out_h) = if horizontal { (out, h) } else { (w, out) };
+    let c = coefficients(if horizontal { w } else { h }, out, window.clone(), filter);
+    let (out_w, out_h) = if horizontal { (window.len(), h) } else { (w, window.len()) };
     // Distance between neighbouring samples along the pass, in bytes.
     let step = if horizontal { channels } else { w * channels };
     let mut dst = vec![0u8; out_w * out_h * channels];
@@ -124,10 +128,15 @@ fn resample_pass(
 /// Pillow's two-pass resize. Pillow 13 runs the horizontal pass first unless the
 /// image shrinks vertically by more than twice its horizontal change (found by the
 /// fixture generator over ~7,100 size pairs; `tests/fixtures/pil_preprocess_reference.py`).
+///
+/// Only the pixels of `window` (columns, rows) of the `out_w` x `out_h` result are
+/// computed, each exactly as in the full resize: a centre crop of a very long resized
+/// side (a thin image) costs the crop, not the whole side (it could be gigabytes).
 fn resample(
     src: &[u8],
     (w, h): (usize, usize),
     (out_w, out_h): (usize, usize),
+    (window_x, window_y): (Range<usize>, Range<usize>),
     channels: usize,
     filter: Filter,
 ) -> Vec<u8> {
@@ -136,25 +145,55 @@ fn resample(
     let mut size = (w, h);
     let passes = if vertical_first { [false, true] } else { [true, false] };
     for horizontal in passes {
-        let (from, to) = if horizontal { (size.0, out_w) } else { (size.1, out_h) };
+        let (from, to, window) = if horizontal { (w, out_w, &window_x) } else { (h, out_h, &window_y) };
         if from != to {
-            data = resample_pass(&data, size, to, channels, horizontal, filter);
-            size = if horizontal { (to, size.1) } else { (size.0, to) };
+            data = resample_pass(&data, size, (to, window.clone()), channels, horizontal, filter);
+        } else if window.len() != from {
+            // Pillow skips the pass (the size does not change); the window only crops.
+            data = crop_axis(&data, size, window.clone(), channels, horizontal);
+        } else {
+            continue;
         }
+        size = if horizontal { (window.len(), size.1) } else { (size.0, window.len()) };
     }
     data
+}
+
+/// The columns (`horizontal`) or rows of `window` of a `channels`-interleaved image.
+fn crop_axis(src: &[u8], (w, h): (usize, usize), window: Range<usize>, channels: usize, horizontal: bool) -> Vec<u8> {
+    if horizontal {
+        src.chunks_exact(w * channels)
+            .take(h)
+            .flat_map(|row| &row[window.start * channels..window.end * channels])
+            .copied()
+            .collect()
+    } else {
+        src[window.start * w * channels..window.end * w * channels].to_vec()
+    }
 }
 
 /// PIL's `Image.resize` followed by conversion to RGB. Images with an alpha channel
 /// are resized premultiplied, as PIL resizes RGBA as RGBa, then alpha is dropped.
 pub fn resize_like_pil(image: &DynamicImage, (out_w, out_h): (u32, u32), filter: Filter) -> RgbImage {
+    let window = (0..out_w as usize, 0..out_h as usize);
+    resize_window_like_pil(image, (out_w as usize, out_h as usize), window, filter)
+}
+
+/// The `window` (columns, rows) of [`resize_like_pil`]'s result, computed alone.
+fn resize_window_like_pil(
+    image: &DynamicImage,
+    size_out: (usize, usize),
+    window: (Range<usize>, Range<usize>),
+    filter: Filter,
+) -> RgbImage {
     let (w, h) = (image.width() as usize, image.height() as usize);
-    let size_out = (out_w as usize, out_h as usize);
+    let (out_w, out_h) = (window.0.len() as u32, window.1.len() as u32);
     if (w, h) == size_out {
-        return image.to_rgb8();
+        let (x, y) = (window.0.start as u32, window.1.start as u32);
+        return image::imageops::crop_imm(&image.to_rgb8(), x, y, out_w, out_h).to_image();
     }
     if !image.color().has_alpha() {
-        let data = resample(image.to_rgb8().as_raw(), (w, h), size_out, 3, filter);
+        let data = resample(image.to_rgb8().as_raw(), (w, h), size_out, window, 3, filter);
         return RgbImage::from_raw(out_w, out_h, data).expect("resample returns w * h * 3 bytes");
     }
     // Pillow's MULDIV255: round(c * a / 255) in integers.
@@ -167,7 +206,7 @@ pub fn resize_like_pil(image: &DynamicImage, (out_w, out_h): (u32, u32), filter:
         .pixels()
         .flat_map(|p| [premultiply(p[0], p[3]), premultiply(p[1], p[3]), premultiply(p[2], p[3]), p[3]])
         .collect();
-    let resized = resample(&premultiplied, (w, h), size_out, 4, filter);
+    let resized = resample(&premultiplied, (w, h), size_out, window, 4, filter);
     let rgb: Vec<u8> = resized
         .chunks_exact(4)
         .flat_map(|p| {
@@ -226,23 +265,32 @@ impl Preprocessor {
 
     /// The square RGB image the model sees, before normalisation.
     pub fn crop(&self, image: &DynamicImage) -> RgbImage {
-        let s = self.size;
-        let (w, h) = (image.width(), image.height());
+        let s = self.size as usize;
+        let (w, h) = (image.width() as usize, image.height() as usize);
         let (rw, rh) = match self.resize_mode {
             ResizeMode::Squash => (s, s),
             ResizeMode::Shortest => {
                 // torchvision: the short side becomes `s`, the long one int(s * long / short).
                 let (short, long) = (w.min(h), w.max(h));
-                let long_new = (s as u64 * long as u64 / short as u64) as u32;
+                let long_new = s * long / short;
                 if w <= h { (s, long_new) } else { (long_new, s) }
             }
             ResizeMode::Longest => {
                 // OpenCLIP's ResizeKeepRatio(longest=1), then CenterCropOrPad pads.
                 let ratio = w.max(h) as f64 / s as f64;
-                (((w as f64 / ratio).round() as u32).max(1), ((h as f64 / ratio).round() as u32).max(1))
+                (((w as f64 / ratio).round() as usize).max(1), ((h as f64 / ratio).round() as usize).max(1))
             }
         };
-        center_crop(&resize_like_pil(image, (rw, rh), self.filter), s).into_padded(self.fill)
+        // Only the centre crop of the resized image is computed: the long side of a thin
+        // image resized in `shortest` mode can be millions of pixels.
+        let (window_x, window_y) = (center_crop_window(rw, s), center_crop_window(rh, s));
+        let offset = (((s - window_x.len()) / 2) as u32, ((s - window_y.len()) / 2) as u32);
+        Cropped {
+            image: resize_window_like_pil(image, (rw, rh), (window_x, window_y), self.filter),
+            offset,
+            size: self.size,
+        }
+        .into_padded(self.fill)
     }
 
     /// Normalised pixels [3, S, S].
@@ -270,6 +318,8 @@ impl Preprocessor {
 
 /// A crop that may need padding: torchvision pads with zeros (or the fill colour)
 /// when the image is smaller than the crop, and crops at the rounded centre.
+/// Padding (only in `longest` mode, or for degenerate sizes): torchvision puts the
+/// extra pixel on the right/bottom, i.e. the left/top pad is the floor of half.
 struct Cropped {
     image: RgbImage,
     /// Where the image goes on the `size` square, and the square's side.
@@ -288,23 +338,18 @@ impl Cropped {
     }
 }
 
-/// torchvision's `center_crop`: crops where the image is larger, pads where smaller.
-fn center_crop(image: &RgbImage, size: u32) -> Cropped {
-    let (w, h) = (image.width(), image.height());
-    let crop_w = w.min(size);
-    let crop_h = h.min(size);
-    let left = half_diff_rounded((w - crop_w) as usize) as u32;
-    let top = half_diff_rounded((h - crop_h) as usize) as u32;
-    let cropped = image::imageops::crop_imm(image, left, top, crop_w, crop_h).to_image();
-    // Padding (only in `longest` mode, or for degenerate sizes): torchvision puts the
-    // extra pixel on the right/bottom, i.e. the left/top pad is the floor of half.
-    let offset = ((size - crop_w) / 2, (size - crop_h) / 2);
-    Cropped { image: cropped, offset, size }
+/// torchvision's `center_crop` along one side of `full` pixels: the pixels it keeps
+/// (all of a side shorter than `size`; it is padded, see [`Cropped`]).
+fn center_crop_window(full: usize, size: usize) -> Range<usize> {
+    let crop = full.min(size);
+    let start = half_diff_rounded(full - crop);
+    start..start + crop
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use image::GenericImageView;
 
     #[test]
     fn python_round_half_to_even() {
@@ -319,7 +364,7 @@ mod tests {
     #[test]
     fn weights_sum_to_one_in_fixed_point() {
         for (inp, out) in [(100, 37), (37, 100), (240, 240), (900, 240)] {
-            let c = coefficients(inp, out, Filter::Bicubic);
+            let c = coefficients(inp, out, 0..out, Filter::Bicubic);
             for (xx, &(_, n)) in c.bounds.iter().enumerate() {
                 let sum: i64 = c.weights[xx * c.kernel_size..][..n].iter().map(|&w| w as i64).sum();
                 assert!((sum - (1 << PRECISION_BITS)).abs() <= n as i64, "{inp}->{out} at {xx}: {sum}");
@@ -345,5 +390,52 @@ mod tests {
         assert!(out.get_pixel(0, 8)[0] > 40);
         let t = pre.tensor(&im, &Device::Cpu).unwrap();
         assert_eq!(t.dims(), &[3, 16, 16]);
+    }
+
+    #[test]
+    fn a_window_of_the_resize_is_the_same_window_of_the_full_resize() {
+        let pattern = |x: u32, y: u32| [(x * 37 + y * 11) as u8, (x * x + 3 * y) as u8, (x ^ (y * 7)) as u8];
+        let rgb = |w, h| DynamicImage::ImageRgb8(RgbImage::from_fn(w, h, |x, y| image::Rgb(pattern(x, y))));
+        let rgba = |w, h| {
+            DynamicImage::ImageRgba8(image::RgbaImage::from_fn(w, h, |x, y| {
+                let [r, g, b] = pattern(x, y);
+                image::Rgba([r, g, b, (x * 50 + y * 20) as u8])
+            }))
+        };
+        for image in [rgb(13, 7), rgb(5, 40), rgba(9, 11), rgb(16, 16)] {
+            for (out_w, out_h) in [(30, 12), (4, 60), (16, 16), (13, 7), (13, 20), (40, 7)] {
+                for filter in [Filter::Bicubic, Filter::Bilinear] {
+                    let full = resize_like_pil(&image, (out_w, out_h), filter);
+                    for (x, y) in [(0..out_w, 0..out_h), (1..out_w - 1, 2..out_h - 2), (3..4, 0..out_h), (0..out_w, 5..6)] {
+                        let expected = image::imageops::crop_imm(&full, x.start, y.start, x.len() as u32, y.len() as u32);
+                        let window = (x.start as usize..x.end as usize, y.start as usize..y.end as usize);
+                        let got = resize_window_like_pil(&image, (out_w as usize, out_h as usize), window, filter);
+                        assert!(
+                            got == expected.to_image(),
+                            "{:?} -> {out_w}x{out_h} {filter:?}, window {x:?} x {y:?}",
+                            image.dimensions()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Found by `cargo fuzz run image_preprocess` (fuzz/): the shortest-side resize of a
+    /// thin image made the whole long side (200,000 x 1 -> 48,000,000 x 240 pixels, 35 GB)
+    /// before cropping 240 x 240 of it; an 11528 x 8 JPEG took 250 MB and seconds.
+    #[test]
+    fn thin_images_resize_only_their_centre_crop() {
+        let pre = Preprocessor::new(&PreprocessConfig::default(), 240);
+        let wide = DynamicImage::ImageRgb8(RgbImage::from_pixel(200_000, 1, image::Rgb([200, 10, 77])));
+        let out = pre.crop(&wide);
+        assert_eq!(out.dimensions(), (240, 240));
+        assert!(out.pixels().all(|p| p.0 == [200, 10, 77]));
+        let tall = DynamicImage::ImageRgba8(image::RgbaImage::from_pixel(1, 20_000, image::Rgba([9, 99, 199, 255])));
+        assert!(pre.crop(&tall).pixels().all(|p| p.0 == [9, 99, 199]));
+
+        let jpeg = crate::clip::decode_image(include_bytes!("../../tests/fixtures/fuzz/thin_11528x8.jpg")).unwrap();
+        assert_eq!(jpeg.dimensions(), (11528, 8));
+        assert_eq!(pre.tensor(&jpeg, &Device::Cpu).unwrap().dims(), &[3, 240, 240]);
     }
 }

@@ -100,8 +100,10 @@ impl PromptFile {
             ("descriptors", "query", &set.descriptors.query),
         ] {
             // Unchanged values keep their formatting and trailing comments; empty optional ones stay absent.
-            let present = doc.get(table).and_then(|t| t.get(key)).is_some();
-            if doc[table][key].as_str() != Some(text) && (present || !text.is_empty()) {
+            // (`doc[table][key]` would panic on an absent key: `llm.source` and `descriptors.query` are optional.)
+            let current = doc.get(table).and_then(|t| t.get(key));
+            let (present, unchanged) = (current.is_some(), current.and_then(Item::as_str) == Some(text));
+            if !unchanged && (present || !text.is_empty()) {
                 doc[table][key] = toml_edit::value(text);
             }
         }
