@@ -199,7 +199,7 @@ enum Analyser {
 pub fn run(args: DetectArgs) -> Result<()> {
     let few_shot_method = matches!(args.method, MethodKind::Alfa | MethodKind::Winclip);
     if !few_shot_method && (args.refs.is_some() || args.shots.is_some()) {
-        bail!("--method {} is zero-shot only: it takes no reference images (drop --refs / --shots)", method_name(args.method));
+        bail!("--method {} is zero-shot only: it takes no reference images (drop --refs / --shots)", args.method.name());
     }
     let options = BaselineOptions::for_method(args.method, args.anovl_views)?;
     let images = inputs::collect(&args.inputs)?;
@@ -413,7 +413,7 @@ fn baseline_references(kind: MethodKind, args: &DetectArgs, class: &str) -> Resu
     let mut files = list_references(&dir)?;
     if kind != MethodKind::Winclip {
         if !files.is_empty() {
-            eprintln!("note: --method {} is zero-shot only: the {} reference image(s) of `{class}` are not used", method_name(kind), files.len());
+            eprintln!("note: --method {} is zero-shot only: the {} reference image(s) of `{class}` are not used", kind.name(), files.len());
         }
         return Ok(Vec::new());
     }
@@ -477,17 +477,12 @@ fn write_image_outputs(
         colormap: args.colormap,
         caption: vec![
             image.output_stem.display().to_string(),
-            format!("{} image score {:.3}", method_name(args.method), outcome.image_score),
+            format!("{} image score {:.3}", args.method.name(), outcome.image_score),
         ],
         ..Default::default()
     };
     export::write_png(&outputs.overlay, &export::render_overlay(decoded, map, &style)?)?;
     Ok(())
-}
-
-/// The method as `--method` spells it.
-fn method_name(kind: MethodKind) -> String {
-    serde_json::to_value(kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_else(|| format!("{kind:?}"))
 }
 
 fn progress_bar(len: usize) -> ProgressBar {

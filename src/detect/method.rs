@@ -27,6 +27,13 @@ pub enum MethodKind {
     AnovlTta,
 }
 
+impl MethodKind {
+    /// The method as `--method` spells it (`anovl-tfa`).
+    pub fn name(self) -> String {
+        clap::ValueEnum::to_possible_value(&self).map(|v| v.get_name().to_owned()).unwrap_or_default()
+    }
+}
+
 /// The rows of ALFA's component analysis (paper Table 2), each adding one part.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]

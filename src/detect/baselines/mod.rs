@@ -30,8 +30,7 @@ impl BaselineOptions {
     pub fn for_method(kind: MethodKind, anovl_views: Option<usize>) -> Result<Self, DetectError> {
         let Some(count) = anovl_views else { return Ok(Self::default()) };
         if !matches!(kind, MethodKind::AnovlTfa | MethodKind::AnovlTta) {
-            let name = clap::ValueEnum::to_possible_value(&kind).map(|v| v.get_name().to_owned()).unwrap_or_default();
-            return Err(DetectError::Settings(format!("--anovl-views works with --method anovl-tfa or anovl-tta, not {name}")));
+            return Err(DetectError::Settings(format!("--anovl-views works with --method anovl-tfa or anovl-tta, not {}", kind.name())));
         }
         Ok(Self { anovl_views: ImageViews::from_count(count)? })
     }
