@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use alfa::app::{AlfaApp, AppOptions, LlmStatus, Verdict};
-use alfa::cli::{GuiArgs, ModelArgs};
+use alfa::options::{GuiArgs, ModelArgs};
 use alfa::prompts::llm::LlmConfig;
 use common::llm_server::{Reply, Server};
 use common::{fixtures, shared_tokenizer};

@@ -26,7 +26,7 @@ use std::time::Instant;
 use anyhow::Result;
 use egui::{Key, KeyboardShortcut, Modifiers};
 
-use crate::cli::{GuiArgs, ModelArgs};
+use crate::options::{GuiArgs, ModelArgs};
 use crate::clip::{ClipTokenizer, ModelRequest, Precision};
 use crate::detect::{DetectSettings, references};
 use crate::prompts::PromptStore;
