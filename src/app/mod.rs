@@ -561,8 +561,7 @@ impl AlfaApp {
         std::thread::spawn(move || {
             // A panic (a bug) must still end the spinner with a message.
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<(Generated, String), String> {
-                let files = request.resolve().map_err(|e| format!("cannot find CLIP's tokenizer: {e}"))?;
-                let tokenizer = ClipTokenizer::from_file(&files.tokenizer, CLIP_CONTEXT).map_err(|e| e.to_string())?;
+                let tokenizer = ClipTokenizer::load(&request.resolve_tokenizer(), CLIP_CONTEXT).map_err(|e| e.to_string())?;
                 let generated = generate::generate(&client, &tokenizer, &class_name, samples, &mut |event| {
                     if let GenerateEvent::Answered { done, total, .. } = event {
                         outbox.send(Message::LlmAnswered { id, done, total });
