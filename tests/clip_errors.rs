@@ -200,6 +200,29 @@ fn embed_with_hub(args: &[&str], endpoint: &str, cache: &Path) -> std::process::
     command.output().unwrap()
 }
 
+/// A cached model whose repo has no tokenizer.json (the `.no_exist` marker a first
+/// download leaves) loads with the embedded tokenizer and never asks the hub again.
+#[test]
+fn cached_model_without_tokenizer_asks_the_hub_nothing() {
+    let cache = cached_hub_model(None);
+    let marker = cache.path().join("models--someone--tiny-gelu/.no_exist").join(COMMIT).join("tokenizer.json");
+    std::fs::create_dir_all(marker.parent().unwrap()).unwrap();
+    std::fs::write(&marker, "").unwrap();
+    // A hub that hangs up on every connection, and counts them.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = connections.clone();
+    std::thread::spawn(move || {
+        for _ in listener.incoming() {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let out = embed_with_hub(&["--model", "someone/tiny-gelu", "--text", "a photo of a bottle"], &endpoint, cache.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 0, "the hub was asked");
+}
+
 /// What every first run without network prints: the way out first and short, the
 /// cause in words, the URL once, and nothing about a tokenizer (it is built in).
 fn assert_offline_message(stderr: &str) {

@@ -264,16 +264,15 @@ impl Hub {
         self.client.model(owner, name)
     }
 
-    /// The file from the cache, never the network.
+    /// The file from the cache, never the network: `EntryNotFound` when an earlier
+    /// download found that the repo has no such file (a `.no_exist` marker).
     fn cached(&self, repo: &str, file: &str) -> hf_hub::HFResult<PathBuf> {
         self.handle(repo).download_file().filename(file).local_files_only(true).send()
     }
 
-    /// The cached file, or a download into the cache.
+    /// The cached file, or a download into the cache. A file the cache knows the repo
+    /// lacks (OpenCLIP's repos have no tokenizer.json) is not asked for again.
     fn fetch(&self, repo: &str, file: &str) -> Result<PathBuf, ClipError> {
-        if let Ok(path) = self.cached(repo, file) {
-            return Ok(path);
-        }
         let fail = |reason: String, offline: bool| ClipError::Download {
             repo: repo.to_owned(),
             file: file.to_owned(),
@@ -281,6 +280,11 @@ impl Hub {
             reason,
             offline,
         };
+        match self.cached(repo, file) {
+            Ok(path) => return Ok(path),
+            Err(e @ hf_hub::HFError::EntryNotFound { .. }) => return Err(fail(describe_hub_error(&e, &self.endpoint), false)),
+            Err(_) => {}
+        }
         if self.offline {
             return Err(fail("it is not in the cache and HF_HUB_OFFLINE is set".into(), true));
         }
