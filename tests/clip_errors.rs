@@ -108,15 +108,20 @@ fn empty_text_is_refused() {
     assert!(stderr.contains("empty"), "{stderr}");
 }
 
+/// `alfa embed --model MODEL --text TEXT` with `HF_HUB_OFFLINE=1` and the cache in `cache`.
+fn embed_offline(model: &str, text: &str, cache: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_alfa"))
+        .args(["embed", "--model", model, "--text", text])
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HUB_CACHE", cache)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn uncached_hub_model_offline_says_what_to_download() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_alfa"))
-        .args(["embed", "--model", "someone/not-cached-model", "--text", "x"])
-        .env("HF_HUB_OFFLINE", "1")
-        .env("HF_HUB_CACHE", tmp.path())
-        .output()
-        .unwrap();
+    let out = embed_offline("someone/not-cached-model", "x", tmp.path());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("someone/not-cached-model") && stderr.contains("--model FOLDER"), "{stderr}");
@@ -161,12 +166,7 @@ fn cached_hub_model(tokenizer: Option<&Path>) -> tempfile::TempDir {
 fn hub_model_in_the_cache_is_used_offline() {
     for tokenizer in [Some(shared_tokenizer()), None] {
         let cache = cached_hub_model(tokenizer.as_deref());
-        let out = Command::new(env!("CARGO_BIN_EXE_alfa"))
-            .args(["embed", "--model", "someone/tiny-gelu", "--text", "a photo of a bottle"])
-            .env("HF_HUB_OFFLINE", "1")
-            .env("HF_HUB_CACHE", cache.path())
-            .output()
-            .unwrap();
+        let out = embed_offline("someone/tiny-gelu", "a photo of a bottle", cache.path());
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(json["texts"][0]["embedding"].as_array().unwrap().len(), 16);
