@@ -2,6 +2,7 @@
 //! evaluation, and the inspection GUI.
 
 pub mod app;
+pub mod batch;
 pub mod bench;
 pub mod cli;
 pub mod clip;
