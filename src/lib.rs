@@ -11,3 +11,4 @@ pub mod eval;
 pub mod files;
 pub mod options;
 pub mod prompts;
+pub mod time;

@@ -7,6 +7,7 @@
 
 mod analyser;
 pub mod outputs;
+pub mod report;
 pub mod shard;
 mod summary;
 
@@ -403,6 +404,44 @@ impl Runner<'_> {
             Some(shard) => format!("{name}-shard-{}-of-{}.{extension}", shard.index, shard.count),
             None => format!("{name}.{extension}"),
         }
+    }
+
+    /// `report.html` (`report-shard-I-of-N.html` for a shard): the run's page, linking
+    /// the overlays beside it. Returns its path.
+    pub fn write_report(&self, result: &RunResult) -> Result<PathBuf, BatchError> {
+        use report::{ReportCounts, ReportImage, ReportRun, ReportThreshold};
+        let summary = &result.summary;
+        let settings = serde_json::to_value(self.analyser.settings()).map_err(|e| BatchError::Invalid(e.to_string()))?;
+        let run = ReportRun {
+            title: format!("alfa detect: {}", self.spec.class.as_deref().unwrap_or("classes from the folder layout")),
+            created: crate::time::utc_minute(std::time::SystemTime::now()),
+            model: self.model.clone(),
+            method: self.spec.method.name(),
+            settings: report::settings_list(&settings),
+            threshold: self.spec.decision.as_ref().map(|d| ReportThreshold { value: d.image, how: d.how.clone() }),
+            counts: ReportCounts {
+                images: summary.images,
+                ok: summary.ok,
+                ng: summary.ng,
+                failed: summary.failed,
+                interrupted: summary.interrupted,
+            },
+        };
+        let images: Vec<ReportImage> = result
+            .scored
+            .iter()
+            .map(|s| ReportImage {
+                file: s.image.path.display().to_string(),
+                overlay: report::relative_link(&self.spec.out, &s.overlay).unwrap_or_else(|| s.overlay.display().to_string()),
+                score: s.score,
+                verdict: s.verdict,
+                truth: report::truth_from_path(&s.image.path),
+                descriptors: s.descriptors.clone(),
+            })
+            .collect();
+        let path = self.spec.out.join(self.run_file("report", "html"));
+        report::write_report(&path, &run, &images).map_err(|e| BatchError::io(&path, e))?;
+        Ok(path)
     }
 
     /// `summary.json`: the counts and what decided them.
