@@ -411,7 +411,7 @@ impl Runner<'_> {
     pub fn write_report(&self, result: &RunResult) -> Result<PathBuf, BatchError> {
         use report::{ReportCounts, ReportImage, ReportRun, ReportThreshold};
         let summary = &result.summary;
-        let settings = serde_json::to_value(self.analyser.settings()).map_err(|e| BatchError::Invalid(e.to_string()))?;
+        let settings = as_read(self.analyser.settings())?;
         let run = ReportRun {
             title: format!("alfa detect: {}", self.spec.class.as_deref().unwrap_or("classes from the folder layout")),
             created: crate::time::utc_minute(std::time::SystemTime::now()),
