@@ -10,6 +10,7 @@ pub mod outputs;
 pub mod report;
 pub mod shard;
 mod summary;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -39,6 +40,9 @@ pub enum BatchError {
     Output { path: PathBuf, reason: String },
     #[error("{}: {reason}", path.display())]
     File { path: PathBuf, reason: String },
+    /// Writing an output failed in the file system.
+    #[error("cannot write {}: {source}", path.display())]
+    Write { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Inputs(#[from] inputs::InputError),
     #[error(transparent)]
@@ -54,6 +58,20 @@ pub enum BatchError {
 impl BatchError {
     fn io(path: &Path, e: impl std::fmt::Display) -> Self {
         BatchError::File { path: path.to_owned(), reason: e.to_string() }
+    }
+
+    fn write(path: &Path, source: std::io::Error) -> Self {
+        BatchError::Write { path: path.to_owned(), source }
+    }
+
+    /// The file system's error when an output could not be written (a full disk, a
+    /// read-only, unmounted or vanished output folder): every following image would
+    /// fail the same way. `None` for errors of the image itself.
+    pub fn output_io_error(&self) -> Option<&std::io::Error> {
+        match self {
+            BatchError::Write { source, .. } | BatchError::Export(export::ExportError::Io { source, .. }) => Some(source),
+            _ => None,
+        }
     }
 }
 
@@ -287,7 +305,7 @@ impl Runner<'_> {
         let outcome = self.analyser.analyse(&decoded, class)?;
         let verdict = self.spec.decision.as_ref().map(|d| Verdict::of(outcome.image_score, d.image));
         if let Some(parent) = outputs.map.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| BatchError::io(parent, e))?;
+            std::fs::create_dir_all(parent).map_err(|e| BatchError::write(parent, e))?;
         }
         export::write_map_tiff(&outputs.map, &outcome.map)?;
         let style = self.overlay_style(image, &outcome, verdict);
@@ -309,7 +327,7 @@ impl Runner<'_> {
             findings: outcome.findings(),
         };
         let json = serde_json::to_string(&record).map_err(|e| BatchError::Invalid(e.to_string()))?;
-        write_atomic(&outputs.record, json.as_bytes()).map_err(|e| BatchError::io(&outputs.record, e))?;
+        write_atomic(&outputs.record, json.as_bytes()).map_err(|e| BatchError::write(&outputs.record, e))?;
         let scored = Scored {
             image: image.clone(),
             overlay: outputs.overlay.clone(),
@@ -375,7 +393,14 @@ impl Runner<'_> {
                 }
             }
         }
-        for s in &scored {
+        self.write_results(&mut summary, &scored, None)?;
+        Ok(RunResult { summary, scored })
+    }
+
+    /// Counts the verdicts of `scored` into `summary` and writes `scores.csv` (merged
+    /// with earlier runs') and `summary.json`, with why the run `stopped` if it was told.
+    fn write_results(&self, summary: &mut Summary, scored: &[Scored], stopped: Option<String>) -> Result<(), BatchError> {
+        for s in scored {
             match s.verdict {
                 Some(Verdict::Ok) => summary.ok += 1,
                 Some(Verdict::Ng) => summary.ng += 1,
@@ -392,9 +417,7 @@ impl Runner<'_> {
         if !rows.is_empty() {
             merge_scores(&self.spec.out.join(self.run_file("scores", "csv")), rows)?;
         }
-        let result = RunResult { summary, scored };
-        self.write_summary(&result)?;
-        Ok(result)
+        self.write_summary(summary, stopped)
     }
 
     /// A per-run file's name: `scores.csv`, or `scores-shard-2-of-8.csv` for a shard,
@@ -445,7 +468,7 @@ impl Runner<'_> {
     }
 
     /// `summary.json`: the counts and what decided them.
-    fn write_summary(&self, result: &RunResult) -> Result<(), BatchError> {
+    fn write_summary(&self, summary: &Summary, stopped: Option<String>) -> Result<(), BatchError> {
         #[derive(Serialize)]
         struct SummaryFile<'a> {
             #[serde(flatten)]
@@ -456,19 +479,23 @@ impl Runner<'_> {
             settings: &'a DetectSettings,
             decision: &'a Option<Decision>,
             shard: Option<String>,
+            /// Why a watch ended.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            stopped: Option<String>,
         }
         let file = SummaryFile {
-            summary: &result.summary,
+            summary,
             method: self.spec.method,
             model: &self.model,
             precision: self.precision,
             settings: self.analyser.settings(),
             decision: &self.spec.decision,
             shard: self.spec.shard.map(|s| s.to_string()),
+            stopped,
         };
         let path = self.spec.out.join(self.run_file("summary", "json"));
         let json = serde_json::to_string_pretty(&file).map_err(|e| BatchError::Invalid(e.to_string()))?;
-        write_atomic(&path, json.as_bytes()).map_err(|e| BatchError::io(&path, e))
+        write_atomic(&path, json.as_bytes()).map_err(|e| BatchError::write(&path, e))
     }
 }
 

@@ -95,7 +95,7 @@ pub fn merge_scores(path: &Path, rows: BTreeMap<String, ScoreRow>) -> Result<(),
     for (p, rest) in lines {
         csv.push_str(&format!("{},{rest}\n", field(&p)));
     }
-    write_atomic(path, csv.as_bytes()).map_err(|e| BatchError::io(path, e))
+    write_atomic(path, csv.as_bytes()).map_err(|e| BatchError::write(path, e))
 }
 
 #[cfg(test)]

@@ -11,11 +11,13 @@ use crate::bench;
 use crate::clip::{self, Clip, DownloadObserver, ModelRequest, Precision, TokenizerSource};
 use crate::options::{GuiArgs, ModelArgs};
 
+mod analysis;
 mod detect;
 mod embed;
 mod eval;
 mod refs;
 mod prompts;
+mod watch;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -57,6 +59,22 @@ pub enum Command {
     /// SIGTERM (what was done is written; --resume continues); 1 the run could not
     /// start or broke off (the message says why); 2 a usage error.
     Detect(detect::DetectArgs),
+    /// Watch a folder (a hot folder) and analyse each image that appears in it once it is
+    /// completely written: the files `alfa detect` writes, plus one JSON line per image in
+    /// OUT/results.jsonl.
+    ///
+    /// A file is taken once its size and times stayed the same for --settle-ms (a file
+    /// renamed into the folder is stable at once); hidden files and temporary names
+    /// (x.png.part, x.tmp) wait until renamed. Images already in the folder are analysed
+    /// too, unless an earlier watch into the same OUT finished them. A file that cannot
+    /// be read is named and the watch goes on; --done moves analysed inputs, nothing is
+    /// deleted.
+    ///
+    /// Exit codes: 130 stopped by Ctrl-C or SIGTERM (after the current image;
+    /// scores.csv and summary.json written); 1 the watch could not start, the folder
+    /// disappeared, or an output could not be written (a full disk: the message names
+    /// it); 2 a usage error.
+    Watch(watch::WatchArgs),
     /// Evaluate a method (ALFA or a baseline), or saved maps, on MVTec AD, VisA or a folder
     /// dataset: image AUROC / AUPR / F1-max and pixel AUROC / PRO / F1-max per class and mean.
     Eval(eval::EvalArgs),
@@ -127,6 +145,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         None => done(crate::app::run(cli.gui)),
         Some(Command::Embed(args)) => done(embed::run(args)),
         Some(Command::Detect(args)) => detect::run(args).map(|status| status.exit_code()),
+        Some(Command::Watch(args)) => watch::run(args),
         Some(Command::Refs(args)) => done(refs::run(args)),
         Some(Command::Eval(args)) => done(eval::run(args)),
         Some(Command::Bench(args)) => done(run_bench(args)),

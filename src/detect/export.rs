@@ -17,6 +17,9 @@ use super::threshold::Verdict;
 pub enum ExportError {
     #[error("cannot write {}: {reason}", path.display())]
     Write { path: PathBuf, reason: String },
+    /// The file system refused the file (a full disk, a read-only or vanished folder).
+    #[error("cannot write {}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
     #[error("cannot read the map {}: {reason}", path.display())]
     Read { path: PathBuf, reason: String },
     #[error("the map ({map_w}x{map_h}) does not match the image ({image_w}x{image_h})")]
@@ -25,10 +28,7 @@ pub enum ExportError {
 
 /// `crate::files::write_atomic`, naming the file in the error.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
-    crate::files::write_atomic(path, bytes).map_err(|e| ExportError::Write {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    })
+    crate::files::write_atomic(path, bytes).map_err(|source| ExportError::Io { path: path.to_owned(), source })
 }
 
 /// The map as a single-channel float32 TIFF, values unchanged.

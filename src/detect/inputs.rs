@@ -96,8 +96,7 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<InputImage>) -> Result<(), InputE
         if entry.is_dir() {
             walk(root, &entry, out)?;
         } else if is_image(&entry) {
-            let relative = entry.strip_prefix(root).unwrap_or(&entry).with_extension("");
-            out.push(input(&entry, relative));
+            out.push(in_folder(root, &entry));
         }
     }
     Ok(())
@@ -166,6 +165,12 @@ pub fn layout_class(path: &Path) -> Option<String> {
         [.., class, "test", _, _] => Some((*class).to_owned()),
         _ => None,
     }
+}
+
+/// `path`, an image found in the folder `root`: its output keeps its path relative to
+/// `root` (or the MVTec AD layout when the path has it).
+pub fn in_folder(root: &Path, path: &Path) -> InputImage {
+    input(path, path.strip_prefix(root).unwrap_or(path).with_extension(""))
 }
 
 /// An input whose output follows the MVTec AD layout when the path has it.
