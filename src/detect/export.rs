@@ -136,8 +136,17 @@ pub fn render_overlay(image: &DynamicImage, map: &Grid, style: &OverlayStyle) ->
         canvas.put_pixel(x, y + header, Rgb([blend(0), blend(1), blend(2)]));
     }
     if let Some(threshold) = style.outline {
+        // About 2 px on a 900 px image, thicker on larger ones, so the line stays visible.
+        let half = (w.max(h) / 600) as i64;
         for (x, y) in region_boundary(map, threshold) {
-            canvas.put_pixel(x as u32, y as u32 + header, Rgb([255, 255, 255]));
+            for dy in -half..=half {
+                for dx in -half..=half {
+                    let (px, py) = (x as i64 + dx, y as i64 + dy);
+                    if (0..w as i64).contains(&px) && (0..h as i64).contains(&py) {
+                        canvas.put_pixel(px as u32, py as u32 + header, WHITE);
+                    }
+                }
+            }
         }
     }
 
