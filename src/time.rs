@@ -46,5 +46,7 @@ mod tests {
         assert_eq!(utc_minute(at(951_868_740)), "2000-02-29 23:59 UTC");
         assert_eq!(utc_date(at(1_795_660_800)), "2026-11-26");
         assert_eq!(utc_date(at(1_709_251_200)), "2024-03-01");
+        assert_eq!(utc_date(at(1_700_000_000)), "2023-11-14");
+        assert_eq!(utc_date(at(4_107_542_399)), "2100-02-28");
     }
 }

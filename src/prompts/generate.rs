@@ -241,26 +241,8 @@ pub fn provenance(client: &LlmClient, samples: usize, now: std::time::SystemTime
         "`alfa prompts generate`: {} at {} on {} (UTC), {samples} samples per query",
         client.config().model,
         client.endpoint(),
-        utc_date(now)
+        crate::time::utc_date(now)
     )
-}
-
-/// `YYYY-MM-DD` in UTC (the civil-from-days algorithm of H. Hinnant's date library).
-pub fn utc_date(time: std::time::SystemTime) -> String {
-    let secs = match time.duration_since(std::time::UNIX_EPOCH) {
-        Ok(d) => d.as_secs() as i64,
-        Err(e) => -(e.duration().as_secs() as i64),
-    };
-    let z = secs.div_euclid(86_400) + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z - era * 146_097;
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let mp = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
 }
 
 /// The items of a list in an LLM's answer, cleaned and without duplicates.
@@ -402,15 +384,6 @@ fn with_placeholder(item: &str, class_name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn utc_dates() {
-        let at = |secs| utc_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs));
-        assert_eq!(at(0), "1970-01-01");
-        assert_eq!(at(951_782_400), "2000-02-29");
-        assert_eq!(at(1_700_000_000), "2023-11-14");
-        assert_eq!(at(4_107_542_399), "2100-02-28");
-    }
 
     #[test]
     fn bullets_numbers_and_plain_lines() {
