@@ -9,3 +9,4 @@ pub mod detect;
 pub mod eval;
 pub mod files;
 pub mod prompts;
+pub mod recipe;

@@ -90,7 +90,10 @@ fn copy_references(dir: &Path, images: &[PathBuf]) -> Result<Vec<PathBuf>, Detec
             target = dir.join(format!("{stem}-{n}.{ext}"));
             n += 1;
         }
-        std::fs::copy(image, &target).map_err(|e| {
+        // Through `write_atomic`: a copy is whole or absent, and gets the mode a new file
+        // gets (not the original's, which may be read-only).
+        let bytes = std::fs::read(image).map_err(|e| DetectError::References(format!("cannot read {}: {e}", image.display())))?;
+        crate::files::write_atomic(&target, &bytes).map_err(|e| {
             DetectError::References(format!("cannot copy {} to {}: {e}", image.display(), target.display()))
         })?;
         added.push(target);
