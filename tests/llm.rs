@@ -73,7 +73,8 @@ fn config(server_url: &str) -> LlmConfig {
 fn plan(config: LlmConfig, dir: &Path, class: &str, samples: usize) -> (Result<ClassPlan, GenerateError>, Vec<GenerateEvent>) {
     let client = LlmClient::new(config).unwrap();
     let mut events = Vec::new();
-    let result = generate::plan_class(&client, &tokenizer(), dir, class, samples, &mut |e| events.push(e));
+    let file = alfa::prompts::set::file_for(dir, class);
+    let result = generate::plan_class(&client, &tokenizer(), &file, class, samples, &mut |e| events.push(e));
     (result, events)
 }
 

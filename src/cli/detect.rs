@@ -15,12 +15,13 @@ use crate::clip::{self, Clip, Precision};
 use crate::detect::colormap::Colormap;
 use crate::detect::export::{self, OverlayStyle};
 use crate::detect::inputs::{self, InputImage};
-use crate::detect::references::{ReferenceBank, draw, list_references, references_dir};
+use crate::detect::references::{ReferenceBank, draw, list_references};
 use crate::detect::text_cache::default_cache_dir;
 use crate::detect::baselines::{BaselineOptions, build_method_with};
 use crate::detect::maps::Grid;
 use crate::detect::{ClassPrompts, ClassSpec, DetectSettings, Detection, Detector, Method, MethodKind, WindowMode};
 use crate::prompts::{PromptStore, ResolvedPrompts};
+use crate::recipe::Recipes;
 
 #[derive(Args, Debug)]
 pub struct DetectArgs {
@@ -43,11 +44,11 @@ pub struct DetectArgs {
     /// A prompt-set file to use instead of the class's own.
     #[arg(long, value_name = "FILE")]
     pub prompts: Option<PathBuf>,
-    /// Folder of prompt sets that take precedence over the shipped ones.
-    #[arg(long, value_name = "DIR", default_value = "prompts")]
-    pub prompts_dir: PathBuf,
+    /// The class's recipe gives its prompt set (prompts.toml) and references (refs/).
+    #[command(flatten)]
+    pub recipes: super::recipe::RecipesArg,
     /// Folder of normal reference images for few-shot mode, instead of the class's
-    /// own (<prompts-dir>/<class>.refs/, managed with `alfa refs`).
+    /// own (<recipes>/<class>/refs/, managed with `alfa refs`).
     #[arg(long, value_name = "DIR")]
     pub refs: Option<PathBuf>,
     /// Use K of the reference images, drawn with --seed (default: all of them).
@@ -248,9 +249,8 @@ pub fn run(args: DetectArgs) -> Result<()> {
     };
 
     let mut resolved_sets: HashMap<String, ResolvedPrompts> = HashMap::new();
-    let store = PromptStore {
-        dir: Some(args.prompts_dir.clone()),
-    };
+    let recipes = args.recipes.locate()?;
+    let store = PromptStore::in_recipes(&recipes);
     let bar = progress_bar(images.len());
     let mut scores = BTreeMap::new();
     let mut failures = 0;
@@ -266,14 +266,14 @@ pub fn run(args: DetectArgs) -> Result<()> {
                     eprintln!(
                         "note: no prompt set for class `{class}`: using the generic set \
                          (add {} to give it its own)",
-                        args.prompts_dir.join(format!("{class}.toml")).display()
+                        recipes.prompts_file(class).display()
                     )
                 });
             }
             resolved_sets.insert(class.clone(), resolved);
         }
         let resolved = &resolved_sets[class];
-        prepare(&mut analyser, resolved, class, &args, &settings, &bar)?;
+        prepare(&mut analyser, resolved, class, &args, &recipes, &settings, &bar)?;
         let result = (|| -> Result<f32> {
             let decoded = clip::open_image(&image.path)?;
             let outcome = analyse(&mut analyser, &decoded, class, &settings)?;
@@ -335,11 +335,17 @@ fn prepare_output_folder(out: &Path) -> Result<()> {
 }
 
 /// The class's few-shot bank, or `None` (zero-shot), saying which on stderr.
-fn reference_bank(detector: &Detector, args: &DetectArgs, class: &str, settings: &DetectSettings) -> Result<Option<ReferenceBank>> {
+fn reference_bank(
+    detector: &Detector,
+    args: &DetectArgs,
+    recipes: &Recipes,
+    class: &str,
+    settings: &DetectSettings,
+) -> Result<Option<ReferenceBank>> {
     if args.zero_shot {
         return Ok(None);
     }
-    let dir = args.refs.clone().unwrap_or_else(|| references_dir(&args.prompts_dir, class));
+    let dir = args.refs.clone().unwrap_or_else(|| recipes.refs_dir(class));
     let mut files = list_references(&dir)?;
     if args.refs.is_some() && files.is_empty() {
         bail!("no reference images in {}", dir.display());
@@ -380,6 +386,7 @@ fn prepare(
     resolved: &ResolvedPrompts,
     class: &str,
     args: &DetectArgs,
+    recipes: &Recipes,
     settings: &DetectSettings,
     bar: &ProgressBar,
 ) -> Result<()> {
@@ -387,14 +394,14 @@ fn prepare(
         Analyser::Alfa { detector, prompt_sets } => {
             if !prompt_sets.contains_key(class) {
                 let encoded = detector.encode_class(resolved.set.expand())?;
-                let bank = bar.suspend(|| reference_bank(detector, args, class, settings))?;
+                let bank = bar.suspend(|| reference_bank(detector, args, recipes, class, settings))?;
                 prompt_sets.insert(class.to_owned(), (encoded, bank));
             }
         }
         Analyser::Baseline { method, prepared } => {
             if prepared.as_deref() != Some(class) {
                 let spec = ClassSpec { id: class.to_owned(), name: resolved.set.class.name.clone(), prompts: resolved.set.expand() };
-                let references = bar.suspend(|| baseline_references(method.kind(), args, class))?;
+                let references = bar.suspend(|| baseline_references(method.kind(), args, recipes, class))?;
                 method.prepare(&spec, &references)?;
                 *prepared = Some(class.to_owned());
             }
@@ -405,11 +412,11 @@ fn prepare(
 
 /// WinCLIP+'s reference images (decoded), or none; zero-shot baselines say that the
 /// class's references are not used.
-fn baseline_references(kind: MethodKind, args: &DetectArgs, class: &str) -> Result<Vec<image::DynamicImage>> {
+fn baseline_references(kind: MethodKind, args: &DetectArgs, recipes: &Recipes, class: &str) -> Result<Vec<image::DynamicImage>> {
     if args.zero_shot {
         return Ok(Vec::new());
     }
-    let dir = args.refs.clone().unwrap_or_else(|| references_dir(&args.prompts_dir, class));
+    let dir = args.refs.clone().unwrap_or_else(|| recipes.refs_dir(class));
     let mut files = list_references(&dir)?;
     if kind != MethodKind::Winclip {
         if !files.is_empty() {

@@ -15,6 +15,8 @@ mod embed;
 mod eval;
 mod refs;
 mod prompts;
+pub mod recipe;
+mod threshold;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -86,8 +88,16 @@ pub enum Command {
     /// Evaluate a method (ALFA or a baseline), or saved maps, on MVTec AD, VisA or a folder
     /// dataset: image AUROC / AUPR / F1-max and pixel AUROC / PRO / F1-max per class and mean.
     Eval(eval::EvalArgs),
-    /// Normal reference images of a class, for few-shot detection.
+    /// Normal reference images of a class, for few-shot detection (in its recipe).
     Refs(refs::RefsArgs),
+    /// Class recipes: one folder per class with everything an OK/NG decision needs
+    /// (prompt set, reference images, thresholds, model and method). List, show, export
+    /// and import them, or migrate the old ./prompts files.
+    Recipe(recipe::RecipeArgs),
+    /// Set a class's thresholds (OK/NG on image scores, region on map values) from good
+    /// images at a target false-positive rate, as the app does, or by hand; stored in
+    /// the class's recipe with the model, method and settings they were set with.
+    Threshold(threshold::ThresholdArgs),
     /// Benchmarks (timings on random weights of the real shapes).
     Bench(BenchArgs),
     /// Open the inspection window with PATHs, wait for the analysis, save the window as
@@ -152,6 +162,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Embed(args)) => embed::run(args),
         Some(Command::Detect(args)) => detect::run(args),
         Some(Command::Refs(args)) => refs::run(args),
+        Some(Command::Recipe(args)) => recipe::run(args),
+        Some(Command::Threshold(args)) => threshold::run(args),
         Some(Command::Eval(args)) => eval::run(args),
         Some(Command::Bench(args)) => run_bench(args),
         Some(Command::Screenshot(args)) => crate::app::screenshot(args.gui, args.out),

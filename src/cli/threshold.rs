@@ -1,0 +1,204 @@
+//! `alfa threshold`: a class's thresholds, fitted on good images (the app's code) or
+//! set by hand, stored in its recipe with the model, method and settings they hold for.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::ModelArgs;
+use super::recipe::{RecipesArg, ensure_writable};
+use crate::clip::{self, Clip};
+use crate::detect::inputs::scan;
+use crate::detect::references::{draw, list_references};
+use crate::detect::text_cache::default_cache_dir;
+use crate::detect::threshold::{describe_sources, fit_thresholds};
+use crate::detect::{DetectSettings, Detector, MethodKind, WindowMode};
+use crate::prompts::PromptStore;
+use crate::recipe::{MethodRecipe, ModelStamp, Recipe, ThresholdRecord};
+
+#[derive(Args, Debug)]
+pub struct ThresholdArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub recipes: RecipesArg,
+    /// The class whose recipe gets the thresholds.
+    #[arg(long)]
+    pub class: String,
+    /// Good images (files, or folders searched recursively): both thresholds are fitted
+    /// on their scores, as the app's "Both from a folder of good images" does. A file
+    /// that cannot be read is named and left out.
+    #[arg(long, value_name = "IMAGE|DIR", num_args = 1.., required_unless_present_any = ["threshold", "region_threshold"])]
+    pub good: Vec<PathBuf>,
+    /// Target false-positive rate: with n good images, at most floor(FPR x n) of them
+    /// score at or above the OK/NG threshold, and at most as many have any map value at
+    /// or above the region threshold.
+    #[arg(long, default_value_t = 0.01, value_name = "F")]
+    pub fpr: f64,
+    /// Set the OK/NG threshold (on image scores) by hand instead of fitting it.
+    #[arg(long, value_name = "VALUE", conflicts_with = "good")]
+    pub threshold: Option<f32>,
+    /// Set the region threshold (on map values: outlines, masks) by hand.
+    #[arg(long, value_name = "VALUE", conflicts_with = "good")]
+    pub region_threshold: Option<f32>,
+    /// The method the thresholds are for [default: the recipe's, else alfa]. Fitting on
+    /// good images is ALFA's (as in the app); set a baseline's thresholds by hand.
+    #[arg(long, value_enum)]
+    pub method: Option<MethodKind>,
+    /// Window sizes of the fine-grained aligner, in patches [default: the recipe's, else 2,3].
+    #[arg(long, value_delimiter = ',', value_name = "S,...")]
+    pub scales: Option<Vec<usize>>,
+    /// `tokens` or `pixels` [default: the recipe's, else tokens].
+    #[arg(long, value_enum)]
+    pub window_mode: Option<WindowMode>,
+    /// Gaussian smoothing of the map, in pixels [default: the recipe's, else 4].
+    #[arg(long, value_name = "PX")]
+    pub sigma: Option<f32>,
+    /// Few-shot with K of the class's references, drawn with --seed [default: the
+    /// recipe's, else all of them]; stored in the recipe so that `detect` draws the same.
+    #[arg(long, value_name = "K")]
+    pub shots: Option<usize>,
+    /// Seed of the --shots draw.
+    #[arg(long, requires = "shots")]
+    pub seed: Option<u64>,
+}
+
+pub fn run(args: ThresholdArgs) -> Result<()> {
+    let class = args.class.as_str();
+    crate::recipe::check_class_name(class).map_err(anyhow::Error::msg)?;
+    for value in [args.threshold, args.region_threshold].into_iter().flatten() {
+        if !value.is_finite() {
+            bail!("a threshold must be a finite number, not {value}");
+        }
+    }
+    if !(0.0..1.0).contains(&args.fpr) {
+        bail!("--fpr {} must be from 0 to below 1", args.fpr);
+    }
+    let recipes = args.recipes.locate()?;
+    let existing = recipes.read(class)?;
+    ensure_writable(&recipes, class)?;
+    let mut recipe = existing.clone().unwrap_or_else(|| Recipe::new(class));
+    let previous = existing.as_ref().and_then(|r| r.method.clone());
+    let method = args.method.or(previous.as_ref().map(|m| m.name)).unwrap_or(MethodKind::Alfa);
+    // The recipe's settings, unless the method changes, with what is given on top.
+    let base = previous.as_ref().filter(|m| m.name == method);
+    let mut settings = base.map_or_else(DetectSettings::default, MethodRecipe::settings);
+    if let Some(scales) = &args.scales {
+        settings.scales = scales.clone();
+    }
+    if let Some(mode) = args.window_mode {
+        settings.window_mode = mode;
+    }
+    if let Some(sigma) = args.sigma {
+        settings.sigma = sigma;
+    }
+    settings.validate(usize::MAX)?;
+    let mut method_recipe = MethodRecipe::new(method, &settings);
+    method_recipe.shots = args.shots.or(base.and_then(|m| m.shots));
+    method_recipe.seed = if args.shots.is_some() { args.seed.or(Some(0)) } else { base.and_then(|m| m.seed) };
+    method_recipe.anovl_views = base.and_then(|m| m.anovl_views);
+    if !args.good.is_empty() && method != MethodKind::Alfa {
+        bail!(
+            "thresholds are fitted on good images for ALFA (as in the app); set a baseline's by hand with --threshold / --region-threshold"
+        );
+    }
+
+    let files = args.model.request().resolve()?;
+    let id = args.model.model.clone().unwrap_or_else(|| clip::DEFAULT_MODEL.to_owned());
+    let stamp = ModelStamp::of(&files, &id, args.model.precision, default_cache_dir().as_deref())?;
+    // Thresholds of another model or method do not hold for this one: the recipe is
+    // now this one's, and what it held for the other is dropped (and said).
+    if let Some(why) = recipe.mismatch(&stamp, method) {
+        eprintln!("note: {why}: the recipe is now made with this model and method; thresholds not set now are dropped");
+        recipe.thresholds = Default::default();
+    }
+    recipe.model = Some(stamp);
+    recipe.method = Some(method_recipe.clone());
+
+    if args.good.is_empty() {
+        if let Some(value) = args.threshold {
+            recipe.thresholds.image = Some(ThresholdRecord::by_hand(value));
+        }
+        if let Some(value) = args.region_threshold {
+            recipe.thresholds.region = Some(ThresholdRecord::by_hand(value));
+        }
+        let path = recipes.write(&recipe)?;
+        report(&recipe, &path);
+        return Ok(());
+    }
+
+    let good: Vec<PathBuf> = good_images(&args.good)?;
+    let clip = Clip::load(&files, &clip::device(args.model.cpu)?, args.model.precision)?;
+    settings.validate(clip.model.vision.grid())?;
+    let mut detector = Detector::new(clip, &files.identity(), default_cache_dir().as_deref());
+    let prompts = PromptStore::in_recipes(&recipes).resolve(class)?;
+    if prompts.generic_fallback {
+        eprintln!("note: no prompt set for class `{class}`: using the generic set");
+    }
+    let encoded = detector.encode_class(prompts.set.expand())?;
+    let mut references = list_references(&recipes.refs_dir(class))?;
+    if let Some(shots) = method_recipe.shots {
+        references = draw(&references, shots, method_recipe.seed.unwrap_or(0));
+    }
+    let build = detector.build_reference_bank(&references, &settings, |_, _| {})?;
+    for (file, reason) in &build.skipped {
+        eprintln!("warning: skipped reference {}: {reason}", file.display());
+    }
+    match &build.bank {
+        Some(bank) => eprintln!("few-shot for `{class}`: {} reference image(s)", bank.files.len()),
+        None => eprintln!("zero-shot for `{class}`: no reference images"),
+    }
+    let bar = if good.len() < 2 { ProgressBar::hidden() } else { ProgressBar::new(good.len() as u64) };
+    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} good images ({eta} left)").expect("the template is valid"));
+    let scored = detector.score_good_images(
+        &good,
+        &encoded,
+        build.bank.as_ref(),
+        &settings,
+        &mut |done, _| bar.set_position(done as u64),
+        &|| false,
+    )?;
+    bar.finish_and_clear();
+    for (file, reason) in &scored.skipped {
+        eprintln!("skipped (cannot be read): {}: {reason}", file.display());
+    }
+    let sources: Vec<&Path> = args.good.iter().map(PathBuf::as_path).collect();
+    let fit = fit_thresholds(scored, args.fpr, &describe_sources(&sources))?;
+    for warning in &fit.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let given: Vec<String> = args.good.iter().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()).display().to_string()).collect();
+    let n = fit.scores.len();
+    recipe.thresholds.image = Some(ThresholdRecord::from_good_images(fit.image, fit.fpr, given.clone(), n));
+    recipe.thresholds.region = Some(ThresholdRecord::from_good_images(fit.region, fit.fpr, given, n));
+    let path = recipes.write(&recipe)?;
+    report(&recipe, &path);
+    Ok(())
+}
+
+/// The images of `paths` (folders recursively); a path that is not there is an error.
+fn good_images(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for path in paths {
+        if !path.exists() {
+            bail!("--good {}: no such file or folder", path.display());
+        }
+        let found = scan(std::slice::from_ref(path));
+        if found.is_empty() {
+            bail!("--good {}: no images there", path.display());
+        }
+        files.extend(found.into_iter().map(|f| f.path));
+    }
+    Ok(files)
+}
+
+fn report(recipe: &Recipe, path: &Path) {
+    for (name, record) in [("OK/NG threshold", &recipe.thresholds.image), ("region threshold", &recipe.thresholds.region)] {
+        if let Some(t) = record {
+            println!("{name} {} {}", t.value, t.describe());
+        }
+    }
+    println!("written to {}", path.display());
+}

@@ -1,0 +1,177 @@
+//! `alfa threshold` and `alfa recipe` end to end: the binary with the tiny fixture
+//! model on generated good images, recipes in a temporary folder.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use alfa::detect::threshold::threshold_at_fpr;
+use alfa::prompts::PromptStore;
+use alfa::recipe::{Recipes, ThresholdHow};
+use common::{fixtures, shared_tokenizer};
+use image::{Rgb, RgbImage};
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        Self { dir: tempfile::tempdir().unwrap() }
+    }
+
+    fn recipes(&self) -> Recipes {
+        Recipes::new(self.dir.path().join("recipes"))
+    }
+
+    /// `alfa ARGS` with the recipes and the cache in the temporary folder.
+    fn alfa(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_alfa"))
+            .args(args)
+            .env("ALFA_RECIPES", self.recipes().root)
+            .env("XDG_CACHE_HOME", self.dir.path().join("cache"))
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap()
+    }
+
+    /// `alfa threshold` with the tiny model.
+    fn threshold(&self, args: &[&str]) -> Output {
+        let model = fixtures().join("tiny-gelu");
+        let tokenizer = shared_tokenizer();
+        let mut all = vec!["threshold", "--model", model.to_str().unwrap(), "--tokenizer", tokenizer.to_str().unwrap()];
+        all.extend_from_slice(args);
+        self.alfa(&all)
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Good parts, each a little different.
+fn good_folder(dir: &Path, n: u32) -> PathBuf {
+    let good = dir.join("good");
+    std::fs::create_dir_all(&good).unwrap();
+    for i in 0..n {
+        RgbImage::from_fn(40, 32, |x, y| Rgb([(80 + i * 7 + x % 30) as u8, (100 + (y * (i + 1)) % 40) as u8, 150 - i as u8 * 3]))
+            .save(good.join(format!("{i:02}.png")))
+            .unwrap();
+    }
+    good
+}
+
+#[test]
+fn thresholds_from_good_images_are_the_apps_and_go_into_the_recipe() {
+    let env = Env::new();
+    let good = good_folder(env.dir.path(), 10);
+    let broken = good.join("99.png");
+    std::fs::write(&broken, b"\x89PNG\r\n\x1a\nnot a png").unwrap();
+    let out = env.threshold(&["--class", "bottle", "--good", good.to_str().unwrap(), "--fpr", "0.2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The unreadable file is named and left out.
+    assert!(stderr(&out).contains("skipped (cannot be read)") && stderr(&out).contains("99.png"), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("written to"), "{}", String::from_utf8_lossy(&out.stdout));
+
+    let recipe = env.recipes().read("bottle").unwrap().expect("the recipe is written");
+    let model = recipe.model.as_ref().unwrap();
+    let weights = std::fs::read(fixtures().join("tiny-gelu/open_clip_model.safetensors")).unwrap();
+    assert_eq!(model.weights_blake3, blake3::hash(&weights).to_hex().to_string());
+    assert_eq!(model.id, fixtures().join("tiny-gelu").display().to_string());
+    let method = recipe.method.as_ref().unwrap();
+    assert_eq!((method.name, method.settings()), (alfa::detect::MethodKind::Alfa, Default::default()));
+    let image = recipe.thresholds.image.clone().unwrap();
+    let region = recipe.thresholds.region.clone().unwrap();
+    assert_eq!((image.how, image.fpr, image.images), (ThresholdHow::GoodImages, Some(0.2), Some(10)));
+    assert!(image.good[0].ends_with("good"), "{:?}", image.good);
+
+    // The same good images scored here, one by one: the stored thresholds are the
+    // app's rule on those scores, and at most floor(0.2 x 10) = 2 good images are NG.
+    let mut detector = common::detector("tiny-gelu", None, None);
+    let class = detector.encode_class(PromptStore { recipes: None }.resolve("bottle").unwrap().set.expand()).unwrap();
+    let (mut scores, mut maxima) = (Vec::new(), Vec::new());
+    for i in 0..10 {
+        let picture = alfa::clip::open_image(&good.join(format!("{i:02}.png"))).unwrap();
+        let detection = detector.detect(&picture, &class, &Default::default()).unwrap();
+        scores.push(detection.image_score);
+        maxima.push(detection.map.max());
+    }
+    assert_eq!(image.value, threshold_at_fpr(&scores, 0.2).unwrap());
+    assert_eq!(region.value, threshold_at_fpr(&maxima, 0.2).unwrap());
+    assert!(scores.iter().filter(|&&s| s >= image.value).count() <= 2);
+    assert!(maxima.iter().filter(|&&s| s >= region.value).count() <= 2);
+
+    // By hand: the OK/NG threshold changes, the region threshold (same model) stays.
+    let out = env.threshold(&["--class", "bottle", "--threshold", "0.42"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let again = env.recipes().read("bottle").unwrap().unwrap();
+    let by_hand = again.thresholds.image.unwrap();
+    assert_eq!((by_hand.value, by_hand.how), (0.42, ThresholdHow::ByHand));
+    assert_eq!(again.thresholds.region, Some(region));
+
+    // The recipe as `alfa recipe` shows it.
+    let listed = String::from_utf8(env.alfa(&["recipe", "list"]).stdout).unwrap();
+    assert!(listed.contains("bottle") && listed.contains("0.42 (by hand)") && listed.contains("10 good, FPR 0.2"), "{listed}");
+    let shown = env.alfa(&["recipe", "show", "bottle", "--json"]);
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["recipe"]["thresholds"]["image"]["value"], 0.42);
+    assert!(shown["prompt_set"].as_str().unwrap().contains("built-in bottle"), "{shown}");
+}
+
+#[test]
+fn a_baseline_is_not_fitted_and_a_bad_recipe_is_named_with_its_line() {
+    let env = Env::new();
+    let good = good_folder(env.dir.path(), 2);
+    let out = env.threshold(&["--class", "bottle", "--method", "winclip", "--good", good.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("set a baseline's by hand"), "{}", stderr(&out));
+
+    let file = env.recipes().recipe_file("bottle");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, "format = 1\nclass = \"bottle\"\n\n[method]\nname = \"alfa\"\nscales = [2, 3]\nwindow_modes = \"tokens\"\n").unwrap();
+    for args in [vec!["recipe", "show", "bottle"], vec!["recipe", "list"]] {
+        let out = env.alfa(&args);
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+        assert!(text.contains(&format!("{}, line 7", file.display())) && text.contains("window_modes"), "{args:?}: {text}");
+    }
+    let out = env.threshold(&["--class", "bottle", "--threshold", "0.5"]);
+    assert!(!out.status.success() && stderr(&out).contains("line 7"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_recipes_folder_that_cannot_be_written_is_named_with_the_way_out() {
+    let env = Env::new();
+    let image = good_folder(env.dir.path(), 1).join("00.png");
+    let not_a_folder = env.dir.path().join("recipes-file");
+    std::fs::write(&not_a_folder, "x").unwrap();
+    let out = env.alfa(&["refs", "add", "--class", "bottle", "--recipes", not_a_folder.to_str().unwrap(), image.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains(&not_a_folder.display().to_string()) && err.contains("--recipes DIR"), "{err}");
+}
+
+#[test]
+fn export_and_import_move_a_class_between_recipe_folders() {
+    let env = Env::new();
+    let image = good_folder(env.dir.path(), 1).join("00.png");
+    let added = env.alfa(&["refs", "add", "--class", "screw", image.to_str().unwrap()]);
+    assert!(added.status.success(), "{}", stderr(&added));
+    let zip = env.dir.path().join("screw.zip");
+    let out = env.alfa(&["recipe", "export", "screw", "--out", zip.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let other = env.dir.path().join("other");
+    let import = |force: bool| {
+        let mut args = vec!["recipe", "import", zip.to_str().unwrap(), "--recipes", other.to_str().unwrap()];
+        if force {
+            args.push("--force");
+        }
+        env.alfa(&args)
+    };
+    let first = import(false);
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert_eq!(std::fs::read(other.join("screw/refs/00.png")).unwrap(), std::fs::read(&image).unwrap());
+    let again = import(false);
+    assert!(!again.status.success() && stderr(&again).contains("--force"), "{}", stderr(&again));
+    assert!(import(true).status.success());
+}
