@@ -379,6 +379,71 @@ impl Recipe {
     }
 }
 
+/// The thresholds a run applies to a class's images, and where they came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunThresholds {
+    /// OK/NG on image scores; `None`: the class has none (no verdicts).
+    pub image: Option<f32>,
+    /// Regions on map values (masks); `None`: none set.
+    pub region: Option<f32>,
+    /// For messages and records: `recipe <path>`, `--threshold`.
+    pub source: String,
+    /// Said on stderr: the recipe was made with another model or method and `--force`
+    /// applies it anyway, or `--threshold` replaces a recipe's threshold.
+    pub warning: Option<String>,
+}
+
+/// What a batch run (`alfa detect`) applies: `by_hand` (`--threshold`) for OK/NG when
+/// given, else the class recipe's thresholds when it was made with `model` and
+/// `method`. A recipe made with another model or method is refused, since its
+/// thresholds may not transfer, unless `by_hand` replaces them or `force` applies
+/// them anyway (with a warning). `path` names the recipe in messages.
+pub fn thresholds_for_run(
+    recipe: Option<&Recipe>,
+    path: &Path,
+    model: &ModelStamp,
+    method: MethodKind,
+    by_hand: Option<f32>,
+    force: bool,
+) -> Result<RunThresholds, RecipeError> {
+    let mismatch = recipe.and_then(|r| r.mismatch(model, method));
+    let source = format!("recipe {}", path.display());
+    match (recipe, by_hand, mismatch) {
+        (_, Some(value), why) => {
+            let recipe_region = recipe.filter(|_| why.is_none()).and_then(|r| value_of(&r.thresholds.region));
+            Ok(RunThresholds {
+                image: Some(value),
+                region: recipe_region,
+                source: "--threshold".into(),
+                warning: why.map(|w| format!("{w}; OK/NG by --threshold {value}, and no region threshold")),
+            })
+        }
+        (Some(recipe), None, None) => Ok(RunThresholds {
+            image: value_of(&recipe.thresholds.image),
+            region: value_of(&recipe.thresholds.region),
+            source,
+            warning: None,
+        }),
+        (Some(recipe), None, Some(why)) if force => Ok(RunThresholds {
+            image: value_of(&recipe.thresholds.image),
+            region: value_of(&recipe.thresholds.region),
+            source,
+            warning: Some(format!("{why}; applied anyway (--force)")),
+        }),
+        (Some(recipe), None, Some(why)) => Err(RecipeError::Refused(format!(
+            "{why} ({}). Refit them with `alfa threshold --class {} --good DIR` with this model, give one with \
+             --threshold VALUE, or pass --force to apply them anyway",
+            path.display(),
+            recipe.class
+        ))),
+        (None, None, _) => Ok(RunThresholds { image: None, region: None, source: "none".into(), warning: None }),
+    }
+}
+
+fn value_of(record: &Option<ThresholdRecord>) -> Option<f32> {
+    record.as_ref().map(|t| t.value)
+}
+
 const HEADER: &str = "\
 # alfa recipe: what an OK/NG decision for this class needs. Beside it: prompts.toml
 # (the prompt set; absent = the built-in set) and refs/ (normal reference images).
@@ -681,6 +746,27 @@ mod tests {
         assert!(why.contains("may not transfer") && why.contains("abababab"), "{why}");
         assert!(recipe.mismatch(&model, MethodKind::Winclip).is_some());
         assert_eq!(Recipe::new("bottle").mismatch(&other, MethodKind::Alfa), None, "no thresholds, nothing to transfer");
+    }
+
+    #[test]
+    fn a_run_refuses_thresholds_of_another_model_unless_told() {
+        let recipe = full("bottle");
+        let path = Path::new("r/bottle/recipe.toml");
+        let model = recipe.model.clone().unwrap();
+        let same = thresholds_for_run(Some(&recipe), path, &model, MethodKind::Alfa, None, false).unwrap();
+        assert_eq!((same.image, same.region, same.warning), (Some(0.734_000_03), Some(0.412), None));
+        let other = ModelStamp { weights_blake3: "cd".repeat(32), ..model };
+        let err = thresholds_for_run(Some(&recipe), path, &other, MethodKind::Alfa, None, false).unwrap_err().to_string();
+        assert!(err.contains("may not transfer") && err.contains("--threshold") && err.contains("--force") && err.contains("r/bottle/recipe.toml"), "{err}");
+        let forced = thresholds_for_run(Some(&recipe), path, &other, MethodKind::Alfa, None, true).unwrap();
+        assert_eq!(forced.image, Some(0.734_000_03));
+        assert!(forced.warning.unwrap().contains("--force"));
+        let by_hand = thresholds_for_run(Some(&recipe), path, &other, MethodKind::Alfa, Some(0.6), false).unwrap();
+        assert_eq!((by_hand.image, by_hand.region), (Some(0.6), None), "the other model's region threshold is not applied");
+        assert!(by_hand.warning.is_some());
+        // Another method is another score: refused the same way.
+        assert!(thresholds_for_run(Some(&recipe), path, &recipe.model.clone().unwrap(), MethodKind::Clip, None, false).is_err());
+        assert_eq!(thresholds_for_run(None, path, &other, MethodKind::Alfa, None, false).unwrap().image, None);
     }
 
     #[test]
