@@ -99,7 +99,7 @@ pub fn run(args: RefsArgs) -> Result<()> {
 
 /// Files as given, and the images in folders (recursively, sorted, as the app finds
 /// them: `ground_truth/` folders hold MVTec masks and are skipped).
-fn image_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+pub(super) fn image_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for path in paths {
         if !path.exists() {

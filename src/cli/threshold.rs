@@ -10,7 +10,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::ModelArgs;
 use super::recipe::{RecipesArg, ensure_writable};
 use crate::clip::{self, Clip};
-use crate::detect::inputs::scan;
 use crate::detect::references::{draw, list_references};
 use crate::detect::text_cache::default_cache_dir;
 use crate::detect::threshold::{describe_sources, fit_thresholds};
@@ -129,7 +128,7 @@ pub fn run(args: ThresholdArgs) -> Result<()> {
         return Ok(());
     }
 
-    let good: Vec<PathBuf> = good_images(&args.good)?;
+    let good: Vec<PathBuf> = super::refs::image_files(&args.good)?;
     let clip = Clip::load(&files, &clip::device(args.model.cpu)?, args.model.precision)?;
     settings.validate(clip.model.vision.grid())?;
     let mut detector = Detector::new(clip, &files.identity(), default_cache_dir().as_deref());
@@ -176,22 +175,6 @@ pub fn run(args: ThresholdArgs) -> Result<()> {
     let path = recipes.write(&recipe)?;
     report(&recipe, &path);
     Ok(())
-}
-
-/// The images of `paths` (folders recursively); a path that is not there is an error.
-fn good_images(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    for path in paths {
-        if !path.exists() {
-            bail!("--good {}: no such file or folder", path.display());
-        }
-        let found = scan(std::slice::from_ref(path));
-        if found.is_empty() {
-            bail!("--good {}: no images there", path.display());
-        }
-        files.extend(found.into_iter().map(|f| f.path));
-    }
-    Ok(files)
 }
 
 fn report(recipe: &Recipe, path: &Path) {

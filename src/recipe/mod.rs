@@ -328,7 +328,7 @@ impl Recipe {
                 if !record.fpr.is_some_and(|f| (0.0..1.0).contains(&f)) {
                     return Err(invalid(table, "fpr", format!("[{table}] how = \"good-images\" needs fpr, from 0 to below 1")));
                 }
-                if !record.images.is_some_and(|n| n > 0) {
+                if record.images.is_none_or(|n| n == 0) {
                     return Err(invalid(table, "images", format!("[{table}] how = \"good-images\" needs images, at least 1")));
                 }
             }
@@ -651,7 +651,7 @@ mod tests {
             }),
             method: Some(method),
             thresholds: RecipeThresholds {
-                image: Some(ThresholdRecord::from_good_images(0.734_000_03, 0.01, vec!["/data/good".into()], 120)),
+                image: Some(ThresholdRecord::from_good_images(0.734, 0.01, vec!["/data/good".into()], 120)),
                 region: Some(ThresholdRecord::by_hand(0.412)),
             },
         }
@@ -754,12 +754,12 @@ mod tests {
         let path = Path::new("r/bottle/recipe.toml");
         let model = recipe.model.clone().unwrap();
         let same = thresholds_for_run(Some(&recipe), path, &model, MethodKind::Alfa, None, false).unwrap();
-        assert_eq!((same.image, same.region, same.warning), (Some(0.734_000_03), Some(0.412), None));
+        assert_eq!((same.image, same.region, same.warning), (Some(0.734), Some(0.412), None));
         let other = ModelStamp { weights_blake3: "cd".repeat(32), ..model };
         let err = thresholds_for_run(Some(&recipe), path, &other, MethodKind::Alfa, None, false).unwrap_err().to_string();
         assert!(err.contains("may not transfer") && err.contains("--threshold") && err.contains("--force") && err.contains("r/bottle/recipe.toml"), "{err}");
         let forced = thresholds_for_run(Some(&recipe), path, &other, MethodKind::Alfa, None, true).unwrap();
-        assert_eq!(forced.image, Some(0.734_000_03));
+        assert_eq!(forced.image, Some(0.734));
         assert!(forced.warning.unwrap().contains("--force"));
         let by_hand = thresholds_for_run(Some(&recipe), path, &other, MethodKind::Alfa, Some(0.6), false).unwrap();
         assert_eq!((by_hand.image, by_hand.region), (Some(0.6), None), "the other model's region threshold is not applied");
