@@ -357,3 +357,22 @@ fn cli_dry_run_prints_the_new_prompts_and_writes_nothing() {
     let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names, ["bottle.toml"], "no file for gear_wheel");
 }
+
+#[test]
+fn cli_without_out_adds_the_prompts_to_the_class_recipe() {
+    let server = Server::start(|request, _| Reply::chat(&llm_answer(&request.question())));
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = dir.path().join("recipes");
+    let out = alfa(&["--class", "bottle", "--llm-url", &server.base_url, "--samples", "1"])
+        .env("ALFA_RECIPES", &recipes)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let file = recipes.join("bottle/prompts.toml");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("created {}", file.display())));
+    let set = PromptSet::from_file(&file).unwrap();
+    assert!(set.llm.abnormal.iter().any(|p| p == "An abnormal image of {c} shows a chipped rim."), "{:?}", set.llm.abnormal);
+    // The class's prompt set from now on, for the app and every command.
+    let resolved = alfa::prompts::PromptStore::in_recipes(&alfa::recipe::Recipes::new(&recipes)).resolve("bottle").unwrap();
+    assert_eq!(resolved.path.as_deref(), Some(file.as_path()));
+}
