@@ -2,11 +2,13 @@
 //! evaluation, and the inspection GUI.
 
 pub mod app;
+pub mod batch;
 pub mod bench;
 pub mod cli;
 pub mod clip;
 pub mod detect;
 pub mod eval;
 pub mod files;
+pub mod options;
 pub mod prompts;
 pub mod recipe;

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use alfa::app::{AlfaApp, AppOptions, LlmStatus, Verdict};
+use alfa::options::{GuiArgs, ModelArgs};
 use alfa::recipe::{MethodRecipe, ModelStamp, Recipe, Recipes, ThresholdHow, ThresholdRecord};
-use alfa::cli::{GuiArgs, ModelArgs};
 use alfa::prompts::llm::LlmConfig;
 use common::llm_server::{Reply, Server};
 use common::{fixtures, shared_tokenizer};
@@ -52,6 +52,7 @@ fn harness_with_recipes(paths: Vec<PathBuf>, recipes: PathBuf) -> Harness<'stati
                 ..Default::default()
             },
             class: Some("bottle".into()),
+            recipes: None,
             paths,
         },
         cache_dir: None,

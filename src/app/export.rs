@@ -8,6 +8,7 @@ use image::{DynamicImage, RgbaImage};
 use serde::Serialize;
 
 use super::state::{AppState, Verdict};
+use crate::eval::csv::field;
 use crate::detect::export::{ExportError, OverlayStyle, render_overlay, threshold_mask, write_atomic, write_map_tiff, write_png};
 use crate::detect::maps::Grid;
 
@@ -67,14 +68,14 @@ impl ScoreTable {
         let number = |v: Option<f32>| v.map(|v| format!("{v:.6}")).unwrap_or_default();
         for r in &self.images {
             let fields = [
-                csv_field(&r.file),
-                csv_field(&r.name),
+                field(&r.file),
+                field(&r.name),
                 number(r.image_score),
                 number(r.global_score),
                 number(r.local_max),
                 r.verdict.unwrap_or_default().to_owned(),
                 r.stale.to_string(),
-                csv_field(r.error.as_deref().unwrap_or_default()),
+                field(r.error.as_deref().unwrap_or_default()),
             ];
             csv.push_str(&fields.join(","));
             csv.push('\n');
@@ -159,24 +160,9 @@ impl Export {
 }
 
 /// RFC 4180 quoting when needed.
-fn csv_field(text: &str) -> String {
-    if text.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", text.replace('"', "\"\""))
-    } else {
-        text.to_owned()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn csv_fields_with_commas_are_quoted() {
-        assert_eq!(csv_field("a,b"), "\"a,b\"");
-        assert_eq!(csv_field("say \"x\""), "\"say \"\"x\"\"\"");
-        assert_eq!(csv_field("plain"), "plain");
-    }
 
     fn export_of(name: &str, map: &Arc<Grid>) -> Export {
         let image = ImageExport {

@@ -26,7 +26,7 @@ use std::time::Instant;
 use anyhow::Result;
 use egui::{Key, KeyboardShortcut, Modifiers};
 
-use crate::cli::{GuiArgs, ModelArgs};
+use crate::options::{GuiArgs, ModelArgs};
 use crate::clip::{ClipTokenizer, ModelRequest, Precision};
 use crate::detect::{DetectSettings, references};
 use crate::prompts::PromptStore;
@@ -68,15 +68,16 @@ pub struct AppOptions {
 
 /// Opens the window.
 pub fn run(args: GuiArgs) -> Result<()> {
-    run_with(AppOptions { args, cache_dir: crate::detect::text_cache::default_cache_dir(), recipes_dir: None, screenshot: None })
+    let recipes_dir = args.recipes.clone();
+    run_with(AppOptions { args, cache_dir: crate::detect::text_cache::default_cache_dir(), recipes_dir, screenshot: None })
 }
 
 /// `alfa screenshot`: the window with `args` loaded, saved to `out` once analysed.
 pub fn screenshot(args: GuiArgs, out: PathBuf) -> Result<()> {
     run_with(AppOptions {
+        recipes_dir: args.recipes.clone(),
         args,
         cache_dir: crate::detect::text_cache::default_cache_dir(),
-        recipes_dir: None,
         screenshot: Some(out),
     })
 }

@@ -980,8 +980,9 @@ impl AlfaApp {
             let s = &self.state.settings;
             let score = analysis.image_score;
             let threshold = self.state.image_threshold();
-            let verdict = Verdict::of(score, threshold).label();
-            let mut caption = vec![entry.name.clone(), format!("score {} {verdict} (threshold {threshold:.3})", score_text(score, threshold))];
+            let verdict = Verdict::of(score, threshold);
+            let mut caption =
+                vec![entry.name.clone(), format!("score {} {} (threshold {threshold:.3})", score_text(score, threshold), verdict.label())];
             if entry.stale {
                 caption.push("from earlier prompts or settings".into());
             }
@@ -990,7 +991,15 @@ impl AlfaApp {
                 source: entry.path.clone(),
                 image: picture,
                 map: analysis.map.clone(),
-                style: OverlayStyle { colormap: s.colormap, opacity: s.opacity, range: (low, high), caption },
+                style: OverlayStyle {
+                    colormap: s.colormap,
+                    opacity: s.opacity,
+                    range: (low, high),
+                    caption,
+                    outline: Some(self.state.region_threshold()),
+                    // An old score gets no verdict (as in the list).
+                    badge: (!entry.stale).then_some(verdict),
+                },
                 threshold: self.state.region_threshold(),
             })
         });

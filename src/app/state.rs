@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::detect::colormap::Colormap;
 use super::worker::{Analysis, ItemId, Picture, ThresholdFit};
+pub use crate::detect::threshold::Verdict;
 use crate::clip::Precision;
 use crate::detect::{DetectSettings, MethodKind};
 use crate::prompts::llm::LlmConfig;
@@ -42,25 +43,6 @@ impl Entry {
 }
 
 /// OK/NG verdict of one image at a threshold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    Ok,
-    Ng,
-}
-
-impl Verdict {
-    pub fn of(score: f32, threshold: f32) -> Self {
-        if score >= threshold { Verdict::Ng } else { Verdict::Ok }
-    }
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Verdict::Ok => "OK",
-            Verdict::Ng => "NG",
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum SortKey {
     #[default]

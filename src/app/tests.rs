@@ -7,7 +7,7 @@ use egui_kittest::Harness;
 use egui_kittest::kittest::{NodeT, Queryable};
 
 use super::{AlfaApp, AppOptions};
-use crate::cli::{GuiArgs, ModelArgs};
+use crate::options::{GuiArgs, ModelArgs};
 
 fn manifest() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -24,6 +24,7 @@ fn options(paths: Vec<PathBuf>, recipes: &std::path::Path) -> AppOptions {
                 ..Default::default()
             },
             class: Some("bottle".into()),
+            recipes: None,
             paths,
         },
         cache_dir: None,

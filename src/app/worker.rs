@@ -16,8 +16,8 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender};
 use image::{GrayImage, RgbaImage};
 
-use crate::cli::ModelArgs;
-use crate::clip::{self, Clip, DownloadObserver, ModelRequest};
+use crate::options::ModelArgs;
+use crate::clip::{self, Clip, DownloadObserver};
 use crate::detect::maps::Grid;
 use crate::detect::references::{self, ReferenceBank};
 pub use crate::detect::threshold::ThresholdFit;
@@ -454,12 +454,7 @@ impl Engine {
         self.encoded = None;
         self.bank = None;
         self.baselines.clear();
-        let request = ModelRequest {
-            model: model.model.clone(),
-            arch: model.arch.clone(),
-            tokenizer: model.tokenizer.clone(),
-            observer: Some(Arc::new(DownloadProgress(self.outbox.clone()))),
-        };
+        let request = model.request(Some(Arc::new(DownloadProgress(self.outbox.clone()))));
         let loaded = (|| -> anyhow::Result<(Detector, Option<crate::recipe::ModelStamp>)> {
             let files = request.resolve()?;
             let device = clip::device(model.cpu)?;

@@ -1,27 +1,26 @@
 //! `alfa detect`: anomaly maps, overlays and JSON records for images and folders.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::str::FromStr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
-use serde::Serialize;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-use super::{ModelArgs, progress_label};
-use crate::clip::{self, Clip, Precision};
+use super::{model_request, progress_label};
+use crate::batch::{self, BatchSpec, ClassSources, Decision, Existing, Observer, OverlayRange, Plan, Runner, Shard};
+use crate::clip::{self, Clip};
+use crate::detect::baselines::BaselineOptions;
 use crate::detect::colormap::Colormap;
-use crate::detect::export::{self, OverlayStyle};
-use crate::detect::inputs::{self, InputImage};
-use crate::detect::references::{ReferenceBank, draw, list_references};
+use crate::detect::inputs::InputImage;
 use crate::detect::text_cache::default_cache_dir;
-use crate::detect::baselines::{BaselineOptions, build_method_with};
-use crate::detect::maps::Grid;
-use crate::detect::{ClassPrompts, ClassSpec, DetectSettings, Detection, Detector, Method, MethodKind, WindowMode};
-use crate::prompts::{PromptStore, ResolvedPrompts};
-use crate::recipe::Recipes;
+use crate::detect::{DetectSettings, Detector, MethodKind, WindowMode};
+use crate::options::ModelArgs;
+use crate::recipe::{MethodRecipe, ModelStamp, Recipe, Recipes, thresholds_for_run};
 
 #[derive(Args, Debug)]
 pub struct DetectArgs {
@@ -29,9 +28,9 @@ pub struct DetectArgs {
     pub model: ModelArgs,
     /// The method whose maps to write: ALFA, or a baseline to compare it with (the
     /// same files; the JSON record has what that method knows). Only alfa and
-    /// winclip (WinCLIP+) use reference images.
-    #[arg(long, value_enum, default_value_t = MethodKind::Alfa)]
-    pub method: MethodKind,
+    /// winclip (WinCLIP+) use reference images [default: the class recipe's, else alfa].
+    #[arg(long, value_enum)]
+    pub method: Option<MethodKind>,
     /// AnoVL only (anovl-tfa, anovl-tta): the views its image score averages, 1 (the
     /// input alone, as its paper) or 22 (its public code's views) [default: 1].
     #[arg(long, value_name = "N")]
@@ -44,32 +43,36 @@ pub struct DetectArgs {
     /// A prompt-set file to use instead of the class's own.
     #[arg(long, value_name = "FILE")]
     pub prompts: Option<PathBuf>,
-    /// The class's recipe gives its prompt set (prompts.toml) and references (refs/).
+    /// The class's recipe gives its prompt set (prompts.toml), references (refs/),
+    /// method and settings (unless given here) and its OK/NG and region thresholds.
     #[command(flatten)]
     pub recipes: super::recipe::RecipesArg,
     /// Folder of normal reference images for few-shot mode, instead of the class's
     /// own (<recipes>/<class>/refs/, managed with `alfa refs`).
     #[arg(long, value_name = "DIR")]
     pub refs: Option<PathBuf>,
-    /// Use K of the reference images, drawn with --seed (default: all of them).
+    /// Use K of the reference images, drawn with --seed [default: the recipe's, else
+    /// all of them].
     #[arg(long, value_name = "K")]
     pub shots: Option<usize>,
-    /// Seed of the --shots draw.
-    #[arg(long, default_value_t = 0, requires = "shots")]
-    pub seed: u64,
+    /// Seed of the --shots draw [default: the recipe's, else 0].
+    #[arg(long, requires = "shots")]
+    pub seed: Option<u64>,
     /// Ignore reference images even when the class has some.
     #[arg(long, conflicts_with_all = ["refs", "shots"])]
     pub zero_shot: bool,
-    /// Window sizes of the fine-grained aligner, in patches.
-    #[arg(long, value_delimiter = ',', default_value = "2,3", value_name = "S,...")]
-    pub scales: Vec<usize>,
+    /// Window sizes of the fine-grained aligner, in patches [default: the recipe's, else 2,3].
+    #[arg(long, value_delimiter = ',', value_name = "S,...")]
+    pub scales: Option<Vec<usize>>,
     /// `tokens`: only the window's patch tokens go through the ViT (fast);
-    /// `pixels`: the masked image does, once per window (the paper's, slow).
-    #[arg(long, value_enum, default_value_t = WindowMode::Tokens)]
-    pub window_mode: WindowMode,
-    /// Gaussian smoothing of the map, in pixels of the input image.
-    #[arg(long, default_value_t = 4.0, value_name = "PX")]
-    pub sigma: f32,
+    /// `pixels`: the masked image does, once per window (the paper's, slow)
+    /// [default: the recipe's, else tokens].
+    #[arg(long, value_enum)]
+    pub window_mode: Option<WindowMode>,
+    /// Gaussian smoothing of the map, in pixels of the input image [default: the
+    /// recipe's, else 4].
+    #[arg(long, value_name = "PX")]
+    pub sigma: Option<f32>,
     /// Output folder: <stem>.tiff (float32 map at the image's size), <stem>_overlay.png,
     /// <stem>.json, and scores.csv (image scores). MVTec AD inputs keep the evaluation
     /// layout <class>/test/<defect>/<stem>.tiff.
@@ -78,9 +81,30 @@ pub struct DetectArgs {
     /// Also print each image's record as one JSON line on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Overwrite outputs that already exist.
-    #[arg(long)]
+    /// Overwrite outputs that already exist, and apply a recipe's thresholds even when
+    /// it was made with another model, method or settings (with a warning).
+    #[arg(long, conflicts_with = "resume")]
     pub force: bool,
+    /// Continue an interrupted run into the same --out: images whose outputs are all
+    /// there are kept (and counted), the rest analysed. The options must be the
+    /// interrupted run's.
+    #[arg(long)]
+    pub resume: bool,
+    /// OK/NG threshold on image scores for this run: an image scoring at or above it
+    /// is NG (its verdict goes into the record, scores.csv and the overlay)
+    /// [default: the class recipe's, when it was made with this model, method and
+    /// settings; a recipe made with others is refused unless --threshold or --force].
+    #[arg(long, value_name = "VALUE")]
+    pub threshold: Option<f32>,
+    /// Region threshold on map values for this run: where the map is at or above it
+    /// is outlined in the overlay [default: the class recipe's, as --threshold].
+    #[arg(long, value_name = "VALUE", requires = "threshold")]
+    pub region_threshold: Option<f32>,
+    /// Analyse only part I of N of the images (1 <= I <= N), in a fixed order that does
+    /// not depend on the file system: N machines with 1/N, ..., N/N into one --out (or
+    /// N folders, merged) together write what one run writes.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<Shard>,
     /// Map values spanned by the overlay's colours: `MIN,MAX`, or `auto` for each
     /// image's own range (hides how anomalous an image is overall).
     #[arg(long, default_value = "0,1", value_name = "MIN,MAX|auto")]
@@ -93,433 +117,224 @@ pub struct DetectArgs {
     pub inputs: Vec<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum OverlayRange {
-    Fixed(f32, f32),
-    PerImage,
-}
-
-impl FromStr for OverlayRange {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        if s == "auto" {
-            return Ok(Self::PerImage);
-        }
-        let parsed = s.split_once(',').and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)));
-        match parsed {
-            Some((lo, hi)) if lo < hi => Ok(Self::Fixed(lo, hi)),
-            _ => Err(format!("`{s}` is not `MIN,MAX` with MIN < MAX, or `auto`")),
-        }
+pub fn run(args: DetectArgs) -> Result<batch::RunStatus> {
+    let recipes = args.recipes.locate()?;
+    if let Some(image) = args.threshold.filter(|t| !t.is_finite()) {
+        bail!("--threshold {image} is not a number");
     }
-}
-
-/// The outputs of one image.
-struct Outputs {
-    map: PathBuf,
-    overlay: PathBuf,
-    record: PathBuf,
-}
-
-impl Outputs {
-    fn of(out: &Path, image: &InputImage) -> Self {
-        let with_suffix = |suffix: &str| {
-            let mut name = image.output_stem.as_os_str().to_owned();
-            name.push(suffix);
-            out.join(name)
-        };
-        Self {
-            map: with_suffix(".tiff"),
-            overlay: with_suffix("_overlay.png"),
-            record: with_suffix(".json"),
-        }
-    }
-
-    fn all(&self) -> [&Path; 3] {
-        [&self.map, &self.overlay, &self.record]
-    }
-}
-
-/// What a record says about the image: ALFA's whole detection (scores, prompts,
-/// descriptors, few-shot), or a baseline's image score.
-#[derive(Serialize)]
-#[serde(untagged)]
-enum Findings<'a> {
-    Alfa(&'a Detection),
-    Baseline { image_score: f32 },
-}
-
-/// One image's result, whichever method made it.
-struct Outcome {
-    image_score: f32,
-    map: Grid,
-    detection: Option<Detection>,
-}
-
-impl Outcome {
-    fn findings(&self) -> Findings<'_> {
-        match &self.detection {
-            Some(detection) => Findings::Alfa(detection),
-            None => Findings::Baseline { image_score: self.image_score },
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct Record<'a> {
-    file: String,
-    method: MethodKind,
-    class: &'a str,
-    map: String,
-    overlay: String,
-    /// The prompt-set file used, or `shipped` for the built-in set.
-    prompt_set: String,
-    /// The class has no prompt set of its own; the generic set was used.
-    generic_fallback: bool,
-    model: &'a str,
-    /// The image tower's number format.
-    precision: Precision,
-    settings: &'a DetectSettings,
-    #[serde(flatten)]
-    findings: Findings<'a>,
-}
-
-/// The method that analyses the images, with what it has prepared per class.
-enum Analyser {
-    Alfa {
-        detector: Detector,
-        prompt_sets: HashMap<String, (ClassPrompts, Option<ReferenceBank>)>,
-    },
-    Baseline {
-        method: Box<dyn Method>,
-        /// The class `method` is prepared for.
-        prepared: Option<String>,
-    },
-}
-
-pub fn run(args: DetectArgs) -> Result<()> {
-    let few_shot_method = matches!(args.method, MethodKind::Alfa | MethodKind::Winclip);
-    if !few_shot_method && (args.refs.is_some() || args.shots.is_some()) {
-        bail!("--method {} is zero-shot only: it takes no reference images (drop --refs / --shots)", args.method.name());
-    }
-    let options = BaselineOptions::for_method(args.method, args.anovl_views)?;
-    let images = inputs::collect(&args.inputs)?;
-    let classes: Vec<String> = images
-        .iter()
-        .map(|image| {
-            args.class.clone().or_else(|| image.class.clone()).with_context(|| {
-                format!(
-                    "no class for {}: pass --class NAME (the images are not in an MVTec AD layout that names it)",
-                    image.path.display()
-                )
-            })
-        })
-        .collect::<Result<_>>()?;
-    prepare_output_folder(&args.out)?;
-    let outputs: Vec<Outputs> = images.iter().map(|i| Outputs::of(&args.out, i)).collect();
-    if !args.force {
-        let existing: Vec<&Path> = outputs.iter().flat_map(|o| o.all()).filter(|p| p.exists()).collect();
-        if let Some(first) = existing.first() {
-            bail!(
-                "{} output file(s) already exist in {}, e.g. {}: pass --force to overwrite them, or choose another --out",
-                existing.len(),
-                args.out.display(),
-                first.display()
-            );
-        }
-    }
-    let settings = DetectSettings {
-        scales: args.scales.clone(),
-        window_mode: args.window_mode,
-        sigma: args.sigma,
-        ..Default::default()
+    let mut spec = BatchSpec {
+        method: args.method.unwrap_or(MethodKind::Alfa),
+        class: args.class.clone(),
+        sources: ClassSources {
+            prompts_file: args.prompts.clone(),
+            recipes: recipes.clone(),
+            references: args.refs.clone(),
+            shots: args.shots,
+            seed: args.seed.unwrap_or(0),
+            zero_shot: args.zero_shot,
+        },
+        settings: DetectSettings::default(),
+        out: args.out.clone(),
+        overlay_range: args.overlay_range,
+        colormap: args.colormap,
+        decisions: BTreeMap::new(),
+        existing: match (args.force, args.resume) {
+            (true, _) => Existing::Overwrite,
+            (_, true) => Existing::Resume,
+            _ => Existing::Refuse,
+        },
+        shard: args.shard,
     };
+    let plan = Plan::new(&args.inputs, &spec)?;
+    // The classes' recipes (a malformed one is named with its line): the method and
+    // settings not given come from them, and so do the thresholds.
+    let mut classes: Vec<&str> = plan.images.iter().map(|i| i.class.as_str()).collect();
+    classes.sort();
+    classes.dedup();
+    let mut class_recipes = BTreeMap::new();
+    for class in &classes {
+        crate::recipe::check_class_name(class).map_err(anyhow::Error::msg)?;
+        if let Some(recipe) = recipes.read(class)? {
+            class_recipes.insert(class.to_string(), recipe);
+        }
+    }
+    let from_recipes = shared_method(&class_recipes);
+    if let Some((class, method)) = &from_recipes
+        && (args.method.is_none() || args.scales.is_none() || args.window_mode.is_none() || args.sigma.is_none())
+    {
+        eprintln!("method and settings not given here are the recipe's of `{class}` ({})", recipes.recipe_file(class).display());
+        spec.method = args.method.unwrap_or(method.name);
+        spec.settings = method.settings();
+        if args.shots.is_none() && spec.method == method.name {
+            spec.sources.shots = method.shots;
+            spec.sources.seed = method.seed.unwrap_or(0);
+        }
+    }
+    if let Some(scales) = &args.scales {
+        spec.settings.scales = scales.clone();
+    }
+    if let Some(mode) = args.window_mode {
+        spec.settings.window_mode = mode;
+    }
+    if let Some(sigma) = args.sigma {
+        spec.settings.sigma = sigma;
+    }
+    let few_shot_method = matches!(spec.method, MethodKind::Alfa | MethodKind::Winclip);
+    if !few_shot_method && (args.refs.is_some() || args.shots.is_some()) {
+        bail!("--method {} is zero-shot only: it takes no reference images (drop --refs / --shots)", spec.method.name());
+    }
+    let anovl_views = args.anovl_views.or_else(|| from_recipes.as_ref().and_then(|(_, m)| m.anovl_views).filter(|_| args.method.is_none()));
+    let options = BaselineOptions::for_method(spec.method, anovl_views)?;
     // What can be checked without the model, before it is loaded; the scales against
     // its patch grid right after.
-    settings.validate(usize::MAX)?;
+    spec.settings.validate(usize::MAX)?;
+    if args.resume && plan.finished() > 0 {
+        eprintln!("resuming: {} of {} image(s) finished by an earlier run", plan.finished(), plan.images.len());
+    }
 
-    let files = args.model.request().resolve()?;
+    let files = model_request(&args.model).resolve()?;
     let identity = files.identity();
+    plan.check_resumable(spec.method, &identity, &spec.settings)?;
+    let id = args.model.model.clone().unwrap_or_else(|| clip::DEFAULT_MODEL.to_owned());
+    let needs_stamp = !class_recipes.is_empty();
+    let stamp = if needs_stamp { Some(ModelStamp::of(&files, &id, args.model.precision, default_cache_dir().as_deref())?) } else { None };
+    spec.decisions = decisions(&classes, &class_recipes, &recipes, stamp.as_ref(), &spec, &args)?;
     let clip = Clip::load(&files, &clip::device(args.model.cpu)?, args.model.precision)?;
-    settings.validate(clip.model.vision.grid())?;
     let detector = Detector::new(clip, &identity, default_cache_dir().as_deref());
-    let mut analyser = match args.method {
-        MethodKind::Alfa => Analyser::Alfa { detector, prompt_sets: HashMap::new() },
-        kind => Analyser::Baseline { method: build_method_with(kind, detector, settings.clone(), options)?, prepared: None },
-    };
+    let analyser = batch::Analyser::new(spec.method, options, detector, spec.settings.clone(), spec.sources.clone())?;
+    let mut runner = Runner { analyser, spec: &spec, model: identity, precision: args.model.precision };
 
-    let mut resolved_sets: HashMap<String, ResolvedPrompts> = HashMap::new();
-    let recipes = args.recipes.locate()?;
-    let store = PromptStore::in_recipes(&recipes);
-    let bar = progress_bar(images.len());
-    let mut scores = BTreeMap::new();
-    let mut failures = 0;
-    for ((image, class), outputs) in images.iter().zip(&classes).zip(&outputs) {
-        bar.set_message(progress_label(&image.path));
-        if !resolved_sets.contains_key(class) {
-            let resolved = match &args.prompts {
-                Some(file) => PromptStore::from_file(file)?,
-                None => store.resolve(class)?,
-            };
-            if resolved.generic_fallback && args.method == MethodKind::Alfa {
-                bar.suspend(|| {
-                    eprintln!(
-                        "note: no prompt set for class `{class}`: using the generic set \
-                         (add {} to give it its own)",
-                        recipes.prompts_file(class).display()
-                    )
-                });
-            }
-            resolved_sets.insert(class.clone(), resolved);
-        }
-        let resolved = &resolved_sets[class];
-        prepare(&mut analyser, resolved, class, &args, &recipes, &settings, &bar)?;
-        let result = (|| -> Result<f32> {
-            let decoded = clip::open_image(&image.path)?;
-            let outcome = analyse(&mut analyser, &decoded, class, &settings)?;
-            write_image_outputs(image, &decoded, &outcome, &args, outputs)?;
-            let record = Record {
-                file: image.path.display().to_string(),
-                method: args.method,
-                class,
-                map: outputs.map.display().to_string(),
-                overlay: outputs.overlay.display().to_string(),
-                prompt_set: resolved.path.as_ref().map_or("shipped".into(), |p| p.display().to_string()),
-                generic_fallback: resolved.generic_fallback,
-                model: &identity,
-                precision: args.model.precision,
-                settings: &settings,
-                findings: outcome.findings(),
-            };
-            let json = serde_json::to_string(&record)?;
-            export::write_atomic(&outputs.record, json.as_bytes())?;
-            if args.json {
-                bar.suspend(|| -> Result<()> {
-                    let mut stdout = std::io::stdout().lock();
-                    writeln!(stdout, "{json}").context("cannot write to stdout")
-                })?;
-            }
-            Ok(outcome.image_score)
-        })();
-        match result {
-            Ok(score) => {
-                let relative = outputs.map.strip_prefix(&args.out).unwrap_or(&outputs.map);
-                scores.insert(relative.display().to_string(), score);
-            }
-            Err(e) => {
-                failures += 1;
-                bar.suspend(|| eprintln!("error: {}: {e:#}", image.path.display()));
-            }
-        }
-        bar.inc(1);
+    let stop = stop_on_interrupt()?;
+    let observer = Terminal::new(plan.images.len() - plan.finished(), args.json);
+    let result = runner.run(&plan, &observer, &stop)?;
+    observer.bar.finish_and_clear();
+    eprintln!("{}", result.summary.line(!spec.decisions.is_empty()));
+    if result.summary.failed > 0 {
+        eprintln!("{} image(s) failed (reasons above); the others were written to {}", result.summary.failed, args.out.display());
     }
-    bar.finish_and_clear();
-    if !scores.is_empty() {
-        merge_scores(&args.out.join("scores.csv"), scores)?;
-    }
-    if failures > 0 {
-        bail!("{failures} of {} image(s) failed (reasons above); the others were written to {}", images.len(), args.out.display());
-    }
-    Ok(())
+    Ok(result.summary.status())
 }
 
-/// Creates `out` and checks that files can be written in it, so that a wrong `--out`
-/// is refused before the model is downloaded and loaded, not after every image failed.
-fn prepare_output_folder(out: &Path) -> Result<()> {
-    if out.exists() && !out.is_dir() {
-        bail!("--out {} is a file, not a folder: pass a folder (it is created if needed)", out.display());
-    }
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create the output folder --out {}", out.display()))?;
-    tempfile::NamedTempFile::new_in(out).with_context(|| format!("cannot write into the output folder --out {}", out.display()))?;
-    Ok(())
+/// The method and settings of the run's classes' recipes, when they all have the same
+/// (with the first class that has them, for the message).
+fn shared_method(recipes: &BTreeMap<String, Recipe>) -> Option<(String, MethodRecipe)> {
+    let mut methods = recipes.iter().filter_map(|(class, r)| r.method.clone().map(|m| (class.clone(), m)));
+    let first = methods.next()?;
+    methods.all(|(_, m)| m == first.1).then_some(first)
 }
 
-/// The class's few-shot bank, or `None` (zero-shot), saying which on stderr.
-fn reference_bank(
-    detector: &Detector,
-    args: &DetectArgs,
+/// Each class's OK/NG decision: `--threshold` (and `--region-threshold`) for all of
+/// them, else the class recipe's thresholds when it was made with this model, method
+/// and settings (another's are refused unless `--force`).
+fn decisions(
+    classes: &[&str],
+    class_recipes: &BTreeMap<String, Recipe>,
     recipes: &Recipes,
-    class: &str,
-    settings: &DetectSettings,
-) -> Result<Option<ReferenceBank>> {
-    if args.zero_shot {
-        return Ok(None);
+    stamp: Option<&ModelStamp>,
+    spec: &BatchSpec,
+    args: &DetectArgs,
+) -> Result<BTreeMap<String, Decision>> {
+    let mut decisions = BTreeMap::new();
+    for class in classes {
+        let Some(recipe) = class_recipes.get(*class) else {
+            if let Some(image) = args.threshold {
+                decisions.insert(class.to_string(), Decision { image, region: args.region_threshold, how: "--threshold on the command line".into() });
+            }
+            continue;
+        };
+        let stamp = stamp.expect("computed where a class has a recipe");
+        let path = recipes.recipe_file(class);
+        let applied = thresholds_for_run(Some(recipe), &path, stamp, spec.method, &spec.settings, args.threshold, args.force)?;
+        if let Some(warning) = &applied.warning {
+            eprintln!("warning: {warning}");
+        }
+        let how = match (&recipe.thresholds.image, args.threshold) {
+            (_, Some(_)) => "--threshold on the command line".to_owned(),
+            (Some(record), None) => format!("{}: {}", applied.source, record.describe()),
+            (None, None) => applied.source.clone(),
+        };
+        let region = args.region_threshold.filter(|_| args.threshold.is_some()).or(applied.region);
+        match applied.image {
+            Some(image) => {
+                decisions.insert(class.to_string(), Decision { image, region, how });
+            }
+            None if applied.region.is_some() => {
+                eprintln!("note: the recipe of `{class}` has a region threshold but no OK/NG threshold: no verdicts for it");
+            }
+            None => {}
+        }
     }
-    let dir = args.refs.clone().unwrap_or_else(|| recipes.refs_dir(class));
-    let mut files = list_references(&dir)?;
-    if args.refs.is_some() && files.is_empty() {
-        bail!("no reference images in {}", dir.display());
+    Ok(decisions)
+}
+
+/// A flag set by Ctrl-C or SIGTERM (a scheduler stopping the job); a second one while
+/// the batch stops ends the process at once.
+fn stop_on_interrupt() -> Result<Arc<AtomicBool>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        // Registered first, so it sees the flag as the previous signal left it.
+        signal_hook::flag::register_conditional_shutdown(signal, 130, stop.clone())
+            .and_then(|_| signal_hook::flag::register(signal, stop.clone()))
+            .context("cannot install the Ctrl-C handler")?;
     }
-    if let Some(shots) = args.shots {
-        files = draw(&files, shots, args.seed);
-    }
-    if files.is_empty() {
-        eprintln!(
-            "zero-shot for `{class}`: no reference images (add normal images with `alfa refs add --class {class} IMAGE...`)"
+    Ok(stop)
+}
+
+/// Progress on the terminal: a bar over the images (and one over a class's reference
+/// images while its bank is built), notes above them, records on stdout.
+struct Terminal {
+    bars: MultiProgress,
+    bar: ProgressBar,
+    references: RefCell<Option<ProgressBar>>,
+    json: bool,
+}
+
+impl Terminal {
+    fn new(images: usize, json: bool) -> Self {
+        let bars = MultiProgress::new();
+        let bar = if images < 2 { ProgressBar::hidden() } else { bars.add(ProgressBar::new(images as u64)) };
+        bar.set_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} images ({eta} left) {wide_msg}").expect("the template is valid"),
         );
-        return Ok(None);
-    }
-    let bar = ProgressBar::new(files.len() as u64);
-    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} reference images").expect("the template is valid"));
-    let build = detector.build_reference_bank(&files, settings, |done, _| bar.set_position(done as u64))?;
-    bar.finish_and_clear();
-    for (file, reason) in &build.skipped {
-        eprintln!("warning: skipped reference {}: {reason}", file.display());
-    }
-    match build.bank {
-        Some(bank) => {
-            eprintln!("few-shot for `{class}`: {} reference image(s) from {}", bank.files.len(), dir.display());
-            Ok(Some(bank))
-        }
-        None => {
-            eprintln!("zero-shot for `{class}`: none of the reference images in {} could be read", dir.display());
-            Ok(None)
-        }
+        Self { bars, bar, references: RefCell::new(None), json }
     }
 }
 
-/// Prepares `analyser` for `class` when it is not yet: ALFA encodes the class's
-/// prompts and builds its bank once per class; a baseline is prepared again when the
-/// class changes (its own prompts; WinCLIP+ with the references).
-fn prepare(
-    analyser: &mut Analyser,
-    resolved: &ResolvedPrompts,
-    class: &str,
-    args: &DetectArgs,
-    recipes: &Recipes,
-    settings: &DetectSettings,
-    bar: &ProgressBar,
-) -> Result<()> {
-    match analyser {
-        Analyser::Alfa { detector, prompt_sets } => {
-            if !prompt_sets.contains_key(class) {
-                let encoded = detector.encode_class(resolved.set.expand())?;
-                let bank = bar.suspend(|| reference_bank(detector, args, recipes, class, settings))?;
-                prompt_sets.insert(class.to_owned(), (encoded, bank));
-            }
-        }
-        Analyser::Baseline { method, prepared } => {
-            if prepared.as_deref() != Some(class) {
-                let spec = ClassSpec { id: class.to_owned(), name: resolved.set.class.name.clone(), prompts: resolved.set.expand() };
-                let references = bar.suspend(|| baseline_references(method.kind(), args, recipes, class))?;
-                method.prepare(&spec, &references)?;
-                *prepared = Some(class.to_owned());
-            }
-        }
+impl Observer for Terminal {
+    fn message(&self, text: &str) {
+        self.bars.suspend(|| eprintln!("{text}"));
     }
-    Ok(())
-}
 
-/// WinCLIP+'s reference images (decoded), or none; zero-shot baselines say that the
-/// class's references are not used.
-fn baseline_references(kind: MethodKind, args: &DetectArgs, recipes: &Recipes, class: &str) -> Result<Vec<image::DynamicImage>> {
-    if args.zero_shot {
-        return Ok(Vec::new());
-    }
-    let dir = args.refs.clone().unwrap_or_else(|| recipes.refs_dir(class));
-    let mut files = list_references(&dir)?;
-    if kind != MethodKind::Winclip {
-        if !files.is_empty() {
-            eprintln!("note: --method {} is zero-shot only: the {} reference image(s) of `{class}` are not used", kind.name(), files.len());
-        }
-        return Ok(Vec::new());
-    }
-    if args.refs.is_some() && files.is_empty() {
-        bail!("no reference images in {}", dir.display());
-    }
-    if let Some(shots) = args.shots {
-        files = draw(&files, shots, args.seed);
-    }
-    let mut images = Vec::with_capacity(files.len());
-    for file in &files {
-        match clip::open_image(file) {
-            Ok(image) => images.push(image),
-            Err(e) => eprintln!("warning: skipped reference {}: {e}", file.display()),
+    fn references(&self, done: usize, total: usize) {
+        let mut slot = self.references.borrow_mut();
+        let bar = slot.get_or_insert_with(|| {
+            let bar = self.bars.add(ProgressBar::new(total as u64));
+            bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} reference images").expect("the template is valid"));
+            bar
+        });
+        bar.set_position(done as u64);
+        if done >= total {
+            bar.finish_and_clear();
+            self.bars.remove(bar);
+            *slot = None;
         }
     }
-    if images.is_empty() {
-        eprintln!("zero-shot for `{class}`: no reference images");
-    } else {
-        eprintln!("few-shot (WinCLIP+) for `{class}`: {} reference image(s) from {}", images.len(), dir.display());
-    }
-    Ok(images)
-}
 
-/// One image through the prepared method.
-fn analyse(analyser: &mut Analyser, decoded: &image::DynamicImage, class: &str, settings: &DetectSettings) -> Result<Outcome> {
-    Ok(match analyser {
-        Analyser::Alfa { detector, prompt_sets } => {
-            let (class_prompts, bank) = &prompt_sets[class];
-            let mut detection = detector.detect_with_references(decoded, class_prompts, bank.as_ref(), settings)?;
-            let map = std::mem::replace(&mut detection.map, Grid::new(0, 0, Vec::new()));
-            Outcome { image_score: detection.image_score, map, detection: Some(detection) }
-        }
-        Analyser::Baseline { method, .. } => {
-            let scored = method.score(decoded)?;
-            Outcome { image_score: scored.image_score, map: scored.map, detection: None }
-        }
-    })
-}
-
-/// The map as float32 TIFF and the overlay, whose caption names the image and score.
-fn write_image_outputs(
-    image: &InputImage,
-    decoded: &image::DynamicImage,
-    outcome: &Outcome,
-    args: &DetectArgs,
-    outputs: &Outputs,
-) -> Result<()> {
-    let map = &outcome.map;
-    export::write_map_tiff(&outputs.map, map)?;
-    let range = match args.overlay_range {
-        OverlayRange::Fixed(lo, hi) => (lo, hi),
-        OverlayRange::PerImage => {
-            let lo = map.values.iter().copied().fold(f32::INFINITY, f32::min);
-            (lo, map.max().max(lo + f32::EPSILON))
-        }
-    };
-    // An overlay seen on its own still says which image, method and score it shows.
-    let style = OverlayStyle {
-        range,
-        colormap: args.colormap,
-        caption: vec![
-            image.output_stem.display().to_string(),
-            format!("{} image score {:.3}", args.method.name(), outcome.image_score),
-        ],
-        ..Default::default()
-    };
-    export::write_png(&outputs.overlay, &export::render_overlay(decoded, map, &style)?)?;
-    Ok(())
-}
-
-fn progress_bar(len: usize) -> ProgressBar {
-    if len < 2 {
-        return ProgressBar::hidden();
+    fn image_started(&self, image: &InputImage) {
+        self.bar.set_message(progress_label(&image.path));
     }
-    let bar = ProgressBar::new(len as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} images ({eta} left) {wide_msg}")
-            .expect("the template is valid"),
-    );
-    bar
-}
 
-/// `scores.csv` (`path,score`, paths relative to the output folder, as `alfa eval
-/// --maps` reads them): this run's rows replace rows for the same maps, others stay.
-fn merge_scores(path: &Path, new: BTreeMap<String, f32>) -> Result<()> {
-    let mut rows: BTreeMap<String, String> = BTreeMap::new();
-    if let Ok(text) = std::fs::read_to_string(path) {
-        for line in text.lines().skip(1) {
-            if let Some((p, s)) = line.rsplit_once(',') {
-                rows.insert(p.to_owned(), s.to_owned());
-            }
+    fn image_finished(&self, image: &InputImage, result: &Result<String, String>) {
+        match result {
+            Ok(json) if self.json => self.bars.suspend(|| {
+                let mut stdout = std::io::stdout().lock();
+                // A closed pipe (`| head`) is not worth failing the run for.
+                let _ = writeln!(stdout, "{json}");
+            }),
+            Ok(_) => {}
+            Err(e) => self.bars.suspend(|| eprintln!("error: {}: {e}", image.path.display())),
         }
+        self.bar.inc(1);
     }
-    rows.extend(new.into_iter().map(|(p, s)| (p, s.to_string())));
-    let mut csv = String::from("path,score\n");
-    for (p, s) in rows {
-        csv.push_str(&format!("{p},{s}\n"));
-    }
-    export::write_atomic(path, csv.as_bytes())?;
-    Ok(())
 }

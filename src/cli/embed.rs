@@ -41,7 +41,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         .iter()
         .map(|p| clip::open_image(p))
         .collect::<Result<Vec<_>, _>>()?;
-    let clip = args.model.load()?;
+    let clip = super::load_model(&args.model)?;
     let mut images = Vec::with_capacity(decoded.len());
     for (paths, batch) in args.images.chunks(EMBED_BATCH).zip(decoded.chunks(EMBED_BATCH)) {
         let rows = clip.encode_images(batch)?.to_vec2::<f32>()?;

@@ -7,7 +7,8 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::{ModelArgs, progress_label};
+use super::progress_label;
+use crate::options::ModelArgs;
 use crate::clip::{self, Clip};
 use crate::detect::baselines::{BaselineOptions, ImageViews, build_method_with};
 use crate::detect::references::draw;
@@ -119,7 +120,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         if args.shots > 0 && !matches!(args.method, MethodKind::Alfa | MethodKind::Winclip) {
             bail!("--shots works with --method alfa or winclip; {:?} is zero-shot only", args.method);
         }
-        let files = args.model.request().resolve()?;
+        let files = super::model_request(&args.model).resolve()?;
         let identity = files.identity();
         let clip = Clip::load(&files, &clip::device(args.model.cpu)?, args.model.precision)?;
         settings.validate(clip.model.vision.grid())?;

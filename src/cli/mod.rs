@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::bench;
 use crate::clip::{self, Clip, DownloadObserver, ModelRequest, Precision};
+use crate::options::{GuiArgs, ModelArgs};
 
 mod detect;
 mod embed;
@@ -37,39 +38,6 @@ pub struct Cli {
     pub gui: GuiArgs,
 }
 
-#[derive(Args, Debug, Default, Clone)]
-pub struct GuiArgs {
-    #[command(flatten)]
-    pub model: ModelArgs,
-    /// Object class of the images (e.g. bottle, metal_nut, pcb1).
-    #[arg(long)]
-    pub class: Option<String>,
-    /// Images or folders to open.
-    pub paths: Vec<PathBuf>,
-}
-
-#[derive(Args, Debug, Default, Clone)]
-pub struct ModelArgs {
-    /// Model: a folder, a weights file, or a Hugging Face repo id
-    /// [default: timm/vit_base_patch16_plus_240.laion400m_e32].
-    #[arg(long, value_name = "M")]
-    pub model: Option<String>,
-    /// Architecture of a weights file that has no open_clip_config.json beside it
-    /// (ViT-B-32, ViT-B-16, ViT-B-16-plus-240, ViT-L-14, ViT-L-14-336, ...-quickgelu).
-    #[arg(long, value_name = "NAME")]
-    pub arch: Option<String>,
-    /// tokenizer.json to use instead of the model's (CLIP's BPE).
-    #[arg(long, value_name = "FILE")]
-    pub tokenizer: Option<PathBuf>,
-    /// Run on the CPU even when built with CUDA or Metal.
-    #[arg(long)]
-    pub cpu: bool,
-    /// Number format of the image tower: f32 computes what OpenCLIP computes; bf16
-    /// (CPUs with AVX512-BF16) detects about 1.5x as fast, with slightly different maps.
-    #[arg(long, value_enum, default_value_t = Precision::F32, value_name = "P")]
-    pub precision: Precision,
-}
-
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Print L2-normalised CLIP embeddings of images and texts as JSON.
@@ -82,8 +50,14 @@ pub enum Command {
     ///
     /// For each image: OUT/<stem>.tiff (float32 map at the image's size), OUT/<stem>_overlay.png
     /// (heatmap with a colour legend) and OUT/<stem>.json (scores, kept and dropped prompts,
-    /// descriptors, stage times); OUT/scores.csv lists the image scores. Exits non-zero
-    /// when any image failed; the others are still written.
+    /// descriptors, stage times); OUT/scores.csv lists the image scores and verdicts,
+    /// OUT/summary.json the counts. With a threshold (--threshold), each image is OK or NG.
+    /// A failed image is named and the others still written.
+    ///
+    /// Exit codes: 0 every image analysed and none NG; 3 some NG; 4 some images failed
+    /// (none of the others NG); 5 some failed and some NG; 130 stopped by Ctrl-C or
+    /// SIGTERM (what was done is written; --resume continues); 1 the run could not
+    /// start or broke off (the message says why); 2 a usage error.
     Detect(detect::DetectArgs),
     /// Evaluate a method (ALFA or a baseline), or saved maps, on MVTec AD, VisA or a folder
     /// dataset: image AUROC / AUPR / F1-max and pixel AUROC / PRO / F1-max per class and mean.
@@ -156,18 +130,20 @@ pub struct BenchArgs {
     pub precision: Precision,
 }
 
-pub fn run(cli: Cli) -> Result<()> {
+/// Runs the command; returns the process's exit code (see `alfa detect --help`).
+pub fn run(cli: Cli) -> Result<u8> {
+    let done = |result: Result<()>| result.map(|()| 0);
     match cli.command {
-        None => crate::app::run(cli.gui),
-        Some(Command::Embed(args)) => embed::run(args),
-        Some(Command::Detect(args)) => detect::run(args),
-        Some(Command::Refs(args)) => refs::run(args),
-        Some(Command::Recipe(args)) => recipe::run(args),
-        Some(Command::Threshold(args)) => threshold::run(args),
-        Some(Command::Eval(args)) => eval::run(args),
-        Some(Command::Bench(args)) => run_bench(args),
-        Some(Command::Screenshot(args)) => crate::app::screenshot(args.gui, args.out),
-        Some(Command::Prompts(args)) => prompts::run(args),
+        None => done(crate::app::run(cli.gui)),
+        Some(Command::Embed(args)) => done(embed::run(args)),
+        Some(Command::Detect(args)) => detect::run(args).map(|status| status.exit_code()),
+        Some(Command::Refs(args)) => done(refs::run(args)),
+        Some(Command::Recipe(args)) => done(recipe::run(args)),
+        Some(Command::Threshold(args)) => done(threshold::run(args)),
+        Some(Command::Eval(args)) => done(eval::run(args)),
+        Some(Command::Bench(args)) => done(run_bench(args)),
+        Some(Command::Screenshot(args)) => done(crate::app::screenshot(args.gui, args.out)),
+        Some(Command::Prompts(args)) => done(prompts::run(args)),
     }
 }
 
@@ -198,27 +174,21 @@ impl DownloadObserver for DownloadBar {
     }
 }
 
-impl ModelArgs {
-    pub fn request(&self) -> ModelRequest {
-        let bar = ProgressBar::hidden();
-        bar.set_style(
-            ProgressStyle::with_template("{msg} {bar:40} {bytes}/{total_bytes} ({eta})")
-                .expect("the template is valid"),
-        );
-        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-        ModelRequest {
-            model: self.model.clone(),
-            arch: self.arch.clone(),
-            tokenizer: self.tokenizer.clone(),
-            observer: Some(Arc::new(DownloadBar { bar })),
-        }
-    }
+/// `model`'s request, with a terminal progress bar for downloads.
+pub(crate) fn model_request(model: &ModelArgs) -> ModelRequest {
+    let bar = ProgressBar::hidden();
+    bar.set_style(
+        ProgressStyle::with_template("{msg} {bar:40} {bytes}/{total_bytes} ({eta})").expect("the template is valid"),
+    );
+    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    model.request(Some(Arc::new(DownloadBar { bar })))
+}
 
-    pub fn load(&self) -> Result<Clip> {
-        let files = self.request().resolve()?;
-        let device = clip::device(self.cpu)?;
-        Ok(Clip::load(&files, &device, self.precision)?)
-    }
+/// Resolves (downloading if needed) and loads `model` on its device.
+pub(crate) fn load_model(model: &ModelArgs) -> Result<Clip> {
+    let files = model_request(model).resolve()?;
+    let device = clip::device(model.cpu)?;
+    Ok(Clip::load(&files, &device, model.precision)?)
 }
 
 fn run_bench(args: BenchArgs) -> Result<()> {
@@ -226,7 +196,7 @@ fn run_bench(args: BenchArgs) -> Result<()> {
     if args.engine {
         let tokenizer = match args.tokenizer {
             Some(t) => t,
-            None => clip::source::default_tokenizer(ModelArgs::default().request().observer)?,
+            None => clip::source::default_tokenizer(model_request(&ModelArgs::default()).observer)?,
         };
         let report =
             bench::engine(&args.arch, &tokenizer, args.image_size, args.repeats.max(1), args.pixels, args.precision, log)?;

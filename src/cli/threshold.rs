@@ -7,14 +7,14 @@ use anyhow::{Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::ModelArgs;
+use crate::options::ModelArgs;
 use super::recipe::{RecipesArg, ensure_writable};
 use crate::clip::{self, Clip};
-use crate::detect::references::{draw, list_references};
 use crate::detect::text_cache::default_cache_dir;
 use crate::detect::threshold::{describe_sources, fit_thresholds};
+use crate::batch::{Analyser, ClassSources, Observer};
+use crate::detect::baselines::BaselineOptions;
 use crate::detect::{DetectSettings, Detector, MethodKind, WindowMode};
-use crate::prompts::PromptStore;
 use crate::recipe::{MethodRecipe, ModelStamp, Recipe, ThresholdRecord};
 
 #[derive(Args, Debug)]
@@ -104,7 +104,7 @@ pub fn run(args: ThresholdArgs) -> Result<()> {
         );
     }
 
-    let files = args.model.request().resolve()?;
+    let files = super::model_request(&args.model).resolve()?;
     let id = args.model.model.clone().unwrap_or_else(|| clip::DEFAULT_MODEL.to_owned());
     let stamp = ModelStamp::of(&files, &id, args.model.precision, default_cache_dir().as_deref())?;
     // Thresholds of another model or method do not hold for this one: the recipe is
@@ -130,35 +130,22 @@ pub fn run(args: ThresholdArgs) -> Result<()> {
 
     let good: Vec<PathBuf> = super::refs::image_files(&args.good)?;
     let clip = Clip::load(&files, &clip::device(args.model.cpu)?, args.model.precision)?;
-    settings.validate(clip.model.vision.grid())?;
-    let mut detector = Detector::new(clip, &files.identity(), default_cache_dir().as_deref());
-    let prompts = PromptStore::in_recipes(&recipes).resolve(class)?;
-    if prompts.generic_fallback {
-        eprintln!("note: no prompt set for class `{class}`: using the generic set");
-    }
-    let encoded = detector.encode_class(prompts.set.expand())?;
-    let mut references = list_references(&recipes.refs_dir(class))?;
-    if let Some(shots) = method_recipe.shots {
-        references = draw(&references, shots, method_recipe.seed.unwrap_or(0));
-    }
-    let build = detector.build_reference_bank(&references, &settings, |_, _| {})?;
-    for (file, reason) in &build.skipped {
-        eprintln!("warning: skipped reference {}: {reason}", file.display());
-    }
-    match &build.bank {
-        Some(bank) => eprintln!("few-shot for `{class}`: {} reference image(s)", bank.files.len()),
-        None => eprintln!("zero-shot for `{class}`: no reference images"),
-    }
+    let detector = Detector::new(clip, &files.identity(), default_cache_dir().as_deref());
+    // The class's prompts and references as `alfa detect` prepares them (the batch's
+    // analyser), then the good images scored by the app's code.
+    let sources = ClassSources {
+        prompts_file: None,
+        recipes: recipes.clone(),
+        references: None,
+        shots: method_recipe.shots,
+        seed: method_recipe.seed.unwrap_or(0),
+        zero_shot: false,
+    };
+    let mut analyser = Analyser::new(method, BaselineOptions::default(), detector, settings.clone(), sources)?;
+    analyser.prepare(class, &Stderr)?;
     let bar = if good.len() < 2 { ProgressBar::hidden() } else { ProgressBar::new(good.len() as u64) };
     bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} good images ({eta} left)").expect("the template is valid"));
-    let scored = detector.score_good_images(
-        &good,
-        &encoded,
-        build.bank.as_ref(),
-        &settings,
-        &mut |done, _| bar.set_position(done as u64),
-        &|| false,
-    )?;
+    let scored = analyser.score_good_images(class, &good, &mut |done, _| bar.set_position(done as u64))?;
     bar.finish_and_clear();
     for (file, reason) in &scored.skipped {
         eprintln!("skipped (cannot be read): {}: {reason}", file.display());
@@ -175,6 +162,15 @@ pub fn run(args: ThresholdArgs) -> Result<()> {
     let path = recipes.write(&recipe)?;
     report(&recipe, &path);
     Ok(())
+}
+
+/// The analyser's notes (few-shot or zero-shot, skipped references) on stderr.
+struct Stderr;
+
+impl Observer for Stderr {
+    fn message(&self, text: &str) {
+        eprintln!("{text}");
+    }
 }
 
 fn report(recipe: &Recipe, path: &Path) {

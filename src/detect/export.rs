@@ -11,6 +11,7 @@ use image::{DynamicImage, GrayImage, ImageFormat, Luma, Rgb, RgbImage};
 
 use super::colormap::Colormap;
 use super::maps::Grid;
+use super::threshold::Verdict;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -83,6 +84,10 @@ pub struct OverlayStyle {
     /// Lines written above the image (name, score, verdict), so an overlay seen on
     /// its own still says what it shows.
     pub caption: Vec<String>,
+    /// The region threshold: where the map crosses it is outlined in white.
+    pub outline: Option<f32>,
+    /// An OK/NG badge in the top-right corner of the caption.
+    pub badge: Option<Verdict>,
 }
 
 impl Default for OverlayStyle {
@@ -92,6 +97,8 @@ impl Default for OverlayStyle {
             opacity: 0.5,
             colormap: Colormap::Turbo,
             caption: Vec::new(),
+            outline: None,
+            badge: None,
         }
     }
 }
@@ -119,13 +126,19 @@ pub fn render_overlay(image: &DynamicImage, map: &Grid, style: &OverlayStyle) ->
     let font_px = (h as f32 / 28.0).clamp(12.0, 48.0);
     let legend_w = (font_px * 5.0).ceil() as u32;
     let line_h = (font_px * 1.4).ceil() as u32;
-    let header = if style.caption.is_empty() { 0 } else { style.caption.len() as u32 * line_h + line_h / 3 };
+    let caption_lines = style.caption.len().max(usize::from(style.badge.is_some())) as u32;
+    let header = if caption_lines == 0 { 0 } else { caption_lines * line_h + line_h / 3 };
     let canvas_h = h.max(MIN_LEGEND_HEIGHT) + header;
     let mut canvas = RgbImage::from_pixel(w + legend_w, canvas_h, Rgb([255, 255, 255]));
     for (x, y, p) in base.enumerate_pixels() {
         let c = style.colormap.rgb8((map.at(x as usize, y as usize) - lo) / span);
         let blend = |i: usize| (f32::from(p[i]) * (1.0 - alpha) + f32::from(c[i]) * alpha).round() as u8;
         canvas.put_pixel(x, y + header, Rgb([blend(0), blend(1), blend(2)]));
+    }
+    if let Some(threshold) = style.outline {
+        for (x, y) in region_boundary(map, threshold) {
+            canvas.put_pixel(x as u32, y as u32 + header, Rgb([255, 255, 255]));
+        }
     }
 
     // Colour bar: top is the high end of the range.
@@ -151,16 +164,48 @@ pub fn render_overlay(image: &DynamicImage, map: &Grid, style: &OverlayStyle) ->
             canvas.put_pixel(x - 3 + dx, (y as u32).min(canvas_h - 1), Rgb([0, 0, 0]));
         }
         let label = format!("{:.2}", lo + t * (hi - lo));
-        draw_text(&mut canvas, &scaled, &label, x as f32 + 2.0, y - font_px / 2.0);
+        draw_text(&mut canvas, &scaled, &label, x as f32 + 2.0, y - font_px / 2.0, BLACK);
     }
     for (i, line) in style.caption.iter().enumerate() {
-        draw_text(&mut canvas, &scaled, line, font_px * 0.4, (i as u32 * line_h) as f32 + font_px * 0.2);
+        draw_text(&mut canvas, &scaled, line, font_px * 0.4, (i as u32 * line_h) as f32 + font_px * 0.2, BLACK);
+    }
+    if let Some(verdict) = style.badge {
+        let fill = match verdict {
+            Verdict::Ok => Rgb([0, 140, 60]),
+            Verdict::Ng => Rgb([200, 30, 30]),
+        };
+        let badge_w = (font_px * 2.6) as u32;
+        let x0 = canvas.width().saturating_sub(badge_w + (font_px * 0.3) as u32);
+        let y0 = (font_px * 0.15) as u32;
+        for y in y0..(y0 + line_h).min(canvas_h) {
+            for x in x0..(x0 + badge_w).min(canvas.width()) {
+                canvas.put_pixel(x, y, fill);
+            }
+        }
+        draw_text(&mut canvas, &scaled, verdict.label(), x0 as f32 + font_px * 0.45, y0 as f32 + font_px * 0.2, WHITE);
     }
     Ok(canvas)
 }
 
-/// Black text with its top-left corner at (x, y), clipped to the canvas.
-fn draw_text<F: Font>(canvas: &mut RgbImage, font: &ab_glyph::PxScaleFont<F>, text: &str, x: f32, y: f32) {
+const BLACK: Rgb<u8> = Rgb([0, 0, 0]);
+const WHITE: Rgb<u8> = Rgb([255, 255, 255]);
+
+/// The pixels of the region at or above `threshold` that touch a pixel below it (or
+/// the image's edge does not count: a region filling the image has no outline there).
+fn region_boundary(map: &Grid, threshold: f32) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let (w, h) = (map.width, map.height);
+    (0..h).flat_map(move |y| (0..w).map(move |x| (x, y))).filter(move |&(x, y)| {
+        let inside = |x: usize, y: usize| map.at(x, y) >= threshold;
+        inside(x, y)
+            && ((x > 0 && !inside(x - 1, y))
+                || (x + 1 < w && !inside(x + 1, y))
+                || (y > 0 && !inside(x, y - 1))
+                || (y + 1 < h && !inside(x, y + 1)))
+    })
+}
+
+/// Text in `colour` with its top-left corner at (x, y), clipped to the canvas.
+fn draw_text<F: Font>(canvas: &mut RgbImage, font: &ab_glyph::PxScaleFont<F>, text: &str, x: f32, y: f32, colour: Rgb<u8>) {
     let mut caret = x;
     for ch in text.chars() {
         let mut glyph = font.scaled_glyph(ch);
@@ -172,8 +217,8 @@ fn draw_text<F: Font>(canvas: &mut RgbImage, font: &ab_glyph::PxScaleFont<F>, te
             let (px, py) = (bounds.min.x as i64 + gx as i64, bounds.min.y as i64 + gy as i64);
             if px >= 0 && py >= 0 && (px as u32) < canvas.width() && (py as u32) < canvas.height() {
                 let p = canvas.get_pixel_mut(px as u32, py as u32);
-                for v in &mut p.0 {
-                    *v = (f32::from(*v) * (1.0 - coverage)).round() as u8;
+                for (v, c) in p.0.iter_mut().zip(colour.0) {
+                    *v = (f32::from(*v) * (1.0 - coverage) + f32::from(c) * coverage).round() as u8;
                 }
             }
         });

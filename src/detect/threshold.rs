@@ -12,6 +12,28 @@ use super::engine::{ClassPrompts, DetectSettings, Detector};
 use super::references::ReferenceBank;
 use crate::clip;
 
+/// An image's decision: NG (not good) at `score >= threshold`, else OK.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Verdict {
+    #[serde(rename = "OK")]
+    Ok,
+    #[serde(rename = "NG")]
+    Ng,
+}
+
+impl Verdict {
+    pub fn of(score: f32, threshold: f32) -> Self {
+        if score >= threshold { Verdict::Ng } else { Verdict::Ok }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Verdict::Ok => "OK",
+            Verdict::Ng => "NG",
+        }
+    }
+}
+
 /// The threshold that keeps the false-positive rate on `good_scores` at or below `fpr`.
 ///
 /// Convention: with `n` good scores and a target rate `f`, at most `k = floor(f * n)`

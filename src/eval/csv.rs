@@ -1,6 +1,6 @@
 //! The two CSV files the evaluation reads: VisA's `split_csv/1cls.csv` and the
-//! `path,score` files `alfa detect` writes. Both are plain tables; double-quoted
-//! fields (with `""` for a quote) are accepted, fields spanning lines are not.
+//! `path,score,verdict` files `alfa detect` writes (with [`field`]). Both are plain
+//! tables; double-quoted fields (with `""` for a quote) are accepted, fields spanning lines are not.
 //! Hand-written because the `csv` crate switches on serde's `default` feature,
 //! which rebuilds every serde user in the tree (candle, wgpu, ...) for two tiny files.
 
@@ -43,6 +43,15 @@ impl Table {
     }
 }
 
+/// `text` as one CSV field: quoted when it holds a comma, a quote or a line break.
+pub fn field(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_owned()
+    }
+}
+
 /// The trimmed fields of one line.
 fn split(line: &str) -> Result<Vec<String>, String> {
     let mut fields = Vec::new();
@@ -74,6 +83,13 @@ fn split(line: &str) -> Result<Vec<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fields_with_commas_are_quoted() {
+        assert_eq!(field("a,b"), "\"a,b\"");
+        assert_eq!(field("say \"x\""), "\"say \"\"x\"\"\"");
+        assert_eq!(field("plain"), "plain");
+    }
 
     #[test]
     fn fields_are_split_trimmed_and_unquoted() {

@@ -2,7 +2,7 @@
 //! `DIR/<class>/test/<defect>/<stem>.tiff`: single-channel float32 TIFFs, as the MVTec AD
 //! evaluation code reads them.
 //!
-//! The image score is the map's maximum unless a `scores.csv` (columns `path,score`) is
+//! The image score is the map's maximum unless a `scores*.csv` (columns `path`, `score`) is
 //! in `DIR/<class>/` or `DIR/`; its paths are relative to the CSV's folder and name the
 //! map with or without its extension (`test/crack/000.tiff`, `bottle/test/crack/000`).
 //! Masks are resized (nearest) to the map size when they differ.
@@ -105,30 +105,35 @@ pub fn evaluate_class(
     })
 }
 
-/// Image scores from `scores.csv` in `maps_dir/<class>/` or `maps_dir/`, keyed by the
-/// map path without extension; empty when there is no such file.
+/// Image scores from the `scores*.csv` files (`alfa detect` writes `scores.csv`, and
+/// `scores-shard-I-of-N.csv` per shard) in `maps_dir/<class>/` or `maps_dir/`, keyed by
+/// the map path without extension; empty when there is no such file.
 fn read_scores_csv(maps_dir: &Path, class: &str) -> Result<HashMap<PathBuf, f32>, EvalError> {
     let mut scores = HashMap::new();
     for dir in [maps_dir.join(class), maps_dir.to_owned()] {
-        let path = dir.join("scores.csv");
-        if !path.is_file() {
-            continue;
-        }
-        let csv_error = |line: usize, reason: String| EvalError::Csv {
-            path: path.clone(),
-            line,
-            reason,
-        };
-        for (line, record) in Table::read(&path)?.rows {
-            let [map, score] = record.as_slice() else {
-                return Err(csv_error(line, "expected two columns: path,score".into()));
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                name.starts_with("scores") && name.ends_with(".csv") && p.is_file()
+            })
+            .collect();
+        files.sort();
+        for path in files {
+            let csv_error = |line: usize, reason: String| EvalError::Csv { path: path.clone(), line, reason };
+            let table = Table::read(&path)?;
+            let (Some(map_column), Some(score_column)) = (table.column("path"), table.column("score")) else {
+                return Err(csv_error(1, "expected the columns path and score".into()));
             };
-            let score: f32 = score
-                .parse()
-                .map_err(|_| csv_error(line, format!("score `{score}` is not a number")))?;
-            scores
-                .entry(without_tiff_extension(dir.join(map)))
-                .or_insert(score);
+            for (line, record) in &table.rows {
+                let (Some(map), Some(score)) = (record.get(map_column), record.get(score_column)) else {
+                    return Err(csv_error(*line, format!("expected {} columns", table.header.len())));
+                };
+                let score: f32 =
+                    score.parse().map_err(|_| csv_error(*line, format!("score `{score}` is not a number")))?;
+                scores.entry(without_tiff_extension(dir.join(map))).or_insert(score);
+            }
         }
     }
     Ok(scores)

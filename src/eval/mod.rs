@@ -2,7 +2,7 @@
 //! (MVTec AD, VisA, a generic folder layout). `alfa eval`, the GUI and the few-shot mode
 //! build on these.
 
-mod csv;
+pub mod csv;
 pub mod dataset;
 pub mod maps;
 pub mod metrics;

@@ -394,19 +394,36 @@ pub struct RunThresholds {
 }
 
 /// What a batch run (`alfa detect`) applies: `by_hand` (`--threshold`) for OK/NG when
-/// given, else the class recipe's thresholds when it was made with `model` and
-/// `method`. A recipe made with another model or method is refused, since its
-/// thresholds may not transfer, unless `by_hand` replaces them or `force` applies
-/// them anyway (with a warning). `path` names the recipe in messages.
+/// given, else the class recipe's thresholds when it was made with `model`, `method`
+/// and `settings`. A recipe made with another model, method or settings is refused,
+/// since its thresholds may not transfer, unless `by_hand` replaces them or `force`
+/// applies them anyway (with a warning). `path` names the recipe in messages.
 pub fn thresholds_for_run(
     recipe: Option<&Recipe>,
     path: &Path,
     model: &ModelStamp,
     method: MethodKind,
+    settings: &DetectSettings,
     by_hand: Option<f32>,
     force: bool,
 ) -> Result<RunThresholds, RecipeError> {
-    let mismatch = recipe.and_then(|r| r.mismatch(model, method));
+    let mismatch = recipe.and_then(|r| {
+        r.mismatch(model, method).or_else(|| {
+            let theirs = r.method.as_ref().map(MethodRecipe::settings).filter(|s| s != settings)?;
+            let scales = |s: &DetectSettings| s.scales.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+            Some(format!(
+                "the thresholds of `{}` were set with other settings (--scales {} --window-mode {:?} --sigma {} and the rest in \
+                 the recipe), not these (--scales {} --window-mode {:?} --sigma {}): they may not transfer",
+                r.class,
+                scales(&theirs),
+                theirs.window_mode,
+                theirs.sigma,
+                scales(settings),
+                settings.window_mode,
+                settings.sigma
+            ))
+        })
+    });
     let source = format!("recipe {}", path.display());
     match (recipe, by_hand, mismatch) {
         (_, Some(value), why) => {
@@ -753,20 +770,26 @@ mod tests {
         let recipe = full("bottle");
         let path = Path::new("r/bottle/recipe.toml");
         let model = recipe.model.clone().unwrap();
-        let same = thresholds_for_run(Some(&recipe), path, &model, MethodKind::Alfa, None, false).unwrap();
+        let settings = DetectSettings::default();
+        let same = thresholds_for_run(Some(&recipe), path, &model, MethodKind::Alfa, &settings, None, false).unwrap();
         assert_eq!((same.image, same.region, same.warning), (Some(0.734), Some(0.412), None));
         let other = ModelStamp { weights_blake3: "cd".repeat(32), ..model };
-        let err = thresholds_for_run(Some(&recipe), path, &other, MethodKind::Alfa, None, false).unwrap_err().to_string();
+        let err = thresholds_for_run(Some(&recipe), path, &other, MethodKind::Alfa, &settings, None, false).unwrap_err().to_string();
         assert!(err.contains("may not transfer") && err.contains("--threshold") && err.contains("--force") && err.contains("r/bottle/recipe.toml"), "{err}");
-        let forced = thresholds_for_run(Some(&recipe), path, &other, MethodKind::Alfa, None, true).unwrap();
+        let forced = thresholds_for_run(Some(&recipe), path, &other, MethodKind::Alfa, &settings, None, true).unwrap();
         assert_eq!(forced.image, Some(0.734));
         assert!(forced.warning.unwrap().contains("--force"));
-        let by_hand = thresholds_for_run(Some(&recipe), path, &other, MethodKind::Alfa, Some(0.6), false).unwrap();
+        let by_hand = thresholds_for_run(Some(&recipe), path, &other, MethodKind::Alfa, &settings, Some(0.6), false).unwrap();
         assert_eq!((by_hand.image, by_hand.region), (Some(0.6), None), "the other model's region threshold is not applied");
         assert!(by_hand.warning.is_some());
         // Another method is another score: refused the same way.
-        assert!(thresholds_for_run(Some(&recipe), path, &recipe.model.clone().unwrap(), MethodKind::Clip, None, false).is_err());
-        assert_eq!(thresholds_for_run(None, path, &other, MethodKind::Alfa, None, false).unwrap().image, None);
+        let same_model = recipe.model.clone().unwrap();
+        assert!(thresholds_for_run(Some(&recipe), path, &same_model, MethodKind::Clip, &settings, None, false).is_err());
+        // Other window scales are other scores too.
+        let scales = DetectSettings { scales: vec![2], ..settings.clone() };
+        let err = thresholds_for_run(Some(&recipe), path, &same_model, MethodKind::Alfa, &scales, None, false).unwrap_err().to_string();
+        assert!(err.contains("--scales 2,3") && err.contains("not these (--scales 2 "), "{err}");
+        assert_eq!(thresholds_for_run(None, path, &other, MethodKind::Alfa, &settings, None, false).unwrap().image, None);
     }
 
     #[test]
