@@ -175,3 +175,52 @@ fn export_and_import_move_a_class_between_recipe_folders() {
     assert!(!again.status.success() && stderr(&again).contains("--force"), "{}", stderr(&again));
     assert!(import(true).status.success());
 }
+
+#[test]
+fn detect_applies_the_recipes_thresholds_and_refuses_another_models() {
+    let env = Env::new();
+    let good = good_folder(env.dir.path(), 4);
+    let fitted = env.threshold(&["--class", "bottle", "--good", good.to_str().unwrap(), "--fpr", "0.25"]);
+    assert!(fitted.status.success(), "{}", stderr(&fitted));
+    let recipe = env.recipes().read("bottle").unwrap().unwrap();
+    let threshold = recipe.thresholds.image.as_ref().unwrap().value;
+    let model = fixtures().join("tiny-gelu");
+    let tokenizer = shared_tokenizer();
+    let image = good.join("00.png");
+    let detect = |out: &str, extra: &[&str]| {
+        let out = env.dir.path().join(out);
+        let mut args = vec!["detect", "--model", model.to_str().unwrap(), "--tokenizer", tokenizer.to_str().unwrap()];
+        args.extend_from_slice(&["--class", "bottle", "--json", "--out", out.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        args.push(image.to_str().unwrap());
+        env.alfa(&args)
+    };
+    // 0: all OK, 3: some NG; both are a run that applied its thresholds.
+    let applied = |out: &Output| matches!(out.status.code(), Some(0 | 3));
+
+    // Made with this model, method and settings: its thresholds decide.
+    let run = detect("same", &[]);
+    assert!(applied(&run), "{}", stderr(&run));
+    let record: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(record["threshold"].as_f64().unwrap() as f32, threshold);
+    assert!(record["verdict"].is_string(), "{record}");
+
+    // Other window scales than the recipe's: refused, the recipe's settings named.
+    let run = detect("scales", &["--scales", "2"]);
+    assert!(!applied(&run) && stderr(&run).contains("--scales 2,3"), "{}", stderr(&run));
+
+    // Made with another model: refused, unless --threshold or --force.
+    let mut other = recipe.clone();
+    other.model.as_mut().unwrap().weights_blake3 = "0".repeat(64);
+    env.recipes().write(&other).unwrap();
+    let run = detect("other", &[]);
+    let err = stderr(&run);
+    assert!(!applied(&run) && err.contains("may not transfer") && err.contains("--threshold") && err.contains("--force"), "{err}");
+    assert!(!env.dir.path().join("other/00.tiff").exists(), "refused before any image");
+    let run = detect("forced", &["--force"]);
+    assert!(applied(&run) && stderr(&run).contains("applied anyway"), "{}", stderr(&run));
+    let run = detect("by-hand", &["--threshold", "0.5"]);
+    assert!(applied(&run), "{}", stderr(&run));
+    let record: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(record["threshold"].as_f64(), Some(0.5));
+}

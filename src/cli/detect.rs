@@ -145,6 +145,11 @@ pub fn run(args: DetectArgs) -> Result<batch::RunStatus> {
         },
         shard: args.shard,
     };
+    // A method given here is checked before the output folder is made; one from a
+    // recipe below.
+    if let Some(method) = args.method {
+        check_method_options(method, &args)?;
+    }
     let plan = Plan::new(&args.inputs, &spec)?;
     // The classes' recipes (a malformed one is named with its line): the method and
     // settings not given come from them, and so do the thresholds.
@@ -179,10 +184,7 @@ pub fn run(args: DetectArgs) -> Result<batch::RunStatus> {
     if let Some(sigma) = args.sigma {
         spec.settings.sigma = sigma;
     }
-    let few_shot_method = matches!(spec.method, MethodKind::Alfa | MethodKind::Winclip);
-    if !few_shot_method && (args.refs.is_some() || args.shots.is_some()) {
-        bail!("--method {} is zero-shot only: it takes no reference images (drop --refs / --shots)", spec.method.name());
-    }
+    check_method_options(spec.method, &args)?;
     let anovl_views = args.anovl_views.or_else(|| from_recipes.as_ref().and_then(|(_, m)| m.anovl_views).filter(|_| args.method.is_none()));
     let options = BaselineOptions::for_method(spec.method, anovl_views)?;
     // What can be checked without the model, before it is loaded; the scales against
@@ -213,6 +215,16 @@ pub fn run(args: DetectArgs) -> Result<batch::RunStatus> {
         eprintln!("{} image(s) failed (reasons above); the others were written to {}", result.summary.failed, args.out.display());
     }
     Ok(result.summary.status())
+}
+
+/// Options that `method` does not take are refused.
+fn check_method_options(method: MethodKind, args: &DetectArgs) -> Result<()> {
+    let few_shot_method = matches!(method, MethodKind::Alfa | MethodKind::Winclip);
+    if !few_shot_method && (args.refs.is_some() || args.shots.is_some()) {
+        bail!("--method {} is zero-shot only: it takes no reference images (drop --refs / --shots)", method.name());
+    }
+    BaselineOptions::for_method(method, args.anovl_views)?;
+    Ok(())
 }
 
 /// The method and settings of the run's classes' recipes, when they all have the same
