@@ -18,7 +18,7 @@ use crate::detect::baselines::BaselineOptions;
 use crate::detect::colormap::Colormap;
 use crate::detect::inputs::InputImage;
 use crate::detect::text_cache::default_cache_dir;
-use crate::detect::{DetectSettings, Detector, MethodKind, WindowMode};
+use crate::detect::{DetectSettings, Detector, MethodKind};
 use crate::options::ModelArgs;
 use crate::recipe::{MethodRecipe, ModelStamp, Recipe, Recipes, thresholds_for_run};
 
@@ -61,18 +61,8 @@ pub struct DetectArgs {
     /// Ignore reference images even when the class has some.
     #[arg(long, conflicts_with_all = ["refs", "shots"])]
     pub zero_shot: bool,
-    /// Window sizes of the fine-grained aligner, in patches [default: the recipe's, else 2,3].
-    #[arg(long, value_delimiter = ',', value_name = "S,...")]
-    pub scales: Option<Vec<usize>>,
-    /// `tokens`: only the window's patch tokens go through the ViT (fast);
-    /// `pixels`: the masked image does, once per window (the paper's, slow)
-    /// [default: the recipe's, else tokens].
-    #[arg(long, value_enum)]
-    pub window_mode: Option<WindowMode>,
-    /// Gaussian smoothing of the map, in pixels of the input image [default: the
-    /// recipe's, else 4].
-    #[arg(long, value_name = "PX")]
-    pub sigma: Option<f32>,
+    #[command(flatten)]
+    pub settings: super::SettingsArgs,
     /// Output folder: <stem>.tiff (float32 map at the image's size), <stem>_overlay.png,
     /// <stem>.json, and scores.csv (image scores). MVTec AD inputs keep the evaluation
     /// layout <class>/test/<defect>/<stem>.tiff.
@@ -165,7 +155,7 @@ pub fn run(args: DetectArgs) -> Result<batch::RunStatus> {
     }
     let from_recipes = shared_method(&class_recipes);
     if let Some((class, method)) = &from_recipes
-        && (args.method.is_none() || args.scales.is_none() || args.window_mode.is_none() || args.sigma.is_none())
+        && (args.method.is_none() || !args.settings.all_given())
     {
         eprintln!("method and settings not given here are the recipe's of `{class}` ({})", recipes.recipe_file(class).display());
         spec.method = args.method.unwrap_or(method.name);
@@ -175,15 +165,7 @@ pub fn run(args: DetectArgs) -> Result<batch::RunStatus> {
             spec.sources.seed = method.seed.unwrap_or(0);
         }
     }
-    if let Some(scales) = &args.scales {
-        spec.settings.scales = scales.clone();
-    }
-    if let Some(mode) = args.window_mode {
-        spec.settings.window_mode = mode;
-    }
-    if let Some(sigma) = args.sigma {
-        spec.settings.sigma = sigma;
-    }
+    args.settings.apply(&mut spec.settings);
     check_method_options(spec.method, &args)?;
     let anovl_views = args.anovl_views.or_else(|| from_recipes.as_ref().and_then(|(_, m)| m.anovl_views).filter(|_| args.method.is_none()));
     let options = BaselineOptions::for_method(spec.method, anovl_views)?;

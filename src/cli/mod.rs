@@ -147,6 +147,44 @@ pub fn run(cli: Cli) -> Result<u8> {
     }
 }
 
+/// The detection settings a command may be given; what is not given comes from the
+/// class's recipe, else the defaults.
+#[derive(Args, Debug, Default, Clone)]
+pub struct SettingsArgs {
+    /// Window sizes of the fine-grained aligner, in patches [default: the recipe's, else 2,3].
+    #[arg(long, value_delimiter = ',', value_name = "S,...")]
+    pub scales: Option<Vec<usize>>,
+    /// `tokens`: only the window's patch tokens go through the ViT (fast);
+    /// `pixels`: the masked image does, once per window (the paper's, slow)
+    /// [default: the recipe's, else tokens].
+    #[arg(long, value_enum)]
+    pub window_mode: Option<crate::detect::WindowMode>,
+    /// Gaussian smoothing of the map, in pixels of the input image [default: the
+    /// recipe's, else 4].
+    #[arg(long, value_name = "PX")]
+    pub sigma: Option<f32>,
+}
+
+impl SettingsArgs {
+    /// Every setting is given: a recipe's would change none.
+    pub fn all_given(&self) -> bool {
+        self.scales.is_some() && self.window_mode.is_some() && self.sigma.is_some()
+    }
+
+    /// `settings` with what is given here in place.
+    pub fn apply(&self, settings: &mut crate::detect::DetectSettings) {
+        if let Some(scales) = &self.scales {
+            settings.scales = scales.clone();
+        }
+        if let Some(mode) = self.window_mode {
+            settings.window_mode = mode;
+        }
+        if let Some(sigma) = self.sigma {
+            settings.sigma = sigma;
+        }
+    }
+}
+
 /// A progress bar's label for `path`: the file and its folder, `…/broken_large/015.png`.
 /// The bar cuts a message that does not fit at its end, and a whole path's end is the
 /// part that says which image it is.

@@ -14,7 +14,7 @@ use crate::detect::text_cache::default_cache_dir;
 use crate::detect::threshold::{describe_sources, fit_thresholds};
 use crate::batch::{Analyser, ClassSources, Observer};
 use crate::detect::baselines::BaselineOptions;
-use crate::detect::{DetectSettings, Detector, MethodKind, WindowMode};
+use crate::detect::{DetectSettings, Detector, MethodKind};
 use crate::recipe::{MethodRecipe, ModelStamp, Recipe, ThresholdRecord};
 
 #[derive(Args, Debug)]
@@ -46,15 +46,8 @@ pub struct ThresholdArgs {
     /// good images is ALFA's (as in the app); set a baseline's thresholds by hand.
     #[arg(long, value_enum)]
     pub method: Option<MethodKind>,
-    /// Window sizes of the fine-grained aligner, in patches [default: the recipe's, else 2,3].
-    #[arg(long, value_delimiter = ',', value_name = "S,...")]
-    pub scales: Option<Vec<usize>>,
-    /// `tokens` or `pixels` [default: the recipe's, else tokens].
-    #[arg(long, value_enum)]
-    pub window_mode: Option<WindowMode>,
-    /// Gaussian smoothing of the map, in pixels [default: the recipe's, else 4].
-    #[arg(long, value_name = "PX")]
-    pub sigma: Option<f32>,
+    #[command(flatten)]
+    pub settings: super::SettingsArgs,
     /// Few-shot with K of the class's references, drawn with --seed [default: the
     /// recipe's, else all of them]; stored in the recipe so that `detect` draws the same.
     #[arg(long, value_name = "K")]
@@ -84,15 +77,7 @@ pub fn run(args: ThresholdArgs) -> Result<()> {
     // The recipe's settings, unless the method changes, with what is given on top.
     let base = previous.as_ref().filter(|m| m.name == method);
     let mut settings = base.map_or_else(DetectSettings::default, MethodRecipe::settings);
-    if let Some(scales) = &args.scales {
-        settings.scales = scales.clone();
-    }
-    if let Some(mode) = args.window_mode {
-        settings.window_mode = mode;
-    }
-    if let Some(sigma) = args.sigma {
-        settings.sigma = sigma;
-    }
+    args.settings.apply(&mut settings);
     settings.validate(usize::MAX)?;
     let mut method_recipe = MethodRecipe::new(method, &settings);
     method_recipe.shots = args.shots.or(base.and_then(|m| m.shots));
