@@ -242,7 +242,7 @@ const FEW_SHOT_REFERENCES: usize = 16;
 /// `pixels` adds the paper's slow mode.
 pub fn engine(
     arch: &str,
-    tokenizer: &std::path::Path,
+    tokenizer: &crate::clip::TokenizerSource,
     size: u32,
     repeats: usize,
     pixels: bool,

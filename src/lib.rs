@@ -12,3 +12,4 @@ pub mod files;
 pub mod options;
 pub mod prompts;
 pub mod recipe;
+pub mod time;

@@ -34,7 +34,8 @@ pub struct ModelArgs {
     /// (ViT-B-32, ViT-B-16, ViT-B-16-plus-240, ViT-L-14, ViT-L-14-336, ...-quickgelu).
     #[arg(long, value_name = "NAME")]
     pub arch: Option<String>,
-    /// tokenizer.json to use instead of the model's (CLIP's BPE).
+    /// tokenizer.json to use instead of the model's [default: the model's own tokenizer.json,
+    /// else CLIP's, built in].
     #[arg(long, value_name = "FILE")]
     pub tokenizer: Option<PathBuf>,
     /// Run on the CPU even when built with CUDA or Metal.

@@ -101,8 +101,13 @@ fn verdicts_go_into_records_scores_and_overlays_and_the_exit_code_tells_them_apa
     let mut sorted = scores.clone();
     sorted.sort_by(f64::total_cmp);
     let middle = ((sorted[1] + sorted[2]) / 2.0).to_string();
-    let mixed = run(&["detect", "--class", "bottle", "--threshold", &middle, "--region-threshold", "0.5", "--force", "--out", o, i], &cache);
+    let mixed = run(&["detect", "--class", "bottle", "--threshold", &middle, "--region-threshold", "0.5", "--force", "--report", "--out", o, i], &cache);
     assert_eq!(mixed.status.code(), Some(3), "{}", stderr(&mixed));
+    // The page links every overlay beside it and fetches nothing.
+    let page = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!((0..4).all(|k| page.contains(&format!("\"{k:03}_overlay.png\""))), "overlays linked relatively");
+    assert!(!page.contains("http://") && !page.contains("https://"));
+    assert!(page.contains("--threshold on the command line"), "how the threshold was set");
     assert!(stderr(&mixed).contains("4 image(s): 2 OK, 2 NG, 0 failed"), "{}", stderr(&mixed));
     let csv = std::fs::read_to_string(out.join("scores.csv")).unwrap();
     assert!(csv.starts_with("path,score,verdict\n"), "{csv}");
@@ -195,7 +200,7 @@ fn ctrl_c_stops_between_images_writes_what_it_has_and_resume_finishes() {
     let cache = dir.path().join("cache");
     let out = dir.path().join("out");
     let (o, i) = (out.to_str().unwrap(), input.to_str().unwrap());
-    let mut child = alfa(&["detect", "--class", "bottle", "--threshold", "1000", "--out", o, i], &cache)
+    let child = alfa(&["detect", "--class", "bottle", "--threshold", "1000", "--out", o, i], &cache)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -108,15 +108,20 @@ fn empty_text_is_refused() {
     assert!(stderr.contains("empty"), "{stderr}");
 }
 
+/// `alfa embed --model MODEL --text TEXT` with `HF_HUB_OFFLINE=1` and the cache in `cache`.
+fn embed_offline(model: &str, text: &str, cache: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_alfa"))
+        .args(["embed", "--model", model, "--text", text])
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HUB_CACHE", cache)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn uncached_hub_model_offline_says_what_to_download() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_alfa"))
-        .args(["embed", "--model", "someone/not-cached-model", "--text", "x"])
-        .env("HF_HUB_OFFLINE", "1")
-        .env("HF_HUB_CACHE", tmp.path())
-        .output()
-        .unwrap();
+    let out = embed_offline("someone/not-cached-model", "x", tmp.path());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("someone/not-cached-model") && stderr.contains("--model FOLDER"), "{stderr}");
@@ -134,79 +139,121 @@ fn missing_tensor_is_named() {
     assert!(stderr.contains("visual.ln_post.bias"), "{stderr}");
 }
 
-/// A model already in the Hugging Face cache (as Python's `huggingface_hub` lays it
-/// out) is used as it is, without the network.
-#[test]
-fn hub_model_in_the_cache_is_used_offline() {
+/// The commit of the hub model in [`cached_hub_model`].
+const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+/// A hub model laid out in a Hugging Face cache as Python's `huggingface_hub` does it,
+/// with `tokenizer` as its tokenizer.json (none: the repo has none, as OpenCLIP's).
+fn cached_hub_model(tokenizer: Option<&Path>) -> tempfile::TempDir {
     let cache = tempfile::tempdir().unwrap();
-    let commit = "0123456789abcdef0123456789abcdef01234567";
     let repo = cache.path().join("models--someone--tiny-gelu");
-    let snapshot = repo.join("snapshots").join(commit);
+    let snapshot = repo.join("snapshots").join(COMMIT);
     std::fs::create_dir_all(&snapshot).unwrap();
     std::fs::create_dir_all(repo.join("refs")).unwrap();
-    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    std::fs::write(repo.join("refs/main"), COMMIT).unwrap();
     for f in ["open_clip_config.json", "open_clip_model.safetensors"] {
         std::fs::copy(fixtures().join("tiny-gelu").join(f), snapshot.join(f)).unwrap();
     }
-    std::fs::copy(shared_tokenizer(), snapshot.join("tokenizer.json")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_alfa"))
-        .args(["embed", "--model", "someone/tiny-gelu", "--text", "a photo of a bottle"])
-        .env("HF_HUB_OFFLINE", "1")
-        .env("HF_HUB_CACHE", cache.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(json["texts"][0]["embedding"].as_array().unwrap().len(), 16);
+    if let Some(tokenizer) = tokenizer {
+        std::fs::copy(tokenizer, snapshot.join("tokenizer.json")).unwrap();
+    }
+    cache
+}
+
+/// A model already in the Hugging Face cache is used as it is, without the network,
+/// with its own tokenizer.json or, without one, the embedded one.
+#[test]
+fn hub_model_in_the_cache_is_used_offline() {
+    for tokenizer in [Some(shared_tokenizer()), None] {
+        let cache = cached_hub_model(tokenizer.as_deref());
+        let out = embed_offline("someone/tiny-gelu", "a photo of a bottle", cache.path());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(json["texts"][0]["embedding"].as_array().unwrap().len(), 16);
+    }
 }
 
 /// `alfa embed ARGS` with an empty cache and a hub nobody answers (nothing listens on
-/// port 9); returns stderr. Proxies are cleared so the connection is really refused.
-fn embed_without_network(args: &[&str]) -> String {
+/// port 9); returns (success, stdout, stderr). Proxies are cleared so the connection is
+/// really refused.
+fn embed_without_network(args: &[&str]) -> (bool, String, String) {
     let cache = tempfile::tempdir().unwrap();
+    let out = embed_with_hub(args, "http://127.0.0.1:9", cache.path());
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+}
+
+/// `alfa embed ARGS` with the hub at `endpoint`, the cache in `cache`, the network
+/// allowed and no proxy.
+fn embed_with_hub(args: &[&str], endpoint: &str, cache: &Path) -> std::process::Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_alfa"));
     command
         .arg("embed")
         .args(args)
-        .env("HF_ENDPOINT", "http://127.0.0.1:9")
-        .env("HF_HUB_CACHE", cache.path())
+        .env("HF_ENDPOINT", endpoint)
+        .env("HF_HUB_CACHE", cache)
         .env_remove("HF_HUB_OFFLINE");
     for proxy in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"] {
         command.env_remove(proxy);
     }
-    let out = command.output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success() && !stderr.contains("panicked"), "{stderr}");
-    stderr
+    command.output().unwrap()
+}
+
+/// A cached model whose repo has no tokenizer.json (the `.no_exist` marker a first
+/// download leaves) loads with the embedded tokenizer and never asks the hub again.
+#[test]
+fn cached_model_without_tokenizer_asks_the_hub_nothing() {
+    let cache = cached_hub_model(None);
+    let marker = cache.path().join("models--someone--tiny-gelu/.no_exist").join(COMMIT).join("tokenizer.json");
+    std::fs::create_dir_all(marker.parent().unwrap()).unwrap();
+    std::fs::write(&marker, "").unwrap();
+    // A hub that hangs up on every connection, and counts them.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = connections.clone();
+    std::thread::spawn(move || {
+        for _ in listener.incoming() {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let out = embed_with_hub(&["--model", "someone/tiny-gelu", "--text", "a photo of a bottle"], &endpoint, cache.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 0, "the hub was asked");
 }
 
 /// What every first run without network prints: the way out first and short, the
-/// cause in words, the URL once, and which repo serves which file.
+/// cause in words, the URL once, and nothing about a tokenizer (it is built in).
 fn assert_offline_message(stderr: &str) {
     let first = stderr.lines().next().unwrap_or_default();
-    assert!(first.contains("To work offline") && first.contains("--tokenizer FILE") && first.len() < 220, "{stderr}");
+    assert!(first.contains("To work offline") && first.len() < 220, "{stderr}");
     assert!(stderr.contains("no network (cannot reach 127.0.0.1)"), "{stderr}");
     assert!(!stderr.contains("HTTP request error") && !stderr.contains("error sending request"), "{stderr}");
     assert_eq!(stderr.matches("http://").count() + stderr.matches("https://").count(), 1, "one URL: {stderr}");
-    // openai/clip-vit-base-patch32 serves the tokenizer, never the weights.
-    for line in stderr.lines().filter(|l| l.contains("openai/clip-vit-base-patch32")) {
-        assert!(line.contains("tokenizer") && !line.contains("safetensors") && !line.contains("open_clip_config"), "{line}");
-    }
+    assert!(!stderr.contains("tokenizer") && !stderr.contains("openai/clip-vit-base-patch32"), "{stderr}");
 }
 
 #[test]
 fn default_model_without_network_says_what_to_do_first() {
-    let stderr = embed_without_network(&["--text", "x"]);
+    let (ok, _, stderr) = embed_without_network(&["--text", "x"]);
+    assert!(!ok, "{stderr}");
     assert_offline_message(&stderr);
     let first = stderr.lines().next().unwrap();
     assert!(first.contains("--model FOLDER") && first.contains(alfa::clip::DEFAULT_MODEL), "{stderr}");
 }
 
+/// A model folder without tokenizer.json needs no network: the embedded tokenizer
+/// gives the same embeddings as CLIP's tokenizer.json.
 #[test]
-fn model_folder_without_tokenizer_and_network_points_at_tokenizer_file() {
+fn model_folder_without_tokenizer_works_without_network() {
     let (_tmp, dir) = model_copy();
-    let stderr = embed_without_network(&["--model", dir.to_str().unwrap(), "--text", "x"]);
-    assert_offline_message(&stderr);
-    assert!(stderr.contains("tokenizer.json from http://127.0.0.1:9/openai/clip-vit-base-patch32"), "{stderr}");
-    assert!(!stderr.contains("safetensors"), "the weights are there: {stderr}");
+    let model = dir.to_str().unwrap();
+    let text = ["--text", "a photo of a bottle with a crack &amp; a chip"];
+    let (ok, embedded, stderr) = embed_without_network(&[&["--model", model], &text[..]].concat());
+    assert!(ok, "{stderr}");
+    let file = shared_tokenizer();
+    let (ok, from_file, stderr) = embed_without_network(&[&["--model", model, "--tokenizer", file.to_str().unwrap()], &text[..]].concat());
+    assert!(ok, "{stderr}");
+    assert_eq!(embedded, from_file);
 }

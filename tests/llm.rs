@@ -308,11 +308,18 @@ fn an_answer_without_list_items_is_reported() {
     assert_fails(config(&server.base_url), &["no list items", "normal query", "I'm sorry"]);
 }
 
-fn alfa(args: &[&str]) -> Command {
+/// `alfa prompts generate ARGS`, with CLIP's tokenizer.json unless `embedded`.
+fn generate_command(args: &[&str], embedded: bool) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_alfa"));
     command.args(["prompts", "generate"]).args(args);
-    command.arg("--tokenizer").arg(common::shared_tokenizer());
+    if !embedded {
+        command.arg("--tokenizer").arg(common::shared_tokenizer());
+    }
     command
+}
+
+fn alfa(args: &[&str]) -> Command {
+    generate_command(args, false)
 }
 
 #[test]
@@ -356,6 +363,30 @@ fn cli_dry_run_prints_the_new_prompts_and_writes_nothing() {
     assert_eq!(std::fs::read(&path).unwrap(), before);
     let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names, ["bottle.toml"], "no file for gear_wheel");
+}
+
+/// Without `--tokenizer` and without a hub (nothing listens on port 9, an empty cache),
+/// the embedded tokenizer drops the prompt over CLIP's 77 tokens as the file does.
+#[test]
+fn cli_needs_no_tokenizer_file_and_no_network() {
+    let server = Server::start(|request, _| Reply::chat(&llm_answer(&request.question())));
+    let cache = tempfile::tempdir().unwrap();
+    let run = |embedded: bool| {
+        let (dir, _) = folder_with_hand_edited_bottle();
+        let args = ["--class", "bottle", "--out", dir.path().to_str().unwrap(), "--llm-url", &server.base_url];
+        let out = generate_command(&args, embedded)
+            .args(["--samples", "1", "--dry-run"])
+            .env("HF_ENDPOINT", "http://127.0.0.1:9")
+            .env("HF_HUB_CACHE", cache.path())
+            .env_remove("HF_HUB_OFFLINE")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().replace(dir.path().to_str().unwrap(), "DIR")
+    };
+    let embedded = run(true);
+    assert!(embedded.contains("bottle: +1 normal, +3 abnormal, +2 descriptors: would update"), "{embedded}");
+    assert_eq!(embedded, run(false));
 }
 
 #[test]

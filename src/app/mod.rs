@@ -27,7 +27,7 @@ use anyhow::Result;
 use egui::{Key, KeyboardShortcut, Modifiers};
 
 use crate::options::{GuiArgs, ModelArgs};
-use crate::clip::{ClipTokenizer, ModelRequest, Precision};
+use crate::clip::{ClipTokenizer, Precision};
 use crate::detect::{DetectSettings, references};
 use crate::prompts::PromptStore;
 use crate::recipe::{Recipe, Recipes};
@@ -686,7 +686,7 @@ impl AlfaApp {
         let samples = self.state.settings.llm_samples.max(1);
         let class_name = editor.applied.class.name.clone();
         let model = self.model_args();
-        let request = ModelRequest { model: model.model, arch: model.arch, tokenizer: model.tokenizer, observer: None };
+        let request = model.request(None);
         self.state.llm = Some(state::LlmStatus::Asking {
             id,
             endpoint: client.endpoint().to_owned(),
@@ -697,8 +697,7 @@ impl AlfaApp {
         std::thread::spawn(move || {
             // A panic (a bug) must still end the spinner with a message.
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<(Generated, String), String> {
-                let files = request.resolve().map_err(|e| format!("cannot find CLIP's tokenizer: {e}"))?;
-                let tokenizer = ClipTokenizer::from_file(&files.tokenizer, CLIP_CONTEXT).map_err(|e| e.to_string())?;
+                let tokenizer = ClipTokenizer::load(&request.resolve_tokenizer(), CLIP_CONTEXT).map_err(|e| e.to_string())?;
                 let generated = generate::generate(&client, &tokenizer, &class_name, samples, &mut |event| {
                     if let GenerateEvent::Answered { done, total, .. } = event {
                         outbox.send(Message::LlmAnswered { id, done, total });

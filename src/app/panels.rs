@@ -838,9 +838,9 @@ impl AlfaApp {
         ui.label(RichText::new("A hub repo id, a model folder or a weights file; empty for the default.").small());
         ui.horizontal(|ui| {
             let label = ui.label("Tokenizer:");
-            ui.add(egui::TextEdit::singleline(&mut s.tokenizer).hint_text("the model's own, or downloaded").desired_width(260.0))
+            ui.add(egui::TextEdit::singleline(&mut s.tokenizer).hint_text("the model's own, or CLIP's built in").desired_width(260.0))
                 .labelled_by(label.id)
-                .on_hover_text("CLIP's tokenizer.json, for weights without one when offline (as --tokenizer FILE)");
+                .on_hover_text("A tokenizer.json to use instead of the model folder's own or CLIP's built-in one (as --tokenizer FILE)");
         });
         ui.checkbox(&mut s.cpu, "Run on the CPU");
         ui.label(RichText::new(device_note()).small());

@@ -160,8 +160,8 @@ impl Thresholds {
 pub struct Settings {
     /// A folder, a weights file or a hub repo id; empty for the default model.
     pub model: String,
-    /// CLIP's tokenizer.json when the model does not bring one (offline use); empty
-    /// for the model's own, or a download.
+    /// A tokenizer.json to use instead of the model's own (`--tokenizer`); empty for the
+    /// model folder's own, else CLIP's embedded one.
     pub tokenizer: String,
     pub cpu: bool,
     /// The image tower's number format.

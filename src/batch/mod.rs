@@ -7,6 +7,7 @@
 
 mod analyser;
 pub mod outputs;
+pub mod report;
 pub mod shard;
 mod summary;
 
@@ -408,6 +409,44 @@ impl Runner<'_> {
         }
     }
 
+    /// `report.html` (`report-shard-I-of-N.html` for a shard): the run's page, linking
+    /// the overlays beside it. Returns its path.
+    pub fn write_report(&self, result: &RunResult) -> Result<PathBuf, BatchError> {
+        use report::{ReportCounts, ReportImage, ReportRun, ReportThreshold};
+        let summary = &result.summary;
+        let settings = as_read(self.analyser.settings())?;
+        let run = ReportRun {
+            title: format!("alfa detect: {}", self.spec.class.as_deref().unwrap_or("classes from the folder layout")),
+            created: crate::time::utc_minute(std::time::SystemTime::now()),
+            model: self.model.clone(),
+            method: self.spec.method.name(),
+            settings: report::settings_list(&settings),
+            threshold: report_threshold(&self.spec.decisions).map(|(value, how)| ReportThreshold { value, how }),
+            counts: ReportCounts {
+                images: summary.images,
+                ok: summary.ok,
+                ng: summary.ng,
+                failed: summary.failed,
+                interrupted: summary.interrupted,
+            },
+        };
+        let images: Vec<ReportImage> = result
+            .scored
+            .iter()
+            .map(|s| ReportImage {
+                file: s.image.path.display().to_string(),
+                overlay: report::relative_link(&self.spec.out, &s.overlay).unwrap_or_else(|| s.overlay.display().to_string()),
+                score: s.score,
+                verdict: s.verdict,
+                truth: report::truth_from_path(&s.image.path),
+                descriptors: s.descriptors.clone(),
+            })
+            .collect();
+        let path = self.spec.out.join(self.run_file("report", "html"));
+        report::write_report(&path, &run, &images).map_err(|e| BatchError::io(&path, e))?;
+        Ok(path)
+    }
+
     /// `summary.json`: the counts and what decided them.
     fn write_summary(&self, result: &RunResult) -> Result<(), BatchError> {
         #[derive(Serialize)]
@@ -446,6 +485,17 @@ impl Runner<'_> {
 fn shared_decision(decisions: &BTreeMap<String, Decision>) -> Option<&Decision> {
     let first = decisions.values().next()?;
     decisions.values().all(|d| d == first).then_some(first)
+}
+
+/// The report's one threshold line: the decision the classes share, or, when their
+/// recipes differ, each class's (the histogram marks the first class's).
+fn report_threshold(decisions: &BTreeMap<String, Decision>) -> Option<(f32, String)> {
+    if let Some(shared) = shared_decision(decisions) {
+        return Some((shared.image, shared.how.clone()));
+    }
+    let (first_class, first) = decisions.iter().next()?;
+    let each: Vec<String> = decisions.iter().map(|(class, d)| format!("{class} {} ({})", d.image, d.how)).collect();
+    Some((first.image, format!("per class: {}; the histogram marks {first_class}'s", each.join("; "))))
 }
 
 /// A finished (or interrupted) run.

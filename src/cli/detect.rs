@@ -95,6 +95,11 @@ pub struct DetectArgs {
     /// N folders, merged) together write what one run writes.
     #[arg(long, value_name = "I/N")]
     pub shard: Option<Shard>,
+    /// Also write OUT/report.html: one page that works offline with the run's summary,
+    /// a histogram of the scores with the threshold and a gallery of the overlays
+    /// sorted by score, filterable by verdict.
+    #[arg(long)]
+    pub report: bool,
     /// Map values spanned by the overlay's colours: `MIN,MAX`, or `auto` for each
     /// image's own range (hides how anomalous an image is overall).
     #[arg(long, default_value = "0,1", value_name = "MIN,MAX|auto")]
@@ -193,6 +198,10 @@ pub fn run(args: DetectArgs) -> Result<batch::RunStatus> {
     let result = runner.run(&plan, &observer, &stop)?;
     observer.bar.finish_and_clear();
     eprintln!("{}", result.summary.line(!spec.decisions.is_empty()));
+    if args.report {
+        let page = runner.write_report(&result)?;
+        eprintln!("report: {}", page.display());
+    }
     if result.summary.failed > 0 {
         eprintln!("{} image(s) failed (reasons above); the others were written to {}", result.summary.failed, args.out.display());
     }

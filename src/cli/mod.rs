@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::bench;
-use crate::clip::{self, Clip, DownloadObserver, ModelRequest, Precision};
+use crate::clip::{self, Clip, DownloadObserver, ModelRequest, Precision, TokenizerSource};
 use crate::options::{GuiArgs, ModelArgs};
 
 mod detect;
@@ -26,9 +26,9 @@ mod threshold;
     about = "Zero- and few-shot visual anomaly detection with CLIP (ALFA)",
     long_about = "Zero- and few-shot visual anomaly detection with CLIP (ALFA).\n\n\
         Without a subcommand, opens the inspection window with PATHs (images or folders) loaded.\n\
-        Models: --model takes a folder (open_clip_config.json + weights + tokenizer.json), a weights \
-        file (.safetensors, .bin, .pt, .pth) or a Hugging Face repo id; the default is downloaded once \
-        into the Hugging Face cache.",
+        Models: --model takes a folder (open_clip_config.json + weights, and tokenizer.json if it has \
+        its own), a weights file (.safetensors, .bin, .pt, .pth) or a Hugging Face repo id; the default \
+        is downloaded once into the Hugging Face cache. CLIP's tokenizer is built in.",
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
@@ -122,7 +122,7 @@ pub struct BenchArgs {
     /// With --engine: side of the square test image, in pixels.
     #[arg(long, default_value_t = 900, requires = "engine")]
     pub image_size: u32,
-    /// With --engine: CLIP's tokenizer.json [default: from the Hugging Face cache or hub].
+    /// With --engine: CLIP's tokenizer.json [default: CLIP's, built in].
     #[arg(long, value_name = "FILE", requires = "engine")]
     pub tokenizer: Option<PathBuf>,
     /// Number format of the image tower (see `alfa detect --help`).
@@ -232,10 +232,7 @@ pub(crate) fn load_model(model: &ModelArgs) -> Result<Clip> {
 fn run_bench(args: BenchArgs) -> Result<()> {
     let log = |line: &str| eprintln!("{line}");
     if args.engine {
-        let tokenizer = match args.tokenizer {
-            Some(t) => t,
-            None => clip::source::default_tokenizer(model_request(&ModelArgs::default()).observer)?,
-        };
+        let tokenizer = TokenizerSource::or_embedded(args.tokenizer);
         let report =
             bench::engine(&args.arch, &tokenizer, args.image_size, args.repeats.max(1), args.pixels, args.precision, log)?;
         if args.json {

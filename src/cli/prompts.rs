@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::{ArgGroup, Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::clip::{ClipTokenizer, ModelRequest};
+use crate::clip::{ClipTokenizer, TokenizerSource};
 use crate::prompts::generate::{self, CLIP_CONTEXT, GenerateEvent, QueryKind};
 use crate::prompts::llm::{self, LlmApi, LlmClient, LlmConfig};
 use crate::prompts::merge::PromptFileUpdate;
@@ -84,8 +84,7 @@ pub struct GenerateArgs {
     /// /chat/completions.
     #[arg(long)]
     pub completions: bool,
-    /// CLIP's tokenizer.json, to drop prompts over CLIP's 77 tokens [default: CLIP's, from
-    /// the Hugging Face cache or hub].
+    /// CLIP's tokenizer.json, to drop prompts over CLIP's 77 tokens [default: CLIP's, built in].
     #[arg(long, value_name = "FILE")]
     pub tokenizer: Option<PathBuf>,
     /// Print what would be added; write nothing.
@@ -138,12 +137,7 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
     for class in &classes {
         crate::recipe::check_class_name(class).map_err(anyhow::Error::msg)?;
     }
-    let tokenizer_path = ModelRequest {
-        tokenizer: args.tokenizer.clone(),
-        ..ModelRequest::default()
-    }
-    .resolve_tokenizer()?;
-    let tokenizer = ClipTokenizer::from_file(&tokenizer_path, CLIP_CONTEXT)?;
+    let tokenizer = ClipTokenizer::load(&TokenizerSource::or_embedded(args.tokenizer.clone()), CLIP_CONTEXT)?;
     let client = LlmClient::new(LlmConfig {
         base_url: args.llm_url.clone(),
         model: args.llm_model.clone(),

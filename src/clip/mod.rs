@@ -18,7 +18,7 @@ pub use config::OpenClipConfig;
 pub use model::{ClipModel, RandomWeights, TensorSource, VisionCapture, VisionOutput};
 pub use preprocess::Preprocessor;
 pub use source::{DEFAULT_MODEL, DownloadObserver, ModelFiles, ModelRequest};
-pub use tokenizer::ClipTokenizer;
+pub use tokenizer::{ClipTokenizer, TokenizerSource};
 pub use weights::Weights;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,8 +43,8 @@ pub enum ClipError {
         expected: Vec<usize>,
         found: Vec<usize>,
     },
-    #[error("cannot load tokenizer {path}: {reason}")]
-    Tokenizer { path: PathBuf, reason: String },
+    #[error("cannot load {tokenizer}: {reason}")]
+    Tokenizer { tokenizer: TokenizerSource, reason: String },
     #[error("cannot tokenize {text:?}: {reason}")]
     Tokenize { text: String, reason: String },
     #[error("empty text: a prompt needs at least one word")]
@@ -180,12 +180,12 @@ impl Clip {
     pub fn from_source(
         config: &OpenClipConfig,
         source: &dyn TensorSource,
-        tokenizer: &Path,
+        tokenizer: &TokenizerSource,
         device: &Device,
         precision: Precision,
     ) -> Result<Self, ClipError> {
         let model = ClipModel::new(source, &config.model_cfg, precision)?;
-        let tokenizer = ClipTokenizer::from_file(tokenizer, config.model_cfg.text_cfg.context_length)?;
+        let tokenizer = ClipTokenizer::load(tokenizer, config.model_cfg.text_cfg.context_length)?;
         let preprocessor =
             Preprocessor::new(&config.preprocess_cfg, config.model_cfg.vision_cfg.image_size());
         Ok(Self {

@@ -11,11 +11,10 @@ use std::time::Duration;
 
 use super::ClipError;
 use super::config::{DEFAULT_ARCH, OpenClipConfig};
+use super::tokenizer::TokenizerSource;
 
 /// ALFA's model: ViT-B-16-plus-240 trained on LAION-400M for 32 epochs.
 pub const DEFAULT_MODEL: &str = "timm/vit_base_patch16_plus_240.laion400m_e32";
-/// The OpenCLIP repos carry no `tokenizer.json`; OpenAI's CLIP repo has the same BPE.
-pub const DEFAULT_TOKENIZER_REPO: &str = "openai/clip-vit-base-patch32";
 
 const CONFIG_FILE: &str = "open_clip_config.json";
 const TOKENIZER_FILE: &str = "tokenizer.json";
@@ -35,7 +34,7 @@ pub struct ModelRequest {
     pub model: Option<String>,
     /// Architecture for a bare weights file without `open_clip_config.json` beside it.
     pub arch: Option<String>,
-    /// A `tokenizer.json` to use instead of the model's own.
+    /// A `tokenizer.json` to use instead of the model's own (`--tokenizer FILE`).
     pub tokenizer: Option<PathBuf>,
     pub observer: Option<Arc<dyn DownloadObserver>>,
 }
@@ -47,7 +46,8 @@ pub struct ModelFiles {
     pub name: String,
     pub config: OpenClipConfig,
     pub weights: PathBuf,
-    pub tokenizer: PathBuf,
+    /// `--tokenizer FILE`, else the model's own `tokenizer.json`, else CLIP's embedded one.
+    pub tokenizer: TokenizerSource,
 }
 
 impl ModelFiles {
@@ -106,7 +106,7 @@ impl ModelRequest {
             name: name.to_owned(),
             config,
             weights,
-            tokenizer: self.tokenizer_in(dir)?,
+            tokenizer: self.tokenizer_in(dir),
         })
     }
 
@@ -122,7 +122,7 @@ impl ModelRequest {
             name: name.to_owned(),
             config,
             weights: file.to_owned(),
-            tokenizer: self.tokenizer_in(dir)?,
+            tokenizer: self.tokenizer_in(dir),
         })
     }
 
@@ -146,12 +146,11 @@ impl ModelRequest {
         let weights = hub
             .fetch(repo, preferred)
             .or_else(|_| hub.fetch(repo, fallback))?;
-        let tokenizer = match &self.tokenizer {
-            Some(t) => t.clone(),
-            None => hub
-                .fetch(repo, TOKENIZER_FILE)
-                .or_else(|_| hub.fetch(DEFAULT_TOKENIZER_REPO, TOKENIZER_FILE))?,
-        };
+        // OpenCLIP's repos carry no tokenizer.json (the embedded one is theirs); a repo
+        // that has one, or an unreachable hub, is not worth failing over.
+        let tokenizer = TokenizerSource::or_embedded(
+            self.tokenizer.clone().or_else(|| hub.fetch(repo, TOKENIZER_FILE).ok()),
+        );
         Ok(ModelFiles {
             name: repo.to_owned(),
             config,
@@ -160,28 +159,28 @@ impl ModelRequest {
         })
     }
 
-    /// The tokenizer alone, without the model: `--tokenizer`, else CLIP's from the hub
-    /// (cache first). Every CLIP model shares this BPE.
-    pub fn resolve_tokenizer(&self) -> Result<PathBuf, ClipError> {
-        match &self.tokenizer {
-            Some(t) => Ok(t.clone()),
-            None => Hub::new(self.observer.clone())?.fetch(DEFAULT_TOKENIZER_REPO, TOKENIZER_FILE),
+    /// The tokenizer alone, without the weights and without the network: `--tokenizer`,
+    /// else the model folder's (or the weights file's folder's) `tokenizer.json`, or a hub
+    /// model's from the Hugging Face cache, else the embedded one.
+    pub fn resolve_tokenizer(&self) -> TokenizerSource {
+        let model = self.model.as_deref().unwrap_or(DEFAULT_MODEL);
+        let path = Path::new(model);
+        if path.is_dir() {
+            self.tokenizer_in(path)
+        } else if path.is_file() {
+            self.tokenizer_in(path.parent().unwrap_or(Path::new(".")))
+        } else {
+            let cached = || Hub::new(None).ok()?.cached(model, TOKENIZER_FILE).ok();
+            let cached = || looks_like_repo_id(model).then(cached).flatten();
+            TokenizerSource::or_embedded(self.tokenizer.clone().or_else(cached))
         }
     }
 
-    /// `--tokenizer`, else `tokenizer.json` in `dir`, else CLIP's from the hub (cache first).
-    fn tokenizer_in(&self, dir: &Path) -> Result<PathBuf, ClipError> {
-        match &self.tokenizer {
-            Some(t) => Ok(t.clone()),
-            None if dir.join(TOKENIZER_FILE).is_file() => Ok(dir.join(TOKENIZER_FILE)),
-            None => default_tokenizer(self.observer.clone()),
-        }
+    /// `--tokenizer`, else `tokenizer.json` in `dir`, else the embedded one.
+    fn tokenizer_in(&self, dir: &Path) -> TokenizerSource {
+        let own = dir.join(TOKENIZER_FILE);
+        TokenizerSource::or_embedded(self.tokenizer.clone().or_else(|| own.is_file().then_some(own)))
     }
-}
-
-/// CLIP's `tokenizer.json` from the hub (the Hugging Face cache first).
-pub fn default_tokenizer(observer: Option<Arc<dyn DownloadObserver>>) -> Result<PathBuf, ClipError> {
-    Hub::new(observer)?.fetch(DEFAULT_TOKENIZER_REPO, TOKENIZER_FILE)
 }
 
 /// `owner/name` with no path-like parts.
@@ -214,30 +213,15 @@ fn first_weights_file(dir: &Path) -> Option<PathBuf> {
 
 /// The message of a failed hub download ([`ClipError::Download`]). Offline, what to do
 /// comes first, in one short sentence, then what failed, with the URL once; other
-/// failures (a misspelt repo) lead with what failed. The default model's tokenizer
-/// comes from another repo than its weights ([`DEFAULT_TOKENIZER_REPO`]); the message
-/// says which repo serves which file.
+/// failures (a misspelt repo) lead with what failed. Only the model's files are ever
+/// downloaded: CLIP's tokenizer is built in.
 pub fn download_message(repo: &str, file: &str, url: &str, reason: &str, offline: bool) -> String {
     let failed = format!("Could not get {file} from {url}: {reason}.");
-    let (todo, whose) = if repo == DEFAULT_TOKENIZER_REPO && file == TOKENIZER_FILE {
-        (
-            "To work offline, pass `--tokenizer FILE` (CLIP's tokenizer.json), or put tokenizer.json into the model folder.".to_owned(),
-            format!("{repo} is only where alfa fetches CLIP's tokenizer from; the model's weights do not come from it."),
-        )
-    } else {
-        (
-            format!(
-                "To work offline, pass `--model FOLDER` holding {CONFIG_FILE} and {} of {repo}, \
-                 and CLIP's tokenizer.json or `--tokenizer FILE`.",
-                HUB_WEIGHT_FILES[0]
-            ),
-            format!(
-                "The weights come from {repo}; {DEFAULT_TOKENIZER_REPO} is only where alfa fetches tokenizer.json \
-                 from, when the model's repo has none."
-            ),
-        )
-    };
-    if offline { format!("{todo}\n{failed}\n{whose}") } else { format!("{failed}\n{todo}\n{whose}") }
+    let todo = format!(
+        "To work offline, pass `--model FOLDER` holding {CONFIG_FILE} and {} of {repo}.",
+        HUB_WEIGHT_FILES[0]
+    );
+    if offline { format!("{todo}\n{failed}") } else { format!("{failed}\n{todo}") }
 }
 
 struct Hub {
@@ -275,18 +259,20 @@ impl Hub {
         })
     }
 
-    /// The cached file, or a download into the cache.
-    fn fetch(&self, repo: &str, file: &str) -> Result<PathBuf, ClipError> {
+    fn handle(&self, repo: &str) -> hf_hub::HFRepositorySync<hf_hub::RepoTypeModel> {
         let (owner, name) = repo.split_once('/').unwrap_or(("", repo));
-        let handle = self.client.model(owner, name);
-        let cached = handle
-            .download_file()
-            .filename(file)
-            .local_files_only(true)
-            .send();
-        if let Ok(path) = cached {
-            return Ok(path);
-        }
+        self.client.model(owner, name)
+    }
+
+    /// The file from the cache, never the network: `EntryNotFound` when an earlier
+    /// download found that the repo has no such file (a `.no_exist` marker).
+    fn cached(&self, repo: &str, file: &str) -> hf_hub::HFResult<PathBuf> {
+        self.handle(repo).download_file().filename(file).local_files_only(true).send()
+    }
+
+    /// The cached file, or a download into the cache. A file the cache knows the repo
+    /// lacks (OpenCLIP's repos have no tokenizer.json) is not asked for again.
+    fn fetch(&self, repo: &str, file: &str) -> Result<PathBuf, ClipError> {
         let fail = |reason: String, offline: bool| ClipError::Download {
             repo: repo.to_owned(),
             file: file.to_owned(),
@@ -294,13 +280,18 @@ impl Hub {
             reason,
             offline,
         };
+        match self.cached(repo, file) {
+            Ok(path) => return Ok(path),
+            Err(e @ hf_hub::HFError::EntryNotFound { .. }) => return Err(fail(describe_hub_error(&e, &self.endpoint), false)),
+            Err(_) => {}
+        }
         if self.offline {
             return Err(fail("it is not in the cache and HF_HUB_OFFLINE is set".into(), true));
         }
         let progress = self.observer.clone().map(|observer| {
             hf_hub::progress::Progress::new(ProgressBridge { observer })
         });
-        handle
+        self.handle(repo)
             .download_file()
             .filename(file)
             .maybe_progress(progress)
@@ -389,9 +380,43 @@ mod tests {
         assert!(offline.starts_with("To work offline, pass `--model FOLDER`"), "{offline}");
         for message in [&typo, &offline] {
             assert_eq!(message.matches("https://").count(), 1, "{message}");
-            assert!(message.contains("--tokenizer FILE"), "{message}");
+            // The tokenizer is built in: nothing to fetch, nothing to pass for it.
+            assert!(!message.contains("tokenizer"), "{message}");
         }
-        let tokenizer = download_message(DEFAULT_TOKENIZER_REPO, TOKENIZER_FILE, url, "no network", true);
-        assert!(tokenizer.starts_with("To work offline, pass `--tokenizer FILE`") && !tokenizer.contains("safetensors"), "{tokenizer}");
+    }
+
+    /// A folder with the config and the weights, and `tokenizer.json` when `own`.
+    fn model_folder(own: bool) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-gelu");
+        for file in [CONFIG_FILE, HUB_WEIGHT_FILES[0]] {
+            std::fs::copy(fixture.join(file), dir.path().join(file)).unwrap();
+        }
+        if own {
+            std::fs::write(dir.path().join(TOKENIZER_FILE), "{}").unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn the_tokenizer_is_the_given_file_then_the_models_own_then_the_embedded_one() {
+        let given = PathBuf::from("/elsewhere/tokenizer.json");
+        for own in [false, true] {
+            let dir = model_folder(own);
+            let weights = dir.path().join(HUB_WEIGHT_FILES[0]);
+            let expected = if own { TokenizerSource::File(dir.path().join(TOKENIZER_FILE)) } else { TokenizerSource::Embedded };
+            for model in [dir.path(), weights.as_path()] {
+                let request = |tokenizer: Option<PathBuf>| ModelRequest {
+                    model: Some(model.display().to_string()),
+                    tokenizer,
+                    ..Default::default()
+                };
+                assert_eq!(request(None).resolve().unwrap().tokenizer, expected, "{model:?}");
+                assert_eq!(request(None).resolve_tokenizer(), expected, "{model:?}");
+                let file = TokenizerSource::File(given.clone());
+                assert_eq!(request(Some(given.clone())).resolve().unwrap().tokenizer, file, "{model:?}");
+                assert_eq!(request(Some(given.clone())).resolve_tokenizer(), file, "{model:?}");
+            }
+        }
     }
 }

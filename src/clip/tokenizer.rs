@@ -1,8 +1,15 @@
 //! CLIP's byte-level BPE through the `tokenizers` crate, framed as OpenCLIP does:
 //! `<start_of_text> text <end_of_text>`, cut to the context length with the last
 //! id forced to `<end_of_text>`, zero-padded.
+//!
+//! CLIP's `tokenizer.json` is built into the binary ([`TokenizerSource::Embedded`]), so
+//! no tokenizer is ever downloaded; a file (`--tokenizer FILE`, or a model folder's own
+//! `tokenizer.json`) is used instead when there is one.
 
-use std::path::Path;
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 
 use candle_core::{Device, Tensor};
 
@@ -11,6 +18,50 @@ use super::ClipError;
 pub const START_OF_TEXT: u32 = 49406;
 pub const END_OF_TEXT: u32 = 49407;
 
+/// CLIP's byte-level BPE (49408 tokens) in the Hugging Face `tokenizers` format,
+/// gzip-compressed (3.6 MB of JSON, 0.6 MB compressed). It is `../shared/clip/tokenizer.json`,
+/// built from the `bpe_simple_vocab_16e6.txt.gz` that `open_clip_torch` ships (MIT licence,
+/// OpenAI): the vocabulary of `openai/clip-vit-base-patch32`'s `tokenizer.json` on the hub,
+/// which every OpenCLIP model of the CLIP family shares. Regenerate with
+/// `gzip -9 -n -c ../shared/clip/tokenizer.json > assets/clip_tokenizer.json.gz`.
+const EMBEDDED_GZ: &[u8] = include_bytes!("../../assets/clip_tokenizer.json.gz");
+
+/// Where a `tokenizer.json` comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenizerSource {
+    /// A file: `--tokenizer FILE`, or the model's own `tokenizer.json`.
+    File(PathBuf),
+    /// CLIP's, built into the binary.
+    Embedded,
+}
+
+impl TokenizerSource {
+    /// `file` when there is one, else the embedded tokenizer.
+    pub fn or_embedded(file: Option<PathBuf>) -> Self {
+        file.map_or(Self::Embedded, Self::File)
+    }
+}
+
+/// For messages: `tokenizer FILE`, or `the embedded CLIP tokenizer`.
+impl fmt::Display for TokenizerSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "tokenizer {}", path.display()),
+            Self::Embedded => f.write_str("the embedded CLIP tokenizer"),
+        }
+    }
+}
+
+/// The embedded `tokenizer.json`, decompressed on first use (once per process).
+pub fn embedded_json() -> Result<&'static [u8], String> {
+    static JSON: LazyLock<Result<Vec<u8>, String>> = LazyLock::new(|| {
+        let mut json = Vec::new();
+        flate2::read::GzDecoder::new(EMBEDDED_GZ).read_to_end(&mut json).map_err(|e| e.to_string())?;
+        Ok(json)
+    });
+    JSON.as_deref().map_err(Clone::clone)
+}
+
 pub struct ClipTokenizer {
     inner: tokenizers::Tokenizer,
     context_length: usize,
@@ -18,16 +69,20 @@ pub struct ClipTokenizer {
 
 impl ClipTokenizer {
     pub fn from_file(path: &Path, context_length: usize) -> Result<Self, ClipError> {
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| ClipError::Tokenizer {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
+        Self::load(&TokenizerSource::File(path.to_owned()), context_length)
+    }
+
+    /// The tokenizer from `source`, checked to be CLIP's vocabulary.
+    pub fn load(source: &TokenizerSource, context_length: usize) -> Result<Self, ClipError> {
+        let fail = |reason: String| ClipError::Tokenizer { tokenizer: source.clone(), reason };
+        let inner = match source {
+            TokenizerSource::File(path) => tokenizers::Tokenizer::from_file(path),
+            TokenizerSource::Embedded => tokenizers::Tokenizer::from_bytes(embedded_json().map_err(fail)?),
+        }
+        .map_err(|e| fail(e.to_string()))?;
         let check = |token: &str, id: u32| match inner.token_to_id(token) {
             Some(found) if found == id => Ok(()),
-            found => Err(ClipError::Tokenizer {
-                path: path.to_owned(),
-                reason: format!("not CLIP's vocabulary: `{token}` is {found:?}, expected {id}"),
-            }),
+            found => Err(fail(format!("not CLIP's vocabulary: `{token}` is {found:?}, expected {id}"))),
         };
         check("<|startoftext|>", START_OF_TEXT)?;
         check("<|endoftext|>", END_OF_TEXT)?;

@@ -220,7 +220,7 @@ impl ThresholdRecord {
 
 /// Today as `YYYY-MM-DD` (UTC), from the system clock.
 pub fn today() -> String {
-    crate::prompts::generate::utc_date(std::time::SystemTime::now())
+    crate::time::utc_date(std::time::SystemTime::now())
 }
 
 impl ModelStamp {
