@@ -256,7 +256,7 @@ pub fn engine(
     let clip = Clip::from_source(&config, &weights, tokenizer, &device, precision)?;
     let mut detector = Detector::new(clip, &format!("random {arch}"), None);
     let class = "bottle";
-    let prompts = PromptStore { dir: None }.resolve(class)?.set.expand();
+    let prompts = PromptStore { recipes: None }.resolve(class)?.set.expand();
     let class_texts = prompts.normal.len() + prompts.abnormal.len() + prompts.descriptors.len();
     let start = Instant::now();
     let encoded = detector.encode_class(prompts)?;

@@ -11,4 +11,5 @@ pub mod eval;
 pub mod files;
 pub mod options;
 pub mod prompts;
+pub mod recipe;
 pub mod time;

@@ -15,6 +15,11 @@ pub struct GuiArgs {
     /// Object class of the images (e.g. bottle, metal_nut, pcb1).
     #[arg(long)]
     pub class: Option<String>,
+    /// Folder of the class recipes (prompt set, references, thresholds per class), as
+    /// for the commands; remembered [default: the one in Settings, else $ALFA_RECIPES,
+    /// else the per-user data folder].
+    #[arg(long, value_name = "DIR")]
+    pub recipes: Option<PathBuf>,
     /// Images or folders to open.
     pub paths: Vec<PathBuf>,
 }

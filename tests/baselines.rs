@@ -21,7 +21,7 @@ fn bottle() -> ClassSpec {
     ClassSpec {
         id: "bottle".into(),
         name: "bottle".into(),
-        prompts: PromptStore { dir: None }.resolve("bottle").unwrap().set.expand(),
+        prompts: PromptStore { recipes: None }.resolve("bottle").unwrap().set.expand(),
     }
 }
 

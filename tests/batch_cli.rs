@@ -18,6 +18,8 @@ fn alfa(args: &[&str], cache: &Path) -> Command {
         .args(["--model", fixtures().join("tiny-gelu").to_str().unwrap()])
         .args(["--tokenizer", shared_tokenizer().to_str().unwrap()])
         .env("XDG_CACHE_HOME", cache)
+        // Never the user's own recipes.
+        .env("ALFA_RECIPES", cache.join("recipes"))
         .env("HF_HUB_OFFLINE", "1");
     command
 }

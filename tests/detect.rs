@@ -19,7 +19,7 @@ fn test_image(width: u32, height: u32) -> DynamicImage {
 }
 
 fn small_prompts() -> alfa::prompts::ExpandedPrompts {
-    let mut p = PromptStore { dir: None }.resolve("bottle").unwrap().set.expand();
+    let mut p = PromptStore { recipes: None }.resolve("bottle").unwrap().set.expand();
     // A few prompts keep the debug-build test fast; the full set is exercised elsewhere.
     p.normal.truncate(12);
     p.abnormal.truncate(12);
@@ -118,7 +118,7 @@ fn ablation_rows_switch_one_part_each() {
     let mut rows = Vec::new();
     for ablation in [Ablation::Templates, Ablation::Llm, Ablation::Context, Ablation::Full] {
         let mut settings = DetectSettings::default();
-        let mut prompts = PromptStore { dir: None }.resolve("bottle").unwrap().set.expand();
+        let mut prompts = PromptStore { recipes: None }.resolve("bottle").unwrap().set.expand();
         // A few of each source keep the debug-build test fast.
         for list in [&mut prompts.normal, &mut prompts.abnormal] {
             let llm: Vec<_> = list.iter().filter(|p| p.source == PromptSource::Llm).take(6).cloned().collect();

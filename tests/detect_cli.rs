@@ -31,6 +31,8 @@ impl Run {
             .arg(shared_tokenizer())
             .args(args)
             .env("XDG_CACHE_HOME", &self.cache)
+            // Never the user's own recipes.
+            .env("ALFA_RECIPES", self.cache.join("recipes"))
             .env("HF_HUB_OFFLINE", "1")
             .output()
             .unwrap()
@@ -270,19 +272,19 @@ fn references_switch_detect_to_few_shot() {
         Command::new(env!("CARGO_BIN_EXE_alfa")).args(args).output().unwrap()
     };
     let pd = prompts_dir.to_str().unwrap();
-    let listed = alfa(&["refs", "list", "--class", "bottle", "--prompts-dir", pd]);
+    let listed = alfa(&["refs", "list", "--class", "bottle", "--recipes", pd]);
     assert!(String::from_utf8_lossy(&listed.stdout).contains("zero-shot"));
     // Another image of the same name becomes good-1.png.
     let other = dir.path().join("other/good.png");
     save(&part(33, 32), &other);
-    let added = alfa(&["refs", "add", "--class", "bottle", "--prompts-dir", pd, good.to_str().unwrap(), other.to_str().unwrap()]);
+    let added = alfa(&["refs", "add", "--class", "bottle", "--recipes", pd, good.to_str().unwrap(), other.to_str().unwrap()]);
     assert!(added.status.success(), "{}", stderr(&added));
-    let listed = String::from_utf8(alfa(&["refs", "list", "--class", "bottle", "--prompts-dir", pd]).stdout).unwrap();
+    let listed = String::from_utf8(alfa(&["refs", "list", "--class", "bottle", "--recipes", pd]).stdout).unwrap();
     assert_eq!(listed.lines().count(), 2, "{listed}");
 
     let run = Run::new();
     let out = dir.path().join("out");
-    let few = run.detect(&["--class", "bottle", "--prompts-dir", pd, "--shots", "2", "--seed", "3", "--json", "--out", out.to_str().unwrap(), good.to_str().unwrap()]);
+    let few = run.detect(&["--class", "bottle", "--recipes", pd, "--shots", "2", "--seed", "3", "--json", "--out", out.to_str().unwrap(), good.to_str().unwrap()]);
     assert!(few.status.success(), "{}", stderr(&few));
     assert!(stderr(&few).contains("few-shot for `bottle`: 2 reference image(s)"), "{}", stderr(&few));
     let record: serde_json::Value = serde_json::from_slice(&few.stdout).unwrap();
@@ -291,13 +293,13 @@ fn references_switch_detect_to_few_shot() {
     assert!(record["few_shot"]["max_score"].as_f64().unwrap().abs() < 1e-5);
     assert!(record["few_shot"]["nearest"]["region"].is_array());
 
-    let zero = run.detect(&["--class", "bottle", "--prompts-dir", pd, "--zero-shot", "--json", "--force", "--out", out.to_str().unwrap(), good.to_str().unwrap()]);
+    let zero = run.detect(&["--class", "bottle", "--recipes", pd, "--zero-shot", "--json", "--force", "--out", out.to_str().unwrap(), good.to_str().unwrap()]);
     let record: serde_json::Value = serde_json::from_slice(&zero.stdout).unwrap();
     assert!(record["few_shot"].is_null());
 
-    let removed = alfa(&["refs", "remove", "--class", "bottle", "--prompts-dir", pd, "good.png", "good-1.png"]);
+    let removed = alfa(&["refs", "remove", "--class", "bottle", "--recipes", pd, "good.png", "good-1.png"]);
     assert!(removed.status.success(), "{}", stderr(&removed));
-    let fresh = run.detect(&["--class", "bottle", "--prompts-dir", pd, "--force", "--out", out.to_str().unwrap(), good.to_str().unwrap()]);
+    let fresh = run.detect(&["--class", "bottle", "--recipes", pd, "--force", "--out", out.to_str().unwrap(), good.to_str().unwrap()]);
     assert!(stderr(&fresh).contains("zero-shot for `bottle`: no reference images"), "{}", stderr(&fresh));
 }
 
@@ -354,7 +356,7 @@ fn refs_add_takes_folders() {
         Command::new(env!("CARGO_BIN_EXE_alfa"))
             .args(["refs"])
             .args(args)
-            .args(["--class", "bottle", "--prompts-dir", pd.to_str().unwrap()])
+            .args(["--class", "bottle", "--recipes", pd.to_str().unwrap()])
             .output()
             .unwrap()
     };
@@ -386,7 +388,7 @@ fn window_scales_beyond_the_grid_are_refused_before_work() {
     let prompts_dir = dir.path().join("prompts");
     let good = dir.path().join("good.png");
     save(&part(32, 32), &good);
-    let refs = prompts_dir.join("bottle.refs");
+    let refs = prompts_dir.join("bottle/refs");
     std::fs::create_dir_all(&refs).unwrap();
     std::fs::copy(&good, refs.join("good.png")).unwrap();
     let run = Run::new();
@@ -398,7 +400,7 @@ fn window_scales_beyond_the_grid_are_refused_before_work() {
     ] {
         for mode in ["--zero-shot", "--shots=1"] {
             let out = dir.path().join(format!("out-{scales}{mode}"));
-            let run = run.detect(&["--class", "bottle", "--prompts-dir", pd, mode, "--scales", scales, "--out", out.to_str().unwrap(), good.to_str().unwrap()]);
+            let run = run.detect(&["--class", "bottle", "--recipes", pd, mode, "--scales", scales, "--out", out.to_str().unwrap(), good.to_str().unwrap()]);
             assert_eq!(run.status.code(), Some(1), "--scales {scales} {mode}: {}", stderr(&run));
             assert!(stderr(&run).contains(why), "--scales {scales} {mode}: {}", stderr(&run));
             assert!(!stderr(&run).contains("panicked"), "{}", stderr(&run));

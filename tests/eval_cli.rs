@@ -50,6 +50,8 @@ fn alfa(args: &[&str], cache: &Path) -> Output {
         .args(["--model", fixtures().join("tiny-gelu").to_str().unwrap()])
         .args(["--tokenizer", shared_tokenizer().to_str().unwrap()])
         .env("XDG_CACHE_HOME", cache)
+        // Never the user's own recipes.
+        .env("ALFA_RECIPES", cache.join("recipes"))
         .output()
         .unwrap()
 }
@@ -232,22 +234,23 @@ fn a_folder_dataset_takes_its_class_from_the_flag_and_names_the_prompt_set() {
     let stderr = |out: &Output| String::from_utf8_lossy(&out.stderr).into_owned();
 
     // Without --class: the folder's name, and the generic set, said out loud.
-    let out = alfa(&["eval", "--root", r, "--prompts-dir", pd, "--json", j], dir.path());
+    let out = alfa(&["eval", "--root", r, "--recipes", pd, "--json", j], dir.path());
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("class folder_ds: generic (no prompt set named folder_ds)"), "{}", stderr(&out));
     assert!(report(&json)["classes"]["folder_ds"].is_object());
 
-    let out = alfa(&["eval", "--root", r, "--prompts-dir", pd, "--class", "bottle", "--json", j], dir.path());
+    let out = alfa(&["eval", "--root", r, "--recipes", pd, "--class", "bottle", "--json", j], dir.path());
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("class bottle: built-in bottle"), "{}", stderr(&out));
     let bottle = report(&json);
     assert!(bottle["classes"]["bottle"]["image_auroc"].is_number() && bottle["classes"].get("folder_ds").is_none(), "{bottle}");
     assert_eq!(bottle["run"]["prompt_sets"]["bottle"], "built-in bottle");
 
-    // A set in the prompts folder is named by its path.
-    let own = prompts_dir.join("bottle.toml");
+    // A set in the class's recipe is named by its path.
+    let own = prompts_dir.join("bottle/prompts.toml");
+    std::fs::create_dir_all(own.parent().unwrap()).unwrap();
     std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts/bottle.toml"), &own).unwrap();
-    let out = alfa(&["eval", "--root", r, "--prompts-dir", pd, "--classes", "bottle"], dir.path());
+    let out = alfa(&["eval", "--root", r, "--recipes", pd, "--classes", "bottle"], dir.path());
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains(&format!("class bottle: {}", own.display())), "{}", stderr(&out));
 

@@ -23,7 +23,7 @@ fn texture(phase: u32, defect: bool) -> DynamicImage {
 }
 
 fn small_class() -> ClassSpec {
-    let mut prompts = PromptStore { dir: None }.resolve("carpet").unwrap().set.expand();
+    let mut prompts = PromptStore { recipes: None }.resolve("carpet").unwrap().set.expand();
     prompts.normal.truncate(10);
     prompts.abnormal.truncate(10);
     prompts.descriptors.truncate(3);

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use alfa::app::{AlfaApp, AppOptions, LlmStatus, Verdict};
 use alfa::options::{GuiArgs, ModelArgs};
+use alfa::recipe::{MethodRecipe, ModelStamp, Recipe, Recipes, ThresholdHow, ThresholdRecord};
 use alfa::prompts::llm::LlmConfig;
 use common::llm_server::{Reply, Server};
 use common::{fixtures, shared_tokenizer};
@@ -35,12 +36,14 @@ fn image_folder(dir: &Path) -> PathBuf {
     root
 }
 
-fn harness(paths: Vec<PathBuf>) -> Harness<'static, AlfaApp> {
-    harness_with_prompts(paths, None)
+/// The app with `paths` open and its recipes in `dir/recipes`.
+fn harness(dir: &Path, paths: Vec<PathBuf>) -> Harness<'static, AlfaApp> {
+    harness_with_recipes(paths, dir.join("recipes"))
 }
 
-/// `prompts_dir`: the folder the app reads and saves prompt files in.
-fn harness_with_prompts(paths: Vec<PathBuf>, prompts_dir: Option<PathBuf>) -> Harness<'static, AlfaApp> {
+/// `recipes`: the folder the app reads and saves class recipes (prompts, references,
+/// thresholds) in; never the user's own.
+fn harness_with_recipes(paths: Vec<PathBuf>, recipes: PathBuf) -> Harness<'static, AlfaApp> {
     let options = AppOptions {
         args: GuiArgs {
             model: ModelArgs {
@@ -49,10 +52,11 @@ fn harness_with_prompts(paths: Vec<PathBuf>, prompts_dir: Option<PathBuf>) -> Ha
                 ..Default::default()
             },
             class: Some("bottle".into()),
+            recipes: None,
             paths,
         },
         cache_dir: None,
-        prompts_dir,
+        recipes_dir: Some(recipes),
         screenshot: None,
     };
     Harness::builder()
@@ -81,7 +85,7 @@ fn analysed(app: &AlfaApp) -> bool {
 #[test]
 fn open_analyse_threshold_and_live_prompt_edit() {
     let dir = tempfile::tempdir().unwrap();
-    let mut harness = harness(vec![image_folder(dir.path())]);
+    let mut harness = harness(dir.path(), vec![image_folder(dir.path())]);
     step_until(&mut harness, "the analysis", analysed);
 
     let state = &harness.state().state;
@@ -137,7 +141,7 @@ fn open_analyse_threshold_and_live_prompt_edit() {
 #[test]
 fn overview_snapshot() {
     let dir = tempfile::tempdir().unwrap();
-    let mut harness = harness(vec![image_folder(dir.path())]);
+    let mut harness = harness(dir.path(), vec![image_folder(dir.path())]);
     step_until(&mut harness, "the analysis", analysed);
     harness.run_steps(3);
     // Software rasterisers differ slightly between Mesa versions.
@@ -161,9 +165,9 @@ fn reanalysed(generation: u64) -> impl Fn(&AlfaApp) -> bool {
 fn references_switch_to_few_shot_and_set_the_threshold() {
     let dir = tempfile::tempdir().unwrap();
     let root = image_folder(dir.path());
-    let prompts = dir.path().join("prompts");
-    let refs = prompts.join("bottle.refs");
-    let mut harness = harness_with_prompts(vec![root.clone()], Some(prompts));
+    let recipes = dir.path().join("recipes");
+    let refs = recipes.join("bottle/refs");
+    let mut harness = harness_with_recipes(vec![root.clone()], recipes.clone());
     step_until(&mut harness, "the analysis", analysed);
     assert!(harness.query_all_by_label("zero-shot").count() >= 1);
     assert!(harness.state().state.entries.iter().filter_map(|e| e.analysis.as_ref()).all(|a| a.detection.as_ref().unwrap().few_shot.is_none()));
@@ -214,9 +218,15 @@ fn references_switch_to_few_shot_and_set_the_threshold() {
     let notice = state.notice.clone().unwrap_or_default();
     assert!(notice.contains("only 2 good images") && notice.contains("at least 100"), "{notice}");
     // Leave-one-out: scored against the other reference, the good image is no longer a perfect match.
-    let loo = fit.scores.iter().find(|s| s.0.ends_with("bottle.refs/000.png")).unwrap().1;
+    let loo = fit.scores.iter().find(|s| s.0.ends_with("bottle/refs/000.png")).unwrap().1;
     assert!(loo > state.entries[3].score().unwrap(), "{loo} vs {:?}", state.entries[3].score());
     assert!(state.threshold_origin().contains("from 2 good images"), "{}", state.threshold_origin());
+    // Both are in the class's recipe, with how they were set and the model they hold for.
+    let recipe = Recipes::new(&recipes).read("bottle").unwrap().expect("the fit writes the recipe");
+    let image = recipe.thresholds.image.clone().unwrap();
+    assert_eq!((image.value, image.how, image.good.clone(), image.images), (state.image_threshold(), ThresholdHow::GoodImages, vec!["refs".to_owned()], Some(2)));
+    assert_eq!(recipe.thresholds.region.as_ref().map(|r| r.value), Some(state.region_threshold()));
+    assert_eq!(recipe.model.as_ref(), state.model_stamp.as_ref());
 
     // A folder of three good images at 50%: one of them may be flagged.
     let good = dir.path().join("good");
@@ -243,7 +253,9 @@ fn references_switch_to_few_shot_and_set_the_threshold() {
     harness.get_by_role_and_label(Role::Slider, "OK/NG threshold").set_value_accesskit(0.25);
     harness.run_steps(2);
     let origin = harness.state().state.threshold_origin();
-    assert!(origin.starts_with("OK/NG 0.250 set by hand; region") && origin.contains("from 3 good images"), "{origin}");
+    assert!(origin.starts_with("OK/NG 0.250 set by hand on ") && origin.contains("; region") && origin.contains("from 3 good images"), "{origin}");
+    let recipe = Recipes::new(&recipes).read("bottle").unwrap().unwrap();
+    assert_eq!(recipe.thresholds.image.map(|t| (t.value, t.how)), Some((0.25, ThresholdHow::ByHand)));
 
     // Removing both references goes back to zero-shot.
     for name in ["Remove 000.png", "Remove extra.png"] {
@@ -286,8 +298,8 @@ impl DroppedFile for DroppedPath {
 fn dropped_files_open_images_or_add_references() {
     let dir = tempfile::tempdir().unwrap();
     let root = image_folder(dir.path());
-    let prompts = dir.path().join("prompts");
-    let mut harness = harness_with_prompts(Vec::new(), Some(prompts.clone()));
+    let recipes = dir.path().join("recipes");
+    let mut harness = harness_with_recipes(Vec::new(), recipes.clone());
     let drop = |harness: &mut Harness<'static, AlfaApp>, path: PathBuf, shift: bool| {
         let input = harness.input_mut();
         let modifiers = if shift { Modifiers::SHIFT } else { Modifiers::NONE };
@@ -303,7 +315,7 @@ fn dropped_files_open_images_or_add_references() {
     let generation = harness.state().state.progress.generation;
     drop(&mut harness, good.clone(), true);
     step_until(&mut harness, "the few-shot analysis", reanalysed(generation));
-    assert_eq!(harness.state().state.references(), [prompts.join("bottle.refs/000.png")]);
+    assert_eq!(harness.state().state.references(), [recipes.join("bottle/refs/000.png")]);
     assert_eq!(harness.state().state.entries.len(), 4, "a reference drop keeps the list");
 }
 
@@ -335,11 +347,12 @@ fn type_user_prompt(harness: &mut Harness<'static, AlfaApp>) {
 #[test]
 fn generate_more_adds_prompts_and_save_keeps_comments() {
     let dir = tempfile::tempdir().unwrap();
-    let prompts_dir = dir.path().join("prompts");
-    std::fs::create_dir(&prompts_dir).unwrap();
+    let recipes = dir.path().join("recipes");
+    let prompts_file = recipes.join("bottle/prompts.toml");
+    std::fs::create_dir_all(prompts_file.parent().unwrap()).unwrap();
     let (_, shipped) = alfa::prompts::PromptStore::shipped().find(|(id, _)| *id == "bottle").unwrap();
     let commented = format!("# my notes on bottles\n{}", shipped.replacen("abnormal = [", "abnormal = [\n    # checked by hand", 1));
-    std::fs::write(prompts_dir.join("bottle.toml"), &commented).unwrap();
+    std::fs::write(&prompts_file, &commented).unwrap();
     let server = Server::start(|request, _| {
         let question = request.question();
         Reply::chat(if question.contains("An abnormal image of bottle") {
@@ -350,7 +363,7 @@ fn generate_more_adds_prompts_and_save_keeps_comments() {
             "- soot stains on the glass\n- a rim with a bite taken out"
         })
     });
-    let mut harness = harness_with_prompts(vec![image_folder(dir.path())], Some(prompts_dir.clone()));
+    let mut harness = harness_with_recipes(vec![image_folder(dir.path())], recipes.clone());
     step_until(&mut harness, "the analysis", analysed);
     ask(&mut harness, &server);
     let before = harness.state().prompts().unwrap().clone();
@@ -371,12 +384,12 @@ fn generate_more_adds_prompts_and_save_keeps_comments() {
     step_until(&mut harness, "the re-score", reanalysed(generation));
     let report = &harness.state().state.selected_analysis().unwrap().detection.as_ref().unwrap().prompts;
     assert!(report.abnormal.iter().any(|p| p.text == "An abnormal image of bottle has soot inside."));
-    assert_eq!(std::fs::read_to_string(prompts_dir.join("bottle.toml")).unwrap(), commented, "nothing saved yet");
+    assert_eq!(std::fs::read_to_string(&prompts_file).unwrap(), commented, "nothing saved yet");
 
     // Save: the file holds the edit and the new prompts, and still has the user's comments.
     harness.get_by_label("Save").click();
     harness.run_steps(2);
-    let saved = std::fs::read_to_string(prompts_dir.join("bottle.toml")).unwrap();
+    let saved = std::fs::read_to_string(&prompts_file).unwrap();
     assert!(saved.starts_with("# my notes on bottles\n"), "{saved}");
     assert!(saved.contains("# checked by hand"), "{saved}");
     let read = alfa::prompts::PromptSet::from_toml(&saved, Path::new("saved")).unwrap();
@@ -388,7 +401,7 @@ fn generate_more_adds_prompts_and_save_keeps_comments() {
 fn a_failing_llm_shows_its_error_and_keeps_the_edits() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(|_, _| Reply::json(404, serde_json::json!({"error": {"message": "model `test-model` not found"}})));
-    let mut harness = harness_with_prompts(vec![image_folder(dir.path())], Some(dir.path().join("no-prompts")));
+    let mut harness = harness_with_recipes(vec![image_folder(dir.path())], dir.path().join("no-recipes"));
     step_until(&mut harness, "the analysis", analysed);
     ask(&mut harness, &server);
     let before = harness.state().prompts().unwrap().clone();
@@ -423,11 +436,11 @@ fn retype(harness: &mut Harness<'static, AlfaApp>, label: &str, text: &str) {
 fn window_scales_beyond_the_grid_are_refused_and_the_engine_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let root = image_folder(dir.path());
-    let prompts = dir.path().join("prompts");
-    let refs = prompts.join("bottle.refs");
+    let recipes = dir.path().join("recipes");
+    let refs = recipes.join("bottle/refs");
     std::fs::create_dir_all(&refs).unwrap();
     std::fs::copy(root.join("test/good/000.png"), refs.join("good.png")).unwrap();
-    let mut harness = harness_with_prompts(vec![root], Some(prompts));
+    let mut harness = harness_with_recipes(vec![root], recipes);
     step_until(&mut harness, "the analysis", analysed);
     // Scales kept from a larger model: checked when this model is (re)loaded.
     harness.state_mut().state.settings.detect.scales = vec![5];
@@ -473,8 +486,8 @@ fn window_scales_beyond_the_grid_are_refused_and_the_engine_recovers() {
 #[test]
 fn saved_prompt_edits_survive_apply_class_and_the_next_save() {
     let dir = tempfile::tempdir().unwrap();
-    let prompts = dir.path().join("prompts");
-    let mut harness = harness_with_prompts(vec![image_folder(dir.path())], Some(prompts.clone()));
+    let recipes = dir.path().join("recipes");
+    let mut harness = harness_with_recipes(vec![image_folder(dir.path())], recipes.clone());
     step_until(&mut harness, "the analysis", analysed);
     let add = |harness: &mut Harness<'static, AlfaApp>, text: &str| {
         harness.get_by_label("Prompts").click();
@@ -488,7 +501,7 @@ fn saved_prompt_edits_survive_apply_class_and_the_next_save() {
         harness.run_steps(2);
     };
     add(&mut harness, "cracked {c}");
-    let file = prompts.join("bottle.toml");
+    let file = recipes.join("bottle/prompts.toml");
     assert!(std::fs::read_to_string(&file).unwrap().contains("cracked {c}"));
     harness.get_by_label("Apply class").click();
     harness.run_steps(2);
@@ -517,7 +530,7 @@ fn saved_prompt_edits_survive_apply_class_and_the_next_save() {
 fn paths_are_typed_and_exports_ask_before_replacing() {
     let dir = tempfile::tempdir().unwrap();
     let root = image_folder(dir.path());
-    let mut harness = harness_with_prompts(Vec::new(), Some(dir.path().join("prompts")));
+    let mut harness = harness_with_recipes(Vec::new(), dir.path().join("recipes"));
     harness.key_press_modifiers(Modifiers::COMMAND, eframe::egui::Key::O);
     harness.run_steps(2);
     harness.get_by_label_contains("Path (").type_text(&format!("'{}'", root.display()));
@@ -579,8 +592,8 @@ fn layout_class_unreadable_references_and_keys() {
     let root = image_folder(dir.path());
     let screw = dir.path().join("screw");
     std::fs::rename(&root, &screw).unwrap();
-    let prompts = dir.path().join("prompts");
-    let mut harness = harness_with_prompts(Vec::new(), Some(prompts.clone()));
+    let recipes = dir.path().join("recipes");
+    let mut harness = harness_with_recipes(Vec::new(), recipes.clone());
     harness.state_mut().open(&[screw.clone()]);
     step_until(&mut harness, "the analysis", analysed);
     let state = &harness.state().state;
@@ -595,7 +608,7 @@ fn layout_class_unreadable_references_and_keys() {
     step_until(&mut harness, "the refusal", |app| app.state.notice.as_deref().is_some_and(|n| n.contains("cannot be read")));
     assert!(harness.state().state.notice.as_deref().unwrap().contains("002.png"));
     assert!(harness.state().state.references().is_empty());
-    assert!(!prompts.join("screw.refs/002.png").exists());
+    assert!(!recipes.join("screw/refs/002.png").exists());
     assert_eq!(harness.state().state.mode_label(), "zero-shot");
 
     // Three presses in one frame move three images; Left goes back, PageDown to the end.
@@ -623,7 +636,7 @@ fn layout_class_unreadable_references_and_keys() {
 #[test]
 fn the_next_picture_is_decoded_before_it_is_asked_for() {
     let dir = tempfile::tempdir().unwrap();
-    let mut harness = harness(vec![image_folder(dir.path())]);
+    let mut harness = harness(dir.path(), vec![image_folder(dir.path())]);
     step_until(&mut harness, "the analysis", analysed);
     let next = harness.state().state.entries[1].id;
     step_until(&mut harness, "the prefetch", move |app| app.state.decoded.iter().any(|s| s.id == next));
@@ -640,7 +653,7 @@ fn the_next_picture_is_decoded_before_it_is_asked_for() {
 fn methods_switch_and_two_compare_side_by_side() {
     use alfa::detect::MethodKind;
     let dir = tempfile::tempdir().unwrap();
-    let mut harness = harness(vec![image_folder(dir.path())]);
+    let mut harness = harness(dir.path(), vec![image_folder(dir.path())]);
     step_until(&mut harness, "the analysis", analysed);
     let alfa_scores: Vec<f32> = harness.state().state.entries.iter().filter_map(|e| e.score()).collect();
 
@@ -675,4 +688,50 @@ fn methods_switch_and_two_compare_side_by_side() {
     harness.run_steps(3);
     assert!(harness.query_by_label_contains("ALFA 0.").is_none(), "captions are painted, not widgets");
     harness.snapshot_options("gui_compare", &SnapshotOptions::new().threshold(2.0).max_failed_pixels(12_000));
+}
+
+/// A class's recipe on disk is what the app shows at start; a threshold set by hand is
+/// written into it; a recipe made with another model is not applied, and the window
+/// says so.
+#[test]
+fn thresholds_live_in_the_class_recipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = Recipes::new(dir.path().join("recipes"));
+    let model = fixtures().join("tiny-gelu").display().to_string();
+    let files = alfa::clip::ModelRequest { model: Some(model.clone()), tokenizer: Some(shared_tokenizer()), ..Default::default() }
+        .resolve()
+        .unwrap();
+    let stamp = ModelStamp::of(&files, &model, alfa::clip::Precision::F32, None).unwrap();
+    let mut recipe = Recipe::new("bottle");
+    recipe.model = Some(stamp.clone());
+    recipe.method = Some(MethodRecipe::new(alfa::detect::MethodKind::Alfa, &Default::default()));
+    recipe.thresholds.image = Some(ThresholdRecord::by_hand(0.123));
+    recipe.thresholds.region = Some(ThresholdRecord::from_good_images(0.456, 0.01, vec!["/lines/good".into()], 120));
+    recipes.write(&recipe).unwrap();
+
+    let mut harness = harness_with_recipes(vec![image_folder(dir.path())], recipes.root.clone());
+    // Before the model is loaded (the same model named) and after (the same weights).
+    assert_eq!(harness.state().state.image_threshold(), 0.123);
+    step_until(&mut harness, "the analysis", analysed);
+    let state = &harness.state().state;
+    assert_eq!(state.model_stamp.as_ref(), Some(&stamp));
+    assert_eq!((state.image_threshold(), state.region_threshold()), (0.123, 0.456));
+    assert!(state.threshold_origin().contains("region 0.456 from 120 good images (good) at FPR 1%"), "{}", state.threshold_origin());
+    assert!(harness.query_by_label_contains("may not transfer").is_none());
+
+    harness.get_by_role_and_label(Role::Slider, "OK/NG threshold").set_value_accesskit(0.3);
+    harness.run_steps(2);
+    let written = recipes.read("bottle").unwrap().unwrap();
+    assert_eq!(written.thresholds.image.as_ref().map(|t| (t.value, t.how)), Some((0.3, ThresholdHow::ByHand)));
+    assert_eq!(written.thresholds.region, recipe.thresholds.region, "the other threshold stays as it was set");
+    assert!(harness.state().state.settings.thresholds.is_empty(), "one truth: the recipe");
+
+    // The recipe of another model: its thresholds are not used, and the window says so.
+    let other = ModelStamp { id: "someone/else".into(), weights_blake3: "0".repeat(64), ..stamp };
+    recipes.write(&Recipe { model: Some(other), ..recipe }).unwrap();
+    harness.state_mut().set_class("screw".into());
+    harness.state_mut().set_class("bottle".into());
+    harness.run_steps(2);
+    assert_eq!(harness.state().state.image_threshold(), 0.5);
+    assert!(harness.query_by_label_contains("may not transfer").is_some(), "{:?}", harness.state().state.recipe_warning());
 }

@@ -73,7 +73,8 @@ fn config(server_url: &str) -> LlmConfig {
 fn plan(config: LlmConfig, dir: &Path, class: &str, samples: usize) -> (Result<ClassPlan, GenerateError>, Vec<GenerateEvent>) {
     let client = LlmClient::new(config).unwrap();
     let mut events = Vec::new();
-    let result = generate::plan_class(&client, &tokenizer(), dir, class, samples, &mut |e| events.push(e));
+    let file = alfa::prompts::set::file_for(dir, class);
+    let result = generate::plan_class(&client, &tokenizer(), &file, class, samples, &mut |e| events.push(e));
     (result, events)
 }
 
@@ -386,4 +387,23 @@ fn cli_needs_no_tokenizer_file_and_no_network() {
     let embedded = run(true);
     assert!(embedded.contains("bottle: +1 normal, +3 abnormal, +2 descriptors: would update"), "{embedded}");
     assert_eq!(embedded, run(false));
+}
+
+#[test]
+fn cli_without_out_adds_the_prompts_to_the_class_recipe() {
+    let server = Server::start(|request, _| Reply::chat(&llm_answer(&request.question())));
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = dir.path().join("recipes");
+    let out = alfa(&["--class", "bottle", "--llm-url", &server.base_url, "--samples", "1"])
+        .env("ALFA_RECIPES", &recipes)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let file = recipes.join("bottle/prompts.toml");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("created {}", file.display())));
+    let set = PromptSet::from_file(&file).unwrap();
+    assert!(set.llm.abnormal.iter().any(|p| p == "An abnormal image of {c} shows a chipped rim."), "{:?}", set.llm.abnormal);
+    // The class's prompt set from now on, for the app and every command.
+    let resolved = alfa::prompts::PromptStore::in_recipes(&alfa::recipe::Recipes::new(&recipes)).resolve("bottle").unwrap();
+    assert_eq!(resolved.path.as_deref(), Some(file.as_path()));
 }

@@ -15,7 +15,7 @@ const VISA: [&str; 12] = [
 
 #[test]
 fn every_benchmark_class_ships_a_complete_set() {
-    let store = PromptStore { dir: None };
+    let store = PromptStore { recipes: None };
     for class in MVTEC.iter().chain(&VISA) {
         let resolved = store.resolve(class).unwrap();
         assert!(!resolved.generic_fallback, "{class}");
@@ -37,7 +37,7 @@ fn every_benchmark_class_ships_a_complete_set() {
 
 #[test]
 fn readable_names_follow_the_datasets() {
-    let store = PromptStore { dir: None };
+    let store = PromptStore { recipes: None };
     let name = |c: &str| store.resolve(c).unwrap().set.class.name;
     assert_eq!(name("metal_nut"), "metal nut");
     assert_eq!(name("pcb1"), "printed circuit board");
@@ -58,7 +58,7 @@ fn every_file_in_prompts_is_compiled_in() {
 
 #[test]
 fn unknown_class_gets_the_generic_set_under_its_name() {
-    let r = PromptStore { dir: None }.resolve("gear_wheel").unwrap();
+    let r = PromptStore { recipes: None }.resolve("gear_wheel").unwrap();
     assert!(r.generic_fallback);
     let p = r.set.expand();
     assert!(p.abnormal.iter().any(|p| p.text.contains("gear wheel")));
@@ -66,16 +66,21 @@ fn unknown_class_gets_the_generic_set_under_its_name() {
 }
 
 #[test]
-fn a_file_in_the_prompts_folder_overrides_the_shipped_one() {
+fn a_recipes_prompt_set_overrides_the_shipped_one() {
     let tmp = tempfile::tempdir().unwrap();
     let (_, shipped) = PromptStore::shipped().find(|(id, _)| *id == "bottle").unwrap();
     let edited = shipped.replacen("\n    \"A normal image of {c}", "\n    \"A normal image of {c} edited by hand", 1);
     assert_ne!(edited, shipped);
-    std::fs::write(tmp.path().join("bottle.toml"), edited).unwrap();
-    let r = PromptStore { dir: Some(tmp.path().to_owned()) }.resolve("bottle").unwrap();
-    assert_eq!(r.path.as_deref(), Some(tmp.path().join("bottle.toml").as_path()));
+    let recipes = alfa::recipe::Recipes::new(tmp.path());
+    std::fs::create_dir_all(tmp.path().join("bottle")).unwrap();
+    std::fs::write(tmp.path().join("bottle/prompts.toml"), edited).unwrap();
+    let r = PromptStore::in_recipes(&recipes).resolve("bottle").unwrap();
+    assert_eq!(r.path.as_deref(), Some(tmp.path().join("bottle/prompts.toml").as_path()));
     assert!(r.set.expand().normal.iter().any(|p| p.text.contains("edited by hand")));
-    assert!(PromptStore { dir: Some(tmp.path().to_owned()) }.classes().contains(&"bottle".to_owned()));
+    assert!(PromptStore::in_recipes(&recipes).classes().contains(&"bottle".to_owned()));
+    // A legacy file beside the recipes (`<dir>/bottle.toml`) is not read.
+    std::fs::write(tmp.path().join("screw.toml"), shipped).unwrap();
+    assert!(PromptStore::in_recipes(&recipes).resolve("screw").unwrap().path.is_none());
 }
 
 #[test]
@@ -134,7 +139,7 @@ fn shipped_prompts_fit_the_context() {
 /// {state}` with `abnormal {c}`): the expanded prompts must read "an" before a vowel.
 #[test]
 fn expanded_prompts_use_an_before_a_vowel_sound() {
-    let store = PromptStore { dir: None };
+    let store = PromptStore { recipes: None };
     let bottle = store.resolve("bottle").unwrap().set.expand();
     let texts: Vec<&str> = bottle.normal.iter().chain(&bottle.abnormal).map(|p| p.text.as_str()).collect();
     assert!(texts.contains(&"an industrial photo of the bottle for visual inspection."), "{texts:#?}");

@@ -29,7 +29,9 @@ impl Watcher {
             .args(extra)
             .args(["--model", fixtures().join("tiny-gelu").to_str().unwrap()])
             .args(["--tokenizer", shared_tokenizer().to_str().unwrap()])
-            .env("XDG_CACHE_HOME", cache)
+            .env("XDG_CACHE_HOME", &cache)
+            // Never the user's own recipes.
+            .env("ALFA_RECIPES", cache.join("recipes"))
             .env("HF_HUB_OFFLINE", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -30,6 +30,8 @@ use crate::options::{GuiArgs, ModelArgs};
 use crate::clip::{ClipTokenizer, Precision};
 use crate::detect::{DetectSettings, references};
 use crate::prompts::PromptStore;
+use crate::recipe::{Recipe, Recipes};
+use crate::recipe::legacy::{self, LEGACY_DIR};
 use crate::prompts::generate::{self, CLIP_CONTEXT, GenerateEvent, Generated, QueryKind};
 use crate::prompts::llm::LlmClient;
 
@@ -56,23 +58,26 @@ pub struct AppOptions {
     pub args: GuiArgs,
     /// Text-feature cache folder (`None`: memory only, as in tests).
     pub cache_dir: Option<PathBuf>,
-    /// Folder of the prompt files to read and save (`None`: `./prompts` if it exists).
-    pub prompts_dir: Option<PathBuf>,
+    /// The recipes folder (`--recipes`): class prompt sets, references and thresholds
+    /// are read and saved there (`None`: the one remembered in Settings, else
+    /// `$ALFA_RECIPES`, else the per-user data folder).
+    pub recipes_dir: Option<PathBuf>,
     /// Save a screenshot here once the first results are on screen, then close.
     pub screenshot: Option<PathBuf>,
 }
 
 /// Opens the window.
 pub fn run(args: GuiArgs) -> Result<()> {
-    run_with(AppOptions { args, cache_dir: crate::detect::text_cache::default_cache_dir(), prompts_dir: None, screenshot: None })
+    let recipes_dir = args.recipes.clone();
+    run_with(AppOptions { args, cache_dir: crate::detect::text_cache::default_cache_dir(), recipes_dir, screenshot: None })
 }
 
 /// `alfa screenshot`: the window with `args` loaded, saved to `out` once analysed.
 pub fn screenshot(args: GuiArgs, out: PathBuf) -> Result<()> {
     run_with(AppOptions {
+        recipes_dir: args.recipes.clone(),
         args,
         cache_dir: crate::detect::text_cache::default_cache_dir(),
-        prompts_dir: None,
         screenshot: Some(out),
     })
 }
@@ -115,6 +120,8 @@ pub struct AlfaApp {
     class_input: String,
     /// The window scales box's text as typed, and why it is not applied.
     scales_input: String,
+    /// The recipes folder box's text, applied on Enter or "Use folder".
+    recipes_input: String,
     scales_error: Option<String>,
     /// Prompt editors with unsaved edits of classes switched away from: switching
     /// back brings the edits back.
@@ -138,7 +145,12 @@ pub struct AlfaApp {
     /// The keyboard moved the selection: scroll the list to it.
     scroll_to_selected: bool,
     persist: bool,
+    /// The recipes folder; `prompts` resolves class prompt sets in it.
+    recipes: Recipes,
     prompts: PromptStore,
+    /// A recipe changed by a threshold, written once the pointer is released (a slider
+    /// being dragged would write it every frame).
+    recipe_to_write: Option<Recipe>,
     /// Where the References section was drawn: files dropped there become references.
     references_rect: Option<egui::Rect>,
     /// The nearest reference window on screen in the Why panel, and its picture.
@@ -177,6 +189,15 @@ impl AlfaApp {
         if let Some(class) = &args.class {
             settings.class = class.clone();
         }
+        let mut notices = notices;
+        if let Some(dir) = &options.recipes_dir {
+            settings.recipes = dir.display().to_string();
+        }
+        let recipes = locate_recipes(&settings.recipes).unwrap_or_else(|e| {
+            let fallback = Recipes::new("recipes");
+            notices.push(format!("{e}: using {}", fallback.root.display()));
+            fallback
+        });
         let gpu = match &cc.wgpu_render_state {
             Some(render_state) => {
                 heatmap::install(render_state);
@@ -188,6 +209,7 @@ impl AlfaApp {
         let mut app = Self {
             class_input: settings.class.clone(),
             scales_input: scales_text(&settings.detect.scales),
+            recipes_input: settings.recipes.clone(),
             scales_error: None,
             parked_editors: Default::default(),
             path_prompt: None,
@@ -212,9 +234,9 @@ impl AlfaApp {
             persist: options.screenshot.is_none(),
             // Always a folder, existing or not: a set saved there is found from then
             // on (a store without one would keep resolving to the built-in set).
-            prompts: PromptStore {
-                dir: Some(options.prompts_dir.unwrap_or_else(|| PathBuf::from(crate::prompts::store::DEFAULT_DIR))),
-            },
+            prompts: PromptStore::in_recipes(&recipes),
+            recipes,
+            recipe_to_write: None,
             references_rect: None,
             nearest_crop: None,
             worst_crop: None,
@@ -225,6 +247,7 @@ impl AlfaApp {
         if !notices.is_empty() {
             app.state.notice = Some(notices.join("; "));
         }
+        app.find_legacy();
         app.load_model();
         app.set_class(app.state.settings.class.clone());
         if !args.paths.is_empty() {
@@ -249,6 +272,7 @@ impl AlfaApp {
     /// (Re)loads the model on the worker; queued analyses wait for it.
     pub fn load_model(&mut self) {
         let args = self.model_args();
+        self.state.model_stamp = None;
         self.state.model = Some(ModelStatus::Loading {
             model: args.model.clone().unwrap_or_else(|| crate::clip::DEFAULT_MODEL.into()),
             file: String::new(),
@@ -294,6 +318,7 @@ impl AlfaApp {
                 self.class_input = class.clone();
                 self.state.settings.class = class;
                 self.state.threshold_fit = None;
+                self.read_recipe();
                 self.refresh_reference_views();
                 self.analyse_all();
             }
@@ -413,9 +438,118 @@ impl AlfaApp {
             state::Progress { generation, done: 0, total: order.len(), running: true, error: None, references: None };
     }
 
-    /// The folder prompt sets are read from and saved to (`./prompts` by default).
-    pub fn prompts_dir(&self) -> &std::path::Path {
-        self.prompts.dir.as_deref().unwrap_or(std::path::Path::new(crate::prompts::store::DEFAULT_DIR))
+    /// The recipes folder: the class's prompt set, references and thresholds are there.
+    pub fn recipes(&self) -> &Recipes {
+        &self.recipes
+    }
+
+    /// Reads the current class's recipe. Its method and settings become the ones in
+    /// use (what its thresholds were set with); a recipe that cannot be read is
+    /// named with its line, and the app goes on without it.
+    fn read_recipe(&mut self) {
+        let class = self.state.settings.class.clone();
+        self.state.recipe_error = None;
+        self.state.recipe = match self.recipes.read(&class) {
+            Ok(recipe) => recipe,
+            Err(e) => {
+                self.state.recipe_error = Some(e.to_string());
+                self.state.notice = Some(format!("the recipe of `{class}` is not used: {e}"));
+                None
+            }
+        };
+        let Some(method) = self.state.recipe.as_ref().and_then(|r| r.method.clone()) else { return };
+        let settings = method.settings();
+        let s = &mut self.state.settings;
+        if s.method != method.name || s.detect != settings {
+            s.method = method.name;
+            s.detect = settings;
+            self.scales_input = scales_text(&s.detect.scales);
+            self.scales_error = None;
+            self.state.notice = Some(format!(
+                "method and settings from the recipe of `{class}`: {}, scales {}",
+                panels::method_label(method.name),
+                scales_text(&method.scales)
+            ));
+        }
+    }
+
+    /// Another recipes folder (Settings): the class's prompt set, references and
+    /// thresholds are read from it.
+    pub fn set_recipes_dir(&mut self, dir: &str) {
+        match locate_recipes(dir) {
+            Ok(recipes) => {
+                self.state.settings.recipes = dir.trim().to_owned();
+                self.prompts = PromptStore::in_recipes(&recipes);
+                self.recipes = recipes;
+                self.recipe_to_write = None;
+                self.find_legacy();
+                self.reload_class();
+                self.state.notice = Some(format!("recipes in {}", self.recipes.root.display()));
+            }
+            Err(e) => self.state.notice = Some(e.to_string()),
+        }
+    }
+
+    /// Reads the class's prompt set, recipe and references again (unsaved prompt
+    /// edits are kept for when the class comes back, as on a class switch).
+    fn reload_class(&mut self) {
+        let class = self.state.settings.class.clone();
+        if !self.editor.as_ref().is_some_and(|e| e.unsaved && e.applied.class.id == class) {
+            match self.prompts.resolve(&class) {
+                Ok(resolved) => self.editor = Some(PromptEditor::new(resolved)),
+                Err(e) => self.state.notice = Some(format!("cannot read the prompts of `{class}`: {e}")),
+            }
+        }
+        self.read_recipe();
+        self.refresh_reference_views();
+        self.analyse_all();
+    }
+
+    /// Looks for class files of the old layout (`./prompts`) that the recipes lack.
+    fn find_legacy(&mut self) {
+        self.state.legacy = legacy::find(std::path::Path::new(LEGACY_DIR), &self.recipes).into_iter().filter(|c| !c.settled()).collect();
+    }
+
+    /// Copies the old layout's class files into the recipes (the originals stay) and
+    /// reads the class again.
+    pub fn migrate_legacy(&mut self) {
+        match legacy::migrate(std::path::Path::new(LEGACY_DIR), &self.recipes, false) {
+            Ok(done) => {
+                let skipped = done.skipped.first().map(|(f, why)| format!("; left {}: {why}", f.display())).unwrap_or_default();
+                self.state.notice = Some(format!(
+                    "copied {} file(s) from {LEGACY_DIR}/ into {} (the originals stay){skipped}",
+                    done.copied.len(),
+                    self.recipes.root.display()
+                ));
+                self.state.legacy.clear();
+                self.reload_class();
+            }
+            Err(e) => self.state.notice = Some(format!("migration failed: {e}")),
+        }
+    }
+
+    /// "Not now": the offer goes until the next start.
+    pub fn dismiss_legacy(&mut self) {
+        self.state.legacy.clear();
+    }
+
+    /// Makes `thresholds` the class's: into its recipe (written when the pointer is
+    /// released), or remembered until the model is loaded.
+    pub fn set_thresholds(&mut self, thresholds: state::Thresholds) {
+        if let Some(recipe) = self.state.set_thresholds(thresholds) {
+            self.recipe_to_write = Some(recipe);
+        }
+    }
+
+    /// Writes the recipe a threshold changed, once no slider is held.
+    fn write_recipe(&mut self, ctx: &egui::Context) {
+        if self.recipe_to_write.is_none() || ctx.input(|i| i.pointer.any_down()) {
+            return;
+        }
+        let Some(recipe) = self.recipe_to_write.take() else { return };
+        if let Err(e) = self.recipes.write(&recipe) {
+            self.state.notice = Some(format!("the thresholds are not saved: {e}"));
+        }
     }
 
     /// Asks the engine for the compare view's second result of the image on screen,
@@ -439,10 +573,10 @@ impl AlfaApp {
         self.compare_asked = Some((id, wanted));
     }
 
-    /// The class's reference folder, `<prompts>/<class>.refs/`: the one `alfa refs`
+    /// The class's reference folder, `<recipes>/<class>/refs/`: the one `alfa refs`
     /// edits and `alfa detect` reads, so references made here serve the CLI too.
     pub fn references_dir(&self) -> PathBuf {
-        references::references_dir(self.prompts_dir(), &self.state.settings.class)
+        self.recipes.refs_dir(&self.state.settings.class)
     }
 
     /// Copies images (files or folders) into the class's references (on the loader
@@ -504,7 +638,7 @@ impl AlfaApp {
             self.state.notice = Some("add good reference images first".into());
             return;
         }
-        self.start_threshold(references, "the references".into());
+        self.start_threshold(references, "the references".into(), vec![crate::recipe::REFS_DIR.into()]);
     }
 
     /// Sets the threshold from the good images in `folder`.
@@ -515,10 +649,12 @@ impl AlfaApp {
             return;
         }
         let name = folder.file_name().map_or_else(|| folder.display().to_string(), |n| n.to_string_lossy().into_owned());
-        self.start_threshold(good, format!("folder {name}"));
+        let recorded = std::path::absolute(folder).unwrap_or_else(|_| folder.to_owned()).display().to_string();
+        self.start_threshold(good, format!("folder {name}"), vec![recorded]);
     }
 
-    fn start_threshold(&mut self, good: Vec<PathBuf>, source: String) {
+    /// `recorded`: where the good images came from, as the recipe records it.
+    fn start_threshold(&mut self, good: Vec<PathBuf>, source: String, recorded: Vec<String>) {
         let Some(editor) = &self.editor else { return };
         if self.state.settings.method != crate::detect::MethodKind::Alfa {
             self.state.notice = Some("thresholds are fitted from good images for ALFA; set a baseline's by hand".into());
@@ -534,7 +670,7 @@ impl AlfaApp {
             fpr: self.state.settings.target_fpr,
             source,
         });
-        self.state.threshold_task = Some(state::ThresholdTask { id, done: 0, total, references: None });
+        self.state.threshold_task = Some(state::ThresholdTask { id, done: 0, total, references: None, good: recorded });
     }
 
     /// "Generate more…": asks the LLM for more prompts of the class on a helper thread;
@@ -607,8 +743,9 @@ impl AlfaApp {
                     (*file, *done, *total) = (f, d, t);
                 }
             }
-            Message::ModelReady { name, precision, grid } => {
+            Message::ModelReady { name, precision, grid, stamp } => {
                 state.model = Some(ModelStatus::Ready { model: name, precision, grid });
+                state.model_stamp = stamp;
                 // Scales typed or remembered for another model may not fit this one.
                 if let Err(e) = state.settings.detect.validate(grid) {
                     let mut scales: Vec<usize> = DetectSettings::default().scales.into_iter().filter(|&s| s <= grid).collect();
@@ -709,23 +846,29 @@ impl AlfaApp {
                 }
             }
             Message::ThresholdDone { id, outcome } => {
-                if state.threshold_task.as_ref().is_some_and(|t| t.id == id) {
-                    state.threshold_task = None;
-                    match outcome {
-                        Ok(fit) => {
-                            let origin = format!("from {} good images ({}) at FPR {}%", fit.scores.len(), fit.source, fit.fpr * 100.0);
-                            let thresholds = state.thresholds_mut();
-                            thresholds.image = state::Threshold { value: fit.image, origin: origin.clone() };
-                            thresholds.region = state::Threshold { value: fit.region, origin };
-                            let left_out = fit.skipped.first().map(|(_, reason)| {
-                                format!("; {} unreadable image(s) left out: {reason}", fit.skipped.len())
-                            });
-                            let warnings: String = fit.warnings.iter().map(|w| format!("; warning: {w}")).collect();
-                            state.threshold_fit = Some(fit);
-                            state.notice = Some(state.threshold_origin() + &left_out.unwrap_or_default() + &warnings);
-                        }
-                        Err(e) => state.notice = Some(format!("no threshold from good images: {e}")),
+                let Some(task) = state.threshold_task.take_if(|t| t.id == id) else { return };
+                match outcome {
+                    Ok(fit) => {
+                        let n = fit.scores.len();
+                        let record = |value| crate::recipe::ThresholdRecord::from_good_images(value, fit.fpr, task.good.clone(), n);
+                        let thresholds = state::Thresholds {
+                            image: state::Threshold::of(record(fit.image)),
+                            region: state::Threshold::of(record(fit.region)),
+                        };
+                        let left_out = fit.skipped.first().map(|(_, reason)| {
+                            format!("; {} unreadable image(s) left out: {reason}", fit.skipped.len())
+                        });
+                        let warnings: String = fit.warnings.iter().map(|w| format!("; warning: {w}")).collect();
+                        state.threshold_fit = Some(fit);
+                        self.set_thresholds(thresholds);
+                        let state = &mut self.state;
+                        let saved = match &self.recipe_to_write {
+                            Some(_) => format!(" (in {})", self.recipes.recipe_file(&state.settings.class).display()),
+                            None => String::new(),
+                        };
+                        state.notice = Some(state.threshold_origin() + &saved + &left_out.unwrap_or_default() + &warnings);
                     }
+                    Err(e) => state.notice = Some(format!("no threshold from good images: {e}")),
                 }
             }
             Message::LlmAnswered { id, done: d, total: t } => {
@@ -926,14 +1069,18 @@ impl AlfaApp {
         }
     }
 
-    /// Saves the applied prompt set in the prompts folder; from then on the class
-    /// resolves to that file, also when the folder did not exist when the app started.
+    /// Saves the applied prompt set in the class's recipe (prompts.toml); from then on
+    /// the class resolves to that file, also when the folder did not exist when the
+    /// app started.
     pub fn save_prompts(&mut self) {
-        let dir = self.prompts_dir().to_owned();
         let Some(editor) = &mut self.editor else { return };
-        self.state.notice = Some(match editor.save(&dir) {
+        let file = self.recipes.prompts_file(&editor.applied.class.id);
+        self.state.notice = Some(match editor.save(&file) {
             Ok(path) => format!("saved {}", path.display()),
-            Err(e) => format!("cannot save the prompts: {e}"),
+            Err(e) => format!(
+                "cannot save the prompts: {e} (is the recipes folder {} writable? Settings can choose another)",
+                self.recipes.root.display()
+            ),
         });
     }
 
@@ -1082,6 +1229,12 @@ impl AlfaApp {
     }
 }
 
+/// The recipes folder Settings name (`--recipes`), or `$ALFA_RECIPES`, or the default.
+fn locate_recipes(dir: &str) -> Result<Recipes, crate::recipe::RecipeError> {
+    let dir = dir.trim();
+    Recipes::locate((!dir.is_empty()).then(|| std::path::Path::new(dir)))
+}
+
 /// Window scales as the Settings box shows them: `2, 3`.
 fn scales_text(scales: &[usize]) -> String {
     scales.iter().map(usize::to_string).collect::<Vec<_>>().join(", ")
@@ -1110,6 +1263,7 @@ impl eframe::App for AlfaApp {
         self.request_compare();
         self.panels(ui);
         self.dialogs(&ctx);
+        self.write_recipe(&ctx);
         self.screenshot_step(&ctx);
     }
 

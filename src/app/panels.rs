@@ -57,6 +57,9 @@ fn verdict_badge(ui: &mut Ui, verdict: Verdict) {
 impl AlfaApp {
     pub(super) fn panels(&mut self, ui: &mut Ui) {
         egui::Panel::top("toolbar").show(ui, |ui| self.toolbar(ui));
+        if !self.state.legacy.is_empty() {
+            egui::Panel::top("legacy").show(ui, |ui| self.legacy_offer(ui));
+        }
         egui::Panel::bottom("status").show(ui, |ui| self.status_bar(ui));
         egui::Panel::left("images").default_size(250.0).show(ui, |ui| {
             let section = egui::Panel::bottom("references").resizable(true).default_size(190.0).show(ui, |ui| self.references(ui));
@@ -270,6 +273,31 @@ impl AlfaApp {
         });
     }
 
+    /// Class files of the old layout (`./prompts`) that the recipes lack, and the offer
+    /// to copy them.
+    fn legacy_offer(&mut self, ui: &mut Ui) {
+        let found: Vec<String> = self.state.legacy.iter().map(|c| c.describe()).collect();
+        let mut migrate = false;
+        let mut dismiss = false;
+        ui.horizontal_wrapped(|ui| {
+            ui.colored_label(
+                WARN_COLOR,
+                format!("{}/ has class files the recipes lack: {}. They are not used any more.", crate::recipe::legacy::LEGACY_DIR, found.join(", ")),
+            );
+            migrate = ui
+                .button("Migrate")
+                .on_hover_text(format!("Copies them into {} (the originals stay)", self.recipes().root.display()))
+                .clicked();
+            dismiss = ui.button("Not now").clicked();
+        });
+        if migrate {
+            self.migrate_legacy();
+        }
+        if dismiss {
+            self.dismiss_legacy();
+        }
+    }
+
     /// The error and what to do when the model cannot be loaded.
     fn model_problem(&mut self, ui: &mut Ui) {
         let Some(ModelStatus::Failed { model, error }) = &self.state.model else { return };
@@ -393,13 +421,13 @@ impl AlfaApp {
                 .on_hover_text("Map values at or above it are outlined and make the exported mask (map values are 0 to 1).");
         });
         if thresholds.image.value != before.image.value {
-            thresholds.image.origin = Threshold::BY_HAND.into();
+            thresholds.image = Threshold::by_hand(thresholds.image.value);
         }
         if thresholds.region.value != before.region.value {
-            thresholds.region.origin = Threshold::BY_HAND.into();
+            thresholds.region = Threshold::by_hand(thresholds.region.value);
         }
         if thresholds != before {
-            *self.state.thresholds_mut() = thresholds;
+            self.set_thresholds(thresholds);
         }
         let s = &mut self.state.settings;
         ui.horizontal_wrapped(|ui| {
@@ -481,7 +509,16 @@ impl AlfaApp {
         });
         // On a line of its own: it is long and must not wrap the buttons around.
         let origin = self.state.threshold_origin();
-        ui.add(egui::Label::new(RichText::new(&origin).small()).truncate()).on_hover_text(origin);
+        let recipe = if self.state.recipe_applies() {
+            format!("Kept in the class's recipe, {}", self.recipes().recipe_file(&self.state.settings.class).display())
+        } else {
+            "Not in the class's recipe yet: set or fit them with the model loaded to write it".into()
+        };
+        ui.add(egui::Label::new(RichText::new(&origin).small()).truncate()).on_hover_text(format!("{origin}\n{recipe}"));
+        if let Some(warning) = self.state.recipe_warning() {
+            ui.add(egui::Label::new(RichText::new(format!("warning: {warning}")).small().color(WARN_COLOR)).truncate())
+                .on_hover_text(warning);
+        }
         if from_references {
             self.threshold_from_references();
         }
@@ -875,6 +912,30 @@ impl AlfaApp {
             changed |= ui.selectable_value(&mut s.detect.window_mode, WindowMode::Tokens, "tokens (fast)").changed();
             changed |= ui.selectable_value(&mut s.detect.window_mode, WindowMode::Pixels, "pixels (paper, slow)").changed();
         });
+        ui.separator();
+        ui.heading("Recipes");
+        let mut recipes_dir = None;
+        ui.horizontal(|ui| {
+            let label = ui.label("Folder:");
+            let typed = ui
+                .add(egui::TextEdit::singleline(&mut self.recipes_input).hint_text("the default").desired_width(240.0))
+                .labelled_by(label.id)
+                .on_hover_text("One folder per class: recipe.toml (model, method, thresholds), prompts.toml, refs/ (as --recipes DIR); empty for $ALFA_RECIPES or the per-user data folder");
+            if typed.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter)) {
+                recipes_dir = Some(self.recipes_input.clone());
+            }
+        });
+        ui.horizontal(|ui| {
+            if ui.button("Use folder").clicked() {
+                recipes_dir = Some(self.recipes_input.clone());
+            }
+            let in_use = format!("in use: {}", self.recipes().root.display());
+            ui.add(egui::Label::new(RichText::new(&in_use).small()).truncate()).on_hover_text(in_use);
+        });
+        if let Some(dir) = recipes_dir {
+            self.set_recipes_dir(&dir);
+        }
+        let s = &mut self.state.settings;
         ui.separator();
         ui.heading("LLM (Generate more…)");
         egui::Grid::new("llm-settings").num_columns(2).show(ui, |ui| {

@@ -188,10 +188,11 @@ impl PromptEditor {
         Some(previous)
     }
 
-    /// Writes the applied set to `<dir>/<class>.toml` atomically, through the same
-    /// document edit as `alfa prompts generate`: the file's comments and layout stay.
-    pub fn save(&mut self, dir: &Path) -> Result<PathBuf, String> {
-        let update = PromptFile::load(dir, &self.applied.class.id)
+    /// Writes the applied set to the prompt file `file` (the class recipe's prompts.toml)
+    /// atomically, through the same document edit as `alfa prompts generate`: the
+    /// file's comments and layout stay.
+    pub fn save(&mut self, file: &Path) -> Result<PathBuf, String> {
+        let update = PromptFile::load_file(file, &self.applied.class.id)
             .and_then(|file| file.rewrite(&self.applied))
             .and_then(|update| update.write().map(|()| update))
             .map_err(|e| e.to_string())?;
@@ -217,7 +218,7 @@ mod tests {
     use crate::prompts::PromptStore;
 
     fn editor() -> PromptEditor {
-        PromptEditor::new(PromptStore { dir: None }.resolve("bottle").unwrap())
+        PromptEditor::new(PromptStore { recipes: None }.resolve("bottle").unwrap())
     }
 
     fn field_index(field: Field) -> usize {
@@ -260,12 +261,13 @@ mod tests {
         editor.texts[field_index(Field::Domains)] = "photo\nx-ray image".into();
         editor.edited(start);
         editor.poll(start + DEBOUNCE).unwrap();
-        let path = editor.save(dir.path()).unwrap();
-        assert_eq!(path, dir.path().join("bottle.toml"));
-        let read = PromptStore { dir: Some(dir.path().to_owned()) }.resolve("bottle").unwrap();
+        let recipes = crate::recipe::Recipes::new(dir.path());
+        let path = editor.save(&recipes.prompts_file("bottle")).unwrap();
+        assert_eq!(path, dir.path().join("bottle/prompts.toml"));
+        let read = PromptStore::in_recipes(&recipes).resolve("bottle").unwrap();
         assert_eq!(read.set, editor.applied);
         assert_eq!(read.set.templates.domains, ["photo", "x-ray image"]);
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left");
+        assert_eq!(std::fs::read_dir(dir.path().join("bottle")).unwrap().count(), 1, "no temporary file left");
     }
 
     #[test]
@@ -274,8 +276,11 @@ mod tests {
         let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/prompts/bottle.toml")).unwrap();
         let commented = shipped.replacen("abnormal = [", "abnormal = [\n    # checked by hand on line 3", 1);
         let text = format!("# my bottle notes\n{commented}");
-        std::fs::write(dir.path().join("bottle.toml"), &text).unwrap();
-        let mut editor = PromptEditor::new(PromptStore { dir: Some(dir.path().to_owned()) }.resolve("bottle").unwrap());
+        let recipes = crate::recipe::Recipes::new(dir.path());
+        let file = recipes.prompts_file("bottle");
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, &text).unwrap();
+        let mut editor = PromptEditor::new(PromptStore::in_recipes(&recipes).resolve("bottle").unwrap());
         let first_domain = editor.applied.templates.domains[0].clone();
         let start = Instant::now();
         editor.texts[field_index(Field::LlmAbnormal)].push_str("\nAn abnormal image of {c} shows a green stripe.");
@@ -283,8 +288,8 @@ mod tests {
         *domains = domains.lines().skip(1).collect::<Vec<_>>().join("\n");
         editor.edited(start);
         editor.poll(start + DEBOUNCE).unwrap();
-        editor.save(dir.path()).unwrap();
-        let saved = std::fs::read_to_string(dir.path().join("bottle.toml")).unwrap();
+        editor.save(&file).unwrap();
+        let saved = std::fs::read_to_string(&file).unwrap();
         assert!(saved.starts_with("# my bottle notes\n"), "{saved}");
         assert!(saved.contains("# checked by hand on line 3"), "{saved}");
         assert!(saved.contains("\"An abnormal image of {c} shows a green stripe.\""), "{saved}");

@@ -14,6 +14,8 @@ pub use crate::detect::threshold::Verdict;
 use crate::clip::Precision;
 use crate::detect::{DetectSettings, MethodKind};
 use crate::prompts::llm::LlmConfig;
+use crate::recipe::legacy::LegacyClass;
+use crate::recipe::{MethodRecipe, ModelStamp, Recipe, RecipeThresholds, ThresholdRecord};
 
 /// One image in the list.
 pub struct Entry {
@@ -75,15 +77,38 @@ pub enum Normalisation {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Threshold {
     pub value: f32,
-    /// "set by hand", or "from 12 good images (the references) at FPR 1%".
+    /// "set by hand", or "from 12 good images (refs) at FPR 1% on 2026-05-01".
     pub origin: String,
+    /// How it was set, as the class's recipe records it (`None`: the default, or
+    /// remembered before recipes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<ThresholdRecord>,
 }
 
 impl Threshold {
-    pub const BY_HAND: &str = "set by hand";
+    pub const DEFAULT: &str = "default";
 
     fn default_value(value: f32) -> Self {
-        Self { value, origin: "default".into() }
+        Self { value, origin: Self::DEFAULT.into(), record: None }
+    }
+
+    /// Set by hand today.
+    pub fn by_hand(value: f32) -> Self {
+        Self::of(ThresholdRecord::by_hand(value))
+    }
+
+    /// The threshold a recipe records.
+    pub fn of(record: ThresholdRecord) -> Self {
+        Self { value: record.value, origin: record.describe(), record: Some(record) }
+    }
+
+    /// What a recipe records of it: nothing for the default.
+    pub fn to_record(&self) -> Option<ThresholdRecord> {
+        match &self.record {
+            Some(record) if record.value == self.value => Some(record.clone()),
+            _ if self.origin == Self::DEFAULT => None,
+            _ => Some(ThresholdRecord::by_hand(self.value)),
+        }
     }
 }
 
@@ -105,6 +130,20 @@ impl Default for Thresholds {
 }
 
 impl Thresholds {
+    /// A recipe's thresholds (the default where one is not set).
+    pub fn of(recorded: &RecipeThresholds) -> Self {
+        let defaults = Self::default();
+        Self {
+            image: recorded.image.clone().map_or(defaults.image, Threshold::of),
+            region: recorded.region.clone().map_or(defaults.region, Threshold::of),
+        }
+    }
+
+    /// What a recipe records of them.
+    pub fn to_recipe(&self) -> RecipeThresholds {
+        RecipeThresholds { image: self.image.to_record(), region: self.region.to_record() }
+    }
+
     /// The ranges the sliders offer: image scores reach 2 in few-shot mode, map values 1.
     pub const IMAGE_RANGE: std::ops::RangeInclusive<f32> = 0.0..=2.0;
     pub const REGION_RANGE: std::ops::RangeInclusive<f32> = 0.0..=1.0;
@@ -133,8 +172,13 @@ pub struct Settings {
     /// A second method shown beside the first for the image on screen.
     pub compare: Option<MethodKind>,
     pub detect: DetectSettings,
-    /// Per class and model (`threshold_key`): a threshold fitted for one does not
-    /// carry over to another.
+    /// The recipes folder (`--recipes`); empty for `$ALFA_RECIPES` or the per-user
+    /// data folder.
+    pub recipes: String,
+    /// Thresholds per class and model (`threshold_key`) that no recipe holds: set
+    /// before the model was loaded, or for a model or method other than the one the
+    /// class's recipe was made with (a threshold fitted for one does not carry over).
+    /// The recipe's own are in the recipe only.
     pub thresholds: std::collections::BTreeMap<String, Thresholds>,
     pub colormap: Colormap,
     pub opacity: f32,
@@ -163,6 +207,7 @@ impl Default for Settings {
             method: MethodKind::Alfa,
             compare: None,
             detect: DetectSettings::default(),
+            recipes: String::new(),
             thresholds: Default::default(),
             colormap: Colormap::default(),
             opacity: 0.5,
@@ -261,6 +306,8 @@ pub struct ThresholdTask {
     pub total: usize,
     /// Reference features computed so far, while the bank is being built.
     pub references: Option<(usize, usize)>,
+    /// Where the good images came from, as the recipe records it (`refs`, a folder).
+    pub good: Vec<String>,
 }
 
 /// "Generate more…": where the LLM request stands.
@@ -296,6 +343,15 @@ pub struct AppState {
     /// The last thresholds from good images, with the scores they came from.
     pub threshold_fit: Option<ThresholdFit>,
     pub llm: Option<LlmStatus>,
+    /// The current class's recipe as on disk (or as last written); `None`: it has none.
+    pub recipe: Option<Recipe>,
+    /// Why the class's recipe.toml could not be read (file and line).
+    pub recipe_error: Option<String>,
+    /// The loaded model: the weights' hash says whether a recipe was made with it.
+    pub model_stamp: Option<ModelStamp>,
+    /// Class files of the old layout (`./prompts`) that the recipes lack: offered for
+    /// migration until migrated or dismissed.
+    pub legacy: Vec<LegacyClass>,
 }
 
 impl AppState {
@@ -315,6 +371,10 @@ impl AppState {
             threshold_task: None,
             threshold_fit: None,
             llm: None,
+            recipe: None,
+            recipe_error: None,
+            model_stamp: None,
+            legacy: Vec::new(),
         }
     }
 
@@ -342,25 +402,107 @@ impl AppState {
         }
     }
 
-    /// Thresholds are kept per class and model (and method, for a baseline, whose
-    /// scores mean something else): `bottle @ <model>`, `bottle @ <model> (Winclip)`.
-    pub fn threshold_key(&self) -> String {
+    /// The model as the settings name it (the default's id when empty).
+    pub fn model_id(&self) -> String {
         let model = self.settings.model.trim();
-        let model = if model.is_empty() { crate::clip::DEFAULT_MODEL } else { model };
-        match self.settings.method {
-            MethodKind::Alfa => format!("{} @ {model}", self.settings.class),
-            method => format!("{} @ {model} ({method:?})", self.settings.class),
+        if model.is_empty() { crate::clip::DEFAULT_MODEL.to_owned() } else { model.to_owned() }
+    }
+
+    /// Thresholds no recipe holds are kept per class and model (and method, for a
+    /// baseline, whose scores mean something else): `bottle @ <model>`,
+    /// `bottle @ <model> (Winclip)`.
+    pub fn threshold_key(&self) -> String {
+        key_of(&self.settings.class, &self.model_id(), self.settings.method)
+    }
+
+    /// The class's recipe holds the thresholds of this model and method: made with the
+    /// loaded model's weights (before the model is loaded: the same model as named)
+    /// and the method in use.
+    pub fn recipe_applies(&self) -> bool {
+        let Some(recipe) = self.recipe.as_ref().filter(|r| !r.thresholds.is_empty()) else { return false };
+        match (&self.model_stamp, &recipe.model) {
+            (Some(stamp), _) => recipe.made_with(stamp, self.settings.method),
+            (None, Some(model)) => {
+                model.id == self.model_id()
+                    && model.precision == self.settings.precision
+                    && recipe.method.as_ref().is_some_and(|m| m.name == self.settings.method)
+            }
+            (None, None) => false,
         }
     }
 
-    /// The current class's thresholds (defaults until one is set).
+    /// Why the class's recipe's thresholds are not the ones shown, or may not fit: it
+    /// was made with another model or method, or with other detection settings.
+    pub fn recipe_warning(&self) -> Option<String> {
+        if let Some(error) = &self.recipe_error {
+            return Some(format!("the class's recipe cannot be read: {error}"));
+        }
+        let recipe = self.recipe.as_ref().filter(|r| !r.thresholds.is_empty())?;
+        if !self.recipe_applies() {
+            return Some(match (&self.model_stamp, &recipe.model) {
+                (Some(stamp), _) => recipe.mismatch(stamp, self.settings.method).unwrap_or_default(),
+                (None, Some(model)) => format!(
+                    "the recipe of `{}` was made with {} ({}): its thresholds may not transfer",
+                    recipe.class,
+                    model.id,
+                    recipe.method.as_ref().map_or_else(|| "no method".into(), |m| m.name.name())
+                ),
+                (None, None) => format!("the recipe of `{}` records no model: its thresholds are not used", recipe.class),
+            });
+        }
+        let method = recipe.method.as_ref()?;
+        (method.settings() != self.settings.detect).then(|| {
+            let scales: Vec<String> = method.scales.iter().map(usize::to_string).collect();
+            format!(
+                "the thresholds were set with other detection settings (scales {}, {:?} windows, sigma {}): fit or set them again",
+                scales.join(", "),
+                method.window_mode,
+                method.sigma
+            )
+        })
+    }
+
+    /// The current class's thresholds: its recipe's when they hold for this model and
+    /// method, else the ones remembered for them, else the defaults.
     pub fn thresholds(&self) -> Thresholds {
+        if self.recipe_applies()
+            && let Some(recipe) = &self.recipe
+        {
+            return Thresholds::of(&recipe.thresholds);
+        }
         self.settings.thresholds.get(&self.threshold_key()).cloned().unwrap_or_default()
     }
 
-    pub fn thresholds_mut(&mut self) -> &mut Thresholds {
+    /// Makes `thresholds` the current class's. With the model loaded they go into the
+    /// class's recipe, which is then made with this model, method and settings (what
+    /// the recipe held for another model or method is remembered under that one's key,
+    /// not lost); the recipe to write is returned. Before the model is loaded they are
+    /// remembered per class and model until a later change writes them.
+    pub fn set_thresholds(&mut self, thresholds: Thresholds) -> Option<Recipe> {
         let key = self.threshold_key();
-        self.settings.thresholds.entry(key).or_default()
+        let Some(stamp) = self.model_stamp.clone() else {
+            self.settings.thresholds.insert(key, thresholds);
+            return None;
+        };
+        let mut recipe = self.recipe.clone().unwrap_or_else(|| Recipe::new(&self.settings.class));
+        if !recipe.thresholds.is_empty()
+            && !recipe.made_with(&stamp, self.settings.method)
+            && let (Some(model), Some(method)) = (&recipe.model, &recipe.method)
+        {
+            let old = key_of(&recipe.class, &model.id, method.name);
+            self.settings.thresholds.entry(old).or_insert_with(|| Thresholds::of(&recipe.thresholds));
+        }
+        let kept = recipe.method.as_ref().filter(|m| m.name == self.settings.method && m.settings() == self.settings.detect);
+        let mut method = MethodRecipe::new(self.settings.method, &self.settings.detect);
+        if let Some(kept) = kept {
+            (method.shots, method.seed, method.anovl_views) = (kept.shots, kept.seed, kept.anovl_views);
+        }
+        recipe.model = Some(stamp);
+        recipe.method = Some(method);
+        recipe.thresholds = thresholds.to_recipe();
+        self.settings.thresholds.remove(&key);
+        self.recipe = Some(recipe.clone());
+        Some(recipe)
     }
 
     /// The OK/NG threshold on image scores.
@@ -463,6 +605,14 @@ impl AppState {
     }
 }
 
+/// `bottle @ <model>`, `bottle @ <model> (Winclip)`.
+fn key_of(class: &str, model: &str, method: MethodKind) -> String {
+    match method {
+        MethodKind::Alfa => format!("{class} @ {model}"),
+        method => format!("{class} @ {model} ({method:?})"),
+    }
+}
+
 /// Decoded pictures kept: the one on screen, its neighbours and a few just left.
 pub const DECODED_KEPT: usize = 8;
 
@@ -551,7 +701,7 @@ mod tests {
         settings.detect.scales = vec![2, 2];
         settings.detect.sigma = f32::NAN;
         settings.opacity = 7.0;
-        settings.thresholds.insert("bottle @ m".into(), Thresholds { image: Threshold { value: f32::INFINITY, origin: "x".into() }, ..Default::default() });
+        settings.thresholds.insert("bottle @ m".into(), Thresholds { image: Threshold { value: f32::INFINITY, origin: "x".into(), record: None }, ..Default::default() });
         settings.thresholds.insert("screw @ m".into(), Thresholds::default());
         let (checked, notices) = settings.checked();
         assert_eq!(checked.detect, DetectSettings::default());
@@ -566,7 +716,9 @@ mod tests {
     #[test]
     fn thresholds_are_kept_per_class_and_model() {
         let mut state = state_with(&[]);
-        state.thresholds_mut().image = Threshold { value: 0.8, origin: Threshold::BY_HAND.into() };
+        let mut thresholds = state.thresholds();
+        thresholds.image = Threshold::by_hand(0.8);
+        assert_eq!(state.set_thresholds(thresholds), None, "no model loaded: nothing for the recipe yet");
         state.settings.class = "screw".into();
         assert_eq!(state.image_threshold(), 0.5, "another class starts at the default");
         state.settings.class = "bottle".into();
@@ -578,11 +730,52 @@ mod tests {
     #[test]
     fn thresholds_and_where_they_came_from_survive_a_restart() {
         let mut state = state_with(&[]);
-        state.thresholds_mut().region = Threshold { value: 0.41, origin: "from 12 good images (folder good) at FPR 1%".into() };
+        let mut thresholds = state.thresholds();
+        thresholds.region = Threshold::of(ThresholdRecord::from_good_images(0.41, 0.01, vec!["/data/good".into()], 12));
+        state.set_thresholds(thresholds);
         let stored = serde_json::to_string(&state.settings).unwrap();
         let restarted = AppState::new(serde_json::from_str::<Settings>(&stored).unwrap().checked().0);
         assert_eq!(restarted.thresholds(), state.thresholds());
-        assert!(restarted.threshold_origin().ends_with("region 0.410 from 12 good images (folder good) at FPR 1%"), "{}", restarted.threshold_origin());
+        let origin = restarted.threshold_origin();
+        assert!(origin.contains("region 0.410 from 12 good images (good) at FPR 1% on "), "{origin}");
+    }
+
+    fn stamp(hash: &str) -> ModelStamp {
+        ModelStamp { id: hash.into(), arch: "ViT-B-16".into(), weights_blake3: hash.repeat(64), precision: crate::clip::Precision::F32 }
+    }
+
+    #[test]
+    fn the_recipe_holds_the_thresholds_of_its_model_and_method_only() {
+        let mut state = state_with(&[]);
+        state.settings.model = "a".into();
+        state.model_stamp = Some(stamp("a"));
+        let mut thresholds = state.thresholds();
+        thresholds.image = Threshold::by_hand(0.7);
+        let recipe = state.set_thresholds(thresholds).expect("a recipe to write");
+        assert_eq!(recipe.model, Some(stamp("a")));
+        assert_eq!(recipe.method.as_ref().map(|m| (m.name, m.settings())), Some((MethodKind::Alfa, DetectSettings::default())));
+        assert_eq!(recipe.thresholds.image.as_ref().map(|t| t.value), Some(0.7));
+        assert_eq!(recipe.thresholds.region, None, "the default is not recorded");
+        assert!(state.settings.thresholds.is_empty(), "one truth: the recipe");
+        assert!(state.recipe_applies() && state.recipe_warning().is_none());
+        assert_eq!(state.image_threshold(), 0.7);
+
+        // Another model (other weights): the recipe's thresholds are not used, and it says so.
+        state.settings.model = "b".into();
+        state.model_stamp = Some(stamp("b"));
+        assert_eq!(state.image_threshold(), 0.5);
+        assert!(state.recipe_warning().unwrap().contains("may not transfer"), "{:?}", state.recipe_warning());
+        // Set for this one, the recipe is this model's; the other's are remembered, not lost.
+        let mut thresholds = state.thresholds();
+        thresholds.region = Threshold::by_hand(0.3);
+        let recipe = state.set_thresholds(thresholds).unwrap();
+        assert_eq!(recipe.model, Some(stamp("b")));
+        assert_eq!((recipe.thresholds.image, recipe.thresholds.region.map(|t| t.value)), (None, Some(0.3)));
+        assert_eq!(state.settings.thresholds["bottle @ a"].image.value, 0.7);
+        // Other detection settings: used, with a warning.
+        state.settings.detect.scales = vec![2];
+        assert_eq!(state.region_threshold(), 0.3);
+        assert!(state.recipe_warning().unwrap().contains("other detection settings"));
     }
 
     #[test]

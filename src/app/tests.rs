@@ -13,7 +13,9 @@ fn manifest() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn options(paths: Vec<PathBuf>) -> AppOptions {
+/// The app with the tiny model, `paths` open and its recipes in `recipes` (never the
+/// user's own).
+fn options(paths: Vec<PathBuf>, recipes: &std::path::Path) -> AppOptions {
     AppOptions {
         args: GuiArgs {
             model: ModelArgs {
@@ -22,17 +24,20 @@ fn options(paths: Vec<PathBuf>) -> AppOptions {
                 ..Default::default()
             },
             class: Some("bottle".into()),
+            recipes: None,
             paths,
         },
         cache_dir: None,
-        prompts_dir: None,
+        recipes_dir: Some(recipes.to_owned()),
         screenshot: None,
     }
 }
 
 #[test]
 fn frames_keep_coming_while_the_engine_is_busy() {
-    let mut harness = Harness::builder().with_max_steps(10_000).build_eframe(|cc| AlfaApp::new(cc, options(Vec::new())));
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = dir.path().to_owned();
+    let mut harness = Harness::builder().with_max_steps(10_000).build_eframe(move |cc| AlfaApp::new(cc, options(Vec::new(), &recipes)));
     // A job that holds the engine thread until `release` is dropped.
     let (release, hold) = crossbeam_channel::bounded::<()>(0);
     harness.state().workers.hold(hold);
@@ -60,7 +65,9 @@ fn frames_keep_coming_while_the_engine_is_busy() {
 /// The Settings page's precision reaches the model the next "Load model" loads.
 #[test]
 fn the_precision_setting_goes_to_the_model_load() {
-    let mut harness = Harness::builder().with_max_steps(10_000).build_eframe(|cc| AlfaApp::new(cc, options(Vec::new())));
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = dir.path().to_owned();
+    let mut harness = Harness::builder().with_max_steps(10_000).build_eframe(move |cc| AlfaApp::new(cc, options(Vec::new(), &recipes)));
     assert_eq!(harness.state().model_args().precision, crate::clip::Precision::F32);
     harness.get_by_label("Settings").click();
     harness.run_steps(2);
@@ -89,7 +96,9 @@ fn the_precision_setting_goes_to_the_model_load() {
 /// next analysis runs.
 #[test]
 fn the_engine_comes_back_after_a_panic() {
-    let mut harness = Harness::builder().with_max_steps(10_000).build_eframe(|cc| AlfaApp::new(cc, options(Vec::new())));
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = dir.path().to_owned();
+    let mut harness = Harness::builder().with_max_steps(10_000).build_eframe(move |cc| AlfaApp::new(cc, options(Vec::new(), &recipes)));
     harness.state().workers.panic_engine();
     let mut steps = 0;
     while !harness.state().state.notice.as_deref().is_some_and(|n| n.contains("engine failed")) {
@@ -115,7 +124,9 @@ fn the_engine_comes_back_after_a_panic() {
 /// and the export marks them.
 #[test]
 fn cancelled_rescoring_leaves_old_scores_marked() {
-    let mut harness = Harness::builder().with_max_steps(10_000).build_eframe(|cc| AlfaApp::new(cc, options(Vec::new())));
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = dir.path().to_owned();
+    let mut harness = Harness::builder().with_max_steps(10_000).build_eframe(move |cc| AlfaApp::new(cc, options(Vec::new(), &recipes)));
     let image = manifest().join("tests/fixtures/images/odd_100x100_rgb.png");
     harness.state_mut().open(&[image]);
     let mut steps = 0;

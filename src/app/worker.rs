@@ -20,7 +20,7 @@ use crate::options::ModelArgs;
 use crate::clip::{self, Clip, DownloadObserver};
 use crate::detect::maps::Grid;
 use crate::detect::references::{self, ReferenceBank};
-use crate::detect::threshold::threshold_at_fpr;
+pub use crate::detect::threshold::ThresholdFit;
 use crate::detect::baselines::build_method;
 use crate::detect::{ClassPrompts, ClassSpec, DetectError, DetectSettings, Detection, Detector, Method, MethodKind};
 use crate::prompts::PromptSet;
@@ -115,25 +115,6 @@ pub struct ThresholdJob {
     pub source: String,
 }
 
-/// Thresholds from good images and the scores they came from.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ThresholdFit {
-    /// On image scores (OK/NG).
-    pub image: f32,
-    /// On map values (outlines, masks): at most the same share of good images has
-    /// any region outlined.
-    pub region: f32,
-    pub fpr: f64,
-    pub source: String,
-    /// Each good image's image score and the largest value of its map.
-    pub scores: Vec<(PathBuf, f32, f32)>,
-    /// Good images that could not be read, with the reason; the threshold comes from
-    /// the others.
-    pub skipped: Vec<(PathBuf, String)>,
-    /// What makes the thresholds less trustworthy than the rate says.
-    pub warnings: Vec<String>,
-}
-
 /// One image's result, shared between the list, the viewer and the exports.
 pub struct Analysis {
     pub method: MethodKind,
@@ -165,7 +146,9 @@ pub enum Message {
     ModelLoading { model: String },
     Download { file: String, done: u64, total: u64 },
     /// `grid`: the model's patch grid, which bounds the window scales.
-    ModelReady { name: String, precision: clip::Precision, grid: usize },
+    /// `stamp`: the model's identity in recipes (its weights' hash); `None` when the
+    /// weights could not be hashed (a recipe then cannot be written).
+    ModelReady { name: String, precision: clip::Precision, grid: usize, stamp: Option<crate::recipe::ModelStamp> },
     ModelFailed { model: String, error: String },
     /// The class's prompts are encoded; `encoded` texts went through the text tower.
     PromptsEncoded { generation: u64, encoded: usize, seconds: f64 },
@@ -472,16 +455,24 @@ impl Engine {
         self.bank = None;
         self.baselines.clear();
         let request = model.request(Some(Arc::new(DownloadProgress(self.outbox.clone()))));
-        let loaded = (|| -> anyhow::Result<Detector> {
+        let loaded = (|| -> anyhow::Result<(Detector, Option<crate::recipe::ModelStamp>)> {
             let files = request.resolve()?;
             let device = clip::device(model.cpu)?;
             let clip = Clip::load(&files, &device, model.precision)?;
-            Ok(Detector::new(clip, &files.identity(), self.cache_dir.as_deref()))
+            // Hashed once per weights file (cached): what recipes know the model by.
+            let stamp = match crate::recipe::ModelStamp::of(&files, &name, model.precision, self.cache_dir.as_deref()) {
+                Ok(stamp) => Some(stamp),
+                Err(e) => {
+                    self.outbox.send(Message::Notice(format!("cannot hash the weights {}: {e}", files.weights.display())));
+                    None
+                }
+            };
+            Ok((Detector::new(clip, &files.identity(), self.cache_dir.as_deref()), stamp))
         })();
         match loaded {
-            Ok(detector) => {
+            Ok((detector, stamp)) => {
                 let grid = detector.clip.model.vision.grid();
-                self.outbox.send(Message::ModelReady { name, precision: model.precision, grid });
+                self.outbox.send(Message::ModelReady { name, precision: model.precision, grid, stamp });
                 self.detector = Some(Ok(detector));
             }
             Err(e) => {
@@ -667,71 +658,12 @@ impl Engine {
         }
         let outcome = self.prepare(task, &job.prompts, &job.settings, &job.references).and_then(|()| {
             let (detector, class, bank) = self.prepared(&job.references);
-            let mut scores = Vec::with_capacity(job.good.len());
-            let mut skipped = Vec::new();
-            let mut warnings = Vec::new();
-            // A good image that is also a reference (the same file, or a copy of it in
-            // the reference folder) would score near zero against a bank that holds it.
-            let reference_contents: Vec<Option<Vec<u8>>> =
-                bank.map_or_else(Vec::new, |b| b.files.iter().map(|f| std::fs::read(f).ok()).collect());
-            let mut overlapping = 0;
-            for (n, path) in job.good.iter().enumerate() {
-                if self.is_stale(task) {
-                    return Err("cancelled".into());
-                }
-                let same_file = bank.and_then(|b| b.files.iter().position(|f| f == path));
-                let same_content = || {
-                    let bytes = std::fs::read(path).ok()?;
-                    reference_contents.iter().position(|r| r.as_deref() == Some(bytes.as_slice()))
-                };
-                let as_reference = same_file.or_else(same_content);
-                if as_reference.is_some() && same_file.is_none() {
-                    overlapping += 1;
-                }
-                let left_out = match as_reference {
-                    Some(i) => Some(bank.expect("position found in it").without(i).map_err(|e| e.to_string())?.ok_or_else(|| {
-                        "a reference cannot be scored against the others with only one reference: add another".to_owned()
-                    })?),
-                    None => None,
-                };
-                self.outbox.send(Message::ThresholdScored { id, done: n + 1, total: job.good.len() });
-                // One unreadable file in a folder of good images should not cost the
-                // user the threshold: it is left out and named.
-                let image = match clip::open_image(path) {
-                    Ok(image) => image,
-                    Err(e) => {
-                        skipped.push((path.clone(), e.to_string()));
-                        continue;
-                    }
-                };
-                let detection = detector
-                    .detect_with_references(&image, class, left_out.as_ref().or(bank), &job.settings)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-                scores.push((path.clone(), detection.image_score, detection.map.max()));
-            }
-            if let (true, Some((_, reason))) = (scores.is_empty(), skipped.first()) {
-                return Err(format!("none of the {} good images could be read, e.g. {reason}", skipped.len()));
-            }
-            let fit = |values: Vec<f32>| {
-                threshold_at_fpr(&values, job.fpr)
-                    .ok_or_else(|| format!("no threshold from {} good image(s) at FPR {}", values.len(), job.fpr))
-            };
-            if overlapping > 0 {
-                warnings.push(format!(
-                    "{overlapping} of the good images are references too: each was scored against the other references"
-                ));
-            }
-            if job.fpr > 0.0 && (scores.len() as f64) * job.fpr < 1.0 {
-                warnings.push(format!(
-                    "only {} good images: a rate of {}% needs at least {} to allow any, so the thresholds sit above every good image",
-                    scores.len(),
-                    job.fpr * 100.0,
-                    (1.0 / job.fpr).ceil()
-                ));
-            }
-            let image = fit(scores.iter().map(|s| s.1).collect())?;
-            let region = fit(scores.iter().map(|s| s.2).collect())?;
-            Ok(ThresholdFit { image, region, fpr: job.fpr, source: job.source.clone(), scores, skipped, warnings })
+            let (outbox, latest) = (&self.outbox, &self.latest);
+            let mut progress = |done, total| outbox.send(Message::ThresholdScored { id, done, total });
+            let good = detector
+                .score_good_images(&job.good, class, bank, &job.settings, &mut progress, &|| latest.superseded(task))
+                .map_err(|e| e.to_string())?;
+            crate::detect::threshold::fit_thresholds(good, job.fpr, &job.source).map_err(|e| e.to_string())
         });
         if !self.is_stale(task) {
             self.outbox.send(Message::ThresholdDone { id, outcome });

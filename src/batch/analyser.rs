@@ -12,17 +12,20 @@ use super::{BatchError, Observer};
 use crate::clip;
 use crate::detect::baselines::{BaselineOptions, build_method_with};
 use crate::detect::maps::Grid;
-use crate::detect::references::{ReferenceBank, draw, list_references, references_dir};
+use crate::detect::references::{ReferenceBank, draw, list_references};
+use crate::detect::threshold::GoodScores;
 use crate::detect::{ClassPrompts, ClassSpec, DetectSettings, Detection, Detector, Method, MethodKind};
 use crate::prompts::{PromptStore, ResolvedPrompts};
+use crate::recipe::Recipes;
 
 /// Where a class's prompts and reference images come from.
 #[derive(Debug, Clone)]
 pub struct ClassSources {
     /// One prompt-set file for every class instead of each class's own.
     pub prompts_file: Option<PathBuf>,
-    /// The folder of the user's prompt sets and `<class>.refs/` folders.
-    pub prompts_dir: PathBuf,
+    /// The class recipes: a class's prompt set (`<class>/prompts.toml`) and reference
+    /// images (`<class>/refs/`).
+    pub recipes: Recipes,
     /// A folder of reference images instead of the class's own.
     pub references: Option<PathBuf>,
     /// Use this many of the references, drawn with `seed`.
@@ -117,12 +120,12 @@ impl Analyser {
         if !self.resolved.contains_key(class) {
             let resolved = match &self.sources.prompts_file {
                 Some(file) => PromptStore::from_file(file)?,
-                None => PromptStore { dir: Some(self.sources.prompts_dir.clone()) }.resolve(class)?,
+                None => PromptStore::in_recipes(&self.sources.recipes).resolve(class)?,
             };
             if resolved.generic_fallback && self.kind == MethodKind::Alfa {
                 observer.message(&format!(
                     "note: no prompt set for class `{class}`: using the generic set (add {} to give it its own)",
-                    self.sources.prompts_dir.join(format!("{class}.toml")).display()
+                    self.sources.recipes.prompts_file(class).display()
                 ));
             }
             self.resolved.insert(class.to_owned(), resolved);
@@ -149,6 +152,29 @@ impl Analyser {
         Ok(())
     }
 
+    /// Good images of `class` scored for its thresholds (`alfa threshold`), with the
+    /// prompts and references [`Analyser::prepare`] made ready, by the app's code
+    /// ([`Detector::score_good_images`]: a good image that is also a reference is scored
+    /// against the other references; an unreadable one is left out and named). ALFA's
+    /// only, as in the app: a baseline's thresholds are set by hand.
+    pub fn score_good_images(
+        &self,
+        class: &str,
+        good: &[PathBuf],
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<GoodScores, BatchError> {
+        match &self.engine {
+            Engine::Alfa { detector, prepared } => {
+                let (class_prompts, bank) = prepared.get(class).ok_or(crate::detect::DetectError::NotPrepared)?;
+                Ok(detector.score_good_images(good, class_prompts, bank.as_ref(), &self.settings, progress, &|| false)?)
+            }
+            Engine::Baseline { .. } => Err(BatchError::Invalid(format!(
+                "thresholds are fitted on good images for ALFA (as in the app), not {}; set a baseline's by hand",
+                self.kind.name()
+            ))),
+        }
+    }
+
     /// One image through the method prepared for `class`.
     pub fn analyse(&mut self, image: &DynamicImage, class: &str) -> Result<Outcome, BatchError> {
         Ok(match &mut self.engine {
@@ -169,7 +195,7 @@ impl Analyser {
 /// The reference files of `class` (drawn when `shots` is set); an explicit folder
 /// without images is an error, a class without references is not.
 fn reference_files(sources: &ClassSources, class: &str) -> Result<(PathBuf, Vec<PathBuf>), BatchError> {
-    let dir = sources.references.clone().unwrap_or_else(|| references_dir(&sources.prompts_dir, class));
+    let dir = sources.references.clone().unwrap_or_else(|| sources.recipes.refs_dir(class));
     let mut files = list_references(&dir)?;
     if sources.references.is_some() && files.is_empty() {
         return Err(BatchError::Invalid(format!("no reference images in {}", dir.display())));
@@ -226,7 +252,7 @@ fn baseline_references(
         return Ok(Vec::new());
     }
     if kind != MethodKind::Winclip {
-        let dir = references_dir(&sources.prompts_dir, class);
+        let dir = sources.recipes.refs_dir(class);
         let count = list_references(&dir)?.len();
         if count > 0 {
             observer.message(&format!(

@@ -143,7 +143,9 @@ pub struct BatchSpec {
     pub out: PathBuf,
     pub overlay_range: OverlayRange,
     pub colormap: Colormap,
-    pub decision: Option<Decision>,
+    /// The OK/NG decision of each class (from `--threshold`, or the class's recipe); a
+    /// class without one gets no verdicts.
+    pub decisions: BTreeMap<String, Decision>,
     pub existing: Existing,
     pub shard: Option<Shard>,
 }
@@ -198,6 +200,12 @@ impl Plan {
             }
         }
         Ok(Self { images })
+    }
+
+    /// The classes of the images, sorted, each once.
+    pub fn classes(&self) -> Vec<String> {
+        let classes: std::collections::BTreeSet<&str> = self.images.iter().map(|i| i.class.as_str()).collect();
+        classes.into_iter().map(str::to_owned).collect()
     }
 
     /// Images an earlier run finished.
@@ -303,12 +311,13 @@ impl Runner<'_> {
         self.analyser.prepare(class, observer)?;
         let decoded = clip::open_image(&image.path)?;
         let outcome = self.analyser.analyse(&decoded, class)?;
-        let verdict = self.spec.decision.as_ref().map(|d| Verdict::of(outcome.image_score, d.image));
+        let decision = self.spec.decisions.get(class);
+        let verdict = decision.map(|d| Verdict::of(outcome.image_score, d.image));
         if let Some(parent) = outputs.map.parent() {
             std::fs::create_dir_all(parent).map_err(|e| BatchError::write(parent, e))?;
         }
         export::write_map_tiff(&outputs.map, &outcome.map)?;
-        let style = self.overlay_style(image, &outcome, verdict);
+        let style = self.overlay_style(image, &outcome, verdict, decision);
         export::write_png(&outputs.overlay, &export::render_overlay(&decoded, &outcome.map, &style)?)?;
         let resolved = self.analyser.prompts(class).ok_or(crate::detect::DetectError::NotPrepared)?;
         let record = Record {
@@ -323,7 +332,7 @@ impl Runner<'_> {
             precision: self.precision,
             settings: self.analyser.settings(),
             verdict,
-            threshold: self.spec.decision.as_ref().map(|d| d.image),
+            threshold: decision.map(|d| d.image),
             findings: outcome.findings(),
         };
         let json = serde_json::to_string(&record).map_err(|e| BatchError::Invalid(e.to_string()))?;
@@ -341,7 +350,7 @@ impl Runner<'_> {
 
     /// The overlay names the image, method and score, outlines the region at or above
     /// the region threshold and carries the verdict, so it says what it shows on its own.
-    fn overlay_style(&self, image: &InputImage, outcome: &Outcome, verdict: Option<Verdict>) -> OverlayStyle {
+    fn overlay_style(&self, image: &InputImage, outcome: &Outcome, verdict: Option<Verdict>, decision: Option<&Decision>) -> OverlayStyle {
         let map = &outcome.map;
         let range = match self.spec.overlay_range {
             OverlayRange::Fixed(lo, hi) => (lo, hi),
@@ -351,14 +360,14 @@ impl Runner<'_> {
             }
         };
         let mut score_line = format!("{} image score {:.3}", self.spec.method.name(), outcome.image_score);
-        if let (Some(decision), Some(verdict)) = (&self.spec.decision, verdict) {
+        if let (Some(decision), Some(verdict)) = (decision, verdict) {
             score_line.push_str(&format!(" {} (threshold {:.3})", verdict.label(), decision.image));
         }
         OverlayStyle {
             range,
             colormap: self.spec.colormap,
             caption: vec![image.output_stem.display().to_string(), score_line],
-            outline: self.spec.decision.as_ref().and_then(|d| d.region),
+            outline: decision.and_then(|d| d.region),
             badge: verdict,
             ..Default::default()
         }
@@ -441,7 +450,7 @@ impl Runner<'_> {
             model: self.model.clone(),
             method: self.spec.method.name(),
             settings: report::settings_list(&settings),
-            threshold: self.spec.decision.as_ref().map(|d| ReportThreshold { value: d.image, how: d.how.clone() }),
+            threshold: report_threshold(&self.spec.decisions).map(|(value, how)| ReportThreshold { value, how }),
             counts: ReportCounts {
                 images: summary.images,
                 ok: summary.ok,
@@ -477,7 +486,12 @@ impl Runner<'_> {
             model: &'a str,
             precision: Precision,
             settings: &'a DetectSettings,
-            decision: &'a Option<Decision>,
+            /// The decision of a run's one class (or of every class, when they share it).
+            #[serde(skip_serializing_if = "Option::is_none")]
+            decision: Option<&'a Decision>,
+            /// Each class's decision, when a run's classes have different ones.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            decisions: Option<&'a BTreeMap<String, Decision>>,
             shard: Option<String>,
             /// Why a watch ended.
             #[serde(skip_serializing_if = "Option::is_none")]
@@ -489,7 +503,8 @@ impl Runner<'_> {
             model: &self.model,
             precision: self.precision,
             settings: self.analyser.settings(),
-            decision: &self.spec.decision,
+            decision: shared_decision(&self.spec.decisions),
+            decisions: shared_decision(&self.spec.decisions).is_none().then_some(&self.spec.decisions).filter(|d| !d.is_empty()),
             shard: self.spec.shard.map(|s| s.to_string()),
             stopped,
         };
@@ -497,6 +512,23 @@ impl Runner<'_> {
         let json = serde_json::to_string_pretty(&file).map_err(|e| BatchError::Invalid(e.to_string()))?;
         write_atomic(&path, json.as_bytes()).map_err(|e| BatchError::write(&path, e))
     }
+}
+
+/// The decision every class of a run shares, if they share one.
+fn shared_decision(decisions: &BTreeMap<String, Decision>) -> Option<&Decision> {
+    let first = decisions.values().next()?;
+    decisions.values().all(|d| d == first).then_some(first)
+}
+
+/// The report's one threshold line: the decision the classes share, or, when their
+/// recipes differ, each class's (the histogram marks the first class's).
+fn report_threshold(decisions: &BTreeMap<String, Decision>) -> Option<(f32, String)> {
+    if let Some(shared) = shared_decision(decisions) {
+        return Some((shared.image, shared.how.clone()));
+    }
+    let (first_class, first) = decisions.iter().next()?;
+    let each: Vec<String> = decisions.iter().map(|(class, d)| format!("{class} {} ({})", d.image, d.how)).collect();
+    Some((first.image, format!("per class: {}; the histogram marks {first_class}'s", each.join("; "))))
 }
 
 /// A finished (or interrupted) run.

@@ -253,6 +253,11 @@ impl Watch {
         Ok(Self { spec, class, plan: Plan { images } })
     }
 
+    /// The class of the watched folder's images (--class, else the folder's name).
+    pub fn class(&self) -> &str {
+        &self.class
+    }
+
     /// Watches the folder until `stop` is set, the folder goes or an output cannot be
     /// written; then writes `scores.csv` and `summary.json` (the counts so far).
     pub fn run(&self, runner: &mut Runner<'_>, observer: &dyn WatchObserver, stop: &AtomicBool) -> Result<WatchResult, BatchError> {

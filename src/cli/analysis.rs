@@ -1,6 +1,8 @@
 //! What `alfa detect` and `alfa watch` share: the options that say how images are
-//! analysed and judged, the batch they describe, the model they load, and Ctrl-C.
+//! analysed and judged (with the classes' recipes), the batch they describe, the model
+//! they load, and Ctrl-C.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -10,12 +12,13 @@ use clap::Args;
 
 use super::model_request;
 use crate::batch::{self, BatchSpec, ClassSources, Decision, Existing, OverlayRange, Plan, Runner, Shard};
-use crate::clip::{self, Clip};
+use crate::clip::{self, Clip, ModelFiles};
 use crate::detect::baselines::BaselineOptions;
 use crate::detect::colormap::Colormap;
 use crate::detect::text_cache::default_cache_dir;
-use crate::detect::{DetectSettings, Detector, MethodKind, WindowMode};
+use crate::detect::{DetectSettings, Detector, MethodKind};
 use crate::options::ModelArgs;
+use crate::recipe::{MethodRecipe, ModelStamp, Recipe, Recipes, thresholds_for_run};
 
 #[derive(Args, Debug)]
 pub struct AnalysisArgs {
@@ -23,9 +26,9 @@ pub struct AnalysisArgs {
     pub model: ModelArgs,
     /// The method whose maps to write: ALFA, or a baseline to compare it with (the
     /// same files; the JSON record has what that method knows). Only alfa and
-    /// winclip (WinCLIP+) use reference images.
-    #[arg(long, value_enum, default_value_t = MethodKind::Alfa)]
-    pub method: MethodKind,
+    /// winclip (WinCLIP+) use reference images [default: the class recipe's, else alfa].
+    #[arg(long, value_enum)]
+    pub method: Option<MethodKind>,
     /// AnoVL only (anovl-tfa, anovl-tta): the views its image score averages, 1 (the
     /// input alone, as its paper) or 22 (its public code's views) [default: 1].
     #[arg(long, value_name = "N")]
@@ -38,41 +41,38 @@ pub struct AnalysisArgs {
     /// A prompt-set file to use instead of the class's own.
     #[arg(long, value_name = "FILE")]
     pub prompts: Option<PathBuf>,
-    /// Folder of prompt sets that take precedence over the shipped ones.
-    #[arg(long, value_name = "DIR", default_value = "prompts")]
-    pub prompts_dir: PathBuf,
+    /// The class's recipe gives its prompt set (prompts.toml), references (refs/),
+    /// method and settings (unless given here) and its OK/NG and region thresholds.
+    #[command(flatten)]
+    pub recipes: super::recipe::RecipesArg,
     /// Folder of normal reference images for few-shot mode, instead of the class's
-    /// own (<prompts-dir>/<class>.refs/, managed with `alfa refs`).
+    /// own (<recipes>/<class>/refs/, managed with `alfa refs`).
     #[arg(long, value_name = "DIR")]
     pub refs: Option<PathBuf>,
-    /// Use K of the reference images, drawn with --seed (default: all of them).
+    /// Use K of the reference images, drawn with --seed [default: the recipe's, else
+    /// all of them].
     #[arg(long, value_name = "K")]
     pub shots: Option<usize>,
-    /// Seed of the --shots draw.
-    #[arg(long, default_value_t = 0, requires = "shots")]
-    pub seed: u64,
+    /// Seed of the --shots draw [default: the recipe's, else 0].
+    #[arg(long, requires = "shots")]
+    pub seed: Option<u64>,
     /// Ignore reference images even when the class has some.
     #[arg(long, conflicts_with_all = ["refs", "shots"])]
     pub zero_shot: bool,
-    /// Window sizes of the fine-grained aligner, in patches.
-    #[arg(long, value_delimiter = ',', default_value = "2,3", value_name = "S,...")]
-    pub scales: Vec<usize>,
-    /// `tokens`: only the window's patch tokens go through the ViT (fast);
-    /// `pixels`: the masked image does, once per window (the paper's, slow).
-    #[arg(long, value_enum, default_value_t = WindowMode::Tokens)]
-    pub window_mode: WindowMode,
-    /// Gaussian smoothing of the map, in pixels of the input image.
-    #[arg(long, default_value_t = 4.0, value_name = "PX")]
-    pub sigma: f32,
+    #[command(flatten)]
+    pub settings: super::SettingsArgs,
     /// Also print each image's record as one JSON line on stdout.
     #[arg(long)]
     pub json: bool,
     /// OK/NG threshold on image scores for this run: an image scoring at or above it
-    /// is NG (its verdict goes into the record, scores.csv and the overlay).
+    /// is NG (its verdict goes into the record, scores.csv and the overlay)
+    /// [default: the class recipe's, when it was made with this model, method and
+    /// settings; a recipe made with others is refused unless --threshold (or, for
+    /// detect, --force)].
     #[arg(long, value_name = "VALUE")]
     pub threshold: Option<f32>,
     /// Region threshold on map values for this run: where the map is at or above it
-    /// is outlined in the overlay.
+    /// is outlined in the overlay [default: the class recipe's, as --threshold].
     #[arg(long, value_name = "VALUE", requires = "threshold")]
     pub region_threshold: Option<f32>,
     /// Map values spanned by the overlay's colours: `MIN,MAX`, or `auto` for each
@@ -84,60 +84,167 @@ pub struct AnalysisArgs {
     pub colormap: Colormap,
 }
 
+/// What [`AnalysisArgs::prepare`] found for the runner: the resolved model and the
+/// method's options.
+pub struct Prepared {
+    files: ModelFiles,
+    options: BaselineOptions,
+}
+
 impl AnalysisArgs {
-    /// The batch these options describe, writing into `out`; refuses what can be checked
-    /// before the model is loaded (the scales against its patch grid come after).
+    /// The batch these options describe, writing into `out`, before the classes' recipes
+    /// are read ([`Self::prepare`]); refuses what can be checked before the output
+    /// folder is made.
     pub fn spec(&self, out: PathBuf, existing: Existing, shard: Option<Shard>) -> Result<BatchSpec> {
-        let few_shot_method = matches!(self.method, MethodKind::Alfa | MethodKind::Winclip);
-        if !few_shot_method && (self.refs.is_some() || self.shots.is_some()) {
-            bail!("--method {} is zero-shot only: it takes no reference images (drop --refs / --shots)", self.method.name());
+        let recipes = self.recipes.locate()?;
+        if let Some(image) = self.threshold.filter(|t| !t.is_finite()) {
+            bail!("--threshold {image} is not a number");
         }
-        BaselineOptions::for_method(self.method, self.anovl_views)?;
-        let settings = DetectSettings {
-            scales: self.scales.clone(),
-            window_mode: self.window_mode,
-            sigma: self.sigma,
-            ..Default::default()
-        };
-        settings.validate(usize::MAX)?;
-        let decision = match self.threshold {
-            Some(image) if !image.is_finite() => bail!("--threshold {image} is not a number"),
-            Some(image) => Some(Decision { image, region: self.region_threshold, how: "--threshold on the command line".into() }),
-            None => None,
-        };
+        // A method given here is checked now; one from a recipe in `prepare`.
+        if let Some(method) = self.method {
+            self.check_method_options(method)?;
+        }
         Ok(BatchSpec {
-            method: self.method,
+            method: self.method.unwrap_or(MethodKind::Alfa),
             class: self.class.clone(),
             sources: ClassSources {
                 prompts_file: self.prompts.clone(),
-                prompts_dir: self.prompts_dir.clone(),
+                recipes,
                 references: self.refs.clone(),
                 shots: self.shots,
-                seed: self.seed,
+                seed: self.seed.unwrap_or(0),
                 zero_shot: self.zero_shot,
             },
-            settings,
+            settings: DetectSettings::default(),
             out,
             overlay_range: self.overlay_range,
             colormap: self.colormap,
-            decision,
+            decisions: BTreeMap::new(),
             existing,
             shard,
         })
     }
 
-    /// Resolves (downloading if needed) and loads the model, and makes the runner of
-    /// `spec`; the records `plan` found finished must be this model's and settings'.
-    pub fn runner<'a>(&self, spec: &'a BatchSpec, plan: &Plan) -> Result<Runner<'a>> {
+    /// Completes `spec` for the run's `classes` from their recipes (a malformed one is
+    /// named with its line): the method and settings not given here, then, with the
+    /// model resolved (downloading if needed), each class's OK/NG decision. The records
+    /// `plan` found finished must be this model's and settings'. `force` applies the
+    /// thresholds of a recipe made with another model, method or settings (with a
+    /// warning); without it such a recipe is refused unless --threshold replaces them.
+    pub fn prepare(&self, spec: &mut BatchSpec, plan: &Plan, classes: &[String], force: bool) -> Result<Prepared> {
+        let recipes = spec.sources.recipes.clone();
+        let mut class_recipes = BTreeMap::new();
+        for class in classes {
+            crate::recipe::check_class_name(class).map_err(anyhow::Error::msg)?;
+            if let Some(recipe) = recipes.read(class)? {
+                class_recipes.insert(class.clone(), recipe);
+            }
+        }
+        let from_recipes = shared_method(&class_recipes);
+        if let Some((class, method)) = &from_recipes
+            && (self.method.is_none() || !self.settings.all_given())
+        {
+            eprintln!("method and settings not given here are the recipe's of `{class}` ({})", recipes.recipe_file(class).display());
+            spec.method = self.method.unwrap_or(method.name);
+            spec.settings = method.settings();
+            if self.shots.is_none() && spec.method == method.name {
+                spec.sources.shots = method.shots;
+                spec.sources.seed = method.seed.unwrap_or(0);
+            }
+        }
+        self.settings.apply(&mut spec.settings);
+        self.check_method_options(spec.method)?;
+        let anovl_views = self.anovl_views.or_else(|| from_recipes.as_ref().and_then(|(_, m)| m.anovl_views).filter(|_| self.method.is_none()));
+        let options = BaselineOptions::for_method(spec.method, anovl_views)?;
+        // What can be checked without the model, before it is loaded; the scales against
+        // its patch grid when it is.
+        spec.settings.validate(usize::MAX)?;
+
         let files = model_request(&self.model).resolve()?;
+        plan.check_resumable(spec.method, &files.identity(), &spec.settings)?;
+        let stamp = if class_recipes.is_empty() {
+            None
+        } else {
+            let id = self.model.model.clone().unwrap_or_else(|| clip::DEFAULT_MODEL.to_owned());
+            Some(ModelStamp::of(&files, &id, self.model.precision, default_cache_dir().as_deref())?)
+        };
+        spec.decisions = self.decisions(classes, &class_recipes, &recipes, stamp.as_ref(), spec, force)?;
+        Ok(Prepared { files, options })
+    }
+
+    /// Loads the model `prepare` resolved and makes the runner of `spec`.
+    pub fn runner<'a>(&self, spec: &'a BatchSpec, prepared: Prepared) -> Result<Runner<'a>> {
+        let Prepared { files, options } = prepared;
         let identity = files.identity();
-        plan.check_resumable(self.method, &identity, &spec.settings)?;
         let clip = Clip::load(&files, &clip::device(self.model.cpu)?, self.model.precision)?;
         let detector = Detector::new(clip, &identity, default_cache_dir().as_deref());
-        let options = BaselineOptions::for_method(self.method, self.anovl_views)?;
-        let analyser = batch::Analyser::new(self.method, options, detector, spec.settings.clone(), spec.sources.clone())?;
+        let analyser = batch::Analyser::new(spec.method, options, detector, spec.settings.clone(), spec.sources.clone())?;
         Ok(Runner { analyser, spec, model: identity, precision: self.model.precision })
     }
+
+    /// Options that `method` does not take are refused.
+    fn check_method_options(&self, method: MethodKind) -> Result<()> {
+        let few_shot_method = matches!(method, MethodKind::Alfa | MethodKind::Winclip);
+        if !few_shot_method && (self.refs.is_some() || self.shots.is_some()) {
+            bail!("--method {} is zero-shot only: it takes no reference images (drop --refs / --shots)", method.name());
+        }
+        BaselineOptions::for_method(method, self.anovl_views)?;
+        Ok(())
+    }
+
+    /// Each class's OK/NG decision: `--threshold` (and `--region-threshold`) for all of
+    /// them, else the class recipe's thresholds when it was made with this model, method
+    /// and settings (another's are refused unless `force`).
+    fn decisions(
+        &self,
+        classes: &[String],
+        class_recipes: &BTreeMap<String, Recipe>,
+        recipes: &Recipes,
+        stamp: Option<&ModelStamp>,
+        spec: &BatchSpec,
+        force: bool,
+    ) -> Result<BTreeMap<String, Decision>> {
+        let by_hand = |image| Decision { image, region: self.region_threshold, how: "--threshold on the command line".into() };
+        let mut decisions = BTreeMap::new();
+        for class in classes {
+            let Some(recipe) = class_recipes.get(class) else {
+                if let Some(image) = self.threshold {
+                    decisions.insert(class.clone(), by_hand(image));
+                }
+                continue;
+            };
+            let stamp = stamp.expect("computed where a class has a recipe");
+            let path = recipes.recipe_file(class);
+            let applied = thresholds_for_run(Some(recipe), &path, stamp, spec.method, &spec.settings, self.threshold, force)?;
+            if let Some(warning) = &applied.warning {
+                eprintln!("warning: {warning}");
+            }
+            let how = match (&recipe.thresholds.image, self.threshold) {
+                (_, Some(_)) => "--threshold on the command line".to_owned(),
+                (Some(record), None) => format!("{}: {}", applied.source, record.describe()),
+                (None, None) => applied.source.clone(),
+            };
+            let region = self.region_threshold.filter(|_| self.threshold.is_some()).or(applied.region);
+            match applied.image {
+                Some(image) => {
+                    decisions.insert(class.clone(), Decision { image, region, how });
+                }
+                None if applied.region.is_some() => {
+                    eprintln!("note: the recipe of `{class}` has a region threshold but no OK/NG threshold: no verdicts for it");
+                }
+                None => {}
+            }
+        }
+        Ok(decisions)
+    }
+}
+
+/// The method and settings of the run's classes' recipes, when they all have the same
+/// (with the first class that has them, for the message).
+fn shared_method(recipes: &BTreeMap<String, Recipe>) -> Option<(String, MethodRecipe)> {
+    let mut methods = recipes.iter().filter_map(|(class, r)| r.method.clone().map(|m| (class.clone(), m)));
+    let first = methods.next()?;
+    methods.all(|(_, m)| m == first.1).then_some(first)
 }
 
 /// A flag set by Ctrl-C or SIGTERM (a scheduler stopping the job); a second one while

@@ -22,7 +22,8 @@ pub struct DetectArgs {
     /// layout <class>/test/<defect>/<stem>.tiff.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
-    /// Overwrite outputs that already exist.
+    /// Overwrite outputs that already exist, and apply a recipe's thresholds even when
+    /// it was made with another model, method or settings (with a warning).
     #[arg(long, conflicts_with = "resume")]
     pub force: bool,
     /// Continue an interrupted run into the same --out: images whose outputs are all
@@ -51,18 +52,19 @@ pub fn run(args: DetectArgs) -> Result<batch::RunStatus> {
         (_, true) => Existing::Resume,
         _ => Existing::Refuse,
     };
-    let spec = args.analysis.spec(args.out.clone(), existing, args.shard)?;
+    let mut spec = args.analysis.spec(args.out.clone(), existing, args.shard)?;
     let plan = Plan::new(&args.inputs, &spec)?;
+    let prepared = args.analysis.prepare(&mut spec, &plan, &plan.classes(), args.force)?;
     if args.resume && plan.finished() > 0 {
         eprintln!("resuming: {} of {} image(s) finished by an earlier run", plan.finished(), plan.images.len());
     }
-    let mut runner = args.analysis.runner(&spec, &plan)?;
+    let mut runner = args.analysis.runner(&spec, prepared)?;
 
     let stop = stop_on_interrupt()?;
     let observer = Terminal::new(plan.images.len() - plan.finished(), args.analysis.json);
     let result = runner.run(&plan, &observer, &stop)?;
     observer.bar.finish_and_clear();
-    eprintln!("{}", result.summary.line(spec.decision.is_some()));
+    eprintln!("{}", result.summary.line(!spec.decisions.is_empty()));
     if args.report {
         let page = runner.write_report(&result)?;
         eprintln!("report: {}", page.display());

@@ -51,9 +51,10 @@ pub struct EvalArgs {
     /// from a scores.csv beside them, else the map maximum) instead of running a method.
     #[arg(long, value_name = "DIR")]
     pub maps: Option<PathBuf>,
-    /// Folder of prompt sets that take precedence over the shipped ones.
-    #[arg(long, value_name = "DIR", default_value = "prompts")]
-    pub prompts_dir: PathBuf,
+    /// A class's recipe with a prompts.toml gives its prompt set; other classes use the
+    /// shipped sets.
+    #[command(flatten)]
+    pub recipes: super::recipe::RecipesArg,
     #[arg(long, value_delimiter = ',', default_value = "2,3", value_name = "S,...")]
     pub scales: Vec<usize>,
     #[arg(long, value_enum, default_value_t = WindowMode::Tokens)]
@@ -147,7 +148,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         run["seeds"] = serde_json::to_value(&seeds)?;
 
         // Resolved once, and said: a class that silently got the generic set scores low.
-        let store = PromptStore { dir: Some(args.prompts_dir.clone()) };
+        let store = PromptStore::in_recipes(&args.recipes.locate()?);
         let mut specs = Vec::new();
         let mut prompt_sets = serde_json::Map::new();
         for class in &classes {

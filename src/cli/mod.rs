@@ -18,6 +18,8 @@ mod eval;
 mod refs;
 mod prompts;
 mod watch;
+pub mod recipe;
+mod threshold;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -70,6 +72,11 @@ pub enum Command {
     /// be read is named and the watch goes on; --done moves analysed inputs, nothing is
     /// deleted.
     ///
+    /// The class (--class, else the folder's name) recipe gives the method, settings and
+    /// thresholds not given here, as for `alfa detect`; a recipe made with another model,
+    /// method or settings is refused unless --threshold replaces its thresholds (watch has
+    /// no --force).
+    ///
     /// Exit codes: 130 stopped by Ctrl-C or SIGTERM (after the current image;
     /// scores.csv and summary.json written); 1 the watch could not start, the folder
     /// disappeared, or an output could not be written (a full disk: the message names
@@ -78,8 +85,16 @@ pub enum Command {
     /// Evaluate a method (ALFA or a baseline), or saved maps, on MVTec AD, VisA or a folder
     /// dataset: image AUROC / AUPR / F1-max and pixel AUROC / PRO / F1-max per class and mean.
     Eval(eval::EvalArgs),
-    /// Normal reference images of a class, for few-shot detection.
+    /// Normal reference images of a class, for few-shot detection (in its recipe).
     Refs(refs::RefsArgs),
+    /// Class recipes: one folder per class with everything an OK/NG decision needs
+    /// (prompt set, reference images, thresholds, model and method). List, show, export
+    /// and import them, or migrate the old ./prompts files.
+    Recipe(recipe::RecipeArgs),
+    /// Set a class's thresholds (OK/NG on image scores, region on map values) from good
+    /// images at a target false-positive rate, as the app does, or by hand; stored in
+    /// the class's recipe with the model, method and settings they were set with.
+    Threshold(threshold::ThresholdArgs),
     /// Benchmarks (timings on random weights of the real shapes).
     Bench(BenchArgs),
     /// Open the inspection window with PATHs, wait for the analysis, save the window as
@@ -147,10 +162,50 @@ pub fn run(cli: Cli) -> Result<u8> {
         Some(Command::Detect(args)) => detect::run(args).map(|status| status.exit_code()),
         Some(Command::Watch(args)) => watch::run(args),
         Some(Command::Refs(args)) => done(refs::run(args)),
+        Some(Command::Recipe(args)) => done(recipe::run(args)),
+        Some(Command::Threshold(args)) => done(threshold::run(args)),
         Some(Command::Eval(args)) => done(eval::run(args)),
         Some(Command::Bench(args)) => done(run_bench(args)),
         Some(Command::Screenshot(args)) => done(crate::app::screenshot(args.gui, args.out)),
         Some(Command::Prompts(args)) => done(prompts::run(args)),
+    }
+}
+
+/// The detection settings a command may be given; what is not given comes from the
+/// class's recipe, else the defaults.
+#[derive(Args, Debug, Default, Clone)]
+pub struct SettingsArgs {
+    /// Window sizes of the fine-grained aligner, in patches [default: the recipe's, else 2,3].
+    #[arg(long, value_delimiter = ',', value_name = "S,...")]
+    pub scales: Option<Vec<usize>>,
+    /// `tokens`: only the window's patch tokens go through the ViT (fast);
+    /// `pixels`: the masked image does, once per window (the paper's, slow)
+    /// [default: the recipe's, else tokens].
+    #[arg(long, value_enum)]
+    pub window_mode: Option<crate::detect::WindowMode>,
+    /// Gaussian smoothing of the map, in pixels of the input image [default: the
+    /// recipe's, else 4].
+    #[arg(long, value_name = "PX")]
+    pub sigma: Option<f32>,
+}
+
+impl SettingsArgs {
+    /// Every setting is given: a recipe's would change none.
+    pub fn all_given(&self) -> bool {
+        self.scales.is_some() && self.window_mode.is_some() && self.sigma.is_some()
+    }
+
+    /// `settings` with what is given here in place.
+    pub fn apply(&self, settings: &mut crate::detect::DetectSettings) {
+        if let Some(scales) = &self.scales {
+            settings.scales = scales.clone();
+        }
+        if let Some(mode) = self.window_mode {
+            settings.window_mode = mode;
+        }
+        if let Some(sigma) = self.sigma {
+            settings.sigma = sigma;
+        }
     }
 }
 

@@ -11,6 +11,8 @@ use crate::clip::{ClipTokenizer, TokenizerSource};
 use crate::prompts::generate::{self, CLIP_CONTEXT, GenerateEvent, QueryKind};
 use crate::prompts::llm::{self, LlmApi, LlmClient, LlmConfig};
 use crate::prompts::merge::PromptFileUpdate;
+use super::recipe::RecipesArg;
+use crate::prompts::set::file_for;
 use crate::prompts::{Prompt, PromptSource, PromptStore};
 
 #[derive(Args, Debug)]
@@ -22,7 +24,8 @@ pub struct PromptsArgs {
 #[derive(Subcommand, Debug)]
 pub enum PromptsCommand {
     /// Ask an LLM for a class's normal and abnormal prompts and descriptors (ALFA's queries)
-    /// and add them to DIR/<class>.toml.
+    /// and add them to the class's recipe (<recipes>/<class>/prompts.toml), or to
+    /// DIR/<class>.toml with --out DIR.
     ///
     /// Works with any OpenAI-compatible server. The defaults fit a stock local Ollama
     /// (`ollama serve`, `ollama pull llama3.1`): --llm-url http://localhost:11434/v1,
@@ -48,9 +51,12 @@ pub struct GenerateArgs {
     /// MVTec-style dataset root.
     #[arg(long, value_name = "DATASET_ROOT")]
     pub classes_from: Option<PathBuf>,
-    /// Folder of the prompt files to write or merge into (e.g. ./prompts).
+    /// Folder of prompt files (<DIR>/<class>.toml, the layout of this repository's
+    /// prompts/) to write or merge into instead of the class's recipe.
     #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub recipes: RecipesArg,
     /// Base URL of the OpenAI-compatible API (up to /v1). The default is a local Ollama.
     #[arg(long, value_name = "URL", default_value = llm::DEFAULT_BASE_URL)]
     pub llm_url: String,
@@ -90,9 +96,9 @@ pub struct GenerateArgs {
 pub struct ShowArgs {
     /// The class (e.g. bottle, metal_nut, pcb1).
     pub class: String,
-    /// Folder of prompt files overriding the built-in sets [default: ./prompts if it exists].
-    #[arg(long, value_name = "DIR")]
-    pub prompts_dir: Option<PathBuf>,
+    /// The class's recipe's prompts.toml is shown when it has one, else the built-in set.
+    #[command(flatten)]
+    pub recipes: RecipesArg,
 }
 
 pub fn run(args: PromptsArgs) -> Result<()> {
@@ -110,6 +116,26 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
             bail!("{} has no class folders (sub-folders with a `test/` folder)", root.display());
         }
         classes.extend(found);
+    }
+    // Where each class's prompts go: the recipe's prompts.toml, or DIR/<class>.toml.
+    let recipes = match &args.out {
+        Some(_) => None,
+        None => Some(args.recipes.locate()?),
+    };
+    let target = |class: &str| -> Result<PathBuf> {
+        match (&args.out, &recipes) {
+            (Some(dir), _) => Ok(file_for(dir, class)),
+            (None, Some(recipes)) => {
+                if !args.dry_run {
+                    super::recipe::ensure_writable(recipes, class)?;
+                }
+                Ok(recipes.prompts_file(class))
+            }
+            (None, None) => unreachable!("located above"),
+        }
+    };
+    for class in &classes {
+        crate::recipe::check_class_name(class).map_err(anyhow::Error::msg)?;
     }
     let tokenizer = ClipTokenizer::load(&TokenizerSource::or_embedded(args.tokenizer.clone()), CLIP_CONTEXT)?;
     let client = LlmClient::new(LlmConfig {
@@ -144,7 +170,8 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
     };
     for class in &classes {
         bar.set_message(class.clone());
-        let plan = generate::plan_class(&client, &tokenizer, &args.out, class, args.samples, &mut |event| {
+        let file = target(class)?;
+        let plan = generate::plan_class(&client, &tokenizer, &file, class, args.samples, &mut |event| {
             match event {
                 GenerateEvent::Answered { .. } => bar.inc(1),
                 GenerateEvent::Retrying(n) => say(format!(
@@ -220,12 +247,8 @@ fn dataset_classes(root: &Path) -> Result<Vec<String>> {
 }
 
 fn run_show(args: ShowArgs) -> Result<()> {
-    let store = match args.prompts_dir {
-        Some(dir) if !dir.is_dir() => bail!("--prompts-dir {} is not a folder", dir.display()),
-        Some(dir) => PromptStore { dir: Some(dir) },
-        None => PromptStore::default_location(),
-    };
-    let resolved = store.resolve(&args.class)?;
+    let recipes = args.recipes.locate()?;
+    let resolved = PromptStore::in_recipes(&recipes).resolve(&args.class)?;
     let from = match (&resolved.path, resolved.generic_fallback) {
         (Some(path), false) => path.display().to_string(),
         (None, false) => "the built-in set".to_owned(),

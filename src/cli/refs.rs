@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 
+use super::recipe::{RecipesArg, ensure_writable};
 use crate::detect::inputs::scan;
-use crate::detect::references::{add_readable_references, list_references, references_dir, remove_references};
+use crate::detect::references::{add_readable_references, list_references, remove_references};
 
 #[derive(Args, Debug)]
 pub struct RefsArgs {
@@ -16,12 +17,12 @@ pub struct RefsArgs {
 
 #[derive(Args, Debug)]
 pub struct ClassRefs {
-    /// Object class whose references these are.
+    /// Object class whose references these are (they live in the class's recipe,
+    /// <recipes>/<class>/refs/).
     #[arg(long)]
     pub class: String,
-    /// Folder of prompt sets; the references live in <DIR>/<class>.refs/.
-    #[arg(long, value_name = "DIR", default_value = "prompts")]
-    pub prompts_dir: PathBuf,
+    #[command(flatten)]
+    pub recipes: RecipesArg,
 }
 
 #[derive(Subcommand, Debug)]
@@ -55,8 +56,10 @@ pub enum RefsAction {
 pub fn run(args: RefsArgs) -> Result<()> {
     match args.action {
         RefsAction::Add { class, images } => {
-            let dir = references_dir(&class.prompts_dir, &class.class);
+            let recipes = class.recipes.locate()?;
             let files = image_files(&images)?;
+            ensure_writable(&recipes, &class.class)?;
+            let dir = recipes.refs_dir(&class.class);
             let outcome = add_readable_references(&dir, &files)?;
             for added in &outcome.added {
                 println!("added {}", added.display());
@@ -70,13 +73,13 @@ pub fn run(args: RefsArgs) -> Result<()> {
             }
         }
         RefsAction::Remove { class, names } => {
-            let dir = references_dir(&class.prompts_dir, &class.class);
+            let dir = class.recipes.locate()?.refs_dir(&class.class);
             for removed in remove_references(&dir, &names)? {
                 println!("removed {}", removed.display());
             }
         }
         RefsAction::List { class } => {
-            let dir = references_dir(&class.prompts_dir, &class.class);
+            let dir = class.recipes.locate()?.refs_dir(&class.class);
             let files = list_references(&dir)?;
             if files.is_empty() {
                 println!(
@@ -96,7 +99,7 @@ pub fn run(args: RefsArgs) -> Result<()> {
 
 /// Files as given, and the images in folders (recursively, sorted, as the app finds
 /// them: `ground_truth/` folders hold MVTec masks and are skipped).
-fn image_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+pub(super) fn image_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for path in paths {
         if !path.exists() {

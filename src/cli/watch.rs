@@ -44,7 +44,7 @@ pub struct WatchArgs {
 
 /// Runs the watch; returns the exit code (130 when stopped by Ctrl-C or SIGTERM).
 pub fn run(args: WatchArgs) -> Result<u8> {
-    let spec = args.analysis.spec(args.out.clone(), Existing::Resume, None)?;
+    let mut spec = args.analysis.spec(args.out.clone(), Existing::Resume, None)?;
     let watch_spec = WatchSpec {
         folder: args.folder.clone(),
         done: args.done.clone(),
@@ -56,12 +56,15 @@ pub fn run(args: WatchArgs) -> Result<u8> {
     if watch.plan.finished() > 0 {
         eprintln!("{} image(s) in {} were finished by an earlier run", watch.plan.finished(), args.folder.display());
     }
-    let mut runner = args.analysis.runner(&spec, &watch.plan)?;
+    // No --force here: a recipe made with another model, method or settings is refused
+    // unless --threshold replaces its thresholds.
+    let prepared = args.analysis.prepare(&mut spec, &watch.plan, &[watch.class().to_owned()], false)?;
+    let mut runner = args.analysis.runner(&spec, prepared)?;
     let stop = stop_on_interrupt()?;
     let log = Log { folder: args.folder.clone(), json: args.analysis.json };
     let result = watch.run(&mut runner, &log, &stop)?;
     let counts = crate::batch::Summary { interrupted: false, ..result.summary.clone() };
-    eprintln!("stopped watching {}: {}", args.folder.display(), counts.line(spec.decision.is_some()));
+    eprintln!("stopped watching {}: {}", args.folder.display(), counts.line(!spec.decisions.is_empty()));
     if let Some(e) = &result.unwritten {
         eprintln!("error: {e}");
     }

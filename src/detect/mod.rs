@@ -34,6 +34,9 @@ pub enum DetectError {
     Cancelled,
     #[error("invalid settings: {0}")]
     Settings(String),
+    /// Thresholds from good images could not be set.
+    #[error("{0}")]
+    Threshold(String),
     #[error(transparent)]
     Export(#[from] export::ExportError),
     #[error(transparent)]

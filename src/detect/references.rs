@@ -1,7 +1,7 @@
 //! Few-shot references: a class's normal reference images and the memory bank
 //! built from them (METHOD section 5).
 //!
-//! The images live in `<prompts dir>/<class>.refs/` as copies (the user's files are
+//! The images live in the class's recipe, `<recipes>/<class>/refs/`, as copies (the user's files are
 //! never moved or changed). Their window features are cached on disk per model, per
 //! window mode and per image content, so a bank is rebuilt only for new images or
 //! when the model changes.
@@ -18,11 +18,6 @@ use super::inputs::is_image;
 use super::memory::{MemoryBank, Nearest};
 use super::text_cache::fnv1a;
 use crate::clip::{self, Precision};
-
-/// The folder of a class's reference images.
-pub fn references_dir(prompts_dir: &Path, class: &str) -> PathBuf {
-    prompts_dir.join(format!("{class}.refs"))
-}
 
 /// The images in `dir`, sorted; a missing folder has none.
 pub fn list_references(dir: &Path) -> Result<Vec<PathBuf>, DetectError> {
@@ -90,7 +85,10 @@ fn copy_references(dir: &Path, images: &[PathBuf]) -> Result<Vec<PathBuf>, Detec
             target = dir.join(format!("{stem}-{n}.{ext}"));
             n += 1;
         }
-        std::fs::copy(image, &target).map_err(|e| {
+        // Through `write_atomic`: a copy is whole or absent, and gets the mode a new file
+        // gets (not the original's, which may be read-only).
+        let bytes = std::fs::read(image).map_err(|e| DetectError::References(format!("cannot read {}: {e}", image.display())))?;
+        crate::files::write_atomic(&target, &bytes).map_err(|e| {
             DetectError::References(format!("cannot copy {} to {}: {e}", image.display(), target.display()))
         })?;
         added.push(target);

@@ -147,18 +147,18 @@ pub struct ClassPlan {
     pub update: PromptFileUpdate,
 }
 
-/// Reads `dir/<class>.toml` (or the set it will start from), asks the LLM about the class,
-/// and merges the answers into the file's text. Fails before any request when the
-/// existing file is invalid.
+/// Reads the prompt file `file` of `class` (or the set it will start from), asks the LLM
+/// about the class, and merges the answers into the file's text. Fails before any
+/// request when the existing file is invalid.
 pub fn plan_class(
     client: &LlmClient,
     tokenizer: &ClipTokenizer,
-    dir: &Path,
+    file: &Path,
     class: &str,
     samples: usize,
     on_event: &mut dyn FnMut(GenerateEvent),
 ) -> Result<ClassPlan, GenerateError> {
-    let file = PromptFile::load(dir, class)?;
+    let file = PromptFile::load_file(file, class)?;
     let generated = generate(client, tokenizer, &file.set.class.name, samples, on_event)?;
     let source = provenance(client, samples, std::time::SystemTime::now());
     let update = file.merge(&generated, &source)?;

@@ -38,7 +38,13 @@ pub struct PromptFileUpdate {
 impl PromptFile {
     /// `dir/<class>.toml`, or the shipped set of `class` (the generic one renamed to it).
     pub fn load(dir: &Path, class: &str) -> Result<Self, PromptError> {
-        let path = file_for(dir, class);
+        Self::load_file(&file_for(dir, class), class)
+    }
+
+    /// The prompt file `path` of `class` (a recipe's prompts.toml), or the shipped set
+    /// of `class` (the generic one renamed to it) when there is no such file.
+    pub fn load_file(path: &Path, class: &str) -> Result<Self, PromptError> {
+        let path = path.to_owned();
         if class.is_empty() || class.starts_with('.') || class.contains(['/', '\\', ':']) {
             return Err(PromptError::Invalid {
                 path,
@@ -53,7 +59,7 @@ impl PromptFile {
             let set = PromptSet::from_toml(&text, &path)?;
             return Ok(Self { path, exists: true, set, text });
         }
-        let resolved = PromptStore { dir: None }.resolve(class)?;
+        let resolved = PromptStore { recipes: None }.resolve(class)?;
         let shipped_id = if resolved.generic_fallback { GENERIC } else { class };
         let (_, shipped) = PromptStore::shipped()
             .find(|(id, _)| *id == shipped_id)

@@ -1,13 +1,15 @@
-//! Finding a class's prompt set: an explicit file, a prompts folder the user edits,
-//! or the sets shipped inside the binary; an unknown class gets the generic set.
+//! Finding a class's prompt set: an explicit file, the class's recipe
+//! (`<recipes>/<class>/prompts.toml`), or the sets shipped inside the binary; an unknown
+//! class gets the generic set (the recipe `generic`'s, if there is one, else the shipped one).
 
 use std::path::{Path, PathBuf};
 
-use super::set::{PromptSet, file_for};
+use super::set::PromptSet;
 use super::PromptError;
+use crate::recipe::Recipes;
 
 /// The sets shipped in `prompts/`, compiled in so an installed binary has them.
-/// A file of the same name in the prompts folder takes precedence.
+/// A class's recipe with a prompts.toml takes precedence.
 const SHIPPED: &[(&str, &str)] = &[
     ("bottle", include_str!("../../prompts/bottle.toml")),
     ("cable", include_str!("../../prompts/cable.toml")),
@@ -45,8 +47,9 @@ pub const GENERIC: &str = "generic";
 /// Where prompt sets are looked up.
 #[derive(Debug, Clone, Default)]
 pub struct PromptStore {
-    /// A folder of `<class>.toml` files the user edits (default: `./prompts` when it exists).
-    pub dir: Option<PathBuf>,
+    /// The recipes folder: a class's own set is `<recipes>/<class>/prompts.toml`
+    /// (`None`: only the shipped sets).
+    pub recipes: Option<Recipes>,
 }
 
 /// A resolved set and where it came from.
@@ -60,7 +63,7 @@ pub struct ResolvedPrompts {
 }
 
 impl ResolvedPrompts {
-    /// Where the set came from, for messages: `prompts/bottle.toml`, `built-in bottle`,
+    /// Where the set came from, for messages: `…/recipes/bottle/prompts.toml`, `built-in bottle`,
     /// or `generic (no prompt set named folder_ds)`, so a class that silently got the
     /// generic prompts shows.
     pub fn origin(&self) -> String {
@@ -74,25 +77,17 @@ impl ResolvedPrompts {
     }
 }
 
-/// The prompts folder the CLI and the app use unless told otherwise (relative to the
-/// working directory); class references live beside the sets, in `<class>.refs/`.
-pub const DEFAULT_DIR: &str = "prompts";
-
 impl PromptStore {
-    /// `./prompts` if it exists, else only the shipped sets.
-    pub fn default_location() -> Self {
-        let dir = PathBuf::from(DEFAULT_DIR);
-        Self { dir: dir.is_dir().then_some(dir) }
+    /// The sets of the recipes in `recipes`, and the shipped ones.
+    pub fn in_recipes(recipes: &Recipes) -> Self {
+        Self { recipes: Some(recipes.clone()) }
     }
 
-    /// The classes with a set, shipped or in the folder, sorted.
+    /// The classes with a set, shipped or in a recipe, sorted.
     pub fn classes(&self) -> Vec<String> {
         let mut classes: Vec<String> = SHIPPED.iter().map(|(id, _)| id.to_string()).collect();
-        if let Some(entries) = self.dir.as_ref().and_then(|d| std::fs::read_dir(d).ok()) {
-            classes.extend(entries.filter_map(|e| {
-                let path = e.ok()?.path();
-                (path.extension()? == "toml").then(|| path.file_stem()?.to_str().map(str::to_owned))?
-            }));
+        if let Some(recipes) = &self.recipes {
+            classes.extend(recipes.classes().into_iter().filter(|c| recipes.prompts_file(c).is_file()));
         }
         classes.sort();
         classes.dedup();
@@ -114,8 +109,10 @@ impl PromptStore {
     }
 
     fn lookup(&self, class: &str) -> Result<Option<ResolvedPrompts>, PromptError> {
-        if let Some(dir) = &self.dir {
-            let path = file_for(dir, class);
+        if let Some(recipes) = &self.recipes
+            && crate::recipe::check_class_name(class).is_ok()
+        {
+            let path = recipes.prompts_file(class);
             if path.is_file() {
                 return Ok(Some(ResolvedPrompts {
                     set: PromptSet::from_file(&path)?,

@@ -245,7 +245,7 @@ mod tests {
 
     #[test]
     fn prompts_name_the_class_by_its_folder_id() {
-        let prompts = crate::prompts::PromptStore { dir: None }.resolve("metal_nut").unwrap().set.expand();
+        let prompts = crate::prompts::PromptStore { recipes: None }.resolve("metal_nut").unwrap().set.expand();
         let class = ClassSpec { id: "metal_nut".into(), name: "metal nut".into(), prompts };
         let (normal, abnormal) = class_prompts(&class);
         assert_eq!(normal[0], "a cropped photo of the metal_nut.");
