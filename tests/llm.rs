@@ -108,7 +108,7 @@ fn generated_prompts_are_merged_into_the_users_file() {
     assert!(after.llm.source.starts_with(&before.llm.source), "{}", after.llm.source);
     assert!(after.llm.source.contains("test-model"), "{}", after.llm.source);
     assert!(after.llm.source.contains(&format!("{}/chat/completions", server.base_url)));
-    let year = generate::utc_date(std::time::SystemTime::now())[..4].to_owned();
+    let year = alfa::time::utc_date(std::time::SystemTime::now())[..4].to_owned();
     assert!(after.llm.source.contains(&year), "{}", after.llm.source);
     for query in [generate::NORMAL_QUERY, generate::ABNORMAL_QUERY] {
         assert!(after.llm.queries.iter().any(|q| q == query), "{query} recorded");
