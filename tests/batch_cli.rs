@@ -32,23 +32,13 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// A textured part; `defect` puts a bright square at that corner.
+/// A textured 40x40 part; `defect` puts a bright 9x9 square at that corner.
 fn part(defect: Option<(u32, u32)>, phase: u32) -> RgbImage {
-    RgbImage::from_fn(40, 40, |x, y| {
-        if let Some((dx, dy)) = defect
-            && (dx..dx + 9).contains(&x)
-            && (dy..dy + 9).contains(&y)
-        {
-            return Rgb([250, 240, 30]);
-        }
-        let v = if ((x + phase) / 4 + y / 4) % 2 == 0 { 70 } else { 150 };
-        Rgb([v, v / 2 + 40, 200 - v / 2])
-    })
+    common::textured_part(40, 9, defect, phase)
 }
 
 fn save(image: &RgbImage, path: &Path) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    image.save(path).unwrap();
+    common::save_png(image, path);
 }
 
 /// `n` images in `dir`, every third with a defect.

@@ -6,29 +6,16 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use common::{fixtures, shared_tokenizer};
-use image::{GrayImage, Luma, Rgb, RgbImage};
+use image::{GrayImage, Luma, RgbImage};
 
-/// A textured part; a defect is a bright 10x10 square at the given corner.
+/// A textured 48x48 part; a defect is a bright 10x10 square at the given corner.
 fn part(defect: Option<(u32, u32)>, phase: u32) -> RgbImage {
-    RgbImage::from_fn(48, 48, |x, y| {
-        if let Some((dx, dy)) = defect
-            && (dx..dx + 10).contains(&x)
-            && (dy..dy + 10).contains(&y)
-        {
-            return Rgb([250, 240, 30]);
-        }
-        let v = if ((x + phase) / 4 + y / 4) % 2 == 0 { 70 } else { 150 };
-        Rgb([v, v / 2 + 40, 200 - v / 2])
-    })
+    common::textured_part(48, 10, defect, phase)
 }
 
 /// `widget`: a textured part; defects are bright squares with their masks.
 fn dataset(root: &Path) {
-    let save = |rel: &str, image: &RgbImage| {
-        let path = root.join(rel);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        image.save(path).unwrap();
-    };
+    let save = |rel: &str, image: &RgbImage| common::save_png(image, &root.join(rel));
     for i in 0..3 {
         save(&format!("widget/train/good/{i:03}.png"), &part(None, i));
         save(&format!("widget/test/good/{i:03}.png"), &part(None, i + 1));

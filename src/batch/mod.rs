@@ -283,7 +283,7 @@ impl Scored {
     fn from_record(planned: &PlannedImage, record: &serde_json::Value) -> Self {
         let descriptors = record["descriptors"]
             .as_array()
-            .map(|d| d.iter().take(3).filter_map(|m| m["text"].as_str().map(str::to_owned)).collect())
+            .map(|d| d.iter().take(report::MAX_DESCRIPTORS).filter_map(|m| m["text"].as_str().map(str::to_owned)).collect())
             .unwrap_or_default();
         Self {
             image: planned.image.clone(),
@@ -343,7 +343,7 @@ impl Runner<'_> {
             map: outputs.map.clone(),
             score: outcome.image_score,
             verdict,
-            descriptors: outcome.top_descriptors(3),
+            descriptors: outcome.top_descriptors(report::MAX_DESCRIPTORS),
         };
         Ok((scored, json))
     }

@@ -3,7 +3,7 @@
 
 pub mod llm_server;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// `tests/fixtures/` (committed, made by `tests/fixtures/generate_clip_fixtures.py`).
 pub fn fixtures() -> PathBuf {
@@ -37,4 +37,25 @@ pub fn detector_in(
     .unwrap();
     let clip = alfa::clip::Clip::load(&files, &candle_core::Device::Cpu, precision).unwrap();
     alfa::detect::Detector::new(clip, identity.unwrap_or(&files.identity()), cache)
+}
+
+/// A textured `side` x `side` part; `defect` puts a bright `defect_side` square with its
+/// top-left corner there; `phase` shifts the texture so that images differ.
+pub fn textured_part(side: u32, defect_side: u32, defect: Option<(u32, u32)>, phase: u32) -> image::RgbImage {
+    image::RgbImage::from_fn(side, side, |x, y| {
+        if let Some((dx, dy)) = defect
+            && (dx..dx + defect_side).contains(&x)
+            && (dy..dy + defect_side).contains(&y)
+        {
+            return image::Rgb([250, 240, 30]);
+        }
+        let v = if ((x + phase) / 4 + y / 4) % 2 == 0 { 70 } else { 150 };
+        image::Rgb([v, v / 2 + 40, 200 - v / 2])
+    })
+}
+
+/// Saves `image` at `path`, making its folders.
+pub fn save_png(image: &image::RgbImage, path: &Path) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    image.save(path).unwrap();
 }
