@@ -414,10 +414,19 @@ impl AlfaApp {
         let mut thresholds = self.state.thresholds();
         let before = thresholds.clone();
         ui.horizontal_wrapped(|ui| {
-            // No step: a threshold from good images sits just above a score and must not be rounded.
-            ui.add(egui::Slider::new(&mut thresholds.image.value, Thresholds::IMAGE_RANGE).text("OK/NG threshold"))
-                .on_hover_text("An image scoring at or above it is NG. Image scores are up to 1 in zero-shot mode and up to 2 in few-shot mode.");
-            ui.add(egui::Slider::new(&mut thresholds.region.value, Thresholds::REGION_RANGE).text("Region threshold"))
+            // No step: a threshold from good images sits just above a score and must not be
+            // rounded, neither by the slider nor by its text (see `threshold_text`).
+            ui.add(
+                egui::Slider::new(&mut thresholds.image.value, Thresholds::IMAGE_RANGE)
+                    .text("OK/NG threshold")
+                    .custom_formatter(|v, _| threshold_text(v)),
+            )
+            .on_hover_text("An image scoring at or above it is NG. Image scores are up to 1 in zero-shot mode and up to 2 in few-shot mode.");
+            ui.add(
+                egui::Slider::new(&mut thresholds.region.value, Thresholds::REGION_RANGE)
+                    .text("Region threshold")
+                    .custom_formatter(|v, _| threshold_text(v)),
+            )
                 .on_hover_text("Map values at or above it are outlined and make the exported mask (map values are 0 to 1).");
         });
         if thresholds.image.value != before.image.value {
@@ -1007,6 +1016,14 @@ impl AlfaApp {
     }
 }
 
+/// A threshold's text in its slider: the shortest decimal that reads back as the same
+/// `f32`. The slider's text is parsed back when its field loses focus, so a rounded text
+/// (0.1366 for 0.13661297) would turn a threshold fitted from good images into a
+/// different one set by hand just by clicking the field.
+fn threshold_text(value: f64) -> String {
+    format!("{}", value as f32)
+}
+
 /// A method as the window names it.
 pub fn method_label(kind: MethodKind) -> &'static str {
     match kind {
@@ -1089,4 +1106,20 @@ fn prompt_table(ui: &mut Ui, label: &str, verdicts: &[PromptVerdict], sort: Prom
                 });
             });
         });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_threshold_reads_back_from_its_text_unchanged() {
+        // Thresholds fitted from good images sit one f32 step above a score.
+        for score in [0.13661296_f32, 0.5, 0.999_999, 1e-7, 1.7320508] {
+            let threshold = score.next_up();
+            let text = threshold_text(f64::from(threshold));
+            let read: f64 = text.parse().unwrap();
+            assert_eq!(read as f32, threshold, "{text}");
+        }
+    }
 }
