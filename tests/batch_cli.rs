@@ -53,23 +53,6 @@ fn json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
 }
 
-/// Every file under `dir`, relative, with its bytes.
-fn tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut files = BTreeMap::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                files.insert(path.strip_prefix(dir).unwrap().to_owned(), std::fs::read(&path).unwrap());
-            }
-        }
-    }
-    files
-}
-
 #[test]
 fn verdicts_go_into_records_scores_and_overlays_and_the_exit_code_tells_them_apart() {
     let dir = tempfile::tempdir().unwrap();
@@ -164,7 +147,7 @@ fn resume_analyses_only_what_an_earlier_run_left_and_refuses_other_settings() {
     assert_eq!(analysed.len(), 3, "{analysed:?}");
     assert!(["001", "002", "004"].iter().all(|s| analysed.iter().any(|f| f.ends_with(&format!("{s}.png")))), "{analysed:?}");
     // Every file as the uninterrupted run wrote it.
-    let (a, b) = (tree(&whole), tree(&cut));
+    let (a, b) = (common::file_tree(&whole), common::file_tree(&cut));
     assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
     for (name, bytes) in &a {
         if name.extension().is_some_and(|e| e == "json") {
@@ -210,7 +193,7 @@ fn ctrl_c_stops_between_images_writes_what_it_has_and_resume_finishes() {
     let analysed = summary["analysed"].as_u64().unwrap();
     assert!((1..120).contains(&analysed), "{analysed} analysed");
     // Nothing half-written: every record has its map and overlay, no temporary files.
-    let files = tree(&out);
+    let files = common::file_tree(&out);
     let records = files.keys().filter(|p| p.extension().is_some_and(|e| e == "json") && !p.ends_with("summary.json")).count();
     assert_eq!(records as u64, analysed);
     assert_eq!(files.len(), 3 * records + 2, "{:?}", files.keys().collect::<Vec<_>>());
@@ -269,7 +252,7 @@ fn three_shards_in_three_processes_write_what_one_run_writes() {
     }
     assert_eq!(counts, [3, 3, 3], "nine images in three equal shards");
 
-    let (a, b) = (tree(&whole), tree(&shared));
+    let (a, b) = (common::file_tree(&whole), common::file_tree(&shared));
     let maps = |t: &BTreeMap<PathBuf, Vec<u8>>| {
         t.iter().filter(|(p, _)| p.extension().is_some_and(|e| e == "tiff")).map(|(p, v)| (p.clone(), v.clone())).collect::<Vec<_>>()
     };

@@ -245,3 +245,76 @@ fn a_folder_dataset_takes_its_class_from_the_flag_and_names_the_prompt_set() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("one class"), "{}", stderr(&out));
 }
+
+/// `eval --shard I/N --save-maps DIR` in three processes at once, then `eval --maps
+/// DIR`: the metrics of one unsharded `eval` (few-shot, so references are drawn the same
+/// in every shard), and the saved maps are byte-equal to an unsharded `--save-maps`.
+#[test]
+fn three_eval_shards_in_three_processes_score_as_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("mvtec");
+    dataset(&root);
+    let r = root.to_str().unwrap();
+    let few_shot = ["--shots", "1", "--seeds", "1"];
+    let (whole_json, whole_maps, shards) = (dir.path().join("whole.json"), dir.path().join("whole"), dir.path().join("shards"));
+    let mut args = vec!["eval", "--root", r, "--json", whole_json.to_str().unwrap(), "--save-maps", whole_maps.to_str().unwrap()];
+    args.extend(few_shot);
+    let out = alfa(&args, dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let s = shards.to_str().unwrap();
+    let children: Vec<_> = (1..=3)
+        .map(|k| {
+            let shard = format!("{k}/3");
+            let mut args = vec!["eval", "--root", r, "--shard", &shard, "--save-maps", s];
+            args.extend(few_shot);
+            Command::new(env!("CARGO_BIN_EXE_alfa"))
+                .args(args)
+                .args(["--model", fixtures().join("tiny-gelu").to_str().unwrap()])
+                .args(["--tokenizer", shared_tokenizer().to_str().unwrap()])
+                .env("XDG_CACHE_HOME", dir.path())
+                .env("ALFA_RECIPES", dir.path().join("recipes"))
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (k, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "shard {}: {stderr}", k + 1);
+        assert!(out.stdout.is_empty(), "a shard prints no metrics of its own");
+        assert!(stderr.contains(&format!("shard {}/3 done", k + 1)) && stderr.contains("--maps"), "{stderr}");
+        let scores = std::fs::read_to_string(shards.join(format!("widget/scores-shard-{}-of-3.csv", k + 1))).unwrap();
+        assert_eq!(scores.lines().count(), 1 + 2, "six test images in three parts of two:\n{scores}");
+    }
+    let maps = |root: &Path| {
+        common::file_tree(root).into_iter().filter(|(p, _)| p.extension().is_some_and(|e| e == "tiff")).collect::<Vec<_>>()
+    };
+    assert_eq!(maps(&whole_maps).len(), 6);
+    assert!(maps(&whole_maps) == maps(&shards), "the shards' maps are the run's maps");
+
+    let union_json = dir.path().join("union.json");
+    let out = alfa(&["eval", "--root", r, "--maps", s, "--json", union_json.to_str().unwrap()], dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (whole, union) = (report(&whole_json), report(&union_json));
+    for key in KEYS {
+        let (a, b) = (whole["classes"]["widget"][key].as_f64().unwrap(), union["classes"]["widget"][key].as_f64().unwrap());
+        assert!((a - b).abs() < 1e-6, "{key}: unsharded {a} vs shards {b}");
+    }
+
+    // Refused before any work: a second run into the same folder, a shard without
+    // somewhere to save, and more seeds than one set of maps.
+    let mut again = vec!["eval", "--root", r, "--shard", "1/3", "--save-maps", s];
+    again.extend(few_shot);
+    let out = alfa(&again, dir.path());
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("scores-shard-1-of-3.csv"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = alfa(&["eval", "--root", r, "--shard", "1/3"], dir.path());
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--save-maps"));
+    let never = dir.path().join("never");
+    let out = alfa(&["eval", "--root", r, "--shots", "1", "--seeds", "2", "--save-maps", never.to_str().unwrap()], dir.path());
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--seeds 1"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!never.exists());
+}

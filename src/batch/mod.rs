@@ -172,7 +172,7 @@ impl Plan {
     pub fn new(paths: &[PathBuf], spec: &BatchSpec) -> Result<Self, BatchError> {
         let mut found = inputs::collect(paths)?;
         if let Some(shard) = spec.shard {
-            found = shard.select(found);
+            found = shard.select(found, |image| image.output_stem.clone());
         }
         prepare_output_folder(&spec.out)?;
         let mut images = Vec::with_capacity(found.len());
@@ -429,13 +429,9 @@ impl Runner<'_> {
         self.write_summary(summary, stopped)
     }
 
-    /// A per-run file's name: `scores.csv`, or `scores-shard-2-of-8.csv` for a shard,
-    /// so that shards writing into one folder do not overwrite each other's.
+    /// A per-run file's name ([`shard::run_file_name`]).
     pub fn run_file(&self, name: &str, extension: &str) -> String {
-        match self.spec.shard {
-            Some(shard) => format!("{name}-shard-{}-of-{}.{extension}", shard.index, shard.count),
-            None => format!("{name}.{extension}"),
-        }
+        shard::run_file_name(self.spec.shard, name, extension)
     }
 
     /// `report.html` (`report-shard-I-of-N.html` for a shard): the run's page, linking

@@ -4,8 +4,6 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::detect::inputs::InputImage;
-
 /// Part `index` (1-based) of `count`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shard {
@@ -35,13 +33,22 @@ impl fmt::Display for Shard {
 }
 
 impl Shard {
-    /// This shard's images: every N-th of the images in the order of their output
-    /// paths, so the parts do not depend on the order the file system lists files in
-    /// or the inputs were given in, are disjoint, cover every image and differ in
-    /// size by at most one.
-    pub fn select(&self, mut images: Vec<InputImage>) -> Vec<InputImage> {
-        images.sort_by(|a, b| a.output_stem.cmp(&b.output_stem));
-        images.into_iter().enumerate().filter(|(i, _)| i % self.count == self.index - 1).map(|(_, image)| image).collect()
+    /// This shard's items: every N-th of `items` in the order of `key` (an image's
+    /// output path), so the parts do not depend on the order the file system lists files
+    /// in or the inputs were given in, are disjoint, cover every item and differ in size
+    /// by at most one.
+    pub fn select<T, K: Ord>(&self, mut items: Vec<T>, key: impl FnMut(&T) -> K) -> Vec<T> {
+        items.sort_by_cached_key(key);
+        items.into_iter().enumerate().filter(|(i, _)| i % self.count == self.index - 1).map(|(_, item)| item).collect()
+    }
+}
+
+/// A per-run file's name: `scores.csv`, or `scores-shard-2-of-8.csv` for a shard, so
+/// that shards writing into one folder do not overwrite each other's.
+pub fn run_file_name(shard: Option<Shard>, name: &str, extension: &str) -> String {
+    match shard {
+        Some(shard) => format!("{name}-shard-{}-of-{}.{extension}", shard.index, shard.count),
+        None => format!("{name}.{extension}"),
     }
 }
 
@@ -50,6 +57,7 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
+    use crate::detect::inputs::InputImage;
 
     fn images(names: &[&str]) -> Vec<InputImage> {
         names
@@ -67,8 +75,9 @@ mod tests {
         let mut seen = Vec::new();
         for index in 1..=3 {
             let shard = Shard { index, count: 3 };
-            let part = shard.select(images(&names));
-            assert_eq!(part, shard.select(images(&reversed)), "shard {shard} depends on the listing order");
+            let by_output = |image: &InputImage| image.output_stem.clone();
+            let part = shard.select(images(&names), by_output);
+            assert_eq!(part, shard.select(images(&reversed), by_output), "shard {shard} depends on the listing order");
             assert!((3..=4).contains(&part.len()), "{} images in {shard}", part.len());
             seen.extend(part.into_iter().map(|i| i.output_stem));
         }

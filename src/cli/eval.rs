@@ -1,13 +1,14 @@
 //! `alfa eval`: a method (or maps saved by any tool) over a dataset's test split,
 //! with the paper's metrics per class and the mean.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::progress_label;
+use crate::batch::shard::{Shard, run_file_name};
 use crate::options::ModelArgs;
 use crate::clip::{self, Clip};
 use crate::detect::baselines::{BaselineOptions, ImageViews, build_method_with};
@@ -15,7 +16,8 @@ use crate::detect::references::draw;
 use crate::detect::text_cache::default_cache_dir;
 use crate::detect::{Ablation, AlfaMethod, ClassSpec, DetectSettings, Detector, Method, MethodKind, WindowMode};
 use crate::eval::report::EvalReport;
-use crate::eval::{ClassMetrics, Dataset, DatasetKind, evaluate_class, score_class_maps};
+use crate::eval::maps::map_path;
+use crate::eval::{ClassMetrics, Dataset, DatasetKind, SavedMaps, evaluate_class, score_class_maps};
 use crate::files::write_atomic;
 use crate::prompts::PromptStore;
 
@@ -51,6 +53,17 @@ pub struct EvalArgs {
     /// from a scores.csv beside them, else the map maximum) instead of running a method.
     #[arg(long, value_name = "DIR")]
     pub maps: Option<PathBuf>,
+    /// Also write each test image's map and image score under DIR, in the layout
+    /// `--maps DIR` scores (maps as float32 TIFFs, scores in DIR/<class>/scores.csv).
+    #[arg(long, value_name = "DIR", conflicts_with = "maps")]
+    pub save_maps: Option<PathBuf>,
+    /// Analyse part I of N of each class's test images (every N-th in map-path order)
+    /// and save its maps (needs --save-maps; the shards' scores go to
+    /// scores-shard-I-of-N.csv, so N machines can share one folder). A part has no
+    /// metrics of its own: once every shard is done, `alfa eval --maps DIR` scores the
+    /// dataset, exactly as one unsharded run.
+    #[arg(long, value_name = "I/N", requires = "save_maps", conflicts_with_all = ["json", "markdown", "csv"])]
+    pub shard: Option<Shard>,
     /// A class's recipe with a prompts.toml gives its prompt set; other classes use the
     /// shipped sets.
     #[command(flatten)]
@@ -97,7 +110,14 @@ pub fn run(args: EvalArgs) -> Result<()> {
         }
     }
     let classes: Vec<String> = if args.classes.is_empty() { dataset.classes().to_vec() } else { args.classes.clone() };
-    let samples = classes.iter().map(|c| dataset.test_samples(c)).collect::<Result<Vec<_>, _>>()?;
+    let mut samples = classes.iter().map(|c| dataset.test_samples(c)).collect::<Result<Vec<_>, _>>()?;
+    if let Some(shard) = args.shard {
+        samples = samples
+            .into_iter()
+            .zip(&classes)
+            .map(|(class_samples, class)| shard.select(class_samples, |s| map_path(Path::new(""), class, s)))
+            .collect();
+    }
     let settings = DetectSettings {
         scales: args.scales.clone(),
         window_mode: args.window_mode,
@@ -146,6 +166,13 @@ pub fn run(args: EvalArgs) -> Result<()> {
         };
         let seeds: Vec<u64> = (0..seed_count.max(1)).collect();
         run["seeds"] = serde_json::to_value(&seeds)?;
+        let mut saved = match &args.save_maps {
+            Some(_) if seeds.len() > 1 => {
+                bail!("--save-maps keeps one set of maps, and this run has {} seeds: pass --seeds 1", seeds.len())
+            }
+            Some(dir) => Some(SavedMaps::new(dir, run_file_name(args.shard, "scores", "csv"), &classes)?),
+            None => None,
+        };
 
         // Resolved once, and said: a class that silently got the generic set scores low.
         let store = PromptStore::in_recipes(&args.recipes.locate()?);
@@ -181,19 +208,35 @@ pub fn run(args: EvalArgs) -> Result<()> {
                     Vec::new()
                 };
                 method.prepare(spec, &references)?;
-                let class_metrics = evaluate_class(class, samples, |sample| {
+                let mut score = |sample: &crate::eval::Sample| {
                     bar.set_message(format!("{class}, seed {seed}: {}", progress_label(&sample.image)));
                     let image = clip::open_image(&sample.image).map_err(crate::detect::DetectError::from)?;
                     let scored = method.score(&image)?;
+                    if let Some(saved) = saved.as_mut() {
+                        saved.save(class, sample, scored.image_score, &scored.map)?;
+                    }
                     bar.inc(1);
                     Ok((scored.image_score, scored.map))
-                })
-                .with_context(|| format!("class `{class}`"))?;
-                metrics.push(class_metrics);
+                };
+                if args.shard.is_some() {
+                    for sample in samples {
+                        score(sample).with_context(|| format!("class `{class}`"))?;
+                    }
+                } else {
+                    metrics.push(evaluate_class(class, samples, score).with_context(|| format!("class `{class}`"))?);
+                }
             }
             per_seed.push(metrics);
         }
         bar.finish_and_clear();
+        if let (Some(saved), Some(dir)) = (saved, &args.save_maps) {
+            let count = saved.finish()?;
+            eprintln!("saved {count} maps and their scores under {}", dir.display());
+        }
+        if let Some(shard) = args.shard {
+            eprintln!("shard {shard} done: once every shard is, `alfa eval --maps {}` scores the dataset", args.save_maps.as_deref().unwrap_or(Path::new("DIR")).display());
+            return Ok(());
+        }
         per_seed
     };
 

@@ -7,14 +7,14 @@
 //! map with or without its extension (`test/crack/000.tiff`, `bottle/test/crack/000`).
 //! Masks are resized (nearest) to the map size when they differ.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use super::EvalError;
-use super::csv::Table;
+use super::csv::{Table, field};
 use super::dataset::{Dataset, Mask, Sample};
 use super::metrics::{ImageMetrics, PixelMetrics, PixelMetricsAccumulator};
-use crate::detect::export::read_map_tiff;
+use crate::detect::export::{read_map_tiff, write_atomic, write_map_tiff};
 use crate::detect::maps::Grid;
 
 /// The metrics of one class.
@@ -52,6 +52,59 @@ fn without_tiff_extension(path: PathBuf) -> PathBuf {
         path.with_extension("")
     } else {
         path
+    }
+}
+
+/// Maps an evaluation saves for `--maps` to score later (one shard's part of a dataset,
+/// or a run kept for comparison): `DIR/<class>/test/<defect>/<stem>.tiff` and, per
+/// class, a scores file (`scores.csv`, or one per shard) with the image scores.
+pub struct SavedMaps {
+    dir: PathBuf,
+    scores_file: String,
+    /// Per class: map path relative to `DIR/<class>/`, without extension, and score.
+    scores: BTreeMap<String, BTreeMap<String, f32>>,
+}
+
+impl SavedMaps {
+    /// Refuses a folder where a scores file of this name already is for one of
+    /// `classes` (an earlier run's: its maps would be silently replaced).
+    pub fn new(dir: &Path, scores_file: String, classes: &[String]) -> Result<Self, EvalError> {
+        for class in classes {
+            let existing = dir.join(class).join(&scores_file);
+            if existing.exists() {
+                return Err(EvalError::Write {
+                    path: existing,
+                    reason: "an earlier run's scores are there; remove them with their maps, or choose another folder".into(),
+                });
+            }
+        }
+        Ok(Self { dir: dir.to_owned(), scores_file, scores: BTreeMap::new() })
+    }
+
+    /// Writes `sample`'s map now; its score goes into the scores file at [`Self::finish`].
+    pub fn save(&mut self, class: &str, sample: &Sample, score: f32, map: &Grid) -> Result<(), EvalError> {
+        let path = map_path(&self.dir, class, sample);
+        write_map_tiff(&path, map).map_err(|e| EvalError::Write { path: path.clone(), reason: e.to_string() })?;
+        let key = without_tiff_extension(path);
+        let relative = key.strip_prefix(self.dir.join(class)).unwrap_or(&key);
+        let relative = relative.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
+        self.scores.entry(class.to_owned()).or_default().insert(relative, score);
+        Ok(())
+    }
+
+    /// Writes each class's scores file; returns how many maps were saved.
+    pub fn finish(self) -> Result<usize, EvalError> {
+        let mut saved = 0;
+        for (class, rows) in &self.scores {
+            let mut csv = String::from("path,score\n");
+            for (path, score) in rows {
+                csv.push_str(&format!("{},{score}\n", field(path)));
+            }
+            let path = self.dir.join(class).join(&self.scores_file);
+            write_atomic(&path, csv.as_bytes()).map_err(|e| EvalError::Write { path: path.clone(), reason: e.to_string() })?;
+            saved += rows.len();
+        }
+        Ok(saved)
     }
 }
 

@@ -9,7 +9,7 @@ pub mod metrics;
 pub mod report;
 
 pub use dataset::{Dataset, DatasetKind, Mask, Sample};
-pub use maps::{ClassMetrics, evaluate_class, score_class_maps};
+pub use maps::{ClassMetrics, SavedMaps, evaluate_class, score_class_maps};
 pub use metrics::{ImageMetrics, PixelMetrics, PixelMetricsAccumulator};
 
 use std::path::PathBuf;
@@ -26,6 +26,8 @@ pub enum EvalError {
     Detect(#[from] crate::detect::DetectError),
     #[error("cannot read image {path}: {reason}")]
     Image { path: PathBuf, reason: String },
+    #[error("cannot write {path}: {reason}")]
+    Write { path: PathBuf, reason: String },
     #[error("{path}, line {line}: {reason}")]
     Csv {
         path: PathBuf,

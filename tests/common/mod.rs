@@ -59,3 +59,20 @@ pub fn save_png(image: &image::RgbImage, path: &Path) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     image.save(path).unwrap();
 }
+
+/// Every file under `dir`, relative, with its bytes.
+pub fn file_tree(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.insert(path.strip_prefix(dir).unwrap().to_owned(), std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    files
+}
