@@ -278,13 +278,11 @@ impl Watch {
             results,
             results_path,
             readiness: Readiness::new(self.spec.settle),
-            summary: Summary::default(),
-            scored: Vec::new(),
+            outcomes: BTreeMap::new(),
         };
         for planned in &self.plan.images {
             if let Some(record) = &planned.finished {
-                session.summary.resumed += 1;
-                session.scored.push(Scored::from_record(planned, record));
+                session.outcomes.insert(planned.image.path.clone(), FileOutcome::Resumed(Scored::from_record(planned, record)));
                 if let Ok(metadata) = std::fs::metadata(&planned.image.path) {
                     session.readiness.mark_taken(&planned.image.path, Stamp::of(&metadata));
                 }
@@ -292,7 +290,22 @@ impl Watch {
         }
         let end = session.watch(&mut source, stop);
         drop(source);
-        let Session { mut summary, scored, runner, .. } = session;
+        let Session { outcomes, runner, .. } = session;
+        let mut summary = Summary::default();
+        let mut scored = Vec::new();
+        for outcome in outcomes.into_values() {
+            match outcome {
+                FileOutcome::Resumed(s) => {
+                    summary.resumed += 1;
+                    scored.push(s);
+                }
+                FileOutcome::Analysed(s) => {
+                    summary.analysed += 1;
+                    scored.push(s);
+                }
+                FileOutcome::Failed => summary.failed += 1,
+            }
+        }
         summary.images = summary.analysed + summary.failed + summary.resumed;
         summary.interrupted = matches!(end, WatchEnd::Stopped);
         let unwritten = runner.write_results(&mut summary, &scored, Some(end.describe())).err();
@@ -326,8 +339,17 @@ struct Session<'w, 'r, 's> {
     results: File,
     results_path: PathBuf,
     readiness: Readiness,
-    summary: Summary,
-    scored: Vec<Scored>,
+    /// Per input file, its latest outcome: a file written again under the same name is
+    /// analysed again and counted once, as its outputs are.
+    outcomes: BTreeMap<PathBuf, FileOutcome>,
+}
+
+/// What became of one input file.
+enum FileOutcome {
+    /// Finished by an earlier watch of the same folder.
+    Resumed(Scored),
+    Analysed(Scored),
+    Failed,
 }
 
 impl Session<'_, '_, '_> {
@@ -438,15 +460,14 @@ impl Session<'_, '_, '_> {
         match self.runner.process(&image, &self.watch.class, &outputs, self.observer) {
             Ok((scored, record)) => {
                 // Its outputs are complete (a restarted watch keeps them) even if its line cannot be written.
-                self.summary.analysed += 1;
                 self.observer.analysed(&image, &scored, &record);
-                self.scored.push(scored);
+                self.outcomes.insert(path.to_owned(), FileOutcome::Analysed(scored));
                 self.append(&record)?;
                 self.move_done(path);
                 Ok(())
             }
             Err(e) if e.output_io_error().is_some() => {
-                self.summary.failed += 1;
+                self.outcomes.insert(path.to_owned(), FileOutcome::Failed);
                 Err(WatchEnd::OutputFailed(Box::new(e)))
             }
             Err(e) => self.failed(path, &e.to_string()),
@@ -460,7 +481,7 @@ impl Session<'_, '_, '_> {
             file: String,
             error: &'a str,
         }
-        self.summary.failed += 1;
+        self.outcomes.insert(path.to_owned(), FileOutcome::Failed);
         self.observer.failed(path, reason);
         let line = serde_json::to_string(&Failure { file: path.display().to_string(), error: reason })
             .map_err(|e| WatchEnd::OutputFailed(Box::new(BatchError::Invalid(e.to_string()))))?;

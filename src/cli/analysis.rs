@@ -18,7 +18,7 @@ use crate::detect::colormap::Colormap;
 use crate::detect::text_cache::default_cache_dir;
 use crate::detect::{DetectSettings, Detector, MethodKind};
 use crate::options::ModelArgs;
-use crate::recipe::{MethodRecipe, ModelStamp, Recipe, Recipes, thresholds_for_run};
+use crate::recipe::{MethodRecipe, ModelStamp, OtherRecipe, Recipe, Recipes, thresholds_for_run};
 
 #[derive(Args, Debug)]
 pub struct AnalysisArgs {
@@ -128,10 +128,10 @@ impl AnalysisArgs {
     /// Completes `spec` for the run's `classes` from their recipes (a malformed one is
     /// named with its line): the method and settings not given here, then, with the
     /// model resolved (downloading if needed), each class's OK/NG decision. The records
-    /// `plan` found finished must be this model's and settings'. `force` applies the
-    /// thresholds of a recipe made with another model, method or settings (with a
-    /// warning); without it such a recipe is refused unless --threshold replaces them.
-    pub fn prepare(&self, spec: &mut BatchSpec, plan: &Plan, classes: &[String], force: bool) -> Result<Prepared> {
+    /// `plan` found finished must be this model's and settings'. `other` says what to do
+    /// with the thresholds of a recipe made with another model, method or settings when
+    /// --threshold does not replace them.
+    pub fn prepare(&self, spec: &mut BatchSpec, plan: &Plan, classes: &[String], other: OtherRecipe) -> Result<Prepared> {
         let recipes = spec.sources.recipes.clone();
         let mut class_recipes = BTreeMap::new();
         for class in classes {
@@ -168,7 +168,7 @@ impl AnalysisArgs {
             let id = self.model.model.clone().unwrap_or_else(|| clip::DEFAULT_MODEL.to_owned());
             Some(ModelStamp::of(&files, &id, self.model.precision, default_cache_dir().as_deref())?)
         };
-        spec.decisions = self.decisions(classes, &class_recipes, &recipes, stamp.as_ref(), spec, force)?;
+        spec.decisions = self.decisions(classes, &class_recipes, &recipes, stamp.as_ref(), spec, other)?;
         Ok(Prepared { files, options })
     }
 
@@ -194,7 +194,7 @@ impl AnalysisArgs {
 
     /// Each class's OK/NG decision: `--threshold` (and `--region-threshold`) for all of
     /// them, else the class recipe's thresholds when it was made with this model, method
-    /// and settings (another's are refused unless `force`).
+    /// and settings (another's as `other` says).
     fn decisions(
         &self,
         classes: &[String],
@@ -202,7 +202,7 @@ impl AnalysisArgs {
         recipes: &Recipes,
         stamp: Option<&ModelStamp>,
         spec: &BatchSpec,
-        force: bool,
+        other: OtherRecipe,
     ) -> Result<BTreeMap<String, Decision>> {
         let by_hand = |image| Decision { image, region: self.region_threshold, how: "--threshold on the command line".into() };
         let mut decisions = BTreeMap::new();
@@ -215,7 +215,7 @@ impl AnalysisArgs {
             };
             let stamp = stamp.expect("computed where a class has a recipe");
             let path = recipes.recipe_file(class);
-            let applied = thresholds_for_run(Some(recipe), &path, stamp, spec.method, &spec.settings, self.threshold, force)?;
+            let applied = thresholds_for_run(Some(recipe), &path, stamp, spec.method, &spec.settings, self.threshold, other)?;
             if let Some(warning) = &applied.warning {
                 eprintln!("warning: {warning}");
             }

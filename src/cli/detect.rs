@@ -12,6 +12,7 @@ use super::analysis::{AnalysisArgs, stop_on_interrupt};
 use super::progress_label;
 use crate::batch::{self, Existing, Observer, Plan, Shard};
 use crate::detect::inputs::InputImage;
+use crate::recipe::OtherRecipe;
 
 #[derive(Args, Debug)]
 pub struct DetectArgs {
@@ -54,7 +55,8 @@ pub fn run(args: DetectArgs) -> Result<batch::RunStatus> {
     };
     let mut spec = args.analysis.spec(args.out.clone(), existing, args.shard)?;
     let plan = Plan::new(&args.inputs, &spec)?;
-    let prepared = args.analysis.prepare(&mut spec, &plan, &plan.classes(), args.force)?;
+    let other = if args.force { OtherRecipe::Apply } else { OtherRecipe::RefuseUnlessForced };
+    let prepared = args.analysis.prepare(&mut spec, &plan, &plan.classes(), other)?;
     if args.resume && plan.finished() > 0 {
         eprintln!("resuming: {} of {} image(s) finished by an earlier run", plan.finished(), plan.images.len());
     }

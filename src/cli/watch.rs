@@ -12,6 +12,7 @@ use super::analysis::{AnalysisArgs, stop_on_interrupt};
 use crate::batch::watch::{RESULTS, Watch, WatchEnd, WatchObserver, WatchSpec};
 use crate::batch::{Existing, Observer, Scored};
 use crate::detect::inputs::InputImage;
+use crate::recipe::OtherRecipe;
 
 #[derive(Args, Debug)]
 pub struct WatchArgs {
@@ -58,7 +59,7 @@ pub fn run(args: WatchArgs) -> Result<u8> {
     }
     // No --force here: a recipe made with another model, method or settings is refused
     // unless --threshold replaces its thresholds.
-    let prepared = args.analysis.prepare(&mut spec, &watch.plan, &[watch.class().to_owned()], false)?;
+    let prepared = args.analysis.prepare(&mut spec, &watch.plan, &[watch.class().to_owned()], OtherRecipe::Refuse)?;
     let mut runner = args.analysis.runner(&spec, prepared)?;
     let stop = stop_on_interrupt()?;
     let log = Log { folder: args.folder.clone(), json: args.analysis.json };

@@ -393,11 +393,23 @@ pub struct RunThresholds {
     pub warning: Option<String>,
 }
 
-/// What a batch run (`alfa detect`) applies: `by_hand` (`--threshold`) for OK/NG when
-/// given, else the class recipe's thresholds when it was made with `model`, `method`
-/// and `settings`. A recipe made with another model, method or settings is refused,
-/// since its thresholds may not transfer, unless `by_hand` replaces them or `force`
-/// applies them anyway (with a warning). `path` names the recipe in messages.
+/// What a run does with a recipe made with another model, method or settings, whose
+/// thresholds may not transfer (when `--threshold` does not replace them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtherRecipe {
+    /// Refuse, and say that `--force` applies them anyway (`alfa detect`).
+    RefuseUnlessForced,
+    /// Refuse; the command has no `--force` (`alfa watch`: a line's decisions are
+    /// changed by refitting, not overridden).
+    Refuse,
+    /// `--force` was given: apply them, with a warning.
+    Apply,
+}
+
+/// What a batch run applies: `by_hand` (`--threshold`) for OK/NG when given, else the
+/// class recipe's thresholds when it was made with `model`, `method` and `settings`.
+/// A recipe made with another model, method or settings is handled as `other` says
+/// unless `by_hand` replaces its thresholds. `path` names the recipe in messages.
 pub fn thresholds_for_run(
     recipe: Option<&Recipe>,
     path: &Path,
@@ -405,7 +417,7 @@ pub fn thresholds_for_run(
     method: MethodKind,
     settings: &DetectSettings,
     by_hand: Option<f32>,
-    force: bool,
+    other: OtherRecipe,
 ) -> Result<RunThresholds, RecipeError> {
     let mismatch = recipe.and_then(|r| {
         r.mismatch(model, method).or_else(|| {
@@ -441,18 +453,21 @@ pub fn thresholds_for_run(
             source,
             warning: None,
         }),
-        (Some(recipe), None, Some(why)) if force => Ok(RunThresholds {
+        (Some(recipe), None, Some(why)) if other == OtherRecipe::Apply => Ok(RunThresholds {
             image: value_of(&recipe.thresholds.image),
             region: value_of(&recipe.thresholds.region),
             source,
             warning: Some(format!("{why}; applied anyway (--force)")),
         }),
-        (Some(recipe), None, Some(why)) => Err(RecipeError::Refused(format!(
-            "{why} ({}). Refit them with `alfa threshold --class {} --good DIR` with this model, give one with \
-             --threshold VALUE, or pass --force to apply them anyway",
-            path.display(),
-            recipe.class
-        ))),
+        (Some(recipe), None, Some(why)) => {
+            let force = if other == OtherRecipe::RefuseUnlessForced { ", or pass --force to apply them anyway" } else { "" };
+            Err(RecipeError::Refused(format!(
+                "{why} ({}). Refit them with `alfa threshold --class {} --good DIR` with this model or give one with \
+                 --threshold VALUE{force}",
+                path.display(),
+                recipe.class
+            )))
+        }
         (None, None, _) => Ok(RunThresholds { image: None, region: None, source: "none".into(), warning: None }),
     }
 }
@@ -771,25 +786,28 @@ mod tests {
         let path = Path::new("r/bottle/recipe.toml");
         let model = recipe.model.clone().unwrap();
         let settings = DetectSettings::default();
-        let same = thresholds_for_run(Some(&recipe), path, &model, MethodKind::Alfa, &settings, None, false).unwrap();
+        let same = thresholds_for_run(Some(&recipe), path, &model, MethodKind::Alfa, &settings, None, OtherRecipe::RefuseUnlessForced).unwrap();
         assert_eq!((same.image, same.region, same.warning), (Some(0.734), Some(0.412), None));
         let other = ModelStamp { weights_blake3: "cd".repeat(32), ..model };
-        let err = thresholds_for_run(Some(&recipe), path, &other, MethodKind::Alfa, &settings, None, false).unwrap_err().to_string();
+        let err = thresholds_for_run(Some(&recipe), path, &other, MethodKind::Alfa, &settings, None, OtherRecipe::RefuseUnlessForced).unwrap_err().to_string();
         assert!(err.contains("may not transfer") && err.contains("--threshold") && err.contains("--force") && err.contains("r/bottle/recipe.toml"), "{err}");
-        let forced = thresholds_for_run(Some(&recipe), path, &other, MethodKind::Alfa, &settings, None, true).unwrap();
+        let forced = thresholds_for_run(Some(&recipe), path, &other, MethodKind::Alfa, &settings, None, OtherRecipe::Apply).unwrap();
         assert_eq!(forced.image, Some(0.734));
         assert!(forced.warning.unwrap().contains("--force"));
-        let by_hand = thresholds_for_run(Some(&recipe), path, &other, MethodKind::Alfa, &settings, Some(0.6), false).unwrap();
+        // A command without --force does not suggest it.
+        let err = thresholds_for_run(Some(&recipe), path, &other, MethodKind::Alfa, &settings, None, OtherRecipe::Refuse).unwrap_err().to_string();
+        assert!(err.contains("may not transfer") && err.contains("--threshold VALUE") && !err.contains("--force"), "{err}");
+        let by_hand = thresholds_for_run(Some(&recipe), path, &other, MethodKind::Alfa, &settings, Some(0.6), OtherRecipe::RefuseUnlessForced).unwrap();
         assert_eq!((by_hand.image, by_hand.region), (Some(0.6), None), "the other model's region threshold is not applied");
         assert!(by_hand.warning.is_some());
         // Another method is another score: refused the same way.
         let same_model = recipe.model.clone().unwrap();
-        assert!(thresholds_for_run(Some(&recipe), path, &same_model, MethodKind::Clip, &settings, None, false).is_err());
+        assert!(thresholds_for_run(Some(&recipe), path, &same_model, MethodKind::Clip, &settings, None, OtherRecipe::RefuseUnlessForced).is_err());
         // Other window scales are other scores too.
         let scales = DetectSettings { scales: vec![2], ..settings.clone() };
-        let err = thresholds_for_run(Some(&recipe), path, &same_model, MethodKind::Alfa, &scales, None, false).unwrap_err().to_string();
+        let err = thresholds_for_run(Some(&recipe), path, &same_model, MethodKind::Alfa, &scales, None, OtherRecipe::RefuseUnlessForced).unwrap_err().to_string();
         assert!(err.contains("--scales 2,3") && err.contains("not these (--scales 2 "), "{err}");
-        assert_eq!(thresholds_for_run(None, path, &other, MethodKind::Alfa, &settings, None, false).unwrap().image, None);
+        assert_eq!(thresholds_for_run(None, path, &other, MethodKind::Alfa, &settings, None, OtherRecipe::RefuseUnlessForced).unwrap().image, None);
     }
 
     #[test]
