@@ -534,7 +534,7 @@ impl AlfaApp {
     }
 
     /// Makes `thresholds` the class's: into its recipe (written when the pointer is
-    /// released), or remembered until the model is loaded.
+    /// released), or, before the model is loaded, into it once it is.
     pub fn set_thresholds(&mut self, thresholds: state::Thresholds) {
         if let Some(recipe) = self.state.set_thresholds(thresholds) {
             self.recipe_to_write = Some(recipe);
@@ -745,7 +745,9 @@ impl AlfaApp {
             }
             Message::ModelReady { name, precision, grid, stamp } => {
                 state.model = Some(ModelStatus::Ready { model: name, precision, grid });
-                state.model_stamp = stamp;
+                if let Some(recipe) = state.model_loaded(stamp) {
+                    self.recipe_to_write = Some(recipe);
+                }
                 // Scales typed or remembered for another model may not fit this one.
                 if let Err(e) = state.settings.detect.validate(grid) {
                     let mut scales: Vec<usize> = DetectSettings::default().scales.into_iter().filter(|&s| s <= grid).collect();

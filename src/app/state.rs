@@ -349,6 +349,10 @@ pub struct AppState {
     pub recipe_error: Option<String>,
     /// The loaded model: the weights' hash says whether a recipe was made with it.
     pub model_stamp: Option<ModelStamp>,
+    /// The key of thresholds the user set while the model was loading: they go into
+    /// the recipe once it is loaded (remembered ones from earlier runs do not, so that
+    /// loading a model never rewrites a recipe by itself).
+    thresholds_set_while_loading: Option<String>,
     /// Class files of the old layout (`./prompts`) that the recipes lack: offered for
     /// migration until migrated or dismissed.
     pub legacy: Vec<LegacyClass>,
@@ -374,6 +378,7 @@ impl AppState {
             recipe: None,
             recipe_error: None,
             model_stamp: None,
+            thresholds_set_while_loading: None,
             legacy: Vec::new(),
         }
     }
@@ -481,7 +486,8 @@ impl AppState {
     pub fn set_thresholds(&mut self, thresholds: Thresholds) -> Option<Recipe> {
         let key = self.threshold_key();
         let Some(stamp) = self.model_stamp.clone() else {
-            self.settings.thresholds.insert(key, thresholds);
+            self.settings.thresholds.insert(key.clone(), thresholds);
+            self.thresholds_set_while_loading = Some(key);
             return None;
         };
         let mut recipe = self.recipe.clone().unwrap_or_else(|| Recipe::new(&self.settings.class));
@@ -503,6 +509,17 @@ impl AppState {
         self.settings.thresholds.remove(&key);
         self.recipe = Some(recipe.clone());
         Some(recipe)
+    }
+
+    /// The model is loaded (`stamp`: its weights, `None` if they could not be hashed):
+    /// thresholds the user set for this class and model while it loaded go into the
+    /// recipe, which is returned to be written.
+    pub fn model_loaded(&mut self, stamp: Option<ModelStamp>) -> Option<Recipe> {
+        self.model_stamp = stamp;
+        self.model_stamp.as_ref()?;
+        let key = self.thresholds_set_while_loading.take().filter(|key| *key == self.threshold_key())?;
+        let thresholds = self.settings.thresholds.get(&key).cloned()?;
+        self.set_thresholds(thresholds)
     }
 
     /// The OK/NG threshold on image scores.
@@ -776,6 +793,31 @@ mod tests {
         state.settings.detect.scales = vec![2];
         assert_eq!(state.region_threshold(), 0.3);
         assert!(state.recipe_warning().unwrap().contains("other detection settings"));
+    }
+
+    #[test]
+    fn thresholds_set_while_the_model_loads_go_into_the_recipe_once_it_is_loaded() {
+        let mut state = state_with(&[]);
+        state.settings.model = "a".into();
+        // Remembered from an earlier run: loading the model does not write them.
+        state.settings.thresholds.insert(state.threshold_key(), Thresholds { image: Threshold::by_hand(0.6), ..state.thresholds() });
+        assert_eq!(state.model_loaded(Some(stamp("a"))), None);
+        assert_eq!(state.image_threshold(), 0.6, "still remembered");
+
+        state.model_stamp = None;
+        let mut thresholds = state.thresholds();
+        thresholds.image = Threshold::by_hand(0.7);
+        assert_eq!(state.set_thresholds(thresholds), None, "no model yet: remembered");
+        let recipe = state.model_loaded(Some(stamp("a"))).expect("the recipe to write");
+        assert_eq!((recipe.model, recipe.thresholds.image.map(|t| t.value)), (Some(stamp("a")), Some(0.7)));
+        assert!(state.settings.thresholds.is_empty(), "one truth: the recipe");
+        assert_eq!(state.model_loaded(Some(stamp("a"))), None, "written once");
+
+        // Set for another class while loading: that class's, not this one's.
+        state.model_stamp = None;
+        state.set_thresholds(Thresholds { image: Threshold::by_hand(0.9), ..state.thresholds() });
+        state.settings.class = "screw".into();
+        assert_eq!(state.model_loaded(Some(stamp("a"))), None);
     }
 
     #[test]
