@@ -479,8 +479,9 @@ impl Engine {
         };
         let loaded = (|| -> anyhow::Result<Detector> {
             let files = request.resolve()?;
+            let kernels = clip::Kernels::from_env()?;
             let device = clip::device(model.cpu)?;
-            let clip = Clip::load(&files, &device, model.precision)?;
+            let clip = Clip::load(&files, &device, model.precision, kernels)?;
             Ok(Detector::new(clip, &files.identity(), self.cache_dir.as_deref()))
         })();
         match loaded {

@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::{ModelArgs, progress_label};
-use crate::clip::{self, Clip, Precision};
+use crate::clip::{self, Precision};
 use crate::detect::colormap::Colormap;
 use crate::detect::export::{self, OverlayStyle};
 use crate::detect::inputs::{self, InputImage};
@@ -239,7 +239,7 @@ pub fn run(args: DetectArgs) -> Result<()> {
 
     let files = args.model.request().resolve()?;
     let identity = files.identity();
-    let clip = Clip::load(&files, &clip::device(args.model.cpu)?, args.model.precision)?;
+    let clip = args.model.load_files(&files)?;
     settings.validate(clip.model.vision.grid())?;
     let detector = Detector::new(clip, &identity, default_cache_dir().as_deref());
     let mut analyser = match args.method {

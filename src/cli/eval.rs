@@ -8,7 +8,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{ModelArgs, progress_label};
-use crate::clip::{self, Clip};
+use crate::clip;
 use crate::detect::baselines::{BaselineOptions, ImageViews, build_method_with};
 use crate::detect::references::draw;
 use crate::detect::text_cache::default_cache_dir;
@@ -120,7 +120,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         }
         let files = args.model.request().resolve()?;
         let identity = files.identity();
-        let clip = Clip::load(&files, &clip::device(args.model.cpu)?, args.model.precision)?;
+        let clip = args.model.load_files(&files)?;
         settings.validate(clip.model.vision.grid())?;
         let detector = Detector::new(clip, &identity, default_cache_dir().as_deref());
         let mut method: Box<dyn Method> = match args.method {

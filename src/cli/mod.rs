@@ -59,7 +59,8 @@ pub struct ModelArgs {
     /// tokenizer.json to use instead of the model's (CLIP's BPE).
     #[arg(long, value_name = "FILE")]
     pub tokenizer: Option<PathBuf>,
-    /// Run on the CPU even when built with CUDA or Metal.
+    /// Run on the CPU even when built with CUDA or Metal (such a build otherwise stops
+    /// with an error when its GPU cannot be used; it never falls back by itself).
     #[arg(long)]
     pub cpu: bool,
     /// Number format of the image tower: f32 computes what OpenCLIP computes; bf16
@@ -144,6 +145,14 @@ pub struct BenchArgs {
     /// Number format of the image tower (see `alfa detect --help`).
     #[arg(long, value_enum, default_value_t = Precision::F32, value_name = "P")]
     pub precision: Precision,
+    /// Device to time on: cuda and metal need a build with `--features cuda` / `metal`,
+    /// and a usable GPU (no fallback to the CPU).
+    #[arg(long, value_enum, default_value_t = clip::DeviceKind::Cpu, value_name = "D")]
+    pub device: clip::DeviceKind,
+    /// CPU threads for the kernels (rayon's pool and the matmuls) [default: all cores,
+    /// or RAYON_NUM_THREADS].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -203,21 +212,55 @@ impl ModelArgs {
     }
 
     pub fn load(&self) -> Result<Clip> {
-        let files = self.request().resolve()?;
+        self.load_files(&self.request().resolve()?)
+    }
+
+    /// The model in `files` on the device `--cpu` chooses, with the kernels
+    /// `ALFA_KERNELS` chooses.
+    pub fn load_files(&self, files: &clip::ModelFiles) -> Result<Clip> {
+        let kernels = clip::Kernels::from_env()?;
         let device = clip::device(self.cpu)?;
-        Ok(Clip::load(&files, &device, self.precision)?)
+        Ok(Clip::load(files, &device, self.precision, kernels)?)
     }
 }
 
+/// Sets the number of CPU threads every kernel uses: rayon's global pool (the
+/// native kernels) and candle's count (its matmuls), which both read RAYON_NUM_THREADS.
+/// Must run before any of them has started: `run_bench` calls it first thing.
+fn set_cpu_threads(threads: usize) -> Result<()> {
+    // SAFETY: called on the main thread before the bench starts any other thread
+    // (nothing reads or writes the environment concurrently).
+    unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .map_err(|e| anyhow::anyhow!("cannot set {threads} threads: {e}"))?;
+    anyhow::ensure!(candle_core::utils::get_num_threads() == threads, "candle does not see {threads} threads");
+    Ok(())
+}
+
 fn run_bench(args: BenchArgs) -> Result<()> {
+    if let Some(threads) = args.threads {
+        set_cpu_threads(usize::from(threads))?;
+    }
     let log = |line: &str| eprintln!("{line}");
+    let kernels = clip::Kernels::from_env()?;
+    let target = bench::BenchTarget { device: args.device.open()?, kernels };
     if args.engine {
         let tokenizer = match args.tokenizer {
             Some(t) => t,
             None => clip::source::default_tokenizer(ModelArgs::default().request().observer)?,
         };
-        let report =
-            bench::engine(&args.arch, &tokenizer, args.image_size, args.repeats.max(1), args.pixels, args.precision, log)?;
+        let report = bench::engine(
+            &args.arch,
+            &tokenizer,
+            args.image_size,
+            args.repeats.max(1),
+            args.pixels,
+            args.precision,
+            &target,
+            log,
+        )?;
         if args.json {
             println!("{}", serde_json::to_string(&report)?);
         } else {
@@ -225,7 +268,7 @@ fn run_bench(args: BenchArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let report = bench::clip_forward(&args.arch, args.repeats.max(1), args.precision, log)?;
+    let report = bench::clip_forward(&args.arch, args.repeats.max(1), args.precision, &target, log)?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
