@@ -22,7 +22,7 @@ esac
 
 if [ -n "${ENGINE:-}" ]; then
   tokenizer=${TOKENIZER:-../shared/clip/tokenizer.json}
-  ours=$(cargo run --quiet --release "$@" -- bench --engine --json --repeats "$repeats" --precision "$precision" \
+  ours=$(cargo run --quiet --release "$@" -- bench --engine --json --repeats "$repeats" --precision "$precision" --threads "$threads" \
     --tokenizer "$tokenizer" ${PIXELS:+--pixels})
   texts=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["class_texts"])' "$ours")
   reference=$("$python" benches/openclip_bench.py --threads "$threads" --repeats "$repeats" --texts "$texts" --text-batch 150 \
@@ -64,7 +64,7 @@ PY
   exit 0
 fi
 
-ours=$(cargo run --quiet --release "$@" -- bench --json --repeats "$repeats" --precision "$precision")
+ours=$(cargo run --quiet --release "$@" -- bench --json --repeats "$repeats" --precision "$precision" --threads "$threads")
 reference=$("$python" benches/openclip_bench.py --threads "$threads" --repeats "$repeats" "${torch_precision[@]}")
 
 python3 - "$ours" "$reference" "$*" <<'PY'

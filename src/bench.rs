@@ -1,5 +1,6 @@
 //! Timings of the CLIP towers and of the whole detector on random weights of a real
-//! architecture's shapes (`alfa bench`, `alfa bench --engine`). `benches/openclip_bench.py` times the same cases with OpenCLIP on
+//! architecture's shapes (`alfa bench`, `alfa bench --engine`), on the CPU or a GPU
+//! (`--device`). `benches/openclip_bench.py` times the same cases with OpenCLIP on
 //! PyTorch; `benches/compare.sh` runs both and prints them side by side.
 
 use std::cell::RefCell;
@@ -12,11 +13,36 @@ use serde::Serialize;
 
 use crate::clip::model::ClipModel;
 use crate::clip::tokenizer::{END_OF_TEXT, START_OF_TEXT};
-use crate::clip::{Clip, ClipError, OpenClipConfig, Precision, RandomWeights, TensorSource};
+use crate::clip::{Clip, ClipError, Kernels, OpenClipConfig, Precision, RandomWeights, TensorSource};
 use crate::detect::engine::StageTime;
 use crate::detect::maps::{MapAgreement, window_indices};
 use crate::detect::{DetectSettings, Detector, WindowMode};
 use crate::prompts::PromptStore;
+
+/// Where a benchmark runs: the device and the kernels (the CPU threads are the
+/// process's: `alfa bench --threads`).
+#[derive(Debug, Clone)]
+pub struct BenchTarget {
+    pub device: Device,
+    /// As asked; other devices than the CPU always run the generic kernels.
+    pub kernels: Kernels,
+}
+
+impl BenchTarget {
+    /// `cpu`, `cuda:0`, `metal:0`.
+    fn device_name(&self) -> String {
+        match self.device.location() {
+            candle_core::DeviceLocation::Cpu => "cpu".into(),
+            candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+            candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+        }
+    }
+
+    fn describe(&self) -> String {
+        let kernels = self.kernels.on(&self.device);
+        format!("{}, {} kernels, {} CPU threads", self.device_name(), kernels.name(), candle_core::utils::get_num_threads())
+    }
+}
 
 #[derive(Debug, Serialize)]
 pub struct ClipBenchReport {
@@ -25,6 +51,8 @@ pub struct ClipBenchReport {
     pub arch: String,
     /// The image tower's (the text tower is always f32).
     pub precision: Precision,
+    pub device: String,
+    pub kernels: Kernels,
     pub threads: usize,
     pub image_b1_s: f64,
     pub image_b8_s: f64,
@@ -39,12 +67,14 @@ pub struct ClipBenchReport {
 impl ClipBenchReport {
     pub fn table(&self) -> String {
         format!(
-            "alfa (candle, {} threads), {} random weights, image tower {}\n\
+            "alfa (candle, {}, {} kernels, {} threads), {} random weights, image tower {}\n\
              image forward, batch 1      {:>8.3} s\n\
              image forward, batch 8      {:>8.3} s\n\
              text, 150 prompts @ 77      {:>8.3} s\n\
              text, 150 prompts truncated {:>8.3} s\n\
              windows, scales 2+3 (365)   {:>8.3} s",
+            self.device,
+            self.kernels.name(),
             self.threads,
             self.arch,
             self.precision.name(),
@@ -57,13 +87,16 @@ impl ClipBenchReport {
     }
 }
 
-/// Median wall time of `repeats` runs after one warm-up run.
-fn time<T>(repeats: usize, mut f: impl FnMut() -> Result<T>) -> Result<f64> {
+/// Median wall time of `repeats` runs after one warm-up run, each run waiting for
+/// `device` to finish (a GPU runs queued work after the call returns).
+fn time<T>(repeats: usize, device: &Device, mut f: impl FnMut() -> Result<T>) -> Result<f64> {
     f()?;
+    device.synchronize()?;
     let mut times = Vec::with_capacity(repeats);
     for _ in 0..repeats {
         let start = Instant::now();
         f()?;
+        device.synchronize()?;
         times.push(start.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);
@@ -85,30 +118,36 @@ fn prompt_ids(count: usize, width: usize, vocab: usize, device: &Device) -> Resu
     Ok(Tensor::from_vec(data, (count, width), device)?)
 }
 
-pub fn clip_forward(arch: &str, repeats: usize, precision: Precision, log: impl Fn(&str)) -> Result<ClipBenchReport> {
+pub fn clip_forward(
+    arch: &str,
+    repeats: usize,
+    precision: Precision,
+    target: &BenchTarget,
+    log: impl Fn(&str),
+) -> Result<ClipBenchReport> {
     let config = OpenClipConfig::builtin(arch).with_context(|| {
         format!("unknown architecture `{arch}` (known: {})", OpenClipConfig::BUILTIN_ARCHS.join(", "))
     })?;
-    let device = Device::Cpu;
-    let model = ClipModel::new(&RandomWeights { device: device.clone() }, &config.model_cfg, precision)?;
+    let device = target.device.clone();
+    let model = ClipModel::new(&RandomWeights { device: device.clone() }, &config.model_cfg, precision, target.kernels)?;
     let size = config.model_cfg.vision_cfg.image_size();
     let threads = candle_core::utils::get_num_threads();
-    log(&format!("{arch}: random weights, {threads} threads, median of {repeats}"));
+    log(&format!("{arch}: random weights, {}, median of {repeats}", target.describe()));
 
     let pixels = |b: usize| Tensor::randn(0f32, 1.0, (b, 3, size, size), &device);
     let b1 = pixels(1)?;
-    let image_b1_s = time(repeats, || Ok(model.vision.forward(&b1)?))?;
+    let image_b1_s = time(repeats, &device, || Ok(model.vision.forward(&b1)?))?;
     log(&format!("image batch 1: {image_b1_s:.3} s"));
     let b8 = pixels(8)?;
-    let image_b8_s = time(repeats, || Ok(model.vision.forward(&b8)?))?;
+    let image_b8_s = time(repeats, &device, || Ok(model.vision.forward(&b8)?))?;
     log(&format!("image batch 8: {image_b8_s:.3} s"));
 
     let text_cfg = &config.model_cfg.text_cfg;
     let full = prompt_ids(150, text_cfg.context_length, text_cfg.vocab_size, &device)?;
-    let text_150_s = time(repeats, || Ok(model.text.forward(&full)?))?;
+    let text_150_s = time(repeats, &device, || Ok(model.text.forward(&full)?))?;
     log(&format!("text 150 @ {}: {text_150_s:.3} s", text_cfg.context_length));
     let cut = full.narrow(1, 0, 24)?.contiguous()?;
-    let text_150_truncated_s = time(repeats, || Ok(model.text.forward(&cut)?))?;
+    let text_150_truncated_s = time(repeats, &device, || Ok(model.text.forward(&cut)?))?;
     log(&format!("text 150 truncated: {text_150_truncated_s:.3} s"));
 
     let grid = model.vision.grid();
@@ -120,7 +159,7 @@ pub fn clip_forward(arch: &str, repeats: usize, precision: Precision, log: impl 
             Tensor::from_vec(w.concat(), (n, s * s), &device)
         })
         .collect::<candle_core::Result<_>>()?;
-    let windows_365_s = time(repeats, || {
+    let windows_365_s = time(repeats, &device, || {
         let embedded = model.vision.embed(&b1)?;
         for w in &windows {
             model.vision.forward_windows(&embedded, w, false)?;
@@ -132,6 +171,8 @@ pub fn clip_forward(arch: &str, repeats: usize, precision: Precision, log: impl 
         implementation: "alfa".into(),
         arch: arch.into(),
         precision,
+        device: target.device_name(),
+        kernels: model.kernels,
         threads,
         image_b1_s,
         image_b8_s,
@@ -189,6 +230,8 @@ pub struct EngineBenchReport {
     pub arch: String,
     /// The image tower's (the text tower is always f32).
     pub precision: Precision,
+    pub device: String,
+    pub kernels: Kernels,
     pub threads: usize,
     pub image: String,
     pub class: String,
@@ -204,8 +247,10 @@ pub struct EngineBenchReport {
 impl EngineBenchReport {
     pub fn table(&self) -> String {
         let mut out = format!(
-            "alfa detector ({} threads), {} random weights, image tower {}, one {} image, class `{}`\n\
+            "alfa detector ({}, {} kernels, {} threads), {} random weights, image tower {}, one {} image, class `{}`\n\
              encode {} prompts + descriptors (cold cache) {:>8.3} s\n",
+            self.device,
+            self.kernels.name(),
             self.threads,
             self.arch,
             self.precision.name(),
@@ -247,19 +292,23 @@ pub fn engine(
     repeats: usize,
     pixels: bool,
     precision: Precision,
+    target: &BenchTarget,
     log: impl Fn(&str),
 ) -> Result<EngineBenchReport> {
     let config = OpenClipConfig::builtin(arch)
         .with_context(|| format!("unknown architecture `{arch}`"))?;
-    let device = Device::Cpu;
+    let device = target.device.clone();
+    log(&format!("{arch}: random weights, {}, median of {repeats}", target.describe()));
     let weights = SharedRandomWeights { random: RandomWeights { device: device.clone() }, drawn: Default::default() };
-    let clip = Clip::from_source(&config, &weights, tokenizer, &device, precision)?;
+    let clip = Clip::from_source(&config, &weights, tokenizer, &device, precision, target.kernels)?;
+    let kernels = clip.model.kernels;
     let mut detector = Detector::new(clip, &format!("random {arch}"), None);
     let class = "bottle";
     let prompts = PromptStore { recipes: None }.resolve(class)?.set.expand();
     let class_texts = prompts.normal.len() + prompts.abnormal.len() + prompts.descriptors.len();
     let start = Instant::now();
     let encoded = detector.encode_class(prompts)?;
+    device.synchronize()?;
     let class_text_s = start.elapsed().as_secs_f64();
     log(&format!("encoded {} texts in {class_text_s:.3} s", detector.texts_encoded()));
 
@@ -302,7 +351,7 @@ pub fn engine(
     let versus_f32 = if precision == Precision::F32 {
         None
     } else {
-        let f32_clip = Clip::from_source(&config, &weights, tokenizer, &device, Precision::F32)?;
+        let f32_clip = Clip::from_source(&config, &weights, tokenizer, &device, Precision::F32, target.kernels)?;
         let reference = Detector::new(f32_clip, &format!("random {arch}"), None).detect(&image, &encoded, &tokens)?;
         let ours = detector.detect(&image, &encoded, &tokens)?;
         Some(PrecisionAgreement {
@@ -315,6 +364,8 @@ pub fn engine(
         implementation: "alfa".into(),
         arch: arch.into(),
         precision,
+        device: target.device_name(),
+        kernels,
         threads: candle_core::utils::get_num_threads(),
         image: format!("{size}x{size}"),
         class: class.into(),

@@ -38,7 +38,8 @@ pub struct ModelArgs {
     /// else CLIP's, built in].
     #[arg(long, value_name = "FILE")]
     pub tokenizer: Option<PathBuf>,
-    /// Run on the CPU even when built with CUDA or Metal.
+    /// Run on the CPU even when built with CUDA or Metal (such a build otherwise stops
+    /// with an error when its GPU cannot be used; it never falls back by itself).
     #[arg(long)]
     pub cpu: bool,
     /// Number format of the image tower: f32 computes what OpenCLIP computes; bf16

@@ -257,3 +257,60 @@ fn model_folder_without_tokenizer_works_without_network() {
     assert!(ok, "{stderr}");
     assert_eq!(embedded, from_file);
 }
+
+/// `ALFA_KERNELS` takes `native` or `generic`; anything else stops with the allowed
+/// values, and bf16 (a native-kernel format) is refused on the generic kernels.
+#[test]
+fn kernel_choice_errors_name_the_allowed_values() {
+    let (_tmp, dir) = model_copy();
+    let run = |kernels: &str, extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_alfa"))
+            .args(["embed", "--model", dir.to_str().unwrap(), "--tokenizer"])
+            .arg(shared_tokenizer())
+            .args(["--text", "a photo of a bottle"])
+            .args(extra)
+            .env("ALFA_KERNELS", kernels)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!stderr.contains("panicked"), "panic: {stderr}");
+        (out.status.success(), stderr)
+    };
+    let (ok, stderr) = run("fast", &[]);
+    assert!(!ok);
+    assert!(stderr.contains("ALFA_KERNELS=`fast`") && stderr.contains("`native`") && stderr.contains("`generic`"), "{stderr}");
+    for kernels in ["native", "generic", ""] {
+        let (ok, stderr) = run(kernels, &[]);
+        assert!(ok, "ALFA_KERNELS={kernels}: {stderr}");
+    }
+    let (ok, stderr) = run("generic", &["--precision", "bf16"]);
+    assert!(!ok);
+    assert!(stderr.contains("ALFA_KERNELS=generic") && stderr.contains("--precision f32"), "{stderr}");
+}
+
+/// A GPU asked for and not usable is an error that says what to do, never a quiet
+/// run on the CPU: without the backend built in, how to build it; with it (and no
+/// GPU or driver here), that `--cpu` runs on the CPU.
+#[test]
+fn a_gpu_device_that_cannot_be_used_is_an_error_that_says_why() {
+    for (device, feature) in [("cuda", "cuda"), ("metal", "metal")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_alfa"))
+            .args(["bench", "--engine", "--repeats", "1", "--image-size", "240", "--device", device, "--tokenizer"])
+            .arg(shared_tokenizer())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!stderr.contains("panicked"), "panic: {stderr}");
+        let built = if feature == "cuda" { cfg!(feature = "cuda") } else { cfg!(feature = "metal") };
+        if built && out.status.success() {
+            continue; // a usable GPU: nothing to report
+        }
+        assert!(!out.status.success(), "{device}: {stderr}");
+        assert!(!stderr.contains("detect, Tokens mode"), "{device}: it must not run on the CPU instead: {stderr}");
+        if built {
+            assert!(stderr.contains("no ") && stderr.contains("--cpu"), "{device}: {stderr}");
+        } else {
+            assert!(stderr.contains(&format!("--features {feature}")), "{device}: {stderr}");
+        }
+    }
+}

@@ -5,6 +5,7 @@
 //! images at the model size and every intermediate tensor; cosine >= 0.999 where
 //! resizing is involved; token ids identical.
 
+#[macro_use]
 mod common;
 
 use std::collections::HashMap;
@@ -40,7 +41,8 @@ impl Fixture {
         }
         .resolve()
         .unwrap();
-        let clip = Clip::load(&files, &Device::Cpu, alfa::clip::Precision::F32).unwrap();
+        let clip = Clip::load(&files, &Device::Cpu, alfa::clip::Precision::F32, common::kernels()).unwrap();
+        assert_eq!(clip.model.kernels, common::kernels());
         Self { name, meta, expected, clip }
     }
 
@@ -118,93 +120,97 @@ fn preprocessing_matches_openclip() {
     }
 }
 
-#[test]
-fn image_features_match_openclip() {
-    for name in MODELS {
-        let f = Fixture::load(name);
-        let vision = &f.clip.model.vision;
-        let ours = vision.forward(f.expected("pixels_exact")).unwrap();
-        assert_close(&format!("{name} image features (reference pixels)"), &ours, f.expected("image_features_exact"), TOL);
-        let ours = vision.forward(&f.pixels("images_exact")).unwrap();
-        assert_close(&format!("{name} image features (exact size)"), &ours, f.expected("image_features_exact"), TOL);
-        let ours = vision.forward(&f.pixels("images_resized")).unwrap();
-        for (i, cos) in cosines(&ours, f.expected("image_features_resized")).iter().enumerate() {
-            assert!(*cos >= 0.999, "{name} resized image {i}: cosine {cos}");
+both_kernels! {
+    fn image_features_match_openclip() {
+        for name in MODELS {
+            let f = Fixture::load(name);
+            let vision = &f.clip.model.vision;
+            let ours = vision.forward(f.expected("pixels_exact")).unwrap();
+            assert_close(&format!("{name} image features (reference pixels)"), &ours, f.expected("image_features_exact"), TOL);
+            let ours = vision.forward(&f.pixels("images_exact")).unwrap();
+            assert_close(&format!("{name} image features (exact size)"), &ours, f.expected("image_features_exact"), TOL);
+            let ours = vision.forward(&f.pixels("images_resized")).unwrap();
+            for (i, cos) in cosines(&ours, f.expected("image_features_resized")).iter().enumerate() {
+                assert!(*cos >= 0.999, "{name} resized image {i}: cosine {cos}");
+            }
         }
     }
 }
 
-#[test]
-fn vision_intermediates_match_openclip() {
-    for name in MODELS {
-        let f = Fixture::load(name);
-        let vision = &f.clip.model.vision;
-        let pixels = f.expected("pixels_exact");
-        let out = vision
-            .forward_detailed(pixels, VisionCapture { layers: true, last_values: true, class_only: false })
-            .unwrap();
-        let layers = f.meta["vision_layers"].as_u64().unwrap() as usize;
-        assert_eq!(out.layers.len(), layers + 1);
-        assert_close(&format!("{name} vision input"), &out.layers[0], f.expected("vision_input"), TOL);
-        for (i, layer) in out.layers[1..].iter().enumerate() {
-            assert_close(&format!("{name} vision layer {i}"), layer, f.expected(&format!("vision_layer_{i}")), TOL);
-        }
-        let values = out.last_values.unwrap();
-        assert_close(&format!("{name} last values"), &values, f.expected("vision_last_values"), TOL);
-        assert_close(
-            &format!("{name} projected values"),
-            &vision.project_values(&values).unwrap(),
-            f.expected("vision_last_values_projected"),
-            TOL,
-        );
-    }
-}
-
-#[test]
-fn window_features_match_openclip() {
-    for name in MODELS {
-        let f = Fixture::load(name);
-        let vision = &f.clip.model.vision;
-        let embedded = vision.embed(f.expected("pixels_exact")).unwrap();
-        let windows = f.meta["windows"].as_array().unwrap();
-        assert!(windows.len() >= 3);
-        for w in windows {
-            let key = w["name"].as_str().unwrap();
-            let indices = f.expected(&format!("{key}_indices")).to_dtype(DType::U32).unwrap();
-            let (ours, _) = vision
-                .forward_windows(&embedded, &indices.unsqueeze(0).unwrap(), false)
+both_kernels! {
+    fn vision_intermediates_match_openclip() {
+        for name in MODELS {
+            let f = Fixture::load(name);
+            let vision = &f.clip.model.vision;
+            let pixels = f.expected("pixels_exact");
+            let out = vision
+                .forward_detailed(pixels, VisionCapture { layers: true, last_values: true, class_only: false })
                 .unwrap();
+            let layers = f.meta["vision_layers"].as_u64().unwrap() as usize;
+            assert_eq!(out.layers.len(), layers + 1);
+            assert_close(&format!("{name} vision input"), &out.layers[0], f.expected("vision_input"), TOL);
+            for (i, layer) in out.layers[1..].iter().enumerate() {
+                assert_close(&format!("{name} vision layer {i}"), layer, f.expected(&format!("vision_layer_{i}")), TOL);
+            }
+            let values = out.last_values.unwrap();
+            assert_close(&format!("{name} last values"), &values, f.expected("vision_last_values"), TOL);
             assert_close(
-                &format!("{name} {key}"),
-                &ours.i((.., 0, ..)).unwrap(),
-                f.expected(&format!("{key}_features")),
+                &format!("{name} projected values"),
+                &vision.project_values(&values).unwrap(),
+                f.expected("vision_last_values_projected"),
                 TOL,
             );
         }
     }
 }
 
-#[test]
-fn text_features_and_layers_match_openclip() {
-    for name in MODELS {
-        let f = Fixture::load(name);
-        let texts = f.strings("texts");
-        let ref_tokens = f.expected("text_tokens").to_dtype(DType::U32).unwrap();
-        let (ref_features, ref_layers) = f.clip.model.text.forward_detailed(&ref_tokens, true).unwrap();
-        assert_close(&format!("{name} text features (reference ids)"), &ref_features, f.expected("text_features"), TOL);
-        assert_close(&format!("{name} text input"), &ref_layers[0], f.expected("text_input"), TOL);
-        for (i, layer) in ref_layers[1..].iter().enumerate() {
-            assert_close(&format!("{name} text layer {i}"), layer, f.expected(&format!("text_layer_{i}")), TOL);
+both_kernels! {
+    fn window_features_match_openclip() {
+        for name in MODELS {
+            let f = Fixture::load(name);
+            let vision = &f.clip.model.vision;
+            let embedded = vision.embed(f.expected("pixels_exact")).unwrap();
+            let windows = f.meta["windows"].as_array().unwrap();
+            assert!(windows.len() >= 3);
+            for w in windows {
+                let key = w["name"].as_str().unwrap();
+                let indices = f.expected(&format!("{key}_indices")).to_dtype(DType::U32).unwrap();
+                let (ours, _) = vision
+                    .forward_windows(&embedded, &indices.unsqueeze(0).unwrap(), false)
+                    .unwrap();
+                assert_close(
+                    &format!("{name} {key}"),
+                    &ours.i((.., 0, ..)).unwrap(),
+                    f.expected(&format!("{key}_features")),
+                    TOL,
+                );
+            }
         }
-        // Our tokenizer, batched and cut to the longest prompt, gives the same features.
-        // (Empty texts are refused by design, so they are left out here.)
-        let rows: Vec<usize> = (0..texts.len()).filter(|&i| !texts[i].trim().is_empty()).collect();
-        assert!(rows.len() >= 5);
-        let kept: Vec<&str> = rows.iter().map(|&i| texts[i].as_str()).collect();
-        let ours = f.clip.encode_texts(&kept).unwrap();
-        let index = Tensor::new(rows.iter().map(|&i| i as u32).collect::<Vec<_>>(), &Device::Cpu).unwrap();
-        let reference = clip::l2_normalize(&f.expected("text_features").index_select(&index, 0).unwrap()).unwrap();
-        assert_close(&format!("{name} text features (our tokenizer)"), &ours, &reference, TOL);
+    }
+}
+
+both_kernels! {
+    fn text_features_and_layers_match_openclip() {
+        for name in MODELS {
+            let f = Fixture::load(name);
+            let texts = f.strings("texts");
+            let ref_tokens = f.expected("text_tokens").to_dtype(DType::U32).unwrap();
+            let (ref_features, ref_layers) = f.clip.model.text.forward_detailed(&ref_tokens, true).unwrap();
+            assert_close(&format!("{name} text features (reference ids)"), &ref_features, f.expected("text_features"), TOL);
+            assert_close(&format!("{name} text input"), &ref_layers[0], f.expected("text_input"), TOL);
+            for (i, layer) in ref_layers[1..].iter().enumerate() {
+                assert_close(&format!("{name} text layer {i}"), layer, f.expected(&format!("text_layer_{i}")), TOL);
+            }
+            // Our tokenizer, batched and cut to the longest prompt, gives the same features.
+            // (Empty texts are refused by design, so they are left out here.)
+            let rows: Vec<usize> = (0..texts.len()).filter(|&i| !texts[i].trim().is_empty()).collect();
+            assert!(rows.len() >= 5);
+            let kept: Vec<&str> = rows.iter().map(|&i| texts[i].as_str()).collect();
+            let ours = f.clip.encode_texts(&kept).unwrap();
+            let index = Tensor::new(rows.iter().map(|&i| i as u32).collect::<Vec<_>>(), &Device::Cpu).unwrap();
+            let reference = clip::l2_normalize(&f.expected("text_features").index_select(&index, 0).unwrap()).unwrap();
+            assert_close(&format!("{name} text features (our tokenizer)"), &ours, &reference, TOL);
+        }
     }
 }
 
@@ -229,45 +235,47 @@ fn token_ids_match_openclip() {
     assert!(compared >= 50, "only {compared} strings compared");
 }
 
-/// `alfa embed` is the contract parity checks use: its JSON must carry the same
-/// normalised embeddings, in input order.
-#[test]
-fn embed_command_prints_reference_embeddings() {
-    let f = Fixture::load("tiny-gelu");
-    let images = f.image_paths("images_exact");
-    let texts: Vec<String> = f.strings("texts").into_iter().take(3).collect();
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_alfa"));
-    cmd.arg("embed")
-        .arg("--model")
-        .arg(fixtures().join("tiny-gelu"))
-        .arg("--tokenizer")
-        .arg(shared_tokenizer());
-    for p in &images {
-        cmd.arg("--image").arg(p);
+both_kernels! {
+    /// `alfa embed` is the contract parity checks use: its JSON must carry the same
+    /// normalised embeddings, in input order.
+    fn embed_command_prints_reference_embeddings() {
+        let f = Fixture::load("tiny-gelu");
+        let images = f.image_paths("images_exact");
+        let texts: Vec<String> = f.strings("texts").into_iter().take(3).collect();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_alfa"));
+        cmd.env(clip::Kernels::ENV, common::kernels().name());
+        cmd.arg("embed")
+            .arg("--model")
+            .arg(fixtures().join("tiny-gelu"))
+            .arg("--tokenizer")
+            .arg(shared_tokenizer());
+        for p in &images {
+            cmd.arg("--image").arg(p);
+        }
+        for t in &texts {
+            cmd.arg("--text").arg(t);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let rows = |key: &str, field: &str| -> (Vec<String>, Tensor) {
+            let items = json[key].as_array().unwrap();
+            let names = items.iter().map(|i| i[field].as_str().unwrap().to_owned()).collect();
+            let data: Vec<Vec<f32>> = items
+                .iter()
+                .map(|i| i["embedding"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect())
+                .collect();
+            (names, Tensor::new(data, &Device::Cpu).unwrap())
+        };
+        let (files, image_emb) = rows("images", "file");
+        assert_eq!(files, images.iter().map(|p| p.display().to_string()).collect::<Vec<_>>());
+        let reference = clip::l2_normalize(f.expected("image_features_exact")).unwrap();
+        assert_close("embed images", &image_emb, &reference, TOL);
+        let (names, text_emb) = rows("texts", "text");
+        assert_eq!(names, texts);
+        let reference = clip::l2_normalize(&f.expected("text_features").narrow(0, 0, 3).unwrap()).unwrap();
+        assert_close("embed texts", &text_emb, &reference, TOL);
     }
-    for t in &texts {
-        cmd.arg("--text").arg(t);
-    }
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let rows = |key: &str, field: &str| -> (Vec<String>, Tensor) {
-        let items = json[key].as_array().unwrap();
-        let names = items.iter().map(|i| i[field].as_str().unwrap().to_owned()).collect();
-        let data: Vec<Vec<f32>> = items
-            .iter()
-            .map(|i| i["embedding"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect())
-            .collect();
-        (names, Tensor::new(data, &Device::Cpu).unwrap())
-    };
-    let (files, image_emb) = rows("images", "file");
-    assert_eq!(files, images.iter().map(|p| p.display().to_string()).collect::<Vec<_>>());
-    let reference = clip::l2_normalize(f.expected("image_features_exact")).unwrap();
-    assert_close("embed images", &image_emb, &reference, TOL);
-    let (names, text_emb) = rows("texts", "text");
-    assert_eq!(names, texts);
-    let reference = clip::l2_normalize(&f.expected("text_features").narrow(0, 0, 3).unwrap()).unwrap();
-    assert_close("embed texts", &text_emb, &reference, TOL);
 }
 
 /// Loading from a `.bin` pickle and from safetensors both work (the two fixtures use one each).

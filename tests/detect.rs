@@ -1,5 +1,6 @@
 //! The ALFA engine end to end on the tiny fixture model and generated images.
 
+#[macro_use]
 mod common;
 
 use alfa::detect::{DetectSettings, Detector, WindowMode};
@@ -27,123 +28,129 @@ fn small_prompts() -> alfa::prompts::ExpandedPrompts {
     p
 }
 
-#[test]
-fn both_window_modes_give_maps_of_the_input_size() {
-    let mut det = detector(None);
-    let class = det.encode_class(small_prompts()).unwrap();
-    let image = test_image(57, 41);
-    for mode in [WindowMode::Tokens, WindowMode::Pixels] {
-        let settings = DetectSettings { window_mode: mode, ..Default::default() };
-        let d = det.detect(&image, &class, &settings).unwrap();
-        assert_eq!((d.map.width, d.map.height), (57, 41), "{mode:?}");
-        assert_eq!((d.patch_map.width, d.patch_map.height), (4, 4));
-        assert!(d.map.values.iter().all(|v| v.is_finite() && (0.0..=1.0).contains(v)));
-        assert!((0.0..=1.0).contains(&d.global_score));
-        assert!((d.image_score - (d.global_score + d.local_max) / 2.0).abs() < 1e-6);
-        assert_eq!(d.prompts.normal.len(), 12);
-        assert!(d.prompts.normal.iter().any(|p| p.kept) && d.prompts.abnormal.iter().any(|p| p.kept));
-        assert_eq!(d.descriptors.len(), 5);
-        assert!(d.descriptors.windows(2).all(|w| w[0].similarity >= w[1].similarity));
-        let stages: Vec<_> = d.timings.iter().map(|t| t.stage).collect();
-        assert_eq!(stages, ["preprocess", "global", "prompts", "windows", "aligner", "map"]);
-    }
-}
-
-#[test]
-fn the_two_window_modes_differ_and_results_are_deterministic() {
-    let mut det = detector(None);
-    let class = det.encode_class(small_prompts()).unwrap();
-    let image = test_image(48, 48);
-    let tokens = DetectSettings::default();
-    let a = det.detect(&image, &class, &tokens).unwrap();
-    let b = det.detect(&image, &class, &tokens).unwrap();
-    assert_eq!(a.map, b.map);
-    assert_eq!(a.image_score, b.image_score);
-    let pixels = DetectSettings { window_mode: WindowMode::Pixels, ..Default::default() };
-    let c = det.detect(&image, &class, &pixels).unwrap();
-    assert_ne!(a.patch_map, c.patch_map);
-    assert_eq!(a.global_score, c.global_score, "the global path does not depend on the window mode");
-}
-
-#[test]
-fn cached_prompts_are_not_encoded_again() {
-    let cache = tempfile::tempdir().unwrap();
-    let prompts = small_prompts();
-    let unique = prompts.normal.len() + prompts.abnormal.len() + prompts.descriptors.len();
-    let mut det = detector(Some(cache.path()));
-    det.encode_class(prompts.clone()).unwrap();
-    assert_eq!(det.texts_encoded(), unique);
-    det.encode_class(prompts.clone()).unwrap();
-    assert_eq!(det.texts_encoded(), unique, "second call: all hits in memory");
-    // A new detector reads the cache from disk; an edit re-encodes only the changed prompt.
-    let mut det = detector(Some(cache.path()));
-    let mut edited = prompts.clone();
-    edited.abnormal[0].text = "An abnormal image of bottle with a freshly edited crack.".into();
-    det.encode_class(edited).unwrap();
-    assert_eq!(det.texts_encoded(), 1);
-}
-
-#[test]
-fn cached_features_equal_fresh_ones() {
-    let cache = tempfile::tempdir().unwrap();
-    let mut first = detector(Some(cache.path()));
-    let image = test_image(40, 40);
-    let settings = DetectSettings::default();
-    let class = first.encode_class(small_prompts()).unwrap();
-    let fresh = first.detect(&image, &class, &settings).unwrap();
-    let mut second = detector(Some(cache.path()));
-    let class = second.encode_class(small_prompts()).unwrap();
-    assert_eq!(second.texts_encoded(), 0);
-    let cached = second.detect(&image, &class, &settings).unwrap();
-    assert_eq!(fresh.image_score, cached.image_score);
-}
-
-#[test]
-fn bad_scales_are_refused() {
-    let mut det = detector(None);
-    let class = det.encode_class(small_prompts()).unwrap();
-    let image = test_image(40, 40);
-    for scales in [vec![], vec![0], vec![5]] {
-        let settings = DetectSettings { scales: scales.clone(), ..Default::default() };
-        assert!(det.detect(&image, &class, &settings).is_err(), "{scales:?}");
-    }
-}
-
-#[test]
-fn ablation_rows_switch_one_part_each() {
-    use alfa::detect::Ablation;
-    use alfa::prompts::PromptSource;
-    let mut det = detector(None);
-    let image = test_image(48, 40);
-    let mut rows = Vec::new();
-    for ablation in [Ablation::Templates, Ablation::Llm, Ablation::Context, Ablation::Full] {
-        let mut settings = DetectSettings::default();
-        let mut prompts = PromptStore { recipes: None }.resolve("bottle").unwrap().set.expand();
-        // A few of each source keep the debug-build test fast.
-        for list in [&mut prompts.normal, &mut prompts.abnormal] {
-            let llm: Vec<_> = list.iter().filter(|p| p.source == PromptSource::Llm).take(6).cloned().collect();
-            list.retain(|p| p.source == PromptSource::Template);
-            list.truncate(6);
-            list.extend(llm);
+both_kernels! {
+    fn both_window_modes_give_maps_of_the_input_size() {
+        let mut det = detector(None);
+        let class = det.encode_class(small_prompts()).unwrap();
+        let image = test_image(57, 41);
+        for mode in [WindowMode::Tokens, WindowMode::Pixels] {
+            let settings = DetectSettings { window_mode: mode, ..Default::default() };
+            let d = det.detect(&image, &class, &settings).unwrap();
+            assert_eq!((d.map.width, d.map.height), (57, 41), "{mode:?}");
+            assert_eq!((d.patch_map.width, d.patch_map.height), (4, 4));
+            assert!(d.map.values.iter().all(|v| v.is_finite() && (0.0..=1.0).contains(v)));
+            assert!((0.0..=1.0).contains(&d.global_score));
+            assert!((d.image_score - (d.global_score + d.local_max) / 2.0).abs() < 1e-6);
+            assert_eq!(d.prompts.normal.len(), 12);
+            assert!(d.prompts.normal.iter().any(|p| p.kept) && d.prompts.abnormal.iter().any(|p| p.kept));
+            assert_eq!(d.descriptors.len(), 5);
+            assert!(d.descriptors.windows(2).all(|w| w[0].similarity >= w[1].similarity));
+            let stages: Vec<_> = d.timings.iter().map(|t| t.stage).collect();
+            assert_eq!(stages, ["preprocess", "global", "prompts", "windows", "aligner", "map"]);
         }
-        ablation.apply(&mut settings, &mut prompts);
-        let class = det.encode_class(prompts).unwrap();
-        let d = det.detect(&image, &class, &settings).unwrap();
-        let all: Vec<_> = d.prompts.normal.iter().chain(&d.prompts.abnormal).collect();
-        match ablation {
-            Ablation::Templates => assert!(all.iter().all(|p| p.source == PromptSource::Template && p.kept)),
-            Ablation::Llm => {
-                assert!(all.iter().any(|p| p.source == PromptSource::Llm));
-                assert!(all.iter().all(|p| p.kept), "no contextual scoring: every prompt is used");
+    }
+}
+
+both_kernels! {
+    fn the_two_window_modes_differ_and_results_are_deterministic() {
+        let mut det = detector(None);
+        let class = det.encode_class(small_prompts()).unwrap();
+        let image = test_image(48, 48);
+        let tokens = DetectSettings::default();
+        let a = det.detect(&image, &class, &tokens).unwrap();
+        let b = det.detect(&image, &class, &tokens).unwrap();
+        assert_eq!(a.map, b.map);
+        assert_eq!(a.image_score, b.image_score);
+        let pixels = DetectSettings { window_mode: WindowMode::Pixels, ..Default::default() };
+        let c = det.detect(&image, &class, &pixels).unwrap();
+        assert_ne!(a.patch_map, c.patch_map);
+        assert_eq!(a.global_score, c.global_score, "the global path does not depend on the window mode");
+    }
+}
+
+both_kernels! {
+    fn cached_prompts_are_not_encoded_again() {
+        let cache = tempfile::tempdir().unwrap();
+        let prompts = small_prompts();
+        let unique = prompts.normal.len() + prompts.abnormal.len() + prompts.descriptors.len();
+        let mut det = detector(Some(cache.path()));
+        det.encode_class(prompts.clone()).unwrap();
+        assert_eq!(det.texts_encoded(), unique);
+        det.encode_class(prompts.clone()).unwrap();
+        assert_eq!(det.texts_encoded(), unique, "second call: all hits in memory");
+        // A new detector reads the cache from disk; an edit re-encodes only the changed prompt.
+        let mut det = detector(Some(cache.path()));
+        let mut edited = prompts.clone();
+        edited.abnormal[0].text = "An abnormal image of bottle with a freshly edited crack.".into();
+        det.encode_class(edited).unwrap();
+        assert_eq!(det.texts_encoded(), 1);
+    }
+}
+
+both_kernels! {
+    fn cached_features_equal_fresh_ones() {
+        let cache = tempfile::tempdir().unwrap();
+        let mut first = detector(Some(cache.path()));
+        let image = test_image(40, 40);
+        let settings = DetectSettings::default();
+        let class = first.encode_class(small_prompts()).unwrap();
+        let fresh = first.detect(&image, &class, &settings).unwrap();
+        let mut second = detector(Some(cache.path()));
+        let class = second.encode_class(small_prompts()).unwrap();
+        assert_eq!(second.texts_encoded(), 0);
+        let cached = second.detect(&image, &class, &settings).unwrap();
+        assert_eq!(fresh.image_score, cached.image_score);
+    }
+}
+
+both_kernels! {
+    fn bad_scales_are_refused() {
+        let mut det = detector(None);
+        let class = det.encode_class(small_prompts()).unwrap();
+        let image = test_image(40, 40);
+        for scales in [vec![], vec![0], vec![5]] {
+            let settings = DetectSettings { scales: scales.clone(), ..Default::default() };
+            assert!(det.detect(&image, &class, &settings).is_err(), "{scales:?}");
+        }
+    }
+}
+
+both_kernels! {
+    fn ablation_rows_switch_one_part_each() {
+        use alfa::detect::Ablation;
+        use alfa::prompts::PromptSource;
+        let mut det = detector(None);
+        let image = test_image(48, 40);
+        let mut rows = Vec::new();
+        for ablation in [Ablation::Templates, Ablation::Llm, Ablation::Context, Ablation::Full] {
+            let mut settings = DetectSettings::default();
+            let mut prompts = PromptStore { recipes: None }.resolve("bottle").unwrap().set.expand();
+            // A few of each source keep the debug-build test fast.
+            for list in [&mut prompts.normal, &mut prompts.abnormal] {
+                let llm: Vec<_> = list.iter().filter(|p| p.source == PromptSource::Llm).take(6).cloned().collect();
+                list.retain(|p| p.source == PromptSource::Template);
+                list.truncate(6);
+                list.extend(llm);
             }
-            Ablation::Context | Ablation::Full => assert_eq!(all.len(), 24),
+            ablation.apply(&mut settings, &mut prompts);
+            let class = det.encode_class(prompts).unwrap();
+            let d = det.detect(&image, &class, &settings).unwrap();
+            let all: Vec<_> = d.prompts.normal.iter().chain(&d.prompts.abnormal).collect();
+            match ablation {
+                Ablation::Templates => assert!(all.iter().all(|p| p.source == PromptSource::Template && p.kept)),
+                Ablation::Llm => {
+                    assert!(all.iter().any(|p| p.source == PromptSource::Llm));
+                    assert!(all.iter().all(|p| p.kept), "no contextual scoring: every prompt is used");
+                }
+                Ablation::Context | Ablation::Full => assert_eq!(all.len(), 24),
+            }
+            rows.push(d);
         }
-        rows.push(d);
+        // Same prompts and selection, with and without the aligner: the maps differ.
+        assert_eq!(rows[2].global_score, rows[3].global_score);
+        assert_ne!(rows[2].patch_map, rows[3].patch_map);
+        assert_ne!(rows[0].global_score, rows[1].global_score);
     }
-    // Same prompts and selection, with and without the aligner: the maps differ.
-    assert_eq!(rows[2].global_score, rows[3].global_score);
-    assert_ne!(rows[2].patch_map, rows[3].patch_map);
-    assert_ne!(rows[0].global_score, rows[1].global_score);
 }
 
 /// The bf16 image tower (where this CPU has AVX512-BF16) changes maps and scores

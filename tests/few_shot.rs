@@ -1,5 +1,6 @@
 //! Few-shot mode (METHOD section 5) on the tiny fixture model and generated textures.
 
+#[macro_use]
 mod common;
 
 use std::path::PathBuf;
@@ -42,104 +43,108 @@ fn auroc(scores: &[f32], labels: &[bool]) -> f64 {
     wins / pairs
 }
 
-#[test]
-fn a_pasted_defect_is_found_by_the_few_shot_map() {
-    let mut det = detector("tiny-gelu", None, None);
-    let class = det.encode_class(small_class().prompts).unwrap();
-    // On the tiny model's 4x4 grid every window over an edge patch also covers its
-    // interior neighbour, so windows alone cannot tell them apart; single-patch
-    // windows (scale 1) can. ViT-B's 15x15 grid has room for the default scales.
-    let settings = DetectSettings { scales: vec![1, 2], ..Default::default() };
-    let refs = vec![(PathBuf::from("clean-a.png"), texture(0, false)), (PathBuf::from("clean-b.png"), texture(2, false))];
-    let bank = det.reference_bank(&refs, &settings, |_, _| ()).unwrap().bank.unwrap();
+both_kernels! {
+    fn a_pasted_defect_is_found_by_the_few_shot_map() {
+        let mut det = detector("tiny-gelu", None, None);
+        let class = det.encode_class(small_class().prompts).unwrap();
+        // On the tiny model's 4x4 grid every window over an edge patch also covers its
+        // interior neighbour, so windows alone cannot tell them apart; single-patch
+        // windows (scale 1) can. ViT-B's 15x15 grid has room for the default scales.
+        let settings = DetectSettings { scales: vec![1, 2], ..Default::default() };
+        let refs = vec![(PathBuf::from("clean-a.png"), texture(0, false)), (PathBuf::from("clean-b.png"), texture(2, false))];
+        let bank = det.reference_bank(&refs, &settings, |_, _| ()).unwrap().bank.unwrap();
 
-    let query = texture(0, true);
-    let d = det.detect_with_references(&query, &class, Some(&bank), &settings).unwrap();
-    let few_shot = d.few_shot.as_ref().unwrap();
-    assert_eq!(few_shot.references, 2);
-    let labels: Vec<bool> = (0..16).map(|i| i == 1 * 4 + 2).collect();
-    let auc = auroc(&few_shot.map.values, &labels);
-    assert!(auc >= 0.9, "few-shot patch AUROC {auc}: {:?}", few_shot.map.values);
-    // The explained region is where the fused map peaks.
-    let peak = d.patch_map.values.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
-    assert_eq!(few_shot.worst_patch, [peak % 4, peak / 4]);
-    // The explanation points at a window of a reference image, inside its bounds.
-    let nearest = few_shot.nearest.as_ref().unwrap();
-    assert!(nearest.file.ends_with("clean-a.png") || nearest.file.ends_with("clean-b.png"));
-    let [x0, y0, x1, y1] = nearest.region;
-    assert!(x0 < x1 && y0 < y1 && x1 <= 64 && y1 <= 64, "{:?}", nearest.region);
-    // Fusion: the image score adds the few-shot maximum to the zero-shot score.
-    let zero_shot = det.detect(&query, &class, &settings).unwrap();
-    assert!(zero_shot.few_shot.is_none());
-    assert!((d.image_score - (zero_shot.image_score + few_shot.max_score)).abs() < 1e-5);
-    assert_eq!((d.map.width, d.map.height), (64, 64));
+        let query = texture(0, true);
+        let d = det.detect_with_references(&query, &class, Some(&bank), &settings).unwrap();
+        let few_shot = d.few_shot.as_ref().unwrap();
+        assert_eq!(few_shot.references, 2);
+        let labels: Vec<bool> = (0..16).map(|i| i == 1 * 4 + 2).collect();
+        let auc = auroc(&few_shot.map.values, &labels);
+        assert!(auc >= 0.9, "few-shot patch AUROC {auc}: {:?}", few_shot.map.values);
+        // The explained region is where the fused map peaks.
+        let peak = d.patch_map.values.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+        assert_eq!(few_shot.worst_patch, [peak % 4, peak / 4]);
+        // The explanation points at a window of a reference image, inside its bounds.
+        let nearest = few_shot.nearest.as_ref().unwrap();
+        assert!(nearest.file.ends_with("clean-a.png") || nearest.file.ends_with("clean-b.png"));
+        let [x0, y0, x1, y1] = nearest.region;
+        assert!(x0 < x1 && y0 < y1 && x1 <= 64 && y1 <= 64, "{:?}", nearest.region);
+        // Fusion: the image score adds the few-shot maximum to the zero-shot score.
+        let zero_shot = det.detect(&query, &class, &settings).unwrap();
+        assert!(zero_shot.few_shot.is_none());
+        assert!((d.image_score - (zero_shot.image_score + few_shot.max_score)).abs() < 1e-5);
+        assert_eq!((d.map.width, d.map.height), (64, 64));
+    }
 }
 
-#[test]
-fn the_query_itself_as_reference_scores_zero() {
-    let mut det = detector("tiny-gelu", None, None);
-    let class = det.encode_class(small_class().prompts).unwrap();
-    let settings = DetectSettings::default();
-    let query = texture(1, true);
-    let bank = det.reference_bank(&[(PathBuf::from("self.png"), query.clone())], &settings, |_, _| ()).unwrap();
-    let d = det.detect_with_references(&query, &class, bank.bank.as_ref(), &settings).unwrap();
-    let few_shot = d.few_shot.unwrap();
-    assert!(few_shot.max_score.abs() < 1e-5, "{}", few_shot.max_score);
-    assert!(few_shot.map.values.iter().all(|v| v.abs() < 1e-5));
+both_kernels! {
+    fn the_query_itself_as_reference_scores_zero() {
+        let mut det = detector("tiny-gelu", None, None);
+        let class = det.encode_class(small_class().prompts).unwrap();
+        let settings = DetectSettings::default();
+        let query = texture(1, true);
+        let bank = det.reference_bank(&[(PathBuf::from("self.png"), query.clone())], &settings, |_, _| ()).unwrap();
+        let d = det.detect_with_references(&query, &class, bank.bank.as_ref(), &settings).unwrap();
+        let few_shot = d.few_shot.unwrap();
+        assert!(few_shot.max_score.abs() < 1e-5, "{}", few_shot.max_score);
+        assert!(few_shot.map.values.iter().all(|v| v.abs() < 1e-5));
+    }
 }
 
-#[test]
-fn banks_are_cached_per_model_and_rebuilt_when_it_changes() {
-    let cache = tempfile::tempdir().unwrap();
-    let settings = DetectSettings::default();
-    let refs = vec![(PathBuf::from("a.png"), texture(0, false)), (PathBuf::from("b.png"), texture(3, false))];
-    let first = detector("tiny-gelu", Some("model one"), Some(cache.path()));
-    let built = first.reference_bank(&refs, &settings, |_, _| ()).unwrap();
-    assert_eq!((built.computed, built.reused), (2, 0));
-    let again = first.reference_bank(&refs, &settings, |_, _| ()).unwrap();
-    assert_eq!((again.computed, again.reused), (0, 2));
-    // Same features from the cache as computed.
-    let q = texture(1, true);
-    let mut det = detector("tiny-gelu", Some("model one"), Some(cache.path()));
-    let class = det.encode_class(small_class().prompts).unwrap();
-    let a = det.detect_with_references(&q, &class, built.bank.as_ref(), &settings).unwrap();
-    let b = det.detect_with_references(&q, &class, again.bank.as_ref(), &settings).unwrap();
-    assert_eq!(a.map, b.map);
-    // Another model: rebuilt.
-    let other = detector("tiny-gelu", Some("model two"), Some(cache.path()));
-    assert_eq!(other.reference_bank(&refs, &settings, |_, _| ()).unwrap().computed, 2);
+both_kernels! {
+    fn banks_are_cached_per_model_and_rebuilt_when_it_changes() {
+        let cache = tempfile::tempdir().unwrap();
+        let settings = DetectSettings::default();
+        let refs = vec![(PathBuf::from("a.png"), texture(0, false)), (PathBuf::from("b.png"), texture(3, false))];
+        let first = detector("tiny-gelu", Some("model one"), Some(cache.path()));
+        let built = first.reference_bank(&refs, &settings, |_, _| ()).unwrap();
+        assert_eq!((built.computed, built.reused), (2, 0));
+        let again = first.reference_bank(&refs, &settings, |_, _| ()).unwrap();
+        assert_eq!((again.computed, again.reused), (0, 2));
+        // Same features from the cache as computed.
+        let q = texture(1, true);
+        let mut det = detector("tiny-gelu", Some("model one"), Some(cache.path()));
+        let class = det.encode_class(small_class().prompts).unwrap();
+        let a = det.detect_with_references(&q, &class, built.bank.as_ref(), &settings).unwrap();
+        let b = det.detect_with_references(&q, &class, again.bank.as_ref(), &settings).unwrap();
+        assert_eq!(a.map, b.map);
+        // Another model: rebuilt.
+        let other = detector("tiny-gelu", Some("model two"), Some(cache.path()));
+        assert_eq!(other.reference_bank(&refs, &settings, |_, _| ()).unwrap().computed, 2);
+    }
 }
 
-#[test]
-fn references_of_any_size_or_mode_work_and_broken_ones_are_skipped() {
-    let dir = tempfile::tempdir().unwrap();
-    let gray = dir.path().join("gray.png");
-    DynamicImage::ImageLuma8(texture(0, false).to_luma8()).resize_exact(50, 90, image::imageops::FilterType::Triangle).save(&gray).unwrap();
-    let rgba = dir.path().join("alpha.png");
-    DynamicImage::ImageRgba8(texture(2, false).to_rgba8()).save(&rgba).unwrap();
-    let broken = dir.path().join("broken.png");
-    std::fs::write(&broken, b"not an image").unwrap();
+both_kernels! {
+    fn references_of_any_size_or_mode_work_and_broken_ones_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let gray = dir.path().join("gray.png");
+        DynamicImage::ImageLuma8(texture(0, false).to_luma8()).resize_exact(50, 90, image::imageops::FilterType::Triangle).save(&gray).unwrap();
+        let rgba = dir.path().join("alpha.png");
+        DynamicImage::ImageRgba8(texture(2, false).to_rgba8()).save(&rgba).unwrap();
+        let broken = dir.path().join("broken.png");
+        std::fs::write(&broken, b"not an image").unwrap();
 
-    let mut det = detector("tiny-gelu", None, None);
-    let settings = DetectSettings::default();
-    let build = det.build_reference_bank(&[gray.clone(), broken.clone(), rgba.clone()], &settings, |_, _| ()).unwrap();
-    assert_eq!(build.skipped.len(), 1);
-    assert_eq!(build.skipped[0].0, broken);
-    let bank = build.bank.unwrap();
-    assert_eq!(bank.files, [gray, rgba]);
-    assert_eq!(bank.sizes, [(50, 90), (64, 64)]);
-    let class = det.encode_class(small_class().prompts).unwrap();
-    assert!(det.detect_with_references(&texture(1, true), &class, Some(&bank), &settings).is_ok());
+        let mut det = detector("tiny-gelu", None, None);
+        let settings = DetectSettings::default();
+        let build = det.build_reference_bank(&[gray.clone(), broken.clone(), rgba.clone()], &settings, |_, _| ()).unwrap();
+        assert_eq!(build.skipped.len(), 1);
+        assert_eq!(build.skipped[0].0, broken);
+        let bank = build.bank.unwrap();
+        assert_eq!(bank.files, [gray, rgba]);
+        assert_eq!(bank.sizes, [(50, 90), (64, 64)]);
+        let class = det.encode_class(small_class().prompts).unwrap();
+        assert!(det.detect_with_references(&texture(1, true), &class, Some(&bank), &settings).is_ok());
 
-    // No usable reference: zero-shot.
-    let none = det.build_reference_bank(&[broken], &settings, |_, _| ()).unwrap();
-    assert!(none.bank.is_none());
-    // The method interface: zero references is zero-shot, the same as `detect`.
-    let mut method = AlfaMethod::new(detector("tiny-gelu", None, None), settings.clone(), Ablation::Full);
-    method.prepare(&small_class(), &[]).unwrap();
-    let scored = method.score(&texture(1, true)).unwrap();
-    let direct = det.detect(&texture(1, true), &class, &settings).unwrap();
-    assert_eq!(scored.map, direct.map);
+        // No usable reference: zero-shot.
+        let none = det.build_reference_bank(&[broken], &settings, |_, _| ()).unwrap();
+        assert!(none.bank.is_none());
+        // The method interface: zero references is zero-shot, the same as `detect`.
+        let mut method = AlfaMethod::new(detector("tiny-gelu", None, None), settings.clone(), Ablation::Full);
+        method.prepare(&small_class(), &[]).unwrap();
+        let scored = method.score(&texture(1, true)).unwrap();
+        let direct = det.detect(&texture(1, true), &class, &settings).unwrap();
+        assert_eq!(scored.map, direct.map);
+    }
 }
 
 #[test]

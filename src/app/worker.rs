@@ -457,8 +457,9 @@ impl Engine {
         let request = model.request(Some(Arc::new(DownloadProgress(self.outbox.clone()))));
         let loaded = (|| -> anyhow::Result<(Detector, Option<crate::recipe::ModelStamp>)> {
             let files = request.resolve()?;
+            let kernels = clip::Kernels::from_env()?;
             let device = clip::device(model.cpu)?;
-            let clip = Clip::load(&files, &device, model.precision)?;
+            let clip = Clip::load(&files, &device, model.precision, kernels)?;
             // Hashed once per weights file (cached): what recipes know the model by.
             let stamp = match crate::recipe::ModelStamp::of(&files, &name, model.precision, self.cache_dir.as_deref()) {
                 Ok(stamp) => Some(stamp),

@@ -12,7 +12,7 @@ use clap::Args;
 
 use super::model_request;
 use crate::batch::{self, BatchSpec, ClassSources, Decision, Existing, OverlayRange, Plan, Runner, Shard};
-use crate::clip::{self, Clip, ModelFiles};
+use crate::clip::{self, ModelFiles};
 use crate::detect::baselines::BaselineOptions;
 use crate::detect::colormap::Colormap;
 use crate::detect::text_cache::default_cache_dir;
@@ -176,7 +176,7 @@ impl AnalysisArgs {
     pub fn runner<'a>(&self, spec: &'a BatchSpec, prepared: Prepared) -> Result<Runner<'a>> {
         let Prepared { files, options } = prepared;
         let identity = files.identity();
-        let clip = Clip::load(&files, &clip::device(self.model.cpu)?, self.model.precision)?;
+        let clip = super::load_model_files(&self.model, &files)?;
         let detector = Detector::new(clip, &identity, default_cache_dir().as_deref());
         let analyser = batch::Analyser::new(spec.method, options, detector, spec.settings.clone(), spec.sources.clone())?;
         Ok(Runner { analyser, spec, model: identity, precision: self.model.precision })

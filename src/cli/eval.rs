@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::progress_label;
 use crate::batch::shard::{Shard, run_file_name};
 use crate::options::ModelArgs;
-use crate::clip::{self, Clip};
+use crate::clip;
 use crate::detect::baselines::{BaselineOptions, ImageViews, build_method_with};
 use crate::detect::references::draw;
 use crate::detect::text_cache::default_cache_dir;
@@ -142,7 +142,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         }
         let files = super::model_request(&args.model).resolve()?;
         let identity = files.identity();
-        let clip = Clip::load(&files, &clip::device(args.model.cpu)?, args.model.precision)?;
+        let clip = super::load_model_files(&args.model, &files)?;
         settings.validate(clip.model.vision.grid())?;
         let detector = Detector::new(clip, &identity, default_cache_dir().as_deref());
         let mut method: Box<dyn Method> = match args.method {

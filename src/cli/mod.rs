@@ -151,6 +151,14 @@ pub struct BenchArgs {
     /// Number format of the image tower (see `alfa detect --help`).
     #[arg(long, value_enum, default_value_t = Precision::F32, value_name = "P")]
     pub precision: Precision,
+    /// Device to time on: cuda and metal need a build with `--features cuda` / `metal`,
+    /// and a usable GPU (no fallback to the CPU).
+    #[arg(long, value_enum, default_value_t = clip::DeviceKind::Cpu, value_name = "D")]
+    pub device: clip::DeviceKind,
+    /// CPU threads for the kernels (rayon's pool and the matmuls) [default: all cores,
+    /// or RAYON_NUM_THREADS].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
 }
 
 /// Runs the command; returns the process's exit code (see `alfa detect --help`).
@@ -248,17 +256,51 @@ pub(crate) fn model_request(model: &ModelArgs) -> ModelRequest {
 
 /// Resolves (downloading if needed) and loads `model` on its device.
 pub(crate) fn load_model(model: &ModelArgs) -> Result<Clip> {
-    let files = model_request(model).resolve()?;
+    load_model_files(model, &model_request(model).resolve()?)
+}
+
+/// The model in `files` on the device `--cpu` chooses, with the kernels
+/// `ALFA_KERNELS` chooses.
+pub(crate) fn load_model_files(model: &ModelArgs, files: &clip::ModelFiles) -> Result<Clip> {
+    let kernels = clip::Kernels::from_env()?;
     let device = clip::device(model.cpu)?;
-    Ok(Clip::load(&files, &device, model.precision)?)
+    Ok(Clip::load(files, &device, model.precision, kernels)?)
+}
+
+/// Sets the number of CPU threads every kernel uses: rayon's global pool (the
+/// native kernels) and candle's count (its matmuls), which both read RAYON_NUM_THREADS.
+/// Must run before any of them has started: `run_bench` calls it first thing.
+fn set_cpu_threads(threads: usize) -> Result<()> {
+    // SAFETY: called on the main thread before the bench starts any other thread
+    // (nothing reads or writes the environment concurrently).
+    unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .map_err(|e| anyhow::anyhow!("cannot set {threads} threads: {e}"))?;
+    anyhow::ensure!(candle_core::utils::get_num_threads() == threads, "candle does not see {threads} threads");
+    Ok(())
 }
 
 fn run_bench(args: BenchArgs) -> Result<()> {
+    if let Some(threads) = args.threads {
+        set_cpu_threads(usize::from(threads))?;
+    }
     let log = |line: &str| eprintln!("{line}");
+    let kernels = clip::Kernels::from_env()?;
+    let target = bench::BenchTarget { device: args.device.open()?, kernels };
     if args.engine {
         let tokenizer = TokenizerSource::or_embedded(args.tokenizer);
-        let report =
-            bench::engine(&args.arch, &tokenizer, args.image_size, args.repeats.max(1), args.pixels, args.precision, log)?;
+        let report = bench::engine(
+            &args.arch,
+            &tokenizer,
+            args.image_size,
+            args.repeats.max(1),
+            args.pixels,
+            args.precision,
+            &target,
+            log,
+        )?;
         if args.json {
             println!("{}", serde_json::to_string(&report)?);
         } else {
@@ -266,7 +308,7 @@ fn run_bench(args: BenchArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let report = bench::clip_forward(&args.arch, args.repeats.max(1), args.precision, log)?;
+    let report = bench::clip_forward(&args.arch, args.repeats.max(1), args.precision, &target, log)?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {

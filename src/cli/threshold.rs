@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::options::ModelArgs;
 use super::recipe::{RecipesArg, ensure_writable};
-use crate::clip::{self, Clip};
+use crate::clip;
 use crate::detect::text_cache::default_cache_dir;
 use crate::detect::threshold::{describe_sources, fit_thresholds};
 use crate::batch::{Analyser, ClassSources, Observer};
@@ -114,7 +114,7 @@ pub fn run(args: ThresholdArgs) -> Result<()> {
     }
 
     let good: Vec<PathBuf> = super::refs::image_files(&args.good)?;
-    let clip = Clip::load(&files, &clip::device(args.model.cpu)?, args.model.precision)?;
+    let clip = super::load_model_files(&args.model, &files)?;
     let detector = Detector::new(clip, &files.identity(), default_cache_dir().as_deref());
     // The class's prompts and references as `alfa detect` prepares them (the batch's
     // analyser), then the good images scored by the app's code.

@@ -1,5 +1,6 @@
 //! CPU kernels where candle's generic ones leave most of the machine idle. Other
-//! devices use candle's kernels.
+//! devices use candle's kernels, and so does the CPU with [`Kernels::Generic`]
+//! (`ALFA_KERNELS=generic`): the path CUDA and Metal run, testable without a GPU.
 //!
 //! - Activations: candle's run on one thread; these run on all cores. The exact GELU
 //!   uses Abramowitz & Stegun 7.1.26 for erf (|error| < 1.5e-7, the approximation
@@ -12,10 +13,62 @@
 //!   kernel reads the heads in place from `in_proj`'s output and runs the
 //!   (sequence, head) pairs in parallel, each as two single-threaded `gemm` calls.
 
-use super::Precision;
+use super::{ClipError, Precision};
 use super::packed::{PackedWeight, TileFinish};
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
+
+/// Which implementation runs the towers' linear layers, attention and activations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kernels {
+    /// This module's CPU kernels (fused linear layers, the packed AVX-512 matmul,
+    /// parallel attention and activations) on the CPU; candle's on other devices.
+    #[default]
+    Native,
+    /// candle's own operations only (its matmul, `gelu_erf`, softmax, ...): what
+    /// CUDA and Metal run, selectable on the CPU to test that path without a GPU.
+    Generic,
+}
+
+impl Kernels {
+    /// The environment variable the CLI and the app read the choice from.
+    pub const ENV: &'static str = "ALFA_KERNELS";
+    pub const ALL: [Self; 2] = [Self::Native, Self::Generic];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::Generic => "generic",
+        }
+    }
+
+    pub fn parse(value: &str) -> Result<Self, ClipError> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == value.trim())
+            .ok_or_else(|| ClipError::Kernels { value: value.to_owned() })
+    }
+
+    /// `ALFA_KERNELS` (`native` when unset), read once per process.
+    pub fn from_env() -> Result<Self, ClipError> {
+        static CHOICE: std::sync::OnceLock<Result<Kernels, String>> = std::sync::OnceLock::new();
+        CHOICE
+            .get_or_init(|| match std::env::var(Self::ENV) {
+                Err(std::env::VarError::NotPresent) => Ok(Self::Native),
+                Err(std::env::VarError::NotUnicode(v)) => Err(v.to_string_lossy().into_owned()),
+                Ok(v) if v.is_empty() => Ok(Self::Native),
+                Ok(v) => Self::parse(&v).map_err(|_| v),
+            })
+            .clone()
+            .map_err(|value| ClipError::Kernels { value })
+    }
+
+    /// What runs on `device`: the native kernels exist for the CPU only.
+    pub fn on(self, device: &Device) -> Self {
+        if device.is_cpu() { self } else { Self::Generic }
+    }
+}
 
 /// Defines `$name`, which runs `$portable` (an `#[inline(always)]` function) compiled
 /// for the widest vector unit the CPU has, chosen at run time: the default build
@@ -161,18 +214,18 @@ pub enum Mask {
 /// `nn.MultiheadAttention`'s `in_proj` produces them), for the first `queries` tokens
 /// of each sequence as queries: [B, queries, D], heads concatenated. Fewer queries
 /// than tokens serve the class token alone.
-pub fn attention(qkv: &Tensor, heads: usize, queries: usize, mask: Mask) -> candle_core::Result<Tensor> {
+pub fn attention(qkv: &Tensor, heads: usize, queries: usize, mask: Mask, kernels: Kernels) -> candle_core::Result<Tensor> {
     let (_, l, three_d) = qkv.dims3()?;
     if three_d % (3 * heads) != 0 || queries > l {
         candle_core::bail!("attention: {queries} queries over qkv {:?} with {heads} heads", qkv.dims());
     }
-    if on_cpu_f32(qkv) {
+    if kernels == Kernels::Native && on_cpu_f32(qkv) {
         return qkv.contiguous()?.apply_op1_no_bwd(&Attend { heads, queries, mask });
     }
     attention_by_matmul(qkv, heads, queries, mask)
 }
 
-/// `attention` from candle's tensor operations (GPU devices).
+/// `attention` from candle's tensor operations (the generic kernels).
 fn attention_by_matmul(qkv: &Tensor, heads: usize, queries: usize, mask: Mask) -> candle_core::Result<Tensor> {
     let (b, l, three_d) = qkv.dims3()?;
     let d = three_d / 3;
@@ -329,17 +382,20 @@ pub enum Epilogue<'a> {
 
 /// A linear layer's weight [in, out], in the layout of the kernel that will run it.
 pub enum LinearWeight {
-    /// For candle's matmul (other devices) or `gemm` (CPUs without AVX-512).
+    /// For candle's matmul and element-wise ops: the generic kernels, any device.
+    Generic(Tensor),
+    /// For the fused `gemm` kernel (CPUs without AVX-512).
     Matrix(Tensor),
     /// Packed once for `PackedWeight::matmul` (CPUs with AVX-512).
     Packed(PackedWeight),
 }
 
 impl LinearWeight {
-    /// `weight_t` [in, out], packed when the CPU kernel can use it. bf16 exists only
-    /// packed: `Precision::check` refuses it where the kernel cannot run.
-    pub fn new(weight_t: Tensor, precision: Precision) -> candle_core::Result<Self> {
-        if on_cpu_f32(&weight_t) {
+    /// `weight_t` [in, out], packed when the native CPU kernel can use it. bf16
+    /// exists only packed: `Precision::check` refuses it where the kernel cannot run.
+    pub fn new(weight_t: Tensor, precision: Precision, kernels: Kernels) -> candle_core::Result<Self> {
+        let native = kernels == Kernels::Native && on_cpu_f32(&weight_t);
+        if native {
             let (inner, cols) = weight_t.dims2()?;
             if let Some(packed) = with_cpu_f32(&weight_t.contiguous()?, |w| PackedWeight::new(w, inner, cols, precision))? {
                 return Ok(Self::Packed(packed));
@@ -348,12 +404,12 @@ impl LinearWeight {
         if precision != Precision::F32 {
             candle_core::bail!("no {} kernel for this weight on this device", precision.name());
         }
-        Ok(Self::Matrix(weight_t))
+        Ok(if native { Self::Matrix(weight_t) } else { Self::Generic(weight_t) })
     }
 
     fn cols(&self) -> candle_core::Result<usize> {
         match self {
-            Self::Matrix(w) => w.dim(1),
+            Self::Generic(w) | Self::Matrix(w) => w.dim(1),
             Self::Packed(p) => Ok(p.cols()),
         }
     }
@@ -380,7 +436,7 @@ pub fn linear(x: &Tensor, weight: &LinearWeight, bias: Option<&Tensor>, epilogue
         _ => None,
     };
     let y = match weight {
-        LinearWeight::Matrix(weight_t) if !on_cpu_f32(x) => {
+        LinearWeight::Generic(weight_t) => {
             let mut y = x2.matmul(weight_t)?;
             if let Some(b) = bias {
                 y = y.broadcast_add(b)?;
@@ -472,6 +528,7 @@ impl CustomOp1 for Linear<'_> {
                 let activate_tile = self.activation.map(|a| move |tile: &mut [f32]| activate(a, tile));
                 packed.matmul(x, rows, &mut out, starts, activate_tile.as_ref().map(|f| f as &TileFinish));
             }
+            LinearWeight::Generic(_) => candle_core::bail!("{}: a generic weight runs candle's operations", self.name()),
             LinearWeight::Matrix(w) => {
                 if w.dims2()? != (inner, cols) {
                     candle_core::bail!("{}: x [{rows}, {inner}] times W {:?}", self.name(), w.dims());
@@ -511,7 +568,7 @@ mod tests {
         for (l, mask) in [5, 40].into_iter().flat_map(|l| [(l, Mask::Full), (l, Mask::Causal)]) {
             let qkv = Tensor::randn(0f32, 1.0, (b, l, 3 * heads * head_dim), &Device::Cpu).unwrap();
             for queries in [l, 1, 4] {
-                let fast = attention(&qkv, heads, queries, mask).unwrap();
+                let fast = attention(&qkv, heads, queries, mask, Kernels::Native).unwrap();
                 let reference = attention_by_matmul(&qkv, heads, queries, mask).unwrap();
                 assert_eq!(fast.dims(), &[b, queries, heads * head_dim]);
                 let diff = (fast - reference).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
@@ -543,9 +600,15 @@ mod tests {
         // by 2^-8 sum |x_i w_i|; GELU's slope is below 1.2).
         let bf16_bound = x.abs().unwrap().broadcast_matmul(&weight_t.abs().unwrap()).unwrap().flatten_all().unwrap().max(0).unwrap();
         let bf16_bound = 1.2 * bf16_bound.to_scalar::<f32>().unwrap() / 256.0 + 1e-4;
-        let mut weights = vec![LinearWeight::Matrix(weight_t.clone()), LinearWeight::new(weight_t.clone(), Precision::F32).unwrap()];
+        let mut weights = vec![
+            LinearWeight::new(weight_t.clone(), Precision::F32, Kernels::Generic).unwrap(),
+            LinearWeight::Matrix(weight_t.clone()),
+            LinearWeight::new(weight_t.clone(), Precision::F32, Kernels::Native).unwrap(),
+        ];
+        assert!(matches!(weights[0], LinearWeight::Generic(_)));
+        assert!(LinearWeight::new(weight_t.clone(), Precision::Bf16, Kernels::Generic).is_err());
         if Precision::Bf16.check(&device).is_ok() {
-            weights.push(LinearWeight::new(weight_t.clone(), Precision::Bf16).unwrap());
+            weights.push(LinearWeight::new(weight_t.clone(), Precision::Bf16, Kernels::Native).unwrap());
         }
         for weight in &weights {
             for (i, (bias, epilogue, expected)) in cases.iter().enumerate() {
@@ -554,6 +617,7 @@ mod tests {
                 let diff = (got - expected).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
                 let diff = diff.to_scalar::<f32>().unwrap();
                 let (kind, tolerance) = match weight {
+                    LinearWeight::Generic(_) => ("candle", 1e-4),
                     LinearWeight::Matrix(_) => ("gemm", 1e-4),
                     LinearWeight::Packed(p) if p.precision() == Precision::F32 => ("packed f32", 1e-4),
                     LinearWeight::Packed(_) => ("packed bf16", bf16_bound),
@@ -566,14 +630,24 @@ mod tests {
     #[test]
     fn causal_attention_ignores_later_tokens() {
         let width = 8;
-        for l in [6, 40] {
+        for (l, kernels) in [6, 40].into_iter().flat_map(|l| Kernels::ALL.map(|k| (l, k))) {
             let qkv = Tensor::randn(0f32, 1.0, (1, l, 3 * width), &Device::Cpu).unwrap();
             let changed_last = Tensor::cat(&[qkv.narrow(1, 0, l - 1).unwrap(), (qkv.narrow(1, l - 1, 1).unwrap() * 3.0).unwrap()], 1).unwrap();
-            let first = |x: &Tensor| attention(x, 2, l, Mask::Causal).unwrap().narrow(1, 0, l - 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            assert_eq!(first(&qkv), first(&changed_last), "{l} tokens");
-            let full = |x: &Tensor| attention(x, 2, l, Mask::Full).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            assert_ne!(full(&qkv)[..width], full(&changed_last)[..width], "{l} tokens: without the mask the first token sees the last");
+            let first = |x: &Tensor| attention(x, 2, l, Mask::Causal, kernels).unwrap().narrow(1, 0, l - 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(first(&qkv), first(&changed_last), "{l} tokens, {kernels:?}");
+            let full = |x: &Tensor| attention(x, 2, l, Mask::Full, kernels).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_ne!(full(&qkv)[..width], full(&changed_last)[..width], "{l} tokens, {kernels:?}: without the mask the first token sees the last");
         }
+    }
+
+    #[test]
+    fn kernel_choice_parses_and_is_generic_off_the_cpu() {
+        for k in Kernels::ALL {
+            assert_eq!(Kernels::parse(k.name()).unwrap(), k);
+            assert_eq!(k.on(&Device::Cpu), k);
+        }
+        let err = Kernels::parse("cuda").unwrap_err().to_string();
+        assert!(err.contains("ALFA_KERNELS") && err.contains("`cuda`") && err.contains("native") && err.contains("generic"), "{err}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use candle_core::{Device, Tensor};
 use image::DynamicImage;
 
 pub use config::OpenClipConfig;
+pub use kernels::Kernels;
 pub use model::{ClipModel, RandomWeights, TensorSource, VisionCapture, VisionOutput};
 pub use preprocess::Preprocessor;
 pub use source::{DEFAULT_MODEL, DownloadObserver, ModelFiles, ModelRequest};
@@ -71,8 +72,21 @@ pub enum ClipError {
          AMD Zen 4 and later), and {found}: use --precision f32"
     )]
     Bf16Unsupported { found: &'static str },
+    #[error("{}=`{value}` is not a kernel choice: use `native` (this crate's CPU kernels, the default) or `generic` (candle's own operations, what CUDA and Metal run)", kernels::Kernels::ENV)]
+    Kernels { value: String },
+    /// Built with a GPU backend, asked for it, and it cannot be used.
+    #[error("{}", no_gpu_message(backend, reason))]
+    NoGpu { backend: &'static str, reason: String },
+    /// A device this build has no backend for.
+    #[error("{device} was asked for, but this build of alfa has no {device} support: build it with `cargo build --release --features {feature}` (see the README), or run on the CPU")]
+    NotBuiltFor { device: &'static str, feature: &'static str },
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
+}
+
+fn no_gpu_message(backend: &str, reason: &str) -> String {
+    let check = if backend == "CUDA" { " (check the driver with `nvidia-smi`)" } else { "" };
+    format!("this build of alfa runs on {backend}, but no {backend} device can be used: {reason}{check}. `--cpu` runs on the CPU instead")
 }
 
 /// The number format of the image tower's transformer layers.
@@ -108,21 +122,79 @@ impl Precision {
     }
 }
 
-/// Chooses the compute device: CUDA or Metal when built in and present, else CPU.
+/// A device to run the model on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    Cpu,
+    /// The first CUDA GPU (builds with `--features cuda`).
+    Cuda,
+    /// The Apple GPU (builds with `--features metal`).
+    Metal,
+}
+
+impl DeviceKind {
+    /// The GPU this build has a backend for, if any.
+    pub fn built_gpu() -> Option<Self> {
+        if cfg!(feature = "cuda") {
+            Some(Self::Cuda)
+        } else if cfg!(feature = "metal") {
+            Some(Self::Metal)
+        } else {
+            None
+        }
+    }
+
+    /// Opens the device. A GPU that cannot be used is an error that says why and
+    /// that `--cpu` runs on the CPU: never a silent fallback to the CPU.
+    pub fn open(self) -> Result<Device, ClipError> {
+        match self {
+            Self::Cpu => Ok(Device::Cpu),
+            Self::Cuda => open_gpu("CUDA", "cuda", cfg!(feature = "cuda"), || Device::new_cuda(0)),
+            Self::Metal => open_gpu("Metal", "metal", cfg!(feature = "metal"), || Device::new_metal(0)),
+        }
+    }
+}
+
+/// `open` of a GPU backend built in or not. A backend whose libraries fail to load
+/// may panic instead of returning an error: that is caught and reported the same way.
+fn open_gpu(
+    backend: &'static str,
+    feature: &'static str,
+    built: bool,
+    open: impl FnOnce() -> candle_core::Result<Device> + std::panic::UnwindSafe,
+) -> Result<Device, ClipError> {
+    if !built {
+        return Err(ClipError::NotBuiltFor { device: backend, feature });
+    }
+    let reason = match std::panic::catch_unwind(open) {
+        Ok(Ok(device)) => return Ok(device),
+        Ok(Err(e)) => e.to_string(),
+        Err(panic) => panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "its library failed to load".into()),
+    };
+    // With RUST_BACKTRACE set, candle appends a backtrace: the first line says it.
+    let reason = reason.lines().next().unwrap_or_default().trim().to_owned();
+    let reason = if reason.contains("CUDA_ERROR_NO_DEVICE") {
+        format!("no CUDA GPU was found ({reason})")
+    } else if reason.contains("CUDA_ERROR_INSUFFICIENT_DRIVER") || reason.contains("CUDA_ERROR_COMPAT_NOT_SUPPORTED") {
+        format!("the NVIDIA driver is missing or too old for this build's CUDA ({reason})")
+    } else {
+        reason
+    };
+    Err(ClipError::NoGpu { backend, reason })
+}
+
+/// Chooses the compute device: the GPU this build has a backend for (CUDA or Metal;
+/// an error when it cannot be used), or the CPU when asked, or when built without one.
 pub fn device(prefer_cpu: bool) -> Result<Device, ClipError> {
-    if prefer_cpu {
-        return Ok(Device::Cpu);
+    match DeviceKind::built_gpu() {
+        Some(gpu) if !prefer_cpu => gpu.open(),
+        _ => Ok(Device::Cpu),
     }
-    #[cfg(feature = "cuda")]
-    {
-        return Ok(Device::cuda_if_available(0)?);
-    }
-    #[cfg(feature = "metal")]
-    {
-        return Ok(Device::metal_if_available(0)?);
-    }
-    #[allow(unreachable_code)]
-    Ok(Device::Cpu)
 }
 
 /// Images larger than this are refused before decoding: the decoded image, its
@@ -170,10 +242,12 @@ pub struct Clip {
 }
 
 impl Clip {
-    /// `precision` is the image tower's; the text tower is always f32.
-    pub fn load(files: &ModelFiles, device: &Device, precision: Precision) -> Result<Self, ClipError> {
+    /// `precision` is the image tower's; the text tower is always f32. `kernels`
+    /// chooses the CPU's implementation (other devices always run the generic one);
+    /// the CLI and the app take it from `ALFA_KERNELS` ([`Kernels::from_env`]).
+    pub fn load(files: &ModelFiles, device: &Device, precision: Precision, kernels: Kernels) -> Result<Self, ClipError> {
         let weights = Weights::load(&files.weights, device)?;
-        Self::from_source(&files.config, &weights, &files.tokenizer, device, precision)
+        Self::from_source(&files.config, &weights, &files.tokenizer, device, precision, kernels)
     }
 
     /// Builds from any tensor source (random weights for benchmarks).
@@ -183,8 +257,9 @@ impl Clip {
         tokenizer: &TokenizerSource,
         device: &Device,
         precision: Precision,
+        kernels: Kernels,
     ) -> Result<Self, ClipError> {
-        let model = ClipModel::new(source, &config.model_cfg, precision)?;
+        let model = ClipModel::new(source, &config.model_cfg, precision, kernels)?;
         let tokenizer = ClipTokenizer::load(tokenizer, config.model_cfg.text_cfg.context_length)?;
         let preprocessor =
             Preprocessor::new(&config.preprocess_cfg, config.model_cfg.vision_cfg.image_size());
@@ -219,4 +294,40 @@ impl Clip {
 /// Rows divided by their L2 norm.
 pub fn l2_normalize(x: &Tensor) -> candle_core::Result<Tensor> {
     x.broadcast_div(&x.sqr()?.sum_keepdim(candle_core::D::Minus1)?.sqrt()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unusable_gpu_is_an_error_that_names_the_cause_and_the_way_out() {
+        let fail = |reason: &'static str| move || -> candle_core::Result<Device> { Err(candle_core::Error::Msg(reason.into())) };
+        let no_device = open_gpu("CUDA", "cuda", true, fail("DriverError(CUDA_ERROR_NO_DEVICE, \"no CUDA-capable device is detected\")\n   0: backtrace"))
+            .unwrap_err()
+            .to_string();
+        assert!(no_device.contains("no CUDA GPU was found") && no_device.contains("--cpu"), "{no_device}");
+        assert!(!no_device.contains("backtrace"), "the backtrace is cut: {no_device}");
+        let old = open_gpu("CUDA", "cuda", true, fail("DriverError(CUDA_ERROR_INSUFFICIENT_DRIVER, \"...\")")).unwrap_err().to_string();
+        assert!(old.contains("driver is missing or too old") && old.contains("nvidia-smi"), "{old}");
+        // A backend whose library cannot be loaded panics inside candle: caught, reported.
+        let panicked = open_gpu("CUDA", "cuda", true, || -> candle_core::Result<Device> { panic!("Unable to dynamically load the \"cuda\" shared library") })
+            .unwrap_err()
+            .to_string();
+        assert!(panicked.contains("Unable to dynamically load") && panicked.contains("--cpu"), "{panicked}");
+        let not_built = open_gpu("Metal", "metal", false, || Ok(Device::Cpu)).unwrap_err().to_string();
+        assert!(not_built.contains("--features metal"), "{not_built}");
+        assert!(matches!(open_gpu("CUDA", "cuda", true, || Ok(Device::Cpu)), Ok(Device::Cpu)));
+    }
+
+    #[test]
+    fn without_a_gpu_backend_the_device_is_the_cpu_and_asked_gpus_are_refused() {
+        assert!(device(true).unwrap().is_cpu());
+        if DeviceKind::built_gpu().is_none() {
+            assert!(device(false).unwrap().is_cpu());
+            for gpu in [DeviceKind::Cuda, DeviceKind::Metal] {
+                assert!(gpu.open().unwrap_err().to_string().contains("--features"));
+            }
+        }
+    }
 }

@@ -11,7 +11,7 @@ use candle_nn::LayerNorm;
 
 use super::{ClipError, Precision};
 use super::kernels::{self, Epilogue, LinearWeight, Mask};
-pub use super::kernels::Activation;
+pub use super::kernels::{Activation, Kernels};
 use super::config::{ModelConfig, TextConfig, VisionConfig};
 
 /// OpenCLIP uses `nn.LayerNorm`'s default epsilon everywhere.
@@ -64,11 +64,13 @@ fn linear(
     out_dim: usize,
     in_dim: usize,
     precision: Precision,
+    kernels: Kernels,
 ) -> Result<Dense, ClipError> {
     Ok(Dense::new(
         &src.tensor(&format!("{prefix}.weight"), &[out_dim, in_dim])?,
         Some(src.tensor(&format!("{prefix}.bias"), &[out_dim])?),
         precision,
+        kernels,
     )?)
 }
 
@@ -82,20 +84,25 @@ pub struct Dense {
 
 impl Dense {
     /// From a PyTorch-layout weight [out, in].
-    fn new(weight: &Tensor, bias: Option<Tensor>, precision: Precision) -> candle_core::Result<Self> {
-        Self::from_transposed(weight.t()?.contiguous()?, bias, precision)
+    fn new(weight: &Tensor, bias: Option<Tensor>, precision: Precision, kernels: Kernels) -> candle_core::Result<Self> {
+        Self::from_transposed(weight.t()?.contiguous()?, bias, precision, kernels)
     }
 
     /// From a weight already laid out [in, out] (`visual.proj`, `text_projection`).
-    fn from_transposed(weight_t: Tensor, bias: Option<Tensor>, precision: Precision) -> candle_core::Result<Self> {
-        Ok(Self { weight: LinearWeight::new(weight_t, precision)?, bias })
+    fn from_transposed(
+        weight_t: Tensor,
+        bias: Option<Tensor>,
+        precision: Precision,
+        kernels: Kernels,
+    ) -> candle_core::Result<Self> {
+        Ok(Self { weight: LinearWeight::new(weight_t, precision, kernels)?, bias })
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         self.forward_then(x, Epilogue::None)
     }
 
-    /// `forward`, then an activation or a residual add, fused on the CPU.
+    /// `forward`, then an activation or a residual add (fused by the native CPU kernels).
     fn forward_then(&self, x: &Tensor, epilogue: Epilogue) -> candle_core::Result<Tensor> {
         kernels::linear(x, &self.weight, self.bias.as_ref(), epilogue)
     }
@@ -109,23 +116,33 @@ pub struct Attention {
     out_proj: Dense,
     heads: usize,
     head_dim: usize,
+    kernels: Kernels,
 }
 
 impl Attention {
-    fn new(src: &dyn TensorSource, prefix: &str, width: usize, heads: usize, precision: Precision) -> Result<Self, ClipError> {
+    fn new(
+        src: &dyn TensorSource,
+        prefix: &str,
+        width: usize,
+        heads: usize,
+        precision: Precision,
+        kernels: Kernels,
+    ) -> Result<Self, ClipError> {
         let weight = src.tensor(&format!("{prefix}.in_proj_weight"), &[3 * width, width])?;
         let bias = src.tensor(&format!("{prefix}.in_proj_bias"), &[3 * width])?;
         let value_proj = Dense::new(
             &weight.narrow(0, 2 * width, width)?,
             Some(bias.narrow(0, 2 * width, width)?.contiguous()?),
             precision,
+            kernels,
         )?;
         Ok(Self {
-            in_proj: Dense::new(&weight, Some(bias), precision)?,
+            in_proj: Dense::new(&weight, Some(bias), precision, kernels)?,
             value_proj,
-            out_proj: linear(src, &format!("{prefix}.out_proj"), width, width, precision)?,
+            out_proj: linear(src, &format!("{prefix}.out_proj"), width, width, precision, kernels)?,
             heads,
             head_dim: width / heads,
+            kernels,
         })
     }
 
@@ -137,7 +154,7 @@ impl Attention {
     /// `residual` [B, queries, D] plus the attention of the first `queries` tokens
     /// over `qkv` [B, L, 3D] through the output projection.
     fn attend(&self, qkv: &Tensor, queries: usize, mask: Mask, residual: &Tensor) -> candle_core::Result<Tensor> {
-        let attended = kernels::attention(qkv, self.heads, queries, mask)?;
+        let attended = kernels::attention(qkv, self.heads, queries, mask, self.kernels)?;
         self.out_proj.forward_then(&attended, Epilogue::Residual(residual))
     }
 
@@ -185,13 +202,14 @@ impl ResidualAttentionBlock {
         mlp_width: usize,
         act: Activation,
         precision: Precision,
+        kernels: Kernels,
     ) -> Result<Self, ClipError> {
         Ok(Self {
             ln_1: layer_norm(src, &format!("{prefix}.ln_1"), width)?,
-            attn: Attention::new(src, &format!("{prefix}.attn"), width, heads, precision)?,
+            attn: Attention::new(src, &format!("{prefix}.attn"), width, heads, precision, kernels)?,
             ln_2: layer_norm(src, &format!("{prefix}.ln_2"), width)?,
-            c_fc: linear(src, &format!("{prefix}.mlp.c_fc"), mlp_width, width, precision)?,
-            c_proj: linear(src, &format!("{prefix}.mlp.c_proj"), width, mlp_width, precision)?,
+            c_fc: linear(src, &format!("{prefix}.mlp.c_fc"), mlp_width, width, precision, kernels)?,
+            c_proj: linear(src, &format!("{prefix}.mlp.c_proj"), width, mlp_width, precision, kernels)?,
             act,
         })
     }
@@ -234,6 +252,7 @@ fn blocks(
     mlp_width: usize,
     act: Activation,
     precision: Precision,
+    kernels: Kernels,
 ) -> Result<Vec<ResidualAttentionBlock>, ClipError> {
     (0..layers)
         .map(|i| {
@@ -245,6 +264,7 @@ fn blocks(
                 mlp_width,
                 act,
                 precision,
+                kernels,
             )
         })
         .collect()
@@ -302,18 +322,22 @@ impl VisionTransformer {
         embed_dim: usize,
         act: Activation,
         precision: Precision,
+        kernels: Kernels,
     ) -> Result<Self, ClipError> {
         let (w, p, g) = (cfg.width, cfg.patch_size, cfg.grid());
         let conv = src.tensor("visual.conv1.weight", &[w, 3, p, p])?;
+        if precision != Precision::F32 && kernels == Kernels::Generic {
+            return Err(ClipError::Bf16Unsupported { found: "the generic kernels (ALFA_KERNELS=generic) have none" });
+        }
         precision.check(conv.device())?;
         Ok(Self {
-            patch_embed: Dense::new(&conv.reshape((w, 3 * p * p))?, None, Precision::F32)?,
+            patch_embed: Dense::new(&conv.reshape((w, 3 * p * p))?, None, Precision::F32, kernels)?,
             class_embedding: src.tensor("visual.class_embedding", &[w])?,
             positional_embedding: src.tensor("visual.positional_embedding", &[1 + g * g, w])?,
             ln_pre: layer_norm(src, "visual.ln_pre", w)?,
-            blocks: blocks(src, "visual.transformer", cfg.layers, w, cfg.heads(), cfg.mlp_width(), act, precision)?,
+            blocks: blocks(src, "visual.transformer", cfg.layers, w, cfg.heads(), cfg.mlp_width(), act, precision, kernels)?,
             ln_post: layer_norm(src, "visual.ln_post", w)?,
-            proj: Dense::from_transposed(src.tensor("visual.proj", &[w, embed_dim])?, None, Precision::F32)?,
+            proj: Dense::from_transposed(src.tensor("visual.proj", &[w, embed_dim])?, None, Precision::F32, kernels)?,
             patch_size: p,
             grid: g,
             width: w,
@@ -478,14 +502,25 @@ pub struct TextTransformer {
 }
 
 impl TextTransformer {
-    pub fn new(src: &dyn TensorSource, cfg: &TextConfig, embed_dim: usize, act: Activation) -> Result<Self, ClipError> {
+    pub fn new(
+        src: &dyn TensorSource,
+        cfg: &TextConfig,
+        embed_dim: usize,
+        act: Activation,
+        kernels: Kernels,
+    ) -> Result<Self, ClipError> {
         let w = cfg.width;
         Ok(Self {
             token_embedding: src.tensor("token_embedding.weight", &[cfg.vocab_size, w])?,
             positional_embedding: src.tensor("positional_embedding", &[cfg.context_length, w])?,
-            blocks: blocks(src, "transformer", cfg.layers, w, cfg.heads, cfg.mlp_width(), act, Precision::F32)?,
+            blocks: blocks(src, "transformer", cfg.layers, w, cfg.heads, cfg.mlp_width(), act, Precision::F32, kernels)?,
             ln_final: layer_norm(src, "ln_final", w)?,
-            text_projection: Dense::from_transposed(src.tensor("text_projection", &[w, embed_dim])?, None, Precision::F32)?,
+            text_projection: Dense::from_transposed(
+                src.tensor("text_projection", &[w, embed_dim])?,
+                None,
+                Precision::F32,
+                kernels,
+            )?,
             context_length: cfg.context_length,
         })
     }
@@ -553,20 +588,29 @@ pub struct ClipModel {
     pub text: TextTransformer,
     /// `exp(logit_scale)`: 100 for the released models.
     pub logit_scale: f32,
+    /// The kernels the towers run on (generic on every device but the CPU).
+    pub kernels: Kernels,
 }
 
 impl ClipModel {
     /// `precision` is the image tower's (see `VisionTransformer::new`); the text
-    /// tower is always f32, so cached text features do not depend on it.
-    pub fn new(src: &dyn TensorSource, cfg: &ModelConfig, precision: Precision) -> Result<Self, ClipError> {
+    /// tower is always f32, so cached text features do not depend on it. `kernels`
+    /// applies on the CPU; on other devices the towers run the generic kernels.
+    pub fn new(
+        src: &dyn TensorSource,
+        cfg: &ModelConfig,
+        precision: Precision,
+        kernels: Kernels,
+    ) -> Result<Self, ClipError> {
         let act = if cfg.quick_gelu { Activation::QuickGelu } else { Activation::Gelu };
-        let logit_scale = src
-            .tensor("logit_scale", &[])
-            .and_then(|t| Ok(t.to_scalar::<f32>()?.exp()))?;
+        let logit_scale = src.tensor("logit_scale", &[])?;
+        let kernels = kernels.on(logit_scale.device());
+        let logit_scale = logit_scale.to_scalar::<f32>()?.exp();
         Ok(Self {
-            vision: VisionTransformer::new(src, &cfg.vision_cfg, cfg.embed_dim, act, precision)?,
-            text: TextTransformer::new(src, &cfg.text_cfg, cfg.embed_dim, act)?,
+            vision: VisionTransformer::new(src, &cfg.vision_cfg, cfg.embed_dim, act, precision, kernels)?,
+            text: TextTransformer::new(src, &cfg.text_cfg, cfg.embed_dim, act, kernels)?,
             logit_scale,
+            kernels,
         })
     }
 }

@@ -330,22 +330,27 @@ impl Detector {
             }
         }
         let mut timings = Vec::new();
+        // A GPU runs operations after they are queued: each stage waits for its own
+        // (a no-op on the CPU), so that its time is not counted in a later stage.
+        let device = self.clip.device.clone();
         let mut clock = Instant::now();
-        let mut lap = |stage: &'static str, timings: &mut Vec<StageTime>| {
+        let mut lap = |stage: &'static str, timings: &mut Vec<StageTime>| -> candle_core::Result<()> {
+            device.synchronize()?;
             timings.push(StageTime { stage, seconds: clock.elapsed().as_secs_f64() });
             clock = Instant::now();
+            Ok(())
         };
         let vision = &self.clip.model.vision;
         let scale = self.clip.model.logit_scale.min(100.0);
 
         let pixels = self.pixels(image)?;
-        lap("preprocess", &mut timings);
+        lap("preprocess", &mut timings)?;
 
         // Global pass: the image feature and the value features of every token.
         let global = vision.forward_detailed(&pixels, VisionCapture { last_values: true, class_only: true, ..Default::default() })?;
         let image_feature = l2_normalize(&global.pooled)?; // [1, E]
         let global_values = vision.project_values(&global.last_values.expect("captured"))?.i(0)?; // [L, E]
-        lap("global", &mut timings);
+        lap("global", &mut timings)?;
 
         // Contextual scoring of the prompts for this image.
         let sims = |features: &Tensor| -> candle_core::Result<Vec<f32>> {
@@ -360,7 +365,7 @@ impl Detector {
             0,
         )?; // [2, E]: f+, f-
         let global_score = abnormal_probability(&image_feature, &text_features, scale)?[0];
-        lap("prompts", &mut timings);
+        lap("prompts", &mut timings)?;
 
         // Local windows.
         let text_rows = text_features.flatten_all()?.to_vec1::<f32>()?;
@@ -376,6 +381,7 @@ impl Detector {
             let start = Instant::now();
             let (local_features, local_values) =
                 self.window_features(&pixels, s, settings.window_mode, settings.window_batch, settings.aligner)?;
+            self.clip.device.synchronize()?;
             window_time += start.elapsed().as_secs_f64();
             let start = Instant::now();
             if let Some(bank) = references.and_then(|r| r.scale(s)) {
