@@ -540,7 +540,7 @@ fn paths_are_typed_and_exports_ask_before_replacing() {
 
     let out = dir.path().join("exports");
     let export = |harness: &mut Harness<'static, AlfaApp>| {
-        harness.get_by_label("Export…").click();
+        harness.get_by_label("Export… (Ctrl+E)").click();
         harness.run_steps(2);
         harness.get_by_label_contains("Path (").type_text(&out.display().to_string());
         harness.key_press(eframe::egui::Key::Enter);
@@ -582,6 +582,68 @@ fn paths_are_typed_and_exports_ask_before_replacing() {
     harness.run_steps(2);
     assert!(harness.query_by_label_contains("no file or folder /no/such/folder").is_some());
     assert_eq!(harness.state().state.entries.len(), 4);
+}
+
+/// "Export run" writes the list as `alfa detect --report` writes the folder: the same
+/// maps and scores.csv (through the same batch module), a summary and the report page;
+/// it asks before replacing, and says what it left out.
+#[test]
+fn export_run_writes_what_alfa_detect_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = image_folder(dir.path());
+    let mut harness = harness(dir.path(), vec![root.clone()]);
+    step_until(&mut harness, "the analysis", analysed);
+    let (image_threshold, region_threshold) = (harness.state().state.image_threshold(), harness.state().state.region_threshold());
+    let out = dir.path().join("run");
+    let export_run = |harness: &mut Harness<'static, AlfaApp>| {
+        harness.key_press_modifiers(Modifiers::COMMAND | Modifiers::SHIFT, eframe::egui::Key::E);
+        harness.run_steps(2);
+        harness.get_by_label_contains("Path (").type_text(&out.display().to_string());
+        harness.key_press(eframe::egui::Key::Enter);
+        harness.run_steps(2);
+    };
+    export_run(&mut harness);
+    step_until(&mut harness, "the run export", |app| app.state.notice.as_deref().is_some_and(|n| n.starts_with("exported") || n.contains("failed")));
+    let notice = harness.state().state.notice.clone().unwrap();
+    assert!(notice.starts_with("exported 3 images") && notice.contains("report.html"), "{notice}");
+
+    // The same images through `alfa detect` with the app's thresholds.
+    let detected = dir.path().join("detect");
+    let out_cli = std::process::Command::new(env!("CARGO_BIN_EXE_alfa"))
+        .args(["detect", "--class", "bottle", "--threshold", &image_threshold.to_string()])
+        .args(["--region-threshold", &region_threshold.to_string(), "--report", "--out", detected.to_str().unwrap()])
+        .args(["--model", fixtures().join("tiny-gelu").to_str().unwrap(), "--tokenizer", shared_tokenizer().to_str().unwrap()])
+        .arg(&root)
+        .env("ALFA_RECIPES", dir.path().join("recipes"))
+        .env("XDG_CACHE_HOME", dir.path().join("cache"))
+        .output()
+        .unwrap();
+    assert!(matches!(out_cli.status.code(), Some(4 | 5)), "one file fails (and some may be NG): {}", String::from_utf8_lossy(&out_cli.stderr));
+    let (app_files, cli_files) = (common::file_tree(&out), common::file_tree(&detected));
+    let names = |files: &std::collections::BTreeMap<PathBuf, Vec<u8>>| files.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(names(&app_files), names(&cli_files), "the same files");
+    for name in ["bottle/test/good/000.tiff", "bottle/test/defect/000.tiff", "bottle/test/defect/001.tiff", "scores.csv"] {
+        assert!(app_files[Path::new(name)] == cli_files[Path::new(name)], "{name} differs");
+    }
+    let summary = |files: &std::collections::BTreeMap<PathBuf, Vec<u8>>| {
+        let json: serde_json::Value = serde_json::from_slice(&files[Path::new("summary.json")]).unwrap();
+        ["images", "analysed", "ok", "ng", "failed"].map(|k| json[k].as_u64().unwrap())
+    };
+    assert_eq!(summary(&app_files), summary(&cli_files));
+    let record: serde_json::Value = serde_json::from_slice(&app_files[Path::new("bottle/test/defect/000.json")]).unwrap();
+    assert_eq!((record["method"].as_str(), record["class"].as_str()), (Some("alfa"), Some("bottle")));
+    assert!(record["verdict"].is_string() && record["descriptors"].is_array(), "{record}");
+    let page = String::from_utf8(app_files[Path::new("report.html")].clone()).unwrap();
+    assert!(page.contains("bottle/test/defect/000_overlay.png"), "the gallery links the overlays");
+
+    // Again: it asks first, and Cancel writes nothing.
+    let before = std::fs::read(out.join("summary.json")).unwrap();
+    export_run(&mut harness);
+    assert!(harness.query_by_label_contains("already has these files").is_some());
+    harness.get_by_label("Cancel (Esc)").click();
+    harness.run_steps(2);
+    assert_eq!(std::fs::read(out.join("summary.json")).unwrap(), before);
+    assert_eq!(harness.state().state.notice.as_deref(), Some("export cancelled: nothing written"));
 }
 
 /// An MVTec layout's folder names the class, as `alfa detect` reads it; G refuses

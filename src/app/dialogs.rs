@@ -24,6 +24,8 @@ pub enum Purpose {
     ModelFolder,
     /// The folder exports are written to (created if missing).
     ExportFolder,
+    /// The folder "Export run" writes the list's run into (created if missing).
+    ExportRun,
 }
 
 impl Purpose {
@@ -34,6 +36,7 @@ impl Purpose {
             Purpose::GoodFolder => "Folder of good images",
             Purpose::ModelFolder => "Model folder",
             Purpose::ExportFolder => "Export to folder",
+            Purpose::ExportRun => "Export the run to folder",
         }
     }
 
@@ -41,7 +44,7 @@ impl Purpose {
         match self {
             Purpose::OpenImages | Purpose::AddReferences => "files or folders, one per line",
             Purpose::GoodFolder | Purpose::ModelFolder => "a folder",
-            Purpose::ExportFolder => "a folder (created if it does not exist)",
+            Purpose::ExportFolder | Purpose::ExportRun => "a folder (created if it does not exist)",
         }
     }
 
@@ -60,7 +63,7 @@ impl Purpose {
         }
         for path in &paths {
             match self {
-                Purpose::ExportFolder => {
+                Purpose::ExportFolder | Purpose::ExportRun => {
                     if path.exists() && !path.is_dir() {
                         return Err(format!("{} is a file, not a folder", path.display()));
                     }
@@ -84,6 +87,7 @@ impl Purpose {
             Purpose::GoodFolder => Pick::GoodFolder(first),
             Purpose::ModelFolder => Pick::ModelFolder(first),
             Purpose::ExportFolder => Pick::ExportFolder(first),
+            Purpose::ExportRun => Pick::ExportRun(first),
         })
     }
 }

@@ -1,13 +1,24 @@
 //! Exports: the overlay as PNG, the raw map as float32 TIFF, the thresholded mask
-//! as PNG, and the scores of the whole list as CSV and JSON.
+//! as PNG, and the scores of the whole list as CSV and JSON; and "Export run": every
+//! analysed image of the list as `alfa detect --report` writes it, through the batch
+//! module's [`Writer`].
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use image::{DynamicImage, RgbaImage};
 use serde::Serialize;
 
-use super::state::{AppState, Verdict};
+use super::prompt_editor::PromptEditor;
+use super::state::{AppState, ModelStatus, Normalisation, Verdict};
+use super::worker::Analysis;
+use crate::batch::{
+    BatchError, BatchSpec, ClassSources, Decision, Existing, Outcome, OverlayRange, Outputs, PromptOrigin, RunResult, Scored, Summary, Writer,
+};
+use crate::recipe::Recipes;
+use crate::clip::Precision;
+use crate::detect::inputs::{self, InputImage};
 use crate::eval::csv::field;
 use crate::detect::export::{ExportError, OverlayStyle, render_overlay, threshold_mask, write_atomic, write_map_tiff, write_png};
 use crate::detect::maps::Grid;
@@ -156,6 +167,130 @@ impl Export {
             write_png(mask, &threshold_mask(&x.map, x.threshold))?;
         }
         Ok(paths)
+    }
+}
+
+/// "Export run": the list's analysed images in the files `alfa detect --report` writes
+/// (per image: map TIFF, overlay PNG, record JSON; then `scores.csv`, `summary.json`,
+/// `report.html`), so what was reviewed in the window can be archived, compared with a
+/// line's batches or scored with `alfa eval --maps`.
+pub struct RunExport {
+    /// Method, settings, OK/NG decision, overlay colours and the output folder.
+    pub spec: BatchSpec,
+    pub model: String,
+    pub precision: Precision,
+    pub prompts: PromptOrigin,
+    /// The current results: images with their analyses, in list order.
+    pub images: Vec<(InputImage, Arc<Analysis>)>,
+    /// Images whose analysis failed (counted in the summary, not in the gallery).
+    pub failed: usize,
+    /// Images without a current result (not analysed yet, or from older prompts or
+    /// settings): left out, and said so.
+    pub left_out: usize,
+}
+
+impl RunExport {
+    /// The run of what the window shows: the current results of the list with the
+    /// method, settings, thresholds and colours in use, into `out`. `Err`: why there
+    /// is nothing to export.
+    pub fn of_state(state: &AppState, editor: Option<&PromptEditor>, recipes: &Recipes, out: PathBuf) -> Result<Self, String> {
+        let Some(ModelStatus::Ready { model, precision, .. }) = &state.model else {
+            return Err("nothing to export: no model is loaded".into());
+        };
+        let mut images = Vec::new();
+        let (mut failed, mut left_out) = (0, 0);
+        let mut stems: HashMap<PathBuf, &str> = HashMap::new();
+        for entry in &state.entries {
+            match (&entry.analysis, &entry.error) {
+                (Some(analysis), None) if !entry.stale => {
+                    let image = inputs::listed(&entry.path, &entry.name);
+                    if let Some(other) = stems.insert(image.output_stem.clone(), &entry.name) {
+                        return Err(format!("{other} and {} would write the same files: rename one", entry.name));
+                    }
+                    images.push((image, analysis.clone()));
+                }
+                (_, Some(_)) => failed += 1,
+                _ => left_out += 1,
+            }
+        }
+        if images.is_empty() {
+            return Err("nothing to export: no image of the list is analysed with the current prompts and settings".into());
+        }
+        let s = &state.settings;
+        let decision = Decision { image: state.image_threshold(), region: Some(state.region_threshold()), how: state.threshold_origin() };
+        let range = match s.normalisation {
+            Normalisation::Absolute => OverlayRange::Fixed(0.0, 1.0),
+            Normalisation::PerImage => OverlayRange::PerImage,
+            Normalisation::PerSet => {
+                let (lo, hi) = state.levels(0);
+                OverlayRange::Fixed(lo, hi)
+            }
+        };
+        let spec = BatchSpec {
+            method: s.method,
+            class: Some(s.class.clone()),
+            sources: ClassSources {
+                prompts_file: None,
+                recipes: recipes.clone(),
+                references: None,
+                shots: None,
+                seed: 0,
+                zero_shot: state.reference_files.is_empty(),
+            },
+            settings: s.detect.clone(),
+            out,
+            overlay_range: range,
+            colormap: s.colormap,
+            decisions: BTreeMap::from([(s.class.clone(), decision)]),
+            existing: Existing::Overwrite,
+            shard: None,
+        };
+        let prompts = match editor {
+            Some(editor) => {
+                let mut set = editor.source.as_ref().map_or("shipped".into(), |p| p.display().to_string());
+                if editor.unsaved {
+                    set.push_str(" (edited in the app, not saved)");
+                }
+                PromptOrigin { set, generic_fallback: editor.generic_fallback }
+            }
+            None => PromptOrigin { set: "shipped".into(), generic_fallback: false },
+        };
+        Ok(Self { spec, model: model.clone(), precision: *precision, prompts, images, failed, left_out })
+    }
+
+    /// Its files that are in the output folder already: the user is asked first.
+    pub fn existing(&self) -> Vec<PathBuf> {
+        let out = &self.spec.out;
+        let per_image = self.images.iter().flat_map(|(image, _)| Outputs::of(out, image).all().map(Path::to_owned));
+        let per_run = ["scores.csv", "summary.json", "report.html"].map(|name| out.join(name));
+        per_image.chain(per_run).filter(|p| p.exists()).collect()
+    }
+
+    /// Writes everything, telling `progress` (done, total) after each image; returns a
+    /// line for the status bar.
+    pub fn write(&self, progress: impl Fn(usize, usize)) -> Result<String, BatchError> {
+        crate::batch::prepare_output_folder(&self.spec.out)?;
+        let writer = Writer { spec: &self.spec, model: self.model.clone(), precision: self.precision };
+        let class = self.spec.class.as_deref().unwrap_or_default();
+        let mut scored: Vec<Scored> = Vec::with_capacity(self.images.len());
+        for (done, (image, analysis)) in self.images.iter().enumerate() {
+            let decoded = crate::clip::open_image(&image.path)?;
+            let outcome =
+                Outcome { image_score: analysis.image_score, map: Grid::clone(&analysis.map), detection: analysis.detection.clone() };
+            let outputs = Outputs::of(&self.spec.out, image);
+            scored.push(writer.write_image(image, class, &outputs, &decoded, &outcome, &self.prompts)?.0);
+            progress(done + 1, self.images.len());
+        }
+        let mut summary =
+            Summary { images: scored.len() + self.failed, analysed: scored.len(), failed: self.failed, ..Default::default() };
+        writer.write_results(&mut summary, &scored, None)?;
+        let result = RunResult { summary, scored };
+        let report = writer.write_report(&result)?;
+        let mut line = format!("exported {} images to {}: open {}", result.scored.len(), self.spec.out.display(), report.display());
+        if self.left_out > 0 {
+            line.push_str(&format!(" ({} without a current result left out)", self.left_out));
+        }
+        Ok(line)
     }
 }
 

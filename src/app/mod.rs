@@ -49,6 +49,12 @@ use worker::{Message, Workers};
 /// Images PageUp / PageDown move.
 const PAGE: usize = 10;
 
+/// An export waiting for the user's answer before it replaces files.
+enum PendingExport {
+    Image(export::Export),
+    Run(export::RunExport),
+}
+
 /// Key of the remembered settings in eframe's storage.
 const SETTINGS_KEY: &str = "alfa-settings";
 
@@ -132,7 +138,7 @@ pub struct AlfaApp {
     /// The compare request in flight: its id, and the (image, method) it is for.
     compare_asked: Option<(u64, (worker::ItemId, crate::detect::MethodKind))>,
     /// An export that would replace files, waiting for the user's answer.
-    pending_export: Option<(PathBuf, export::Export, Vec<PathBuf>)>,
+    pending_export: Option<(PathBuf, PendingExport, Vec<PathBuf>)>,
     /// `--arch` from the command line; the model and the tokenizer are in settings.
     model_extra: ModelArgs,
     next_id: worker::ItemId,
@@ -984,6 +990,7 @@ impl AlfaApp {
             worker::Pick::References(paths) => self.add_references(&paths),
             worker::Pick::GoodFolder(folder) => self.threshold_from_folder(&folder),
             worker::Pick::ExportFolder(dir) => self.export_to(dir),
+            worker::Pick::ExportRun(dir) => self.export_run_to(dir),
         }
     }
 
@@ -1011,6 +1018,13 @@ impl AlfaApp {
         let ctrl = |key| KeyboardShortcut::new(Modifiers::COMMAND, key);
         if ctx.input_mut(|i| i.consume_shortcut(&ctrl(Key::O))) {
             self.ask_path(Purpose::OpenImages);
+        }
+        // Ctrl+Shift+E first: Ctrl+E's check ignores Shift.
+        if ctx.input_mut(|i| i.consume_shortcut(&KeyboardShortcut::new(Modifiers::COMMAND | Modifiers::SHIFT, Key::E))) {
+            self.ask_path(Purpose::ExportRun);
+        }
+        if ctx.input_mut(|i| i.consume_shortcut(&ctrl(Key::E))) {
+            self.ask_path(Purpose::ExportFolder);
         }
         if ctx.input_mut(|i| i.consume_key(Modifiers::NONE, Key::F1)) {
             self.show_help = !self.show_help;
@@ -1128,7 +1142,7 @@ impl AlfaApp {
         }
         let Some((dir, _, existing)) = &self.pending_export else { return };
         let names: Vec<String> =
-            existing.iter().map(|p| p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())).collect();
+            existing.iter().map(|p| p.strip_prefix(dir).unwrap_or(p).display().to_string()).collect();
         let mut answer = None;
         egui::Window::new("Replace files?")
             .collapsible(false)
@@ -1136,8 +1150,13 @@ impl AlfaApp {
             .anchor(egui::Align2::CENTER_CENTER, egui::Vec2::ZERO)
             .show(ctx, |ui| {
             ui.label(format!("{} already has {}:", dir.display(), if names.len() == 1 { "this file" } else { "these files" }));
-            for name in &names {
+            // A run's export may replace thousands: the first few, then how many more.
+            const SHOWN: usize = 8;
+            for name in names.iter().take(SHOWN) {
                 ui.label(egui::RichText::new(name).monospace());
+            }
+            if names.len() > SHOWN {
+                ui.label(format!("… and {} more", names.len() - SHOWN));
             }
             ui.horizontal(|ui| {
                 if ui.button("Replace").clicked() {
@@ -1149,11 +1168,11 @@ impl AlfaApp {
             });
         });
         match answer {
-            Some(true) => {
-                if let Some((dir, export, _)) = self.pending_export.take() {
-                    self.write_export(dir, export);
-                }
-            }
+            Some(true) => match self.pending_export.take() {
+                Some((dir, PendingExport::Image(export), _)) => self.write_export(dir, export),
+                Some((_, PendingExport::Run(export), _)) => self.write_run_export(export),
+                None => {}
+            },
             Some(false) => {
                 self.pending_export = None;
                 self.state.notice = Some("export cancelled: nothing written".into());
@@ -1170,8 +1189,45 @@ impl AlfaApp {
         if existing.is_empty() {
             self.write_export(dir, export);
         } else {
-            self.pending_export = Some((dir, export, existing));
+            self.pending_export = Some((dir, PendingExport::Image(export), existing));
         }
+    }
+
+    /// Exports the list's run into `dir` (as `alfa detect --report` writes it), asking
+    /// first when that would replace files.
+    fn export_run_to(&mut self, dir: PathBuf) {
+        let export = match export::RunExport::of_state(&self.state, self.editor.as_ref(), &self.recipes, dir.clone()) {
+            Ok(export) => export,
+            Err(why) => {
+                self.state.notice = Some(why);
+                return;
+            }
+        };
+        let existing = export.existing();
+        if existing.is_empty() {
+            self.write_run_export(export);
+        } else {
+            self.pending_export = Some((dir, PendingExport::Run(export), existing));
+        }
+    }
+
+    /// Decodes, renders and writes off the UI thread, with its progress in the status bar.
+    fn write_run_export(&self, export: export::RunExport) {
+        let outbox = self.workers.outbox();
+        std::thread::spawn(move || {
+            let progress = |done: usize, total: usize| {
+                if done % 10 == 0 && done < total {
+                    outbox.send(Message::Notice(format!("exporting the run: {done} of {total} images")));
+                }
+            };
+            let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| export.write(progress)));
+            let text = match written {
+                Ok(Ok(line)) => line,
+                Ok(Err(e)) => format!("export failed: {e}"),
+                Err(payload) => format!("export failed ({})", worker::panic_text(payload.as_ref())),
+            };
+            outbox.send(Message::Notice(text));
+        });
     }
 
     /// Encodes and writes off the UI thread.

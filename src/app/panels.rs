@@ -39,6 +39,8 @@ pub const SHORTCUTS: &[(&str, &str)] = &[
     ("F", "fit the image to the view"),
     ("1", "1:1 (one image pixel per screen pixel)"),
     ("Mouse wheel / drag", "zoom at the cursor / pan"),
+    ("Ctrl+E", "export this image's overlay, map and mask, and the list's scores"),
+    ("Ctrl+Shift+E", "export the run: every analysed image, scores, summary and report.html, as alfa detect --report"),
     ("Ctrl+Z", "undo the last prompt edit (outside text boxes)"),
     ("G", "mark the image on screen as a good reference (few-shot)"),
     ("Shift+drop", "dropped files become references (or drop them on References)"),
@@ -173,8 +175,13 @@ impl AlfaApp {
             if ui.button("Open… (Ctrl+O)").on_hover_text("Images or folders: type a path or browse").clicked() {
                 self.ask_path(Purpose::OpenImages);
             }
-            if ui.button("Export…").on_hover_text("Overlay PNG, map TIFF and mask PNG of this image, and the scores of the list").clicked() {
+            if ui.button("Export… (Ctrl+E)").on_hover_text("Overlay PNG, map TIFF and mask PNG of this image, and the scores of the list").clicked() {
                 self.ask_path(Purpose::ExportFolder);
+            }
+            let run = "Every analysed image as `alfa detect --report` writes it: map TIFF, overlay PNG and record per image, \
+                       scores.csv, summary.json and report.html";
+            if ui.button("Export run… (Ctrl+Shift+E)").on_hover_text(run).clicked() {
+                self.ask_path(Purpose::ExportRun);
             }
             if ui.button("Help (F1)").clicked() {
                 self.show_help = true;

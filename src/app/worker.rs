@@ -187,6 +187,7 @@ pub enum Pick {
     References(Vec<PathBuf>),
     GoodFolder(PathBuf),
     ExportFolder(PathBuf),
+    ExportRun(PathBuf),
 }
 
 /// Which engine job a message is about.

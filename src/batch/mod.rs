@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use image::DynamicImage;
 use serde::Serialize;
 
 pub use analyser::{Analyser, ClassSources, Findings, Outcome};
@@ -31,6 +32,7 @@ use crate::detect::inputs::{self, InputImage};
 use crate::detect::threshold::Verdict;
 use crate::detect::{DetectSettings, MethodKind};
 use crate::files::write_atomic;
+use crate::prompts::ResolvedPrompts;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
@@ -296,41 +298,66 @@ impl Scored {
     }
 }
 
-/// Analyses and writes images one at a time.
-pub struct Runner<'a> {
-    pub analyser: Analyser,
+/// Which prompt set an image's record names.
+#[derive(Debug, Clone)]
+pub struct PromptOrigin {
+    /// The prompt-set file, or `shipped` for the built-in set.
+    pub set: String,
+    /// The class has no prompt set of its own; the generic set was used.
+    pub generic_fallback: bool,
+}
+
+impl From<&ResolvedPrompts> for PromptOrigin {
+    fn from(resolved: &ResolvedPrompts) -> Self {
+        Self {
+            set: resolved.path.as_ref().map_or("shipped".into(), |p| p.display().to_string()),
+            generic_fallback: resolved.generic_fallback,
+        }
+    }
+}
+
+/// Writes a batch's files: each image's map, overlay and record, then `scores.csv`,
+/// `summary.json` and `report.html`. [`Runner`] writes what its analyser finds; the
+/// app's "Export run" writes the results it already has, into the same files.
+pub struct Writer<'a> {
     pub spec: &'a BatchSpec,
     /// The model's identity (recorded with each image).
     pub model: String,
     pub precision: Precision,
 }
 
-impl Runner<'_> {
-    /// Analyses `image` and writes its outputs: the map, the overlay, then the record.
-    pub fn process(&mut self, image: &InputImage, class: &str, outputs: &Outputs, observer: &dyn Observer) -> Result<(Scored, String), BatchError> {
-        self.analyser.prepare(class, observer)?;
-        let decoded = clip::open_image(&image.path)?;
-        let outcome = self.analyser.analyse(&decoded, class)?;
+impl Writer<'_> {
+    /// Writes the outputs of `image` (decoded: `decoded`), whose result is `outcome`:
+    /// the map, the overlay, then the record (last, so an image with all three is
+    /// complete). Returns its result for the summary and its record as JSON.
+    pub fn write_image(
+        &self,
+        image: &InputImage,
+        class: &str,
+        outputs: &Outputs,
+        decoded: &DynamicImage,
+        outcome: &Outcome,
+        prompts: &PromptOrigin,
+    ) -> Result<(Scored, String), BatchError> {
         let decision = self.spec.decisions.get(class);
         let verdict = decision.map(|d| Verdict::of(outcome.image_score, d.image));
         if let Some(parent) = outputs.map.parent() {
             std::fs::create_dir_all(parent).map_err(|e| BatchError::write(parent, e))?;
         }
         export::write_map_tiff(&outputs.map, &outcome.map)?;
-        let style = self.overlay_style(image, &outcome, verdict, decision);
-        export::write_png(&outputs.overlay, &export::render_overlay(&decoded, &outcome.map, &style)?)?;
-        let resolved = self.analyser.prompts(class).ok_or(crate::detect::DetectError::NotPrepared)?;
+        let style = self.overlay_style(image, outcome, verdict, decision);
+        export::write_png(&outputs.overlay, &export::render_overlay(decoded, &outcome.map, &style)?)?;
         let record = Record {
             file: image.path.display().to_string(),
             method: self.spec.method,
             class,
             map: outputs.map.display().to_string(),
             overlay: outputs.overlay.display().to_string(),
-            prompt_set: resolved.path.as_ref().map_or("shipped".into(), |p| p.display().to_string()),
-            generic_fallback: resolved.generic_fallback,
+            prompt_set: prompts.set.clone(),
+            generic_fallback: prompts.generic_fallback,
             model: &self.model,
             precision: self.precision,
-            settings: self.analyser.settings(),
+            settings: &self.spec.settings,
             verdict,
             threshold: decision.map(|d| d.image),
             findings: outcome.findings(),
@@ -372,6 +399,31 @@ impl Runner<'_> {
             ..Default::default()
         }
     }
+}
+
+/// Analyses and writes images one at a time.
+pub struct Runner<'a> {
+    pub analyser: Analyser,
+    pub writer: Writer<'a>,
+}
+
+impl<'a> Runner<'a> {
+    pub fn new(analyser: Analyser, spec: &'a BatchSpec, model: String, precision: Precision) -> Self {
+        Self { analyser, writer: Writer { spec, model, precision } }
+    }
+
+    pub fn spec(&self) -> &'a BatchSpec {
+        self.writer.spec
+    }
+
+    /// Analyses `image` and writes its outputs ([`Writer::write_image`]).
+    pub fn process(&mut self, image: &InputImage, class: &str, outputs: &Outputs, observer: &dyn Observer) -> Result<(Scored, String), BatchError> {
+        self.analyser.prepare(class, observer)?;
+        let decoded = clip::open_image(&image.path)?;
+        let outcome = self.analyser.analyse(&decoded, class)?;
+        let resolved = self.analyser.prompts(class).ok_or(crate::detect::DetectError::NotPrepared)?;
+        self.writer.write_image(image, class, outputs, &decoded, &outcome, &PromptOrigin::from(resolved))
+    }
 
     /// Runs `plan`: images an earlier run finished are counted from their records,
     /// the others analysed in order until done or `stop` is set (checked between
@@ -402,13 +454,15 @@ impl Runner<'_> {
                 }
             }
         }
-        self.write_results(&mut summary, &scored, None)?;
+        self.writer.write_results(&mut summary, &scored, None)?;
         Ok(RunResult { summary, scored })
     }
+}
 
+impl Writer<'_> {
     /// Counts the verdicts of `scored` into `summary` and writes `scores.csv` (merged
     /// with earlier runs') and `summary.json`, with why the run `stopped` if it was told.
-    fn write_results(&self, summary: &mut Summary, scored: &[Scored], stopped: Option<String>) -> Result<(), BatchError> {
+    pub fn write_results(&self, summary: &mut Summary, scored: &[Scored], stopped: Option<String>) -> Result<(), BatchError> {
         for s in scored {
             match s.verdict {
                 Some(Verdict::Ok) => summary.ok += 1,
@@ -439,7 +493,7 @@ impl Runner<'_> {
     pub fn write_report(&self, result: &RunResult) -> Result<PathBuf, BatchError> {
         use report::{ReportCounts, ReportImage, ReportRun, ReportThreshold};
         let summary = &result.summary;
-        let settings = as_read(self.analyser.settings())?;
+        let settings = as_read(&self.spec.settings)?;
         let run = ReportRun {
             title: format!("alfa detect: {}", self.spec.class.as_deref().unwrap_or("classes from the folder layout")),
             created: crate::time::utc_minute(std::time::SystemTime::now()),
@@ -498,7 +552,7 @@ impl Runner<'_> {
             method: self.spec.method,
             model: &self.model,
             precision: self.precision,
-            settings: self.analyser.settings(),
+            settings: &self.spec.settings,
             decision: shared_decision(&self.spec.decisions),
             decisions: shared_decision(&self.spec.decisions).is_none().then_some(&self.spec.decisions).filter(|d| !d.is_empty()),
             shard: self.spec.shard.map(|s| s.to_string()),

@@ -263,7 +263,7 @@ impl Watch {
     pub fn run(&self, runner: &mut Runner<'_>, observer: &dyn WatchObserver, stop: &AtomicBool) -> Result<WatchResult, BatchError> {
         // Prompts and references now: an error there is every image's.
         runner.analyser.prepare(&self.class, observer)?;
-        let results_path = runner.spec.out.join(RESULTS);
+        let results_path = runner.spec().out.join(RESULTS);
         let results = OpenOptions::new()
             .create(true)
             .append(true)
@@ -308,7 +308,7 @@ impl Watch {
         }
         summary.images = summary.analysed + summary.failed + summary.resumed;
         summary.interrupted = matches!(end, WatchEnd::Stopped);
-        let unwritten = runner.write_results(&mut summary, &scored, Some(end.describe())).err();
+        let unwritten = runner.writer.write_results(&mut summary, &scored, Some(end.describe())).err();
         Ok(WatchResult { summary, end, unwritten })
     }
 }
@@ -445,7 +445,7 @@ impl Session<'_, '_, '_> {
     /// into the `--done` folder; a file that fails is named and the watch goes on.
     fn take(&mut self, path: &Path) -> Result<(), WatchEnd> {
         let image = inputs::in_folder(self.folder(), path);
-        let outputs = Outputs::of(&self.runner.spec.out, &image);
+        let outputs = Outputs::of(&self.runner.spec().out, &image);
         // `a.jpg` after `a.png` would overwrite its outputs: the record names its file.
         let owner = outputs.finished().ok().flatten().and_then(|record| record_name(&record));
         if let Some(owner) = owner.filter(|owner| Some(owner.as_os_str()) != path.file_name()) {

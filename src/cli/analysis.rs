@@ -179,7 +179,7 @@ impl AnalysisArgs {
         let clip = super::load_model_files(&self.model, &files)?;
         let detector = Detector::new(clip, &identity, default_cache_dir().as_deref());
         let analyser = batch::Analyser::new(spec.method, options, detector, spec.settings.clone(), spec.sources.clone())?;
-        Ok(Runner { analyser, spec, model: identity, precision: self.model.precision })
+        Ok(Runner::new(analyser, spec, identity, self.model.precision))
     }
 
     /// Options that `method` does not take are refused.

@@ -68,7 +68,7 @@ pub fn run(args: DetectArgs) -> Result<batch::RunStatus> {
     observer.bar.finish_and_clear();
     eprintln!("{}", result.summary.line(!spec.decisions.is_empty()));
     if args.report {
-        let page = runner.write_report(&result)?;
+        let page = runner.writer.write_report(&result)?;
         eprintln!("report: {}", page.display());
     }
     if result.summary.failed > 0 {

@@ -173,6 +173,15 @@ pub fn in_folder(root: &Path, path: &Path) -> InputImage {
     input(path, path.strip_prefix(root).unwrap_or(path).with_extension(""))
 }
 
+/// An image the app lists under `name` ([`FoundImage::name`]), with the output `alfa
+/// detect` gives it when its folder is opened: the MVTec AD layout when the path has it,
+/// else the name without its extension (only its plain parts: never outside the folder).
+pub fn listed(path: &Path, name: &str) -> InputImage {
+    let stem: PathBuf =
+        Path::new(name).with_extension("").components().filter(|c| matches!(c, std::path::Component::Normal(_))).collect();
+    input(path, if stem.as_os_str().is_empty() { PathBuf::from("image") } else { stem })
+}
+
 /// An input whose output follows the MVTec AD layout when the path has it.
 fn input(path: &Path, fallback_stem: PathBuf) -> InputImage {
     let names: Vec<&str> = path.iter().filter_map(|c| c.to_str()).collect();
