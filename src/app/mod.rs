@@ -20,6 +20,8 @@ mod worker;
 #[cfg(test)]
 mod tests;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -139,6 +141,9 @@ pub struct AlfaApp {
     compare_asked: Option<(u64, (worker::ItemId, crate::detect::MethodKind))>,
     /// An export that would replace files, waiting for the user's answer.
     pending_export: Option<(PathBuf, PendingExport, Vec<PathBuf>)>,
+    /// A run export is being written (one at a time: a second would write the same
+    /// files again).
+    run_export_busy: Arc<AtomicBool>,
     /// `--arch` from the command line; the model and the tokenizer are in settings.
     model_extra: ModelArgs,
     next_id: worker::ItemId,
@@ -221,6 +226,7 @@ impl AlfaApp {
             path_prompt: None,
             browse: BrowseState::detect(),
             pending_export: None,
+            run_export_busy: Arc::new(AtomicBool::new(false)),
             compare_asked: None,
             state: AppState::new(settings),
             workers,
@@ -1196,6 +1202,10 @@ impl AlfaApp {
     /// Exports the list's run into `dir` (as `alfa detect --report` writes it), asking
     /// first when that would replace files.
     fn export_run_to(&mut self, dir: PathBuf) {
+        if self.run_export_busy.load(Ordering::SeqCst) {
+            self.state.notice = Some("a run export is being written: wait until it is done".into());
+            return;
+        }
         let export = match export::RunExport::of_state(&self.state, self.editor.as_ref(), &self.recipes, dir.clone()) {
             Ok(export) => export,
             Err(why) => {
@@ -1214,6 +1224,8 @@ impl AlfaApp {
     /// Decodes, renders and writes off the UI thread, with its progress in the status bar.
     fn write_run_export(&self, export: export::RunExport) {
         let outbox = self.workers.outbox();
+        let busy = self.run_export_busy.clone();
+        busy.store(true, Ordering::SeqCst);
         std::thread::spawn(move || {
             let progress = |done: usize, total: usize| {
                 if done % 10 == 0 && done < total {
@@ -1226,6 +1238,7 @@ impl AlfaApp {
                 Ok(Err(e)) => format!("export failed: {e}"),
                 Err(payload) => format!("export failed ({})", worker::panic_text(payload.as_ref())),
             };
+            busy.store(false, Ordering::SeqCst);
             outbox.send(Message::Notice(text));
         });
     }
