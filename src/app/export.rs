@@ -11,8 +11,10 @@ use image::{DynamicImage, RgbaImage};
 use serde::Serialize;
 
 use super::prompt_editor::PromptEditor;
-use super::state::{AppState, ModelStatus, Normalisation, Verdict};
-use super::worker::Analysis;
+use super::state::{AppState, ModelStatus, Normalisation, Verdict, score_text};
+use super::worker::{self, Analysis, Message};
+use super::AlfaApp;
+use std::sync::atomic::Ordering;
 use crate::batch::{
     BatchError, BatchSpec, ClassSources, Decision, Existing, Outcome, OverlayRange, Outputs, PromptOrigin, RunResult, Scored, Summary, Writer,
 };
@@ -295,6 +297,122 @@ impl RunExport {
 }
 
 /// RFC 4180 quoting when needed.
+/// An export waiting for the user's answer before it replaces files.
+pub(super) enum PendingExport {
+    Image(Export),
+    Run(RunExport),
+}
+
+impl AlfaApp {
+    /// Exports the list's scores and the image on screen into `dir`, asking first
+    /// when that would replace files.
+    pub(super) fn export_to(&mut self, dir: PathBuf) {
+        let export = self.export_of_state();
+        let existing = export.existing(&dir);
+        if existing.is_empty() {
+            self.write_export(dir, export);
+        } else {
+            self.pending_export = Some((dir, PendingExport::Image(export), existing));
+        }
+    }
+
+    /// Exports the list's run into `dir` (as `alfa detect --report` writes it), asking
+    /// first when that would replace files.
+    pub(super) fn export_run_to(&mut self, dir: PathBuf) {
+        if self.run_export_busy.load(Ordering::SeqCst) {
+            self.state.notice = Some("a run export is being written: wait until it is done".into());
+            return;
+        }
+        let export = match RunExport::of_state(&self.state, self.editor.as_ref(), &self.recipes, dir.clone()) {
+            Ok(export) => export,
+            Err(why) => {
+                self.state.notice = Some(why);
+                return;
+            }
+        };
+        let existing = export.existing();
+        if existing.is_empty() {
+            self.write_run_export(export);
+        } else {
+            self.pending_export = Some((dir, PendingExport::Run(export), existing));
+        }
+    }
+
+    /// Decodes, renders and writes off the UI thread, with its progress in the status bar.
+    pub(super) fn write_run_export(&self, export: RunExport) {
+        let outbox = self.workers.outbox();
+        let busy = self.run_export_busy.clone();
+        busy.store(true, Ordering::SeqCst);
+        std::thread::spawn(move || {
+            let progress = |done: usize, total: usize| {
+                if done % 10 == 0 && done < total {
+                    outbox.send(Message::Notice(format!("exporting the run: {done} of {total} images")));
+                }
+            };
+            let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| export.write(progress)));
+            let text = match written {
+                Ok(Ok(line)) => line,
+                Ok(Err(e)) => format!("export failed: {e}"),
+                Err(payload) => format!("export failed ({})", worker::panic_text(payload.as_ref())),
+            };
+            busy.store(false, Ordering::SeqCst);
+            outbox.send(Message::Notice(text));
+        });
+    }
+
+    /// Encodes and writes off the UI thread.
+    pub(super) fn write_export(&self, dir: PathBuf, export: Export) {
+        let outbox = self.workers.outbox();
+        std::thread::spawn(move || {
+            let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| export.write(&dir)));
+            let text = match written {
+                Ok(Ok(files)) => format!("exported {} files to {}", files.len(), dir.display()),
+                Ok(Err(e)) => format!("export failed: {e}"),
+                Err(payload) => format!("export failed ({})", worker::panic_text(payload.as_ref())),
+            };
+            outbox.send(Message::Notice(text));
+        });
+    }
+
+    /// What an export writes now: the list's scores, and the overlay, map and mask
+    /// of the image on screen when it is analysed.
+    pub(super) fn export_of_state(&self) -> Export {
+        let scores = ScoreTable::from_state(&self.state);
+        let image = self.state.selected.and_then(|i| {
+            let entry = &self.state.entries[i];
+            let analysis: Arc<Analysis> = entry.analysis.clone()?;
+            let picture = self.state.shown.as_ref().filter(|s| s.id == entry.id).map(|s| s.picture.image.clone());
+            let (low, high) = self.state.levels(i);
+            let s = &self.state.settings;
+            let score = analysis.image_score;
+            let threshold = self.state.image_threshold();
+            let verdict = Verdict::of(score, threshold);
+            let mut caption =
+                vec![entry.name.clone(), format!("score {} {} (threshold {threshold:.3})", score_text(score, threshold), verdict.label())];
+            if entry.stale {
+                caption.push("from earlier prompts or settings".into());
+            }
+            Some(ImageExport {
+                stem: export_stem(&entry.name),
+                source: entry.path.clone(),
+                image: picture,
+                map: analysis.map.clone(),
+                style: OverlayStyle {
+                    colormap: s.colormap,
+                    opacity: s.opacity,
+                    range: (low, high),
+                    caption,
+                    outline: Some(self.state.region_threshold()),
+                    // An old score gets no verdict (as in the list).
+                    badge: (!entry.stale).then_some(verdict),
+                },
+                threshold: self.state.region_threshold(),
+            })
+        });
+        Export { scores, image }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,27 +1,38 @@
 //! The inspection window (eframe + wgpu).
 //!
 //! The UI thread only draws and sends jobs: the engine runs on a worker thread
-//! (`worker`), results come back as messages. What the UI shows lives in `state`,
-//! apart from the widgets (`panels`, `viewer`); the heatmap is a WGSL shader in a
-//! paint callback (`heatmap`).
+//! (`worker`), results come back as messages (`messages` applies them). What the UI
+//! shows lives in `state`, apart from the widgets: `panels` (layout, list, viewer
+//! controls), the side pages `why`, `prompts_page` and `settings_page`, `viewer`, and
+//! the heatmap, a WGSL shader in a paint callback (`heatmap`). What the user starts:
+//! `recipes` (the class's recipe, thresholds), `good_images` (references, thresholds
+//! from good images), `export`, `dialogs` (typed paths, file dialogs), `input` (keys,
+//! dropped files). This file holds the app itself: opening images, the class, the model.
 
 use eframe::egui;
 
 mod dialogs;
 mod export;
 mod files;
+mod good_images;
 mod heatmap;
+mod input;
+mod messages;
 mod panels;
 mod prompt_editor;
+mod prompts_page;
+mod recipes;
+mod settings_page;
 mod state;
 mod viewer;
+mod why;
 mod worker;
 
 #[cfg(test)]
 mod tests;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -42,20 +53,13 @@ pub use heatmap::SHADER_SOURCE;
 pub use state::{AppState, Filter, LlmStatus, ModelStatus, Normalisation, Settings, SortKey, Verdict};
 
 use heatmap::HeatmapContent;
-use dialogs::{BrowseState, PathPrompt, PromptAction, Purpose};
+use dialogs::{BrowseState, PathPrompt, Purpose};
 use prompt_editor::PromptEditor;
 use state::{Entry, SelectionStep, Shown};
 use viewer::ViewTransform;
 use worker::{Message, Workers};
-
-/// Images PageUp / PageDown move.
-const PAGE: usize = 10;
-
-/// An export waiting for the user's answer before it replaces files.
-enum PendingExport {
-    Image(export::Export),
-    Run(export::RunExport),
-}
+use export::PendingExport;
+use recipes::locate_recipes;
 
 /// Key of the remembered settings in eframe's storage.
 const SETTINGS_KEY: &str = "alfa-settings";
@@ -150,7 +154,7 @@ pub struct AlfaApp {
     content: Option<HeatmapContent>,
     screenshot: Option<PathBuf>,
     screenshot_requested: bool,
-    prompt_sort: panels::PromptSort,
+    prompt_sort: why::PromptSort,
     /// The editor's Undo button was pressed (applied after the editor is drawn).
     undo_requested: bool,
     /// The keyboard moved the selection: scroll the list to it.
@@ -240,7 +244,7 @@ impl AlfaApp {
             next_id: 0,
             content: None,
             screenshot_requested: false,
-            prompt_sort: panels::PromptSort::default(),
+            prompt_sort: why::PromptSort::default(),
             undo_requested: false,
             scroll_to_selected: false,
             persist: options.screenshot.is_none(),
@@ -450,120 +454,6 @@ impl AlfaApp {
             state::Progress { generation, done: 0, total: order.len(), running: true, error: None, references: None };
     }
 
-    /// The recipes folder: the class's prompt set, references and thresholds are there.
-    pub fn recipes(&self) -> &Recipes {
-        &self.recipes
-    }
-
-    /// Reads the current class's recipe. Its method and settings become the ones in
-    /// use (what its thresholds were set with); a recipe that cannot be read is
-    /// named with its line, and the app goes on without it.
-    fn read_recipe(&mut self) {
-        let class = self.state.settings.class.clone();
-        self.state.recipe_error = None;
-        self.state.recipe = match self.recipes.read(&class) {
-            Ok(recipe) => recipe,
-            Err(e) => {
-                self.state.recipe_error = Some(e.to_string());
-                self.state.notice = Some(format!("the recipe of `{class}` is not used: {e}"));
-                None
-            }
-        };
-        let Some(method) = self.state.recipe.as_ref().and_then(|r| r.method.clone()) else { return };
-        let settings = method.settings();
-        let s = &mut self.state.settings;
-        if s.method != method.name || s.detect != settings {
-            s.method = method.name;
-            s.detect = settings;
-            self.scales_input = scales_text(&s.detect.scales);
-            self.scales_error = None;
-            self.state.notice = Some(format!(
-                "method and settings from the recipe of `{class}`: {}, scales {}",
-                panels::method_label(method.name),
-                scales_text(&method.scales)
-            ));
-        }
-    }
-
-    /// Another recipes folder (Settings): the class's prompt set, references and
-    /// thresholds are read from it.
-    pub fn set_recipes_dir(&mut self, dir: &str) {
-        match locate_recipes(dir) {
-            Ok(recipes) => {
-                self.state.settings.recipes = dir.trim().to_owned();
-                self.prompts = PromptStore::in_recipes(&recipes);
-                self.recipes = recipes;
-                self.recipe_to_write = None;
-                self.find_legacy();
-                self.reload_class();
-                self.state.notice = Some(format!("recipes in {}", self.recipes.root.display()));
-            }
-            Err(e) => self.state.notice = Some(e.to_string()),
-        }
-    }
-
-    /// Reads the class's prompt set, recipe and references again (unsaved prompt
-    /// edits are kept for when the class comes back, as on a class switch).
-    fn reload_class(&mut self) {
-        let class = self.state.settings.class.clone();
-        if !self.editor.as_ref().is_some_and(|e| e.unsaved && e.applied.class.id == class) {
-            match self.prompts.resolve(&class) {
-                Ok(resolved) => self.editor = Some(PromptEditor::new(resolved)),
-                Err(e) => self.state.notice = Some(format!("cannot read the prompts of `{class}`: {e}")),
-            }
-        }
-        self.read_recipe();
-        self.refresh_reference_views();
-        self.analyse_all();
-    }
-
-    /// Looks for class files of the old layout (`./prompts`) that the recipes lack.
-    fn find_legacy(&mut self) {
-        self.state.legacy = legacy::find(std::path::Path::new(LEGACY_DIR), &self.recipes).into_iter().filter(|c| !c.settled()).collect();
-    }
-
-    /// Copies the old layout's class files into the recipes (the originals stay) and
-    /// reads the class again.
-    pub fn migrate_legacy(&mut self) {
-        match legacy::migrate(std::path::Path::new(LEGACY_DIR), &self.recipes, false) {
-            Ok(done) => {
-                let skipped = done.skipped.first().map(|(f, why)| format!("; left {}: {why}", f.display())).unwrap_or_default();
-                self.state.notice = Some(format!(
-                    "copied {} file(s) from {LEGACY_DIR}/ into {} (the originals stay){skipped}",
-                    done.copied.len(),
-                    self.recipes.root.display()
-                ));
-                self.state.legacy.clear();
-                self.reload_class();
-            }
-            Err(e) => self.state.notice = Some(format!("migration failed: {e}")),
-        }
-    }
-
-    /// "Not now": the offer goes until the next start.
-    pub fn dismiss_legacy(&mut self) {
-        self.state.legacy.clear();
-    }
-
-    /// Makes `thresholds` the class's: into its recipe (written when the pointer is
-    /// released), or, before the model is loaded, into it once it is.
-    pub fn set_thresholds(&mut self, thresholds: state::Thresholds) {
-        if let Some(recipe) = self.state.set_thresholds(thresholds) {
-            self.recipe_to_write = Some(recipe);
-        }
-    }
-
-    /// Writes the recipe a threshold changed, once no slider is held.
-    fn write_recipe(&mut self, ctx: &egui::Context) {
-        if self.recipe_to_write.is_none() || ctx.input(|i| i.pointer.any_down()) {
-            return;
-        }
-        let Some(recipe) = self.recipe_to_write.take() else { return };
-        if let Err(e) = self.recipes.write(&recipe) {
-            self.state.notice = Some(format!("the thresholds are not saved: {e}"));
-        }
-    }
-
     /// Asks the engine for the compare view's second result of the image on screen,
     /// once per (image, method) until prompts or settings change.
     fn request_compare(&mut self) {
@@ -585,419 +475,9 @@ impl AlfaApp {
         self.compare_asked = Some((id, wanted));
     }
 
-    /// The class's reference folder, `<recipes>/<class>/refs/`: the one `alfa refs`
-    /// edits and `alfa detect` reads, so references made here serve the CLI too.
-    pub fn references_dir(&self) -> PathBuf {
-        self.recipes.refs_dir(&self.state.settings.class)
-    }
-
-    /// Copies images (files or folders) into the class's references (on the loader
-    /// thread); the analysis restarts when they are there.
-    pub fn add_references(&mut self, paths: &[PathBuf]) {
-        let found: Vec<PathBuf> = files::scan(paths).into_iter().map(|image| image.path).collect();
-        if found.is_empty() {
-            self.state.notice = Some("no images there".into());
-            return;
-        }
-        self.workers.copy_references(self.references_dir(), found);
-    }
-
-    /// Deletes a reference's copy from the class's folder (the original stays).
-    pub fn remove_reference(&mut self, path: &std::path::Path) {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if let Err(e) = references::remove_references(&self.references_dir(), &[name]) {
-            self.state.notice = Some(e.to_string());
-        }
-        self.refresh_reference_views();
-        self.analyse_all();
-    }
-
-    /// "Mark as good reference": the image on screen becomes a reference.
-    pub fn mark_selected_as_reference(&mut self) {
-        if let Some(path) = self.state.selected.and_then(|i| self.state.entries.get(i)).map(|e| e.path.clone()) {
-            self.add_references(&[path]);
-        }
-    }
-
-    /// Reads the class's reference folder and makes the References section match it;
-    /// new ones get thumbnails.
-    fn refresh_reference_views(&mut self) {
-        self.state.reference_files = references::list_references(&self.references_dir()).unwrap_or_else(|e| {
-            self.state.notice = Some(e.to_string());
-            Vec::new()
-        });
-        let mut old = std::mem::take(&mut self.state.reference_views);
-        let mut wanted = Vec::new();
-        for path in self.state.references().to_vec() {
-            match old.iter().position(|v| v.path == path) {
-                Some(i) => self.state.reference_views.push(old.swap_remove(i)),
-                None => {
-                    self.next_id += 1;
-                    wanted.push((self.next_id, path.clone()));
-                    self.state.reference_views.push(state::ReferenceView { id: self.next_id, path, thumbnail: None, error: None });
-                }
-            }
-        }
-        if !wanted.is_empty() {
-            self.workers.thumbnails(wanted);
-        }
-    }
-
-    /// Sets the threshold from the references' scores, each scored against the others.
-    pub fn threshold_from_references(&mut self) {
-        let references = self.state.references().to_vec();
-        if references.is_empty() {
-            self.state.notice = Some("add good reference images first".into());
-            return;
-        }
-        self.start_threshold(references, "the references".into(), vec![crate::recipe::REFS_DIR.into()]);
-    }
-
-    /// Sets the threshold from the good images in `folder`.
-    pub fn threshold_from_folder(&mut self, folder: &std::path::Path) {
-        let good: Vec<PathBuf> = files::scan(&[folder.to_owned()]).into_iter().map(|f| f.path).collect();
-        if good.is_empty() {
-            self.state.notice = Some(format!("no images in {}", folder.display()));
-            return;
-        }
-        let name = folder.file_name().map_or_else(|| folder.display().to_string(), |n| n.to_string_lossy().into_owned());
-        let recorded = std::path::absolute(folder).unwrap_or_else(|_| folder.to_owned()).display().to_string();
-        self.start_threshold(good, format!("folder {name}"), vec![recorded]);
-    }
-
-    /// `recorded`: where the good images came from, as the recipe records it.
-    fn start_threshold(&mut self, good: Vec<PathBuf>, source: String, recorded: Vec<String>) {
-        let Some(editor) = &self.editor else { return };
-        if self.state.settings.method != crate::detect::MethodKind::Alfa {
-            self.state.notice = Some("thresholds are fitted from good images for ALFA; set a baseline's by hand".into());
-            return;
-        }
-        let total = good.len();
-        let id = self.workers.threshold(worker::ThresholdJob {
-            id: 0,
-            prompts: editor.applied.clone(),
-            settings: self.state.settings.detect.clone(),
-            references: self.state.references().to_vec(),
-            good,
-            fpr: self.state.settings.target_fpr,
-            source,
-        });
-        self.state.threshold_task = Some(state::ThresholdTask { id, done: 0, total, references: None, good: recorded });
-    }
-
-    /// "Generate more…": asks the LLM for more prompts of the class on a helper thread;
-    /// the answer becomes an undoable edit of the editor (not saved).
-    pub fn generate_more(&mut self) {
-        let Some(editor) = &self.editor else { return };
-        let client = match LlmClient::new(self.state.settings.llm.clone()) {
-            Ok(client) => client,
-            Err(e) => return self.state.llm = Some(state::LlmStatus::Failed(e.to_string())),
-        };
-        self.next_llm_id += 1;
-        let id = self.next_llm_id;
-        let samples = self.state.settings.llm_samples.max(1);
-        let class_name = editor.applied.class.name.clone();
-        let model = self.model_args();
-        let request = model.request(None);
-        self.state.llm = Some(state::LlmStatus::Asking {
-            id,
-            endpoint: client.endpoint().to_owned(),
-            done: 0,
-            total: QueryKind::ALL.len() * samples,
-        });
-        let outbox = self.workers.outbox();
-        std::thread::spawn(move || {
-            // A panic (a bug) must still end the spinner with a message.
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<(Generated, String), String> {
-                let tokenizer = ClipTokenizer::load(&request.resolve_tokenizer(), CLIP_CONTEXT).map_err(|e| e.to_string())?;
-                let generated = generate::generate(&client, &tokenizer, &class_name, samples, &mut |event| {
-                    if let GenerateEvent::Answered { done, total, .. } = event {
-                        outbox.send(Message::LlmAnswered { id, done, total });
-                    }
-                })
-                .map_err(|e| e.to_string())?;
-                Ok((generated, generate::provenance(&client, samples, std::time::SystemTime::now())))
-            }))
-            .unwrap_or_else(|payload| Err(format!("the LLM request failed ({})", worker::panic_text(payload.as_ref()))));
-            outbox.send(Message::Generated { id, outcome });
-        });
-    }
-
-    /// Forgets the running request: its answer, when it comes, is dropped.
-    pub fn cancel_generate(&mut self) {
-        self.state.llm = None;
-    }
-
-    pub fn cancel_threshold(&mut self) {
-        self.workers.cancel_threshold();
-        self.state.threshold_task = None;
-    }
-
     pub fn cancel(&mut self) {
         self.workers.cancel();
         self.state.progress.running = false;
-    }
-
-    fn handle_messages(&mut self, ctx: &egui::Context) {
-        while let Ok(message) = self.workers.messages.try_recv() {
-            self.handle(ctx, message);
-        }
-    }
-
-    fn handle(&mut self, ctx: &egui::Context, message: Message) {
-        let state = &mut self.state;
-        match message {
-            Message::ModelLoading { model } => {
-                state.model = Some(ModelStatus::Loading { model, file: String::new(), done: 0, total: 0 });
-            }
-            Message::Download { file: f, done: d, total: t } => {
-                if let Some(ModelStatus::Loading { file, done, total, .. }) = &mut state.model {
-                    (*file, *done, *total) = (f, d, t);
-                }
-            }
-            Message::ModelReady { name, precision, grid, stamp } => {
-                state.model = Some(ModelStatus::Ready { model: name, precision, grid });
-                if let Some(recipe) = state.model_loaded(stamp) {
-                    self.recipe_to_write = Some(recipe);
-                }
-                // Scales typed or remembered for another model may not fit this one.
-                if let Err(e) = state.settings.detect.validate(grid) {
-                    let mut scales: Vec<usize> = DetectSettings::default().scales.into_iter().filter(|&s| s <= grid).collect();
-                    if scales.is_empty() {
-                        scales = vec![1];
-                    }
-                    state.notice = Some(format!("{e}: window scales set to {} for this model", scales_text(&scales)));
-                    state.settings.detect.scales = scales;
-                    self.scales_input = scales_text(&self.state.settings.detect.scales);
-                    self.scales_error = None;
-                    self.analyse_all();
-                }
-            }
-            Message::ModelFailed { model, error } => state.model = Some(ModelStatus::Failed { model, error }),
-            Message::PromptsEncoded { generation, encoded, seconds } => {
-                if generation == state.progress.generation {
-                    state.last_encoding = Some((encoded, seconds));
-                }
-            }
-            Message::Analysed { generation, id, outcome } => {
-                if generation != state.progress.generation {
-                    return;
-                }
-                state.progress.done += 1;
-                let Some(index) = state.index_of(id) else { return };
-                let entry = &mut state.entries[index];
-                entry.stale = false;
-                match outcome {
-                    Ok(analysis) => {
-                        entry.analysis = Some(analysis);
-                        entry.error = None;
-                    }
-                    Err(e) => {
-                        entry.analysis = None;
-                        entry.error = Some(e);
-                    }
-                }
-                if state.selected == Some(index) {
-                    self.content = None;
-                }
-            }
-            Message::Compared { id, item, outcome } => {
-                if self.compare_asked.is_none_or(|(asked, _)| asked != id) {
-                    return;
-                }
-                let Some(index) = state.index_of(item) else { return };
-                match outcome {
-                    Ok(analysis) => state.entries[index].compare = Some(analysis),
-                    Err(e) => {
-                        state.notice = Some(format!("compare: {e}"));
-                        // Asked once: a failure is not asked again for this image.
-                        return;
-                    }
-                }
-                self.compare_asked = None;
-            }
-            Message::AnalysisDone { generation, error } => {
-                if generation == state.progress.generation {
-                    state.progress.running = false;
-                    state.progress.error = error;
-                }
-            }
-            Message::References { task, done, total } => match task {
-                worker::Task::Analysis(generation) if generation == state.progress.generation => {
-                    state.progress.references = Some((done, total));
-                }
-                worker::Task::Threshold(id) => {
-                    if let Some(t) = state.threshold_task.as_mut().filter(|t| t.id == id) {
-                        t.references = Some((done, total));
-                    }
-                }
-                worker::Task::Analysis(_) | worker::Task::Compare(_) => {}
-            },
-            Message::ReferencesReady { task, used, skipped } => {
-                match task {
-                    worker::Task::Analysis(generation) if generation == state.progress.generation => {
-                        state.progress.references = None;
-                    }
-                    worker::Task::Threshold(id) => {
-                        if let Some(t) = state.threshold_task.as_mut().filter(|t| t.id == id) {
-                            t.references = None;
-                        }
-                    }
-                    worker::Task::Analysis(_) | worker::Task::Compare(_) => {}
-                }
-                for (path, reason) in &skipped {
-                    if let Some(view) = state.reference_views.iter_mut().find(|v| &v.path == path) {
-                        view.error = Some(reason.clone());
-                    }
-                }
-                if !skipped.is_empty() {
-                    state.notice = Some(format!("{} reference image(s) could not be read; {used} used", skipped.len()));
-                }
-            }
-            Message::ThresholdScored { id, done, total } => {
-                if let Some(t) = state.threshold_task.as_mut().filter(|t| t.id == id) {
-                    (t.done, t.total) = (done, total);
-                }
-            }
-            Message::ThresholdDone { id, outcome } => {
-                let Some(task) = state.threshold_task.take_if(|t| t.id == id) else { return };
-                match outcome {
-                    Ok(fit) => {
-                        let n = fit.scores.len();
-                        let record = |value| crate::recipe::ThresholdRecord::from_good_images(value, fit.fpr, task.good.clone(), n);
-                        let thresholds = state::Thresholds {
-                            image: state::Threshold::of(record(fit.image)),
-                            region: state::Threshold::of(record(fit.region)),
-                        };
-                        let left_out = fit.skipped.first().map(|(_, reason)| {
-                            format!("; {} unreadable image(s) left out: {reason}", fit.skipped.len())
-                        });
-                        let warnings: String = fit.warnings.iter().map(|w| format!("; warning: {w}")).collect();
-                        state.threshold_fit = Some(fit);
-                        self.set_thresholds(thresholds);
-                        let state = &mut self.state;
-                        let saved = match &self.recipe_to_write {
-                            Some(_) => format!(" (in {})", self.recipes.recipe_file(&state.settings.class).display()),
-                            None => String::new(),
-                        };
-                        state.notice = Some(state.threshold_origin() + &saved + &left_out.unwrap_or_default() + &warnings);
-                    }
-                    Err(e) => state.notice = Some(format!("no threshold from good images: {e}")),
-                }
-            }
-            Message::LlmAnswered { id, done: d, total: t } => {
-                if let Some(state::LlmStatus::Asking { id: asking, done, total, .. }) = &mut state.llm
-                    && *asking == id
-                {
-                    (*done, *total) = (d, t);
-                }
-            }
-            Message::Generated { id, outcome } => {
-                if !matches!(state.llm, Some(state::LlmStatus::Asking { id: asking, .. }) if asking == id) {
-                    return;
-                }
-                match (outcome, &mut self.editor) {
-                    (Ok((generated, source)), Some(editor)) => {
-                        let (_, [normal, abnormal, descriptors]) = editor.add_generated(&generated, &source);
-                        self.state.llm = Some(state::LlmStatus::Added { normal, abnormal, descriptors });
-                        self.analyse_all();
-                    }
-                    (Ok(_), None) => self.state.llm = None,
-                    (Err(e), _) => self.state.llm = Some(state::LlmStatus::Failed(e)),
-                }
-            }
-            Message::ReferencesCopied { outcome } => match outcome {
-                Ok(copied) => {
-                    let refused = copied.refused.first().map(|(path, reason)| {
-                        let more = copied.refused.len() - 1;
-                        let more = if more > 0 { format!(" (and {more} more)") } else { String::new() };
-                        format!("not added, cannot be read: {} ({reason}){more}", path.display())
-                    });
-                    state.notice = match (copied.added.len(), refused) {
-                        (0, None) => Some("no new reference images there".into()),
-                        (_, refused) => refused,
-                    };
-                    if !copied.added.is_empty() {
-                        self.refresh_reference_views();
-                        self.analyse_all();
-                    }
-                }
-                Err(e) => state.notice = Some(e),
-            },
-            Message::Crop { key, outcome } => {
-                if let Some((shown_key, texture)) = self.nearest_crop.as_mut().filter(|(k, _)| *k == key) {
-                    match outcome {
-                        Ok(image) => *texture = Some(ctx.load_texture(shown_key.clone(), image, egui::TextureOptions::LINEAR)),
-                        Err(e) => state.notice = Some(format!("cannot show the reference window: {e}")),
-                    }
-                }
-            }
-            Message::Thumbnail { id, outcome } => {
-                if let Some(view) = state.reference_views.iter_mut().find(|v| v.id == id) {
-                    match outcome {
-                        Ok(thumbnail) => {
-                            let texture = ctx.load_texture(format!("reference-{id}"), thumbnail.color, egui::TextureOptions::LINEAR);
-                            view.thumbnail = Some(texture);
-                        }
-                        Err(e) => view.error = Some(e),
-                    }
-                    return;
-                }
-                let Some(index) = state.index_of(id) else { return };
-                match outcome {
-                    Ok(thumbnail) => {
-                        let texture = ctx.load_texture(format!("thumbnail-{id}"), thumbnail.color, egui::TextureOptions::LINEAR);
-                        let entry = &mut state.entries[index];
-                        entry.thumbnail = Some(texture);
-                        entry.preview = Some((thumbnail.pixels, thumbnail.size));
-                        if state.selected == Some(index) && state.shown.as_ref().is_none_or(|s| s.id != id) {
-                            self.content = None;
-                        }
-                    }
-                    Err(e) => state.entries[index].error = Some(e),
-                }
-            }
-            Message::Picture { id, outcome } => {
-                let Some(index) = state.index_of(id) else { return };
-                match outcome {
-                    Ok(picture) => {
-                        let shown = Shown { id, picture };
-                        if state.selected == Some(index) {
-                            state.shown = Some(shown.clone());
-                            self.content = None;
-                        }
-                        state.keep_decoded(shown);
-                    }
-                    Err(e) => state.entries[index].error = Some(e),
-                }
-            }
-            Message::Picked(pick) => {
-                self.path_prompt = None;
-                self.picked(pick);
-            }
-            Message::DialogFailed(purpose) => {
-                self.browse.dialog_failed();
-                if self.path_prompt.is_none() {
-                    self.path_prompt = Some(PathPrompt::new(purpose));
-                }
-                self.state.notice = Some("the system file dialog did not open: type the path instead".into());
-            }
-            Message::Notice(text) => state.notice = Some(text),
-        }
-    }
-
-    fn picked(&mut self, pick: worker::Pick) {
-        match pick {
-            worker::Pick::Images(paths) => self.open(&paths),
-            worker::Pick::ModelFolder(folder) => {
-                self.state.settings.model = folder.display().to_string();
-                self.load_model();
-            }
-            worker::Pick::References(paths) => self.add_references(&paths),
-            worker::Pick::GoodFolder(folder) => self.threshold_from_folder(&folder),
-            worker::Pick::ExportFolder(dir) => self.export_to(dir),
-            worker::Pick::ExportRun(dir) => self.export_run_to(dir),
-        }
     }
 
     /// What the viewer draws for the selected image, rebuilt when its picture, its
@@ -1018,261 +498,6 @@ impl AlfaApp {
             self.content = Some(HeatmapContent { image, size, map, mask });
         }
         self.content.clone()
-    }
-
-    fn shortcuts(&mut self, ctx: &egui::Context) {
-        let ctrl = |key| KeyboardShortcut::new(Modifiers::COMMAND, key);
-        if ctx.input_mut(|i| i.consume_shortcut(&ctrl(Key::O))) {
-            self.ask_path(Purpose::OpenImages);
-        }
-        // Ctrl+Shift+E first: Ctrl+E's check ignores Shift.
-        if ctx.input_mut(|i| i.consume_shortcut(&KeyboardShortcut::new(Modifiers::COMMAND | Modifiers::SHIFT, Key::E))) {
-            self.ask_path(Purpose::ExportRun);
-        }
-        if ctx.input_mut(|i| i.consume_shortcut(&ctrl(Key::E))) {
-            self.ask_path(Purpose::ExportFolder);
-        }
-        if ctx.input_mut(|i| i.consume_key(Modifiers::NONE, Key::F1)) {
-            self.show_help = !self.show_help;
-        }
-        // Plain keys belong to a text box while one is focused.
-        if ctx.memory(|m| m.focused().is_some()) {
-            return;
-        }
-        if ctx.input_mut(|i| i.consume_shortcut(&ctrl(Key::Z))) {
-            self.undo_prompts();
-        }
-        let pressed = |key| ctx.input_mut(|i| i.consume_key(Modifiers::NONE, key));
-        // Every press counts, also several in one frame (a key held down, or typed
-        // faster than frames are drawn).
-        let count = |key| ctx.input_mut(|i| i.count_and_consume_key(Modifiers::NONE, key));
-        let forward = count(Key::ArrowDown) + count(Key::ArrowRight) + PAGE * count(Key::PageDown);
-        let back = count(Key::ArrowUp) + count(Key::ArrowLeft) + PAGE * count(Key::PageUp);
-        let step = if pressed(Key::Home) {
-            Some(SelectionStep::First)
-        } else if pressed(Key::End) {
-            Some(SelectionStep::Last)
-        } else if forward > back {
-            Some(SelectionStep::Next(forward - back))
-        } else if back > forward {
-            Some(SelectionStep::Previous(back - forward))
-        } else {
-            None
-        };
-        if let Some(step) = step
-            && let Some(index) = self.state.step_selection(step)
-        {
-            self.select(index);
-            self.scroll_to_selected = true;
-        }
-        if pressed(Key::Space) {
-            self.state.settings.overlay = !self.state.settings.overlay;
-        }
-        if pressed(Key::Plus) || pressed(Key::Equals) {
-            self.view.zoom_in();
-        }
-        if pressed(Key::Minus) {
-            self.view.zoom_out();
-        }
-        if pressed(Key::F) {
-            self.view.fit();
-        }
-        if pressed(Key::Num1) {
-            self.view.actual_size(ctx.pixels_per_point());
-        }
-        if ctx.input(|i| i.events.iter().any(|e| matches!(e, egui::Event::Text(t) if t == "?"))) {
-            self.show_help = !self.show_help;
-        }
-        if pressed(Key::Escape) {
-            self.show_help = false;
-        }
-        if pressed(Key::G) {
-            self.mark_selected_as_reference();
-        }
-    }
-
-    /// Saves the applied prompt set in the class's recipe (prompts.toml); from then on
-    /// the class resolves to that file, also when the folder did not exist when the
-    /// app started.
-    pub fn save_prompts(&mut self) {
-        let Some(editor) = &mut self.editor else { return };
-        let file = self.recipes.prompts_file(&editor.applied.class.id);
-        self.state.notice = Some(match editor.save(&file) {
-            Ok(path) => format!("saved {}", path.display()),
-            Err(e) => format!(
-                "cannot save the prompts: {e} (is the recipes folder {} writable? Settings can choose another)",
-                self.recipes.root.display()
-            ),
-        });
-    }
-
-    /// The prompt set the analysis uses now (with unsaved edits).
-    pub fn prompts(&self) -> Option<&crate::prompts::PromptSet> {
-        self.editor.as_ref().map(|e| &e.applied)
-    }
-
-    pub fn undo_prompts(&mut self) {
-        if self.editor.as_mut().and_then(PromptEditor::undo).is_some() {
-            self.analyse_all();
-        }
-    }
-
-    /// Applies a prompt edit after the typing pause.
-    fn poll_editor(&mut self, ctx: &egui::Context) {
-        let now = Instant::now();
-        let Some(editor) = &mut self.editor else { return };
-        if editor.poll(now).is_some() {
-            self.analyse_all();
-        } else if let Some(wait) = editor.pending(now) {
-            ctx.request_repaint_after(wait);
-        }
-    }
-
-    /// Opens the path window for `purpose` (typing a path, or the system dialog).
-    pub fn ask_path(&mut self, purpose: Purpose) {
-        self.path_prompt = Some(PathPrompt::new(purpose));
-    }
-
-    /// The path window and the overwrite question, when open.
-    fn dialogs(&mut self, ctx: &egui::Context) {
-        if let Some(prompt) = &mut self.path_prompt {
-            match dialogs::path_prompt(ctx, prompt, &self.browse) {
-                PromptAction::None => {}
-                PromptAction::Close => self.path_prompt = None,
-                PromptAction::Chosen(pick) => {
-                    self.path_prompt = None;
-                    self.picked(pick);
-                }
-                PromptAction::Browse { folder } => dialogs::browse(self.workers.outbox(), prompt.purpose, folder),
-            }
-        }
-        let Some((dir, _, existing)) = &self.pending_export else { return };
-        let names: Vec<String> =
-            existing.iter().map(|p| p.strip_prefix(dir).unwrap_or(p).display().to_string()).collect();
-        let mut answer = None;
-        egui::Window::new("Replace files?")
-            .collapsible(false)
-            .resizable(false)
-            .anchor(egui::Align2::CENTER_CENTER, egui::Vec2::ZERO)
-            .show(ctx, |ui| {
-            ui.label(format!("{} already has {}:", dir.display(), if names.len() == 1 { "this file" } else { "these files" }));
-            // A run's export may replace thousands: the first few, then how many more.
-            const SHOWN: usize = 8;
-            for name in names.iter().take(SHOWN) {
-                ui.label(egui::RichText::new(name).monospace());
-            }
-            if names.len() > SHOWN {
-                ui.label(format!("… and {} more", names.len() - SHOWN));
-            }
-            ui.horizontal(|ui| {
-                if ui.button("Replace").clicked() {
-                    answer = Some(true);
-                }
-                if ui.button("Cancel (Esc)").clicked() || ui.input(|i| i.key_pressed(Key::Escape)) {
-                    answer = Some(false);
-                }
-            });
-        });
-        match answer {
-            Some(true) => match self.pending_export.take() {
-                Some((dir, PendingExport::Image(export), _)) => self.write_export(dir, export),
-                Some((_, PendingExport::Run(export), _)) => self.write_run_export(export),
-                None => {}
-            },
-            Some(false) => {
-                self.pending_export = None;
-                self.state.notice = Some("export cancelled: nothing written".into());
-            }
-            None => {}
-        }
-    }
-
-    /// Exports the list's scores and the image on screen into `dir`, asking first
-    /// when that would replace files.
-    fn export_to(&mut self, dir: PathBuf) {
-        let export = self.export_of_state();
-        let existing = export.existing(&dir);
-        if existing.is_empty() {
-            self.write_export(dir, export);
-        } else {
-            self.pending_export = Some((dir, PendingExport::Image(export), existing));
-        }
-    }
-
-    /// Exports the list's run into `dir` (as `alfa detect --report` writes it), asking
-    /// first when that would replace files.
-    fn export_run_to(&mut self, dir: PathBuf) {
-        if self.run_export_busy.load(Ordering::SeqCst) {
-            self.state.notice = Some("a run export is being written: wait until it is done".into());
-            return;
-        }
-        let export = match export::RunExport::of_state(&self.state, self.editor.as_ref(), &self.recipes, dir.clone()) {
-            Ok(export) => export,
-            Err(why) => {
-                self.state.notice = Some(why);
-                return;
-            }
-        };
-        let existing = export.existing();
-        if existing.is_empty() {
-            self.write_run_export(export);
-        } else {
-            self.pending_export = Some((dir, PendingExport::Run(export), existing));
-        }
-    }
-
-    /// Decodes, renders and writes off the UI thread, with its progress in the status bar.
-    fn write_run_export(&self, export: export::RunExport) {
-        let outbox = self.workers.outbox();
-        let busy = self.run_export_busy.clone();
-        busy.store(true, Ordering::SeqCst);
-        std::thread::spawn(move || {
-            let progress = |done: usize, total: usize| {
-                if done % 10 == 0 && done < total {
-                    outbox.send(Message::Notice(format!("exporting the run: {done} of {total} images")));
-                }
-            };
-            let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| export.write(progress)));
-            let text = match written {
-                Ok(Ok(line)) => line,
-                Ok(Err(e)) => format!("export failed: {e}"),
-                Err(payload) => format!("export failed ({})", worker::panic_text(payload.as_ref())),
-            };
-            busy.store(false, Ordering::SeqCst);
-            outbox.send(Message::Notice(text));
-        });
-    }
-
-    /// Encodes and writes off the UI thread.
-    fn write_export(&self, dir: PathBuf, export: export::Export) {
-        let outbox = self.workers.outbox();
-        std::thread::spawn(move || {
-            let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| export.write(&dir)));
-            let text = match written {
-                Ok(Ok(files)) => format!("exported {} files to {}", files.len(), dir.display()),
-                Ok(Err(e)) => format!("export failed: {e}"),
-                Err(payload) => format!("export failed ({})", worker::panic_text(payload.as_ref())),
-            };
-            outbox.send(Message::Notice(text));
-        });
-    }
-
-    /// Files dropped on the References section, or with Shift held, become references;
-    /// elsewhere they replace the image list.
-    fn dropped_files(&mut self, ctx: &egui::Context) {
-        let (dropped, pointer, shift): (Vec<PathBuf>, _, _) = ctx.input(|i| {
-            let paths = i.raw.dropped_files.iter().map(|f| f.path().to_owned()).collect();
-            (paths, i.pointer.latest_pos(), i.modifiers.shift)
-        });
-        if dropped.is_empty() {
-            return;
-        }
-        let on_references = pointer.zip(self.references_rect).is_some_and(|(p, r)| r.contains(p));
-        if shift || on_references {
-            self.add_references(&dropped);
-        } else {
-            self.open(&dropped);
-        }
     }
 
     /// `alfa screenshot`: waits for the model, the analysis and the picture, then
@@ -1298,12 +523,6 @@ impl AlfaApp {
         // Keep frames coming until the window closes.
         ctx.request_repaint();
     }
-}
-
-/// The recipes folder Settings name (`--recipes`), or `$ALFA_RECIPES`, or the default.
-fn locate_recipes(dir: &str) -> Result<Recipes, crate::recipe::RecipeError> {
-    let dir = dir.trim();
-    Recipes::locate((!dir.is_empty()).then(|| std::path::Path::new(dir)))
 }
 
 /// Window scales as the Settings box shows them: `2, 3`.
