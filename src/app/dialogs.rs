@@ -9,10 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::files;
-use super::export::PendingExport;
 use super::worker::{Message, Outbox, Pick};
 use super::AlfaApp;
-use egui::Key;
 
 /// What the chosen path is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -301,7 +299,7 @@ impl AlfaApp {
         self.path_prompt = Some(PathPrompt::new(purpose));
     }
 
-    /// The path window and the overwrite question, when open.
+    /// The path window, when open.
     pub(super) fn dialogs(&mut self, ctx: &egui::Context) {
         if let Some(prompt) = &mut self.path_prompt {
             match path_prompt(ctx, prompt, &self.browse) {
@@ -313,45 +311,6 @@ impl AlfaApp {
                 }
                 PromptAction::Browse { folder } => browse(self.workers.outbox(), prompt.purpose, folder),
             }
-        }
-        let Some((dir, _, existing)) = &self.pending_export else { return };
-        let names: Vec<String> =
-            existing.iter().map(|p| p.strip_prefix(dir).unwrap_or(p).display().to_string()).collect();
-        let mut answer = None;
-        egui::Window::new("Replace files?")
-            .collapsible(false)
-            .resizable(false)
-            .anchor(egui::Align2::CENTER_CENTER, egui::Vec2::ZERO)
-            .show(ctx, |ui| {
-            ui.label(format!("{} already has {}:", dir.display(), if names.len() == 1 { "this file" } else { "these files" }));
-            // A run's export may replace thousands: the first few, then how many more.
-            const SHOWN: usize = 8;
-            for name in names.iter().take(SHOWN) {
-                ui.label(egui::RichText::new(name).monospace());
-            }
-            if names.len() > SHOWN {
-                ui.label(format!("… and {} more", names.len() - SHOWN));
-            }
-            ui.horizontal(|ui| {
-                if ui.button("Replace").clicked() {
-                    answer = Some(true);
-                }
-                if ui.button("Cancel (Esc)").clicked() || ui.input(|i| i.key_pressed(Key::Escape)) {
-                    answer = Some(false);
-                }
-            });
-        });
-        match answer {
-            Some(true) => match self.pending_export.take() {
-                Some((dir, PendingExport::Image(export), _)) => self.write_export(dir, export),
-                Some((_, PendingExport::Run(export), _)) => self.write_run_export(export),
-                None => {}
-            },
-            Some(false) => {
-                self.pending_export = None;
-                self.state.notice = Some("export cancelled: nothing written".into());
-            }
-            None => {}
         }
     }
 }

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use eframe::egui::{self, Key};
 use image::{DynamicImage, RgbaImage};
 use serde::Serialize;
 
@@ -304,6 +305,49 @@ pub(super) enum PendingExport {
 }
 
 impl AlfaApp {
+    /// Asks before an export replaces files, while one waits for the answer.
+    pub(super) fn replace_question(&mut self, ctx: &egui::Context) {
+        let Some((dir, _, existing)) = &self.pending_export else { return };
+        let names: Vec<String> =
+            existing.iter().map(|p| p.strip_prefix(dir).unwrap_or(p).display().to_string()).collect();
+        let mut answer = None;
+        egui::Window::new("Replace files?")
+            .collapsible(false)
+            .resizable(false)
+            .anchor(egui::Align2::CENTER_CENTER, egui::Vec2::ZERO)
+            .show(ctx, |ui| {
+            ui.label(format!("{} already has {}:", dir.display(), if names.len() == 1 { "this file" } else { "these files" }));
+            // A run's export may replace thousands: the first few, then how many more.
+            const SHOWN: usize = 8;
+            for name in names.iter().take(SHOWN) {
+                ui.label(egui::RichText::new(name).monospace());
+            }
+            if names.len() > SHOWN {
+                ui.label(format!("… and {} more", names.len() - SHOWN));
+            }
+            ui.horizontal(|ui| {
+                if ui.button("Replace").clicked() {
+                    answer = Some(true);
+                }
+                if ui.button("Cancel (Esc)").clicked() || ui.input(|i| i.key_pressed(Key::Escape)) {
+                    answer = Some(false);
+                }
+            });
+        });
+        match answer {
+            Some(true) => match self.pending_export.take() {
+                Some((dir, PendingExport::Image(export), _)) => self.write_export(dir, export),
+                Some((_, PendingExport::Run(export), _)) => self.write_run_export(export),
+                None => {}
+            },
+            Some(false) => {
+                self.pending_export = None;
+                self.state.notice = Some("export cancelled: nothing written".into());
+            }
+            None => {}
+        }
+    }
+
     /// Exports the list's scores and the image on screen into `dir`, asking first
     /// when that would replace files.
     pub(super) fn export_to(&mut self, dir: PathBuf) {

@@ -26,6 +26,7 @@ mod settings_page;
 mod state;
 mod viewer;
 mod why;
+mod widgets;
 mod worker;
 
 #[cfg(test)]
@@ -553,6 +554,7 @@ impl eframe::App for AlfaApp {
         self.request_compare();
         self.panels(ui);
         self.dialogs(&ctx);
+        self.replace_question(&ctx);
         self.write_recipe(&ctx);
         self.screenshot_step(&ctx);
     }

@@ -4,21 +4,17 @@
 //! change `AppState` and send jobs; nothing here blocks.
 
 use eframe::egui;
-use egui::{Color32, RichText, Ui};
+use egui::{RichText, Ui};
 
 use crate::detect::colormap::Colormap;
 use super::heatmap::PaneParams;
 use super::dialogs::Purpose;
 use super::state::{Filter, ModelStatus, Normalisation, SortKey, Threshold, Thresholds, Verdict, score_text};
 use super::viewer::{self, PaneView, ViewerFrame};
-use super::settings_page::{METHODS, method_label};
+use super::widgets::{METHODS, NG_COLOR, WARN_COLOR, method_label, verdict_badge};
 use super::{AlfaApp, SideTab};
 use crate::detect::MethodKind;
 use crate::clip::Precision;
-
-pub(super) const NG_COLOR: Color32 = Color32::from_rgb(220, 60, 50);
-pub(super) const OK_COLOR: Color32 = Color32::from_rgb(60, 170, 80);
-pub(super) const WARN_COLOR: Color32 = Color32::from_rgb(230, 160, 30);
 
 /// The keyboard shortcuts, shown in the help window.
 pub const SHORTCUTS: &[(&str, &str)] = &[
@@ -39,14 +35,6 @@ pub const SHORTCUTS: &[(&str, &str)] = &[
     ("F1 or ?", "this help"),
     ("Esc", "close this help"),
 ];
-
-pub(super) fn verdict_badge(ui: &mut Ui, verdict: Verdict) {
-    let color = match verdict {
-        Verdict::Ok => OK_COLOR,
-        Verdict::Ng => NG_COLOR,
-    };
-    ui.label(RichText::new(verdict.label()).strong().color(Color32::WHITE).background_color(color));
-}
 
 impl AlfaApp {
     pub(super) fn panels(&mut self, ui: &mut Ui) {

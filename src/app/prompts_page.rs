@@ -4,7 +4,7 @@
 use egui::Ui;
 
 use super::*;
-use super::panels::{NG_COLOR, WARN_COLOR};
+use super::widgets::{NG_COLOR, WARN_COLOR};
 use super::prompt_editor::Field;
 
 impl AlfaApp {

@@ -33,7 +33,7 @@ impl AlfaApp {
             self.scales_error = None;
             self.state.notice = Some(format!(
                 "method and settings from the recipe of `{class}`: {}, scales {}",
-                settings_page::method_label(method.name),
+                widgets::method_label(method.name),
                 scales_text(&method.scales)
             ));
         }

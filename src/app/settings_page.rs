@@ -3,7 +3,7 @@
 use egui::{RichText, Ui};
 
 use super::*;
-use super::panels::NG_COLOR;
+use super::widgets::{METHODS, NG_COLOR, method_label};
 use crate::detect::{MethodKind, WindowMode};
 
 impl AlfaApp {
@@ -148,20 +148,6 @@ impl AlfaApp {
         }
     }
 }
-
-/// A method as the window names it.
-pub fn method_label(kind: MethodKind) -> &'static str {
-    match kind {
-        MethodKind::Alfa => "ALFA",
-        MethodKind::Clip => "CLIP",
-        MethodKind::Winclip => "WinCLIP",
-        MethodKind::AnovlTfa => "AnoVL TFA",
-        MethodKind::AnovlTta => "AnoVL TTA",
-    }
-}
-
-/// Every method, in the order the selectors list them.
-pub(super) const METHODS: [MethodKind; 5] = [MethodKind::Alfa, MethodKind::Clip, MethodKind::Winclip, MethodKind::AnovlTfa, MethodKind::AnovlTta];
 
 pub(super) fn device_note() -> &'static str {
     if cfg!(feature = "cuda") {

@@ -5,8 +5,7 @@ use egui::{RichText, Ui};
 use egui_extras::{Column, TableBuilder};
 
 use super::*;
-use super::panels::{NG_COLOR, OK_COLOR, WARN_COLOR, verdict_badge};
-use super::settings_page::method_label;
+use super::widgets::{NG_COLOR, OK_COLOR, WARN_COLOR, method_label, verdict_badge};
 use super::state::score_text;
 use crate::detect::engine::{FewShotReport, PromptVerdict};
 
