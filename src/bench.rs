@@ -240,8 +240,19 @@ pub struct EngineBenchReport {
     /// Encoding them in length-sorted batches cut to the longest prompt in each.
     pub class_text_s: f64,
     pub runs: Vec<EngineTiming>,
+    /// How soon the first answers exist (zero-shot, tokens mode).
+    pub progressive: FirstAnswers,
     /// For bf16: how far its result is from f32's.
     pub versus_f32: Option<PrecisionAgreement>,
+}
+
+/// Medians, from the start of decoding the image file (PNG, in memory) to the partial
+/// results the window shows: `S_G`, then the first window scale's map.
+#[derive(Debug, Serialize)]
+pub struct FirstAnswers {
+    pub first_score_s: f64,
+    pub first_map_s: f64,
+    pub final_s: f64,
 }
 
 impl EngineBenchReport {
@@ -269,6 +280,11 @@ impl EngineBenchReport {
                 stages.join(", ")
             ));
         }
+        let p = &self.progressive;
+        out.push_str(&format!(
+            "progressive, tokens mode, 0 references, from decoding the PNG: S_G {:.3} s, first map {:.3} s, result {:.3} s\n",
+            p.first_score_s, p.first_map_s, p.final_s
+        ));
         if let Some(a) = &self.versus_f32 {
             out.push_str(&format!(
                 "versus f32, tokens mode: map max |diff| {:.4}, correlation {:.5}; image score {:.4} (f32 {:.4})\n",
@@ -347,6 +363,11 @@ pub fn engine(
         log(&format!("detect, {window_mode:?} mode, {references} references: {total_s:.3} s"));
         runs.push(EngineTiming { window_mode, references, total_s, best_s, stages });
     }
+    let progressive = first_answers(&detector, &image, &encoded, repeats)?;
+    log(&format!(
+        "progressive: S_G {:.3} s, first map {:.3} s, result {:.3} s",
+        progressive.first_score_s, progressive.first_map_s, progressive.final_s
+    ));
     // The text tower is f32 in every precision, so the class's features serve both.
     let versus_f32 = if precision == Precision::F32 {
         None
@@ -372,6 +393,35 @@ pub fn engine(
         class_texts,
         class_text_s,
         runs,
+        progressive,
         versus_f32,
     })
+}
+
+/// [`FirstAnswers`] of `image`, median of `repeats` (after one warm-up).
+fn first_answers(detector: &Detector, image: &image::DynamicImage, class: &crate::detect::ClassPrompts, repeats: usize) -> Result<FirstAnswers> {
+    let mut png = std::io::Cursor::new(Vec::new());
+    image.write_to(&mut png, image::ImageFormat::Png)?;
+    let png = png.into_inner();
+    let settings = DetectSettings::default();
+    let mut runs = Vec::new();
+    for _ in 0..=repeats {
+        let start = Instant::now();
+        let (mut first_score, mut first_map) = (f64::NAN, f64::NAN);
+        let decoded = image::load_from_memory(&png)?;
+        let mut progress = |partial: crate::detect::Partial| match partial {
+            crate::detect::Partial::Global { .. } => first_score = start.elapsed().as_secs_f64(),
+            crate::detect::Partial::Scale { done: 1, .. } => first_map = start.elapsed().as_secs_f64(),
+            crate::detect::Partial::Scale { .. } => {}
+        };
+        detector.detect_progressive(&decoded, class, None, &settings, Some(&mut progress))?;
+        runs.push((first_score, first_map, start.elapsed().as_secs_f64()));
+    }
+    runs.remove(0);
+    let median = |pick: fn(&(f64, f64, f64)) -> f64| {
+        let mut values: Vec<f64> = runs.iter().map(pick).collect();
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    Ok(FirstAnswers { first_score_s: median(|r| r.0), first_map_s: median(|r| r.1), final_s: median(|r| r.2) })
 }

@@ -274,3 +274,37 @@ fn three_shards_in_three_processes_write_what_one_run_writes() {
     assert!(stderr(&bad).contains("3/2") && stderr(&bad).contains("I/N"), "{}", stderr(&bad));
     assert!(!dir.path().join("never").exists());
 }
+
+/// `--json --progressive`: per image, S_G, then the first of two window scales, then
+/// the record, in that order; the records are those of a run without it.
+#[test]
+fn progressive_lines_come_before_each_record_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    images(&input, 2);
+    let cache = dir.path().join("cache");
+    let i = input.to_str().unwrap();
+    let plain = run(&["detect", "--class", "bottle", "--json", "--out", dir.path().join("plain").to_str().unwrap(), i], &cache);
+    assert!(plain.status.success(), "{}", stderr(&plain));
+    let out = run(&["detect", "--class", "bottle", "--json", "--progressive", "--out", dir.path().join("p").to_str().unwrap(), i], &cache);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let records: Vec<serde_json::Value> =
+        String::from_utf8(plain.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3 * records.len(), "{lines:?}");
+    for (chunk, record) in lines.chunks(3).zip(&records) {
+        let file = record["file"].as_str().unwrap();
+        assert_eq!((chunk[0]["file"].as_str(), chunk[0]["partial"].as_str()), (Some(file), Some("global")));
+        assert_eq!(chunk[0]["global_score"], record["global_score"], "S_G is the final S_G");
+        assert_eq!((chunk[1]["partial"].as_str(), chunk[1]["scale"].as_u64(), chunk[1]["done"].as_u64(), chunk[1]["total"].as_u64()), (Some("scale"), Some(2), Some(1), Some(2)));
+        assert!(chunk[1]["image_score"].is_number());
+        assert_eq!(chunk[2]["image_score"], record["image_score"]);
+        assert_eq!(chunk[2]["descriptors"], record["descriptors"]);
+    }
+    let maps = |name: &str| std::fs::read(dir.path().join(name).join("000.tiff")).unwrap();
+    assert!(maps("plain") == maps("p"), "the same map");
+    let without_json = run(&["detect", "--class", "bottle", "--progressive", "--out", dir.path().join("x").to_str().unwrap(), i], &cache);
+    assert_eq!(without_json.status.code(), Some(2), "{}", stderr(&without_json));
+    assert!(stderr(&without_json).contains("--json"));
+}

@@ -3,7 +3,7 @@
 #[macro_use]
 mod common;
 
-use alfa::detect::{DetectSettings, Detector, WindowMode};
+use alfa::detect::{DetectSettings, Detector, Partial, WindowMode};
 use alfa::prompts::PromptStore;
 use image::{DynamicImage, Rgb, RgbImage};
 
@@ -184,5 +184,41 @@ fn bf16_image_tower_stays_close_to_f32() {
         assert!(max_diff < 0.01, "{mode:?}: max |map diff| {max_diff}");
         assert!(correlation > 0.999, "{mode:?}: map correlation {correlation}");
         assert!(score_diff < 0.005, "{mode:?}: image score {} vs {}", a.image_score, b.image_score);
+    }
+}
+
+/// `detect_progressive` tells S_G, then the map of each window scale but the last, in
+/// order; its result is exactly the result without progress, zero- and few-shot.
+#[test]
+fn progressive_results_arrive_in_order_and_the_final_one_is_unchanged() {
+    let mut det = detector(None);
+    let class = det.encode_class(small_prompts()).unwrap();
+    let image = test_image(57, 41);
+    let settings = DetectSettings { scales: vec![1, 2, 3], ..Default::default() };
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<std::path::PathBuf> = [41, 43]
+        .map(|w| {
+            let path = dir.path().join(format!("ref{w}.png"));
+            test_image(w, 40).save(&path).unwrap();
+            path
+        })
+        .into();
+    let bank = det.build_reference_bank(&files, &settings, |_, _| {}).unwrap().bank.expect("two readable references");
+    for bank in [None, Some(&bank)] {
+        let plain = det.detect_with_references(&image, &class, bank, &settings).unwrap();
+        let mut partials = Vec::new();
+        let progressive = det.detect_progressive(&image, &class, bank, &settings, Some(&mut |p| partials.push(p))).unwrap();
+        assert_eq!(progressive.map, plain.map);
+        assert_eq!(progressive.patch_map, plain.patch_map);
+        assert_eq!((progressive.image_score, progressive.global_score), (plain.image_score, plain.global_score));
+        assert_eq!(partials.len(), 3, "S_G, then scales 1 and 2 of 3: {partials:?}");
+        assert_eq!(partials[0], Partial::Global { global_score: plain.global_score });
+        for (k, partial) in partials[1..].iter().enumerate() {
+            let Partial::Scale { scale, done, total, image_score, map } = partial else { panic!("{partial:?}") };
+            assert_eq!((*scale, *done, *total), (k + 1, k + 1, 3));
+            assert_eq!((map.width, map.height), (57, 41), "at the image's resolution");
+            assert!(image_score.is_finite() && map.values.iter().all(|v| v.is_finite()));
+            assert_ne!(map, &plain.map, "a partial map is the scales so far, not the final one");
+        }
     }
 }

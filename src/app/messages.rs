@@ -45,6 +45,18 @@ impl AlfaApp {
                     state.last_encoding = Some((encoded, seconds));
                 }
             }
+            Message::Partial { generation, id, partial } => {
+                if generation != state.progress.generation {
+                    return;
+                }
+                let Some(index) = state.index_of(id) else { return };
+                let entry = &mut state.entries[index];
+                let refines_map = matches!(partial, crate::detect::Partial::Scale { .. });
+                entry.partial = Some(state::PartialAnalysis::with(entry.partial.take(), partial));
+                if refines_map && state.selected == Some(index) {
+                    self.content = None;
+                }
+            }
             Message::Analysed { generation, id, outcome } => {
                 if generation != state.progress.generation {
                     return;
@@ -53,6 +65,7 @@ impl AlfaApp {
                 let Some(index) = state.index_of(id) else { return };
                 let entry = &mut state.entries[index];
                 entry.stale = false;
+                entry.partial = None;
                 match outcome {
                     Ok(analysis) => {
                         entry.analysis = Some(analysis);

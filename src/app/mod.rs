@@ -387,6 +387,7 @@ impl AlfaApp {
                     analysis: None,
                     compare: None,
                     stale: false,
+                    partial: None,
                 }
             })
             .collect();
@@ -446,6 +447,7 @@ impl AlfaApp {
         for entry in &mut self.state.entries {
             entry.stale = entry.analysis.is_some();
             entry.compare = None;
+            entry.partial = None;
         }
         self.compare_asked = None;
         let references = self.state.references().to_vec();
@@ -495,7 +497,11 @@ impl AlfaApp {
                 (None, Some((pixels, size))) => (pixels.clone(), *size, None),
                 (None, None) => return None,
             };
-            let map = entry.analysis.as_ref().map(|a| a.map.clone()).filter(|m| [m.width as u32, m.height as u32] == size);
+            // The partial map of a coming result before an older (stale) one.
+            let partial = entry.partial.as_ref().and_then(|p| p.refined.as_ref()).map(|(_, map)| map.clone());
+            let map = partial
+                .or_else(|| entry.analysis.as_ref().map(|a| a.map.clone()))
+                .filter(|m| [m.width as u32, m.height as u32] == size);
             self.content = Some(HeatmapContent { image, size, map, mask });
         }
         self.content.clone()

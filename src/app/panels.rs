@@ -364,6 +364,13 @@ impl AlfaApp {
                                 (_, _, Some(error)) => {
                                     ui.colored_label(NG_COLOR, "unreadable").on_hover_text(error);
                                 }
+                                // The coming result, as far as it is known (no verdict yet).
+                                _ if entry.partial.is_some() && (entry.analysis.is_none() || entry.stale) => {
+                                    let label = entry.partial.as_ref().map(|p| p.label()).unwrap_or_default();
+                                    ui.label(RichText::new(label).italics()).on_hover_text(
+                                        "The global score S_G, then the map of the window scales done so far; the final score and verdict replace it",
+                                    );
+                                }
                                 (Some(score), Some(verdict), None) => {
                                     let text = score_text(score, threshold);
                                     if entry.stale {

@@ -12,7 +12,8 @@ use crate::detect::colormap::Colormap;
 use super::worker::{Analysis, ItemId, Picture, ThresholdFit};
 pub use crate::detect::threshold::Verdict;
 use crate::clip::Precision;
-use crate::detect::{DetectSettings, MethodKind};
+use crate::detect::maps::Grid;
+use crate::detect::{DetectSettings, MethodKind, Partial};
 use crate::prompts::llm::LlmConfig;
 use crate::recipe::legacy::LegacyClass;
 use crate::recipe::{MethodRecipe, ModelStamp, Recipe, RecipeThresholds, ThresholdRecord};
@@ -34,6 +35,40 @@ pub struct Entry {
     pub compare: Option<Arc<Analysis>>,
     /// The result is from older prompts or settings; a newer one is coming.
     pub stale: bool,
+    /// What the engine told of the image's coming result; shown until it arrives.
+    pub partial: Option<PartialAnalysis>,
+}
+
+/// An image's result in the making: `S_G` first, then the map of the window scales
+/// done so far.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartialAnalysis {
+    pub global_score: f32,
+    /// After a window scale: the image score and the map of the scales so far.
+    pub refined: Option<(f32, Arc<Grid>)>,
+    /// Window scales done, of all.
+    pub scales: (usize, usize),
+}
+
+impl PartialAnalysis {
+    /// `partial` added to what was known (`self`, if anything).
+    pub fn with(this: Option<Self>, partial: Partial) -> Self {
+        match partial {
+            Partial::Global { global_score } => Self { global_score, refined: None, scales: (0, 0) },
+            Partial::Scale { done, total, image_score, map, .. } => {
+                let global_score = this.map_or(f32::NAN, |p| p.global_score);
+                Self { global_score, refined: Some((image_score, Arc::new(map))), scales: (done, total) }
+            }
+        }
+    }
+
+    /// The list's line: `S_G 0.81, refining…`, then `0.74 (1 of 2 scales), refining…`.
+    pub fn label(&self) -> String {
+        match &self.refined {
+            None => format!("S_G {:.3}, refining…", self.global_score),
+            Some((score, _)) => format!("{score:.3} ({} of {} scales), refining…", self.scales.0, self.scales.1),
+        }
+    }
 }
 
 impl Entry {
@@ -662,7 +697,7 @@ mod tests {
     use super::*;
 
     fn entry(name: &str) -> Entry {
-        Entry { id: 0, path: name.into(), name: name.into(), thumbnail: None, preview: None, error: None, analysis: None, compare: None, stale: false }
+        Entry { id: 0, path: name.into(), name: name.into(), thumbnail: None, preview: None, error: None, analysis: None, compare: None, stale: false, partial: None }
     }
 
     fn state_with(names: &[&str]) -> AppState {

@@ -2,6 +2,7 @@
 
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use egui_kittest::Harness;
 use egui_kittest::kittest::{NodeT, Queryable};
@@ -151,4 +152,59 @@ fn cancelled_rescoring_leaves_old_scores_marked() {
     let export = app.export_of_state();
     assert!(export.scores.images[0].stale);
     assert_eq!(export.image.as_ref().map(|x| x.style.caption.len()), Some(3), "the overlay says the result is old");
+}
+
+/// Steps until `done` holds (a generous iteration limit, not a time limit).
+fn step_until(harness: &mut Harness<'_, AlfaApp>, what: &str, done: impl Fn(&AlfaApp) -> bool) {
+    for _ in 0..40_000 {
+        harness.step();
+        if done(harness.state()) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    panic!("gave up waiting for {what}");
+}
+
+/// The list and the Why page show S_G as soon as the global pass is done, then the map
+/// of the first window scale (the viewer shows it), and the final result replaces
+/// them: the engine is held after each partial result so that every state is seen.
+#[test]
+fn partial_results_show_at_once_and_the_final_one_replaces_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = dir.path().to_owned();
+    let mut harness = Harness::builder()
+        .with_size(eframe::egui::Vec2::new(1400.0, 900.0))
+        .with_max_steps(10_000)
+        .build_eframe(move |cc| AlfaApp::new(cc, options(Vec::new(), &recipes)));
+    let (next, gate) = crossbeam_channel::bounded::<()>(0);
+    harness.state().workers.gate_partials(gate);
+    let image = manifest().join("tests/fixtures/images/odd_100x100_rgb.png");
+    harness.state_mut().open(&[image]);
+
+    step_until(&mut harness, "S_G", |app| app.state.entries[0].partial.is_some());
+    let partial = harness.state().state.entries[0].partial.clone().unwrap();
+    assert!(partial.refined.is_none() && partial.global_score.is_finite(), "{partial:?}");
+    harness.run_steps(2);
+    let label = format!("S_G {:.3}, refining…", partial.global_score);
+    assert!(harness.query_all_by_label(&label).count() >= 1, "the list and the Why page show `{label}`");
+    assert!(harness.state().state.entries[0].analysis.is_none());
+
+    next.send(()).unwrap();
+    step_until(&mut harness, "the first scale's map", |app| app.state.entries[0].partial.as_ref().is_some_and(|p| p.refined.is_some()));
+    let partial = harness.state().state.entries[0].partial.clone().unwrap();
+    assert_eq!(partial.scales, (1, 2), "scales 2 and 3: the first of two");
+    step_until(&mut harness, "the partial map on screen", |app| {
+        app.content.as_ref().and_then(|c| c.map.as_ref()).is_some_and(|m| Arc::ptr_eq(m, &partial.refined.as_ref().unwrap().1))
+    });
+
+    drop(next);
+    step_until(&mut harness, "the final result", |app| app.state.analysed() == 1);
+    let app = harness.state();
+    let entry = &app.state.entries[0];
+    assert!(entry.partial.is_none(), "the result replaces the partial one");
+    let analysis = entry.analysis.clone().unwrap();
+    assert_eq!(analysis.detection.as_ref().unwrap().global_score, partial.global_score, "S_G does not change");
+    harness.run_steps(2);
+    assert!(harness.query_by_label_contains("refining").is_none());
 }

@@ -21,8 +21,13 @@ impl AlfaApp {
             ui.colored_label(NG_COLOR, error);
             return;
         }
+        if let Some(partial) = &entry.partial {
+            ui.label(RichText::new(partial.label()).italics().strong());
+        }
         let Some(analysis) = entry.analysis.clone() else {
-            ui.label("Not analysed yet.");
+            if entry.partial.is_none() {
+                ui.label("Not analysed yet.");
+            }
             return;
         };
         ui.horizontal(|ui| {

@@ -22,7 +22,7 @@ use crate::detect::maps::Grid;
 use crate::detect::references::{self, ReferenceBank};
 pub use crate::detect::threshold::ThresholdFit;
 use crate::detect::baselines::build_method;
-use crate::detect::{ClassPrompts, ClassSpec, DetectError, DetectSettings, Detection, Detector, Method, MethodKind};
+use crate::detect::{ClassPrompts, ClassSpec, DetectError, DetectSettings, Detection, Detector, Method, MethodKind, Partial};
 use crate::prompts::PromptSet;
 use crate::prompts::generate::Generated;
 
@@ -42,6 +42,10 @@ pub enum Job {
     /// Panics on the engine thread, as a bug would.
     #[cfg(test)]
     Panic,
+    /// From now on, the engine waits for a message (or the sender's drop) after each
+    /// partial result it sends: the test sees the partial state before the final one.
+    #[cfg(test)]
+    GatePartials(Receiver<()>),
 }
 
 /// What a job was, kept to report it failed after the job itself was consumed.
@@ -62,7 +66,7 @@ impl JobKind {
             Job::Compare(job) => JobKind::Compare(job.id, job.item.0),
             Job::Threshold(job) => JobKind::Threshold(job.id),
             #[cfg(test)]
-            Job::Hold(_) | Job::Panic => JobKind::Test,
+            Job::Hold(_) | Job::Panic | Job::GatePartials(_) => JobKind::Test,
         }
     }
 
@@ -152,6 +156,8 @@ pub enum Message {
     ModelFailed { model: String, error: String },
     /// The class's prompts are encoded; `encoded` texts went through the text tower.
     PromptsEncoded { generation: u64, encoded: usize, seconds: f64 },
+    /// What the engine knows of image `id` before its result (ALFA only).
+    Partial { generation: u64, id: ItemId, partial: Partial },
     Analysed { generation: u64, id: ItemId, outcome: Result<Arc<Analysis>, String> },
     /// The compare view's second result for image `item`.
     Compared { id: u64, item: ItemId, outcome: Result<Arc<Analysis>, String> },
@@ -248,6 +254,8 @@ impl Workers {
             encoded: None,
             bank: None,
             baselines: Vec::new(),
+            #[cfg(test)]
+            partial_gate: None,
         };
         std::thread::Builder::new()
             .name("alfa-engine".into())
@@ -348,6 +356,11 @@ impl Workers {
         self.send(Job::Panic);
     }
 
+    #[cfg(test)]
+    pub fn gate_partials(&self, gate: Receiver<()>) {
+        self.send(Job::GatePartials(gate));
+    }
+
     fn send(&self, job: Job) {
         // The engine thread only ends when this sender is dropped.
         let _ = self.jobs.send(job);
@@ -382,6 +395,8 @@ struct Engine {
     bank: Option<CachedBank>,
     /// Baselines built so far on the same model (at most one per method).
     baselines: Vec<BaselineSlot>,
+    #[cfg(test)]
+    partial_gate: Option<Receiver<()>>,
 }
 
 /// A baseline, and the prompts and references it is prepared with.
@@ -445,6 +460,8 @@ impl Engine {
             }
             #[cfg(test)]
             Job::Panic => panic!("a test asked the engine to panic"),
+            #[cfg(test)]
+            Job::GatePartials(gate) => self.partial_gate = Some(gate),
         }
     }
 
@@ -570,7 +587,18 @@ impl Engine {
             if self.is_stale(task) {
                 break;
             }
-            let outcome = self.score_prepared(job.method, &job.references, &job.settings, &path);
+            // S_G and the coarser maps go to the window as soon as they exist.
+            let outbox = self.outbox.clone();
+            #[cfg(test)]
+            let gate = self.partial_gate.clone();
+            let mut progress = |partial| {
+                outbox.send(Message::Partial { generation, id, partial });
+                #[cfg(test)]
+                if let Some(gate) = &gate {
+                    let _ = gate.recv();
+                }
+            };
+            let outcome = self.score_prepared(job.method, &job.references, &job.settings, &path, Some(&mut progress));
             self.outbox.send(Message::Analysed { generation, id, outcome });
         }
         self.outbox.send(done(None));
@@ -583,7 +611,7 @@ impl Engine {
         }
         let outcome = self
             .prepare_method(task, job.method, &job.prompts, &job.settings, &job.references)
-            .and_then(|()| self.score_prepared(job.method, &job.references, &job.settings, &job.item.1));
+            .and_then(|()| self.score_prepared(job.method, &job.references, &job.settings, &job.item.1, None));
         if !self.is_stale(task) {
             self.outbox.send(Message::Compared { id: job.id, item: job.item.0, outcome });
         }
@@ -636,13 +664,14 @@ impl Engine {
         references: &[PathBuf],
         settings: &DetectSettings,
         path: &std::path::Path,
+        progress: Option<&mut dyn FnMut(Partial)>,
     ) -> Result<Arc<Analysis>, String> {
         let image = clip::open_image(path).map_err(|e| e.to_string())?;
         // A bug on one image fails that image, not the rest of the list.
         let scored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<Analysis, DetectError> {
             if method == MethodKind::Alfa {
                 let (detector, class, bank) = self.prepared(references);
-                return Ok(Analysis::alfa(detector.detect_with_references(&image, class, bank, settings)?));
+                return Ok(Analysis::alfa(detector.detect_progressive(&image, class, bank, settings, progress)?));
             }
             let slot = self.baselines.iter_mut().find(|b| b.kind == method).ok_or(DetectError::NotPrepared)?;
             let scored = slot.method.score(&image)?;

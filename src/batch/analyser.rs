@@ -14,7 +14,7 @@ use crate::detect::baselines::{BaselineOptions, build_method_with};
 use crate::detect::maps::Grid;
 use crate::detect::references::{ReferenceBank, draw, list_references};
 use crate::detect::threshold::GoodScores;
-use crate::detect::{ClassPrompts, ClassSpec, DetectSettings, Detection, Detector, Method, MethodKind};
+use crate::detect::{ClassPrompts, ClassSpec, DetectSettings, Detection, Detector, Method, MethodKind, Partial};
 use crate::prompts::{PromptStore, ResolvedPrompts};
 use crate::recipe::Recipes;
 
@@ -175,12 +175,13 @@ impl Analyser {
         }
     }
 
-    /// One image through the method prepared for `class`.
-    pub fn analyse(&mut self, image: &DynamicImage, class: &str) -> Result<Outcome, BatchError> {
+    /// One image through the method prepared for `class`, telling `progress` what
+    /// is known before the result (ALFA only).
+    pub fn analyse(&mut self, image: &DynamicImage, class: &str, progress: Option<&mut dyn FnMut(Partial)>) -> Result<Outcome, BatchError> {
         Ok(match &mut self.engine {
             Engine::Alfa { detector, prepared } => {
                 let (class_prompts, bank) = prepared.get(class).ok_or(crate::detect::DetectError::NotPrepared)?;
-                let mut detection = detector.detect_with_references(image, class_prompts, bank.as_ref(), &self.settings)?;
+                let mut detection = detector.detect_progressive(image, class_prompts, bank.as_ref(), &self.settings, progress)?;
                 let map = std::mem::replace(&mut detection.map, Grid::new(0, 0, Vec::new()));
                 Outcome { image_score: detection.image_score, map, detection: Some(detection) }
             }

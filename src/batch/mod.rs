@@ -30,7 +30,7 @@ use crate::detect::colormap::Colormap;
 use crate::detect::export::{self, OverlayStyle};
 use crate::detect::inputs::{self, InputImage};
 use crate::detect::threshold::Verdict;
-use crate::detect::{DetectSettings, MethodKind};
+use crate::detect::{DetectSettings, MethodKind, Partial};
 use crate::files::write_atomic;
 use crate::prompts::ResolvedPrompts;
 
@@ -87,6 +87,12 @@ pub trait Observer {
     fn image_started(&self, _image: &InputImage) {}
     /// `image` is written (its record as one JSON line), or failed.
     fn image_finished(&self, _image: &InputImage, _result: &Result<String, String>) {}
+    /// Whether [`Self::partial`] is wanted: partial maps cost a little extra work.
+    fn wants_partials(&self) -> bool {
+        false
+    }
+    /// What the engine knows of `image` before its result (ALFA only).
+    fn partial(&self, _image: &InputImage, _partial: &Partial) {}
 }
 
 /// Map values spanned by the overlay's colours.
@@ -420,7 +426,9 @@ impl<'a> Runner<'a> {
     pub fn process(&mut self, image: &InputImage, class: &str, outputs: &Outputs, observer: &dyn Observer) -> Result<(Scored, String), BatchError> {
         self.analyser.prepare(class, observer)?;
         let decoded = clip::open_image(&image.path)?;
-        let outcome = self.analyser.analyse(&decoded, class)?;
+        let mut tell = |partial: Partial| observer.partial(image, &partial);
+        let progress: Option<&mut dyn FnMut(Partial)> = if observer.wants_partials() { Some(&mut tell) } else { None };
+        let outcome = self.analyser.analyse(&decoded, class, progress)?;
         let resolved = self.analyser.prompts(class).ok_or(crate::detect::DetectError::NotPrepared)?;
         self.writer.write_image(image, class, outputs, &decoded, &outcome, &PromptOrigin::from(resolved))
     }

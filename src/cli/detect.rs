@@ -11,6 +11,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use super::analysis::{AnalysisArgs, stop_on_interrupt};
 use super::progress_label;
 use crate::batch::{self, Existing, Observer, Plan, Shard};
+use crate::detect::Partial;
 use crate::detect::inputs::InputImage;
 use crate::recipe::OtherRecipe;
 
@@ -42,6 +43,12 @@ pub struct DetectArgs {
     /// sorted by score, filterable by verdict.
     #[arg(long)]
     pub report: bool,
+    /// With --json: before each image's record, print what is known earlier as lines
+    /// of their own: {"file", "partial": "global", "global_score"} after the global
+    /// pass, then {"file", "partial": "scale", "scale", "done", "total", "image_score"}
+    /// after each window scale but the last (ALFA only). The records are unchanged.
+    #[arg(long, requires = "json")]
+    pub progressive: bool,
     /// Images or folders (searched recursively).
     #[arg(required = true, value_name = "INPUT")]
     pub inputs: Vec<PathBuf>,
@@ -63,7 +70,7 @@ pub fn run(args: DetectArgs) -> Result<batch::RunStatus> {
     let mut runner = args.analysis.runner(&spec, prepared)?;
 
     let stop = stop_on_interrupt()?;
-    let observer = Terminal::new(plan.images.len() - plan.finished(), args.analysis.json);
+    let observer = Terminal::new(plan.images.len() - plan.finished(), args.analysis.json, args.progressive);
     let result = runner.run(&plan, &observer, &stop)?;
     observer.bar.finish_and_clear();
     eprintln!("{}", result.summary.line(!spec.decisions.is_empty()));
@@ -84,16 +91,26 @@ struct Terminal {
     bar: ProgressBar,
     references: RefCell<Option<ProgressBar>>,
     json: bool,
+    progressive: bool,
 }
 
 impl Terminal {
-    fn new(images: usize, json: bool) -> Self {
+    fn new(images: usize, json: bool, progressive: bool) -> Self {
         let bars = MultiProgress::new();
         let bar = if images < 2 { ProgressBar::hidden() } else { bars.add(ProgressBar::new(images as u64)) };
         bar.set_style(
             ProgressStyle::with_template("{bar:40} {pos}/{len} images ({eta} left) {wide_msg}").expect("the template is valid"),
         );
-        Self { bars, bar, references: RefCell::new(None), json }
+        Self { bars, bar, references: RefCell::new(None), json, progressive }
+    }
+
+    /// One line on stdout, above the bars.
+    fn print(&self, line: &str) {
+        self.bars.suspend(|| {
+            let mut stdout = std::io::stdout().lock();
+            // A closed pipe (`| head`) is not worth failing the run for.
+            let _ = writeln!(stdout, "{line}");
+        });
     }
 }
 
@@ -123,14 +140,32 @@ impl Observer for Terminal {
 
     fn image_finished(&self, image: &InputImage, result: &Result<String, String>) {
         match result {
-            Ok(json) if self.json => self.bars.suspend(|| {
-                let mut stdout = std::io::stdout().lock();
-                // A closed pipe (`| head`) is not worth failing the run for.
-                let _ = writeln!(stdout, "{json}");
-            }),
+            Ok(json) if self.json => self.print(json),
             Ok(_) => {}
             Err(e) => self.bars.suspend(|| eprintln!("error: {}: {e}", image.path.display())),
         }
         self.bar.inc(1);
+    }
+
+    fn wants_partials(&self) -> bool {
+        self.progressive
+    }
+
+    fn partial(&self, image: &InputImage, partial: &Partial) {
+        /// One partial line; scores as f32, so they read as the record's do.
+        #[derive(serde::Serialize)]
+        #[serde(tag = "partial", rename_all = "lowercase")]
+        enum Line {
+            Global { file: String, global_score: f32 },
+            Scale { file: String, scale: usize, done: usize, total: usize, image_score: f32 },
+        }
+        let file = image.path.display().to_string();
+        let line = match *partial {
+            Partial::Global { global_score } => Line::Global { file, global_score },
+            Partial::Scale { scale, done, total, image_score, .. } => Line::Scale { file, scale, done, total, image_score },
+        };
+        if let Ok(text) = serde_json::to_string(&line) {
+            self.print(&text);
+        }
     }
 }

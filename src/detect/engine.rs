@@ -172,6 +172,17 @@ pub struct StageTime {
     pub seconds: f64,
 }
 
+/// What the engine knows of an image before its result ([`Detector::detect_progressive`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Partial {
+    /// The global pass and the prompts are done: the global score `S_G`.
+    Global { global_score: f32 },
+    /// Window scale `scale` is done, the `done`-th of `total`: the map of the scales so
+    /// far at the image's resolution (smoothed as the final one) and the image score
+    /// it gives.
+    Scale { scale: usize, done: usize, total: usize, image_score: f32, map: Grid },
+}
+
 /// Everything the engine knows about one image.
 #[derive(Debug, Clone, Serialize)]
 pub struct Detection {
@@ -320,6 +331,21 @@ impl Detector {
         references: Option<&ReferenceBank>,
         settings: &DetectSettings,
     ) -> Result<Detection, DetectError> {
+        self.detect_progressive(image, class, references, settings, None)
+    }
+
+    /// [`Self::detect_with_references`], telling `progress` what is known before the
+    /// result: `S_G` after the global pass, then the map of the window scales done so
+    /// far after each scale but the last. The result is the same as without `progress`
+    /// (the same computation; the partial maps are extra work only when asked for).
+    pub fn detect_progressive(
+        &self,
+        image: &DynamicImage,
+        class: &ClassPrompts,
+        references: Option<&ReferenceBank>,
+        settings: &DetectSettings,
+        mut progress: Option<&mut dyn FnMut(Partial)>,
+    ) -> Result<Detection, DetectError> {
         let grid = self.clip.model.vision.grid();
         settings.validate(grid)?;
         if let Some(bank) = references {
@@ -366,6 +392,9 @@ impl Detector {
         )?; // [2, E]: f+, f-
         let global_score = abnormal_probability(&image_feature, &text_features, scale)?[0];
         lap("prompts", &mut timings)?;
+        if let Some(progress) = progress.as_mut() {
+            progress(Partial::Global { global_score });
+        }
 
         // Local windows.
         let text_rows = text_features.flatten_all()?.to_vec1::<f32>()?;
@@ -411,6 +440,20 @@ impl Detector {
                 .collect();
             scale_maps.push(harmonic_patch_map(&scores, grid, s));
             aligner_time += start.elapsed().as_secs_f64();
+            if let Some(progress) = progress.as_mut()
+                && scale_maps.len() < settings.scales.len()
+            {
+                // The map of the scales so far, as the final map is made of all of them.
+                let mut patch_map = harmonic_mean(&scale_maps);
+                let mut image_score = (global_score + patch_map.max()) / 2.0;
+                if !few_shot_maps.is_empty() {
+                    let few_shot_map = mean(&few_shot_maps);
+                    image_score += few_shot_map.max();
+                    patch_map = mean(&[patch_map, few_shot_map]);
+                }
+                let map = gaussian_blur(&resize_bilinear(&patch_map, image.width() as usize, image.height() as usize), settings.sigma);
+                progress(Partial::Scale { scale: s, done: scale_maps.len(), total: settings.scales.len(), image_score, map });
+            }
         }
         timings.push(StageTime { stage: "windows", seconds: window_time });
         timings.push(StageTime { stage: "aligner", seconds: aligner_time });

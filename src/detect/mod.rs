@@ -15,7 +15,7 @@ pub mod ridge;
 pub mod text_cache;
 pub mod threshold;
 
-pub use engine::{ClassPrompts, DetectSettings, Detection, Detector, WindowMode};
+pub use engine::{ClassPrompts, DetectSettings, Detection, Detector, Partial, WindowMode};
 pub use method::{Ablation, AlfaMethod, ClassSpec, Method, MethodKind, Scored};
 
 #[derive(Debug, thiserror::Error)]
