@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::bench;
 use crate::clip::{self, Clip, DownloadObserver, ModelRequest, Precision, TokenizerSource};
+use crate::dinov2;
 use crate::options::{GuiArgs, ModelArgs};
 
 mod analysis;
@@ -123,6 +124,10 @@ pub struct EmbedArgs {
     /// Text to embed (repeatable).
     #[arg(long = "text", value_name = "TEXT")]
     pub texts: Vec<String>,
+    /// Print the images' DINOv2 patch features instead of CLIP embeddings: vits14 or
+    /// vitb14 (from the hub, lmz/candle-dino-v2), or a .safetensors file or a folder.
+    #[arg(long, value_name = "M", conflicts_with = "texts")]
+    pub dinov2: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -236,14 +241,27 @@ impl DownloadObserver for DownloadBar {
     }
 }
 
-/// `model`'s request, with a terminal progress bar for downloads.
-pub(crate) fn model_request(model: &ModelArgs) -> ModelRequest {
+/// A terminal progress bar for downloads (shown once a download starts).
+fn download_bar() -> Arc<dyn DownloadObserver> {
     let bar = ProgressBar::hidden();
     bar.set_style(
         ProgressStyle::with_template("{msg} {bar:40} {bytes}/{total_bytes} ({eta})").expect("the template is valid"),
     );
     bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-    model.request(Some(Arc::new(DownloadBar { bar })))
+    Arc::new(DownloadBar { bar })
+}
+
+/// `model`'s request, with a terminal progress bar for downloads.
+pub(crate) fn model_request(model: &ModelArgs) -> ModelRequest {
+    model.request(Some(download_bar()))
+}
+
+/// Resolves (downloading if needed, with the progress bar) and loads DINOv2 `model`
+/// (`--dino-model`; `None`: ViT-S/14) on the device CLIP uses.
+pub(crate) fn load_dinov2(model: Option<&str>, cpu: bool) -> Result<dinov2::Dinov2> {
+    let request = dinov2::DinoRequest { model: model.map(str::to_owned), observer: Some(download_bar()) };
+    let files = request.resolve()?;
+    Ok(dinov2::Dinov2::load(&files, &clip::device(cpu)?)?)
 }
 
 /// Resolves (downloading if needed) and loads `model` on its device.
