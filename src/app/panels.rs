@@ -886,6 +886,7 @@ impl AlfaApp {
                         MethodKind::Winclip => "WinCLIP: prompt ensemble and windows (WinCLIP+ with references)",
                         MethodKind::AnovlTfa => "AnoVL, training-free adaptation (zero-shot)",
                         MethodKind::AnovlTta => "AnoVL with test-time adaptation (zero-shot, slower)",
+                        MethodKind::Anomalydino => "AnomalyDINO: DINOv2 patches against the references' (few-shot only, no text)",
                     })
                     .changed();
             }
@@ -1032,6 +1033,7 @@ pub fn method_label(kind: MethodKind) -> &'static str {
         MethodKind::Winclip => "WinCLIP",
         MethodKind::AnovlTfa => "AnoVL TFA",
         MethodKind::AnovlTta => "AnoVL TTA",
+        MethodKind::Anomalydino => "AnomalyDINO",
     }
 }
 

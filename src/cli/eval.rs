@@ -8,12 +8,12 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::progress_label;
-use crate::options::ModelArgs;
+use crate::options::{DinoModelArg, ModelArgs};
 use crate::clip::{self, Clip};
 use crate::detect::baselines::{BaselineOptions, ImageViews, build_method_with};
 use crate::detect::references::draw;
 use crate::detect::text_cache::default_cache_dir;
-use crate::detect::{Ablation, AlfaMethod, ClassSpec, DetectSettings, Detector, Method, MethodKind, WindowMode};
+use crate::detect::{Ablation, AlfaMethod, ClassSpec, DetectSettings, Detector, Method, MethodKind, RefsBackbone, WindowMode};
 use crate::eval::report::EvalReport;
 use crate::eval::{ClassMetrics, Dataset, DatasetKind, evaluate_class, score_class_maps};
 use crate::files::write_atomic;
@@ -23,6 +23,8 @@ use crate::prompts::PromptStore;
 pub struct EvalArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub dino: DinoModelArg,
     /// Dataset layout: mvtec, visa or folder [default: detected from ROOT].
     #[arg(long, value_name = "KIND")]
     pub dataset: Option<DatasetKind>,
@@ -39,7 +41,7 @@ pub struct EvalArgs {
     #[arg(long, value_enum, default_value_t = Ablation::Full)]
     pub ablation: Ablation,
     /// Few-shot: normal references per class, drawn from the train split's good images
-    /// (alfa and winclip).
+    /// (alfa, winclip, anomalydino; AnomalyDINO's protocol: K in 1, 2, 4, 8, 16).
     #[arg(long, default_value_t = 0, value_name = "K")]
     pub shots: usize,
     /// Few-shot, and AnoVL's test-time noise (anovl-tta): repeat with seeds 0..N (the
@@ -59,6 +61,10 @@ pub struct EvalArgs {
     pub scales: Vec<usize>,
     #[arg(long, value_enum, default_value_t = WindowMode::Tokens)]
     pub window_mode: WindowMode,
+    /// Features of ALFA's few-shot memory bank (with --shots): clip windows, or dinov2
+    /// patches (AnomalyDINO's, fused with ALFA; see --dino-model).
+    #[arg(long, value_enum, value_name = "B")]
+    pub refs_backbone: Option<RefsBackbone>,
     /// AnoVL only (anovl-tfa, anovl-tta): the views its image score averages, 1 (the
     /// input alone, as its paper) or 22 (its public code's views: rotations,
     /// translations, flip, grey) [default: 1].
@@ -101,6 +107,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let settings = DetectSettings {
         scales: args.scales.clone(),
         window_mode: args.window_mode,
+        refs_backbone: args.refs_backbone.unwrap_or_default(),
         ..Default::default()
     };
     settings.validate(usize::MAX)?;
@@ -117,14 +124,26 @@ pub fn run(args: EvalArgs) -> Result<()> {
         let metrics = classes.iter().map(|c| score_class_maps(&dataset, c, maps)).collect::<Result<Vec<_>, _>>()?;
         vec![metrics]
     } else {
-        if args.shots > 0 && !matches!(args.method, MethodKind::Alfa | MethodKind::Winclip) {
-            bail!("--shots works with --method alfa or winclip; {:?} is zero-shot only", args.method);
+        if args.shots > 0 && !matches!(args.method, MethodKind::Alfa | MethodKind::Winclip | MethodKind::Anomalydino) {
+            bail!("--shots works with --method alfa, winclip or anomalydino; {:?} is zero-shot only", args.method);
+        }
+        super::analysis::check_refs_backbone(args.method, args.refs_backbone, false)?;
+        let needs_references = args.method == MethodKind::Anomalydino || settings.refs_backbone == RefsBackbone::Dinov2;
+        if needs_references && args.shots == 0 {
+            bail!("--method anomalydino and --refs-backbone dinov2 compare with normal reference images: give --shots K (1, 2, 4, 8 or 16)");
         }
         let files = super::model_request(&args.model).resolve()?;
         let identity = files.identity();
         let clip = Clip::load(&files, &clip::device(args.model.cpu)?, args.model.precision)?;
         settings.validate(clip.model.vision.grid())?;
-        let detector = Detector::new(clip, &identity, default_cache_dir().as_deref());
+        let detector = super::analysis::with_dinov2_if_used(
+            Detector::new(clip, &identity, default_cache_dir().as_deref()),
+            args.method,
+            &settings,
+            &args.dino,
+            args.model.cpu,
+        )?;
+        let detector_dinov2 = detector.dinov2().map(|d| d.files.name.clone());
         let mut method: Box<dyn Method> = match args.method {
             MethodKind::Alfa => Box::new(AlfaMethod::new(detector, settings.clone(), args.ablation)),
             kind => build_method_with(kind, detector, settings.clone(), BaselineOptions { anovl_views: views })?,
@@ -133,6 +152,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
         run["ablation"] = serde_json::to_value(args.ablation)?;
         run["model"] = files.name.clone().into();
         run["model_identity"] = identity.into();
+        if let Some(dino) = detector_dinov2 {
+            run["dinov2"] = dino.into();
+        }
         run["precision"] = args.model.precision.name().into();
         run["settings"] = serde_json::to_value(&settings)?;
         run["shots"] = args.shots.into();

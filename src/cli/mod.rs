@@ -192,12 +192,17 @@ pub struct SettingsArgs {
     /// recipe's, else 4].
     #[arg(long, value_name = "PX")]
     pub sigma: Option<f32>,
+    /// Features of ALFA's few-shot memory bank: `clip` (window features, the paper's) or
+    /// `dinov2` (DINOv2 patches, AnomalyDINO; see --dino-model) [default: the recipe's,
+    /// else clip].
+    #[arg(long, value_enum, value_name = "B")]
+    pub refs_backbone: Option<crate::detect::RefsBackbone>,
 }
 
 impl SettingsArgs {
     /// Every setting is given: a recipe's would change none.
     pub fn all_given(&self) -> bool {
-        self.scales.is_some() && self.window_mode.is_some() && self.sigma.is_some()
+        self.scales.is_some() && self.window_mode.is_some() && self.sigma.is_some() && self.refs_backbone.is_some()
     }
 
     /// `settings` with what is given here in place.
@@ -210,6 +215,9 @@ impl SettingsArgs {
         }
         if let Some(sigma) = self.sigma {
             settings.sigma = sigma;
+        }
+        if let Some(backbone) = self.refs_backbone {
+            settings.refs_backbone = backbone;
         }
     }
 }
