@@ -21,7 +21,7 @@ use super::viewer::{self, PaneView, ViewerFrame};
 use super::worker::Analysis;
 use super::{AlfaApp, SideTab};
 use crate::detect::engine::{FewShotReport, PromptVerdict};
-use crate::detect::{MethodKind, WindowMode};
+use crate::detect::{MethodKind, RefsBackbone, WindowMode};
 use crate::clip::Precision;
 
 const NG_COLOR: Color32 = Color32::from_rgb(220, 60, 50);
@@ -659,9 +659,16 @@ impl AlfaApp {
             ui.label(format!("{:.3}", d.local_max));
             ui.end_row();
             if let Some(few_shot) = &d.few_shot {
-                ui.label(format!("max few-shot ({} refs)", few_shot.references)).on_hover_text(
-                    "How far the most unusual window is from every reference window: (1 - cosine) / 2",
-                );
+                let (label, explained) = match few_shot.backbone {
+                    RefsBackbone::Clip => {
+                        ("max few-shot", "How far the most unusual window is from every reference window: (1 - cosine) / 2")
+                    }
+                    RefsBackbone::Dinov2 => (
+                        "few-shot (top 1%)",
+                        "The mean of the 1% most unusual DINOv2 patches' distances to every reference patch: (1 - cosine) / 2",
+                    ),
+                };
+                ui.label(format!("{label} ({} refs)", few_shot.references)).on_hover_text(explained);
                 ui.label(format!("{:.3}", few_shot.max_score));
                 ui.end_row();
             }
@@ -727,7 +734,10 @@ impl AlfaApp {
             }
         }
         let query = shown.and(self.worst_crop.as_ref()).map(|(_, texture)| texture.clone());
-        ui.strong("Worst patch and the nearest reference window");
+        ui.strong(match few_shot.backbone {
+            RefsBackbone::Clip => "Worst patch and the nearest reference window",
+            RefsBackbone::Dinov2 => "Worst DINOv2 patch and the nearest reference patch",
+        });
         ui.horizontal(|ui| {
             let size = egui::vec2(96.0, 96.0);
             ui.vertical(|ui| {
@@ -922,6 +932,23 @@ impl AlfaApp {
             changed |= ui.selectable_value(&mut s.detect.window_mode, WindowMode::Tokens, "tokens (fast)").changed();
             changed |= ui.selectable_value(&mut s.detect.window_mode, WindowMode::Pixels, "pixels (paper, slow)").changed();
         });
+        ui.horizontal(|ui| {
+            ui.label("Few-shot features:");
+            changed |= ui
+                .selectable_value(&mut s.detect.refs_backbone, RefsBackbone::Clip, "CLIP windows")
+                .on_hover_text("The paper's memory bank: the references' window features at the scales above")
+                .changed();
+            changed |= ui
+                .selectable_value(&mut s.detect.refs_backbone, RefsBackbone::Dinov2, "DINOv2 patches")
+                .on_hover_text("AnomalyDINO's memory bank: the references' DINOv2 patch features, fused with ALFA's map")
+                .changed();
+        });
+        ui.horizontal(|ui| {
+            let label = ui.label("DINOv2 model:");
+            ui.add(egui::TextEdit::singleline(&mut s.dino_model).hint_text("vits14").desired_width(200.0))
+                .labelled_by(label.id)
+                .on_hover_text("vits14 or vitb14 (downloaded once from lmz/candle-dino-v2), or a .safetensors file or a folder; applies on Load model");
+        });
         ui.separator();
         ui.heading("Recipes");
         let mut recipes_dir = None;
@@ -1038,7 +1065,8 @@ pub fn method_label(kind: MethodKind) -> &'static str {
 }
 
 /// Every method, in the order the selectors list them.
-const METHODS: [MethodKind; 5] = [MethodKind::Alfa, MethodKind::Clip, MethodKind::Winclip, MethodKind::AnovlTfa, MethodKind::AnovlTta];
+const METHODS: [MethodKind; 6] =
+    [MethodKind::Alfa, MethodKind::Clip, MethodKind::Winclip, MethodKind::AnovlTfa, MethodKind::AnovlTta, MethodKind::Anomalydino];
 
 fn device_note() -> &'static str {
     if cfg!(feature = "cuda") {

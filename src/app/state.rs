@@ -172,6 +172,9 @@ pub struct Settings {
     /// A second method shown beside the first for the image on screen.
     pub compare: Option<MethodKind>,
     pub detect: DetectSettings,
+    /// The DINOv2 model of DINOv2 reference banks and AnomalyDINO (`--dino-model`:
+    /// vits14, vitb14, a file or a folder); empty for vits14.
+    pub dino_model: String,
     /// The recipes folder (`--recipes`); empty for `$ALFA_RECIPES` or the per-user
     /// data folder.
     pub recipes: String,
@@ -207,6 +210,7 @@ impl Default for Settings {
             method: MethodKind::Alfa,
             compare: None,
             detect: DetectSettings::default(),
+            dino_model: String::new(),
             recipes: String::new(),
             thresholds: Default::default(),
             colormap: Colormap::default(),

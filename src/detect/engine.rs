@@ -227,6 +227,8 @@ pub struct Detection {
 #[derive(Debug, Clone, Serialize)]
 pub struct FewShotReport {
     pub references: usize,
+    /// The features of the bank: CLIP windows or DINOv2 patches.
+    pub backbone: RefsBackbone,
     /// The few-shot image score, added to the image score: the few-shot map's maximum
     /// (CLIP windows), or the mean of its top 1% (DINOv2 patches, as AnomalyDINO).
     pub max_score: f32,
@@ -472,6 +474,7 @@ impl Detector {
                 let worst = argmax(&patch_map.values);
                 let report = FewShotReport {
                     references: bank.files.len(),
+                    backbone: RefsBackbone::Dinov2,
                     max_score: few_shot_image,
                     worst_patch: [worst % DINO_GRID, worst / DINO_GRID],
                     nearest: Some(bank.region(&matched.nearest[worst], 1, DINO_GRID)),
@@ -497,6 +500,7 @@ impl Detector {
                 let farthest = covering.min_by(|a, b| a.1.similarity.total_cmp(&b.1.similarity)).map(|(_, n)| n);
                 let report = FewShotReport {
                     references: bank.files.len(),
+                    backbone: RefsBackbone::Clip,
                     max_score: few_shot_max,
                     worst_patch: [worst_x, worst_y],
                     nearest: farthest.map(|n| bank.region(n, *s, grid)),
