@@ -43,7 +43,6 @@ pub struct Hub {
 impl Hub {
     /// The client; `Err` says why it could not be set up.
     pub fn new(observer: Option<Arc<dyn DownloadObserver>>) -> Result<Self, String> {
-        let setup = |e: String| e;
         // Timeouts so that a dead network ends in an error, never a hang; no total
         // timeout, since the weights are hundreds of megabytes.
         let http = reqwest::Client::builder()
@@ -51,14 +50,14 @@ impl Hub {
             .read_timeout(Duration::from_secs(60))
             .user_agent(concat!("alfa/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| setup(e.to_string()))?;
+            .map_err(|e| e.to_string())?;
         let client = hf_hub::HFClient::builder()
             .client(http)
             .retry_max_attempts(2)
             .build()
-            .map_err(|e| setup(e.to_string()))?;
+            .map_err(|e| e.to_string())?;
         let endpoint = client.endpoint().trim_end_matches('/').to_owned();
-        let client = hf_hub::HFClientSync::from_inner(client).map_err(|e| setup(e.to_string()))?;
+        let client = hf_hub::HFClientSync::from_inner(client).map_err(|e| e.to_string())?;
         let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| !v.is_empty() && v != "0");
         Ok(Self {
             client,

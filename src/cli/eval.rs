@@ -143,7 +143,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             &args.dino,
             args.model.cpu,
         )?;
-        let detector_dinov2 = detector.dinov2().map(|d| d.files.name.clone());
+        let dinov2_name = detector.dinov2().map(|d| d.files.name.clone());
         let mut method: Box<dyn Method> = match args.method {
             MethodKind::Alfa => Box::new(AlfaMethod::new(detector, settings.clone(), args.ablation)),
             kind => build_method_with(kind, detector, settings.clone(), BaselineOptions { anovl_views: views })?,
@@ -152,7 +152,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         run["ablation"] = serde_json::to_value(args.ablation)?;
         run["model"] = files.name.clone().into();
         run["model_identity"] = identity.into();
-        if let Some(dino) = detector_dinov2 {
+        if let Some(dino) = dinov2_name {
             run["dinov2"] = dino.into();
         }
         run["precision"] = args.model.precision.name().into();

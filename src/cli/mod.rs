@@ -156,6 +156,10 @@ pub struct BenchArgs {
     /// Number format of the image tower (see `alfa detect --help`).
     #[arg(long, value_enum, default_value_t = Precision::F32, value_name = "P")]
     pub precision: Precision,
+    /// Time DINOv2 with these weights (vits14, vitb14, a file or a folder) instead of
+    /// CLIP's towers; with --engine, add few-shot detection on a bank of DINOv2 patches.
+    #[arg(long, value_name = "M")]
+    pub dinov2: Option<String>,
 }
 
 /// Runs the command; returns the process's exit code (see `alfa detect --help`).
@@ -281,10 +285,20 @@ pub(crate) fn load_model(model: &ModelArgs) -> Result<Clip> {
 
 fn run_bench(args: BenchArgs) -> Result<()> {
     let log = |line: &str| eprintln!("{line}");
+    let dino = args.dinov2.as_deref().map(|m| load_dinov2(Some(m), true)).transpose()?.map(Arc::new);
     if args.engine {
         let tokenizer = TokenizerSource::or_embedded(args.tokenizer);
-        let report =
-            bench::engine(&args.arch, &tokenizer, args.image_size, args.repeats.max(1), args.pixels, args.precision, log)?;
+        let (size, repeats) = (args.image_size, args.repeats.max(1));
+        let report = bench::engine(&args.arch, &tokenizer, size, repeats, args.pixels, args.precision, dino, log)?;
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            println!("{}", report.table());
+        }
+        return Ok(());
+    }
+    if let Some(dino) = dino {
+        let report = bench::dinov2_forward(&dino, args.repeats.max(1), log)?;
         if args.json {
             println!("{}", serde_json::to_string(&report)?);
         } else {

@@ -466,7 +466,10 @@ impl Detector {
                 // score (1 - cos) / 2 keeps the map on S_L's [0, 1] scale; the image
                 // score adds AnomalyDINO's mean of the top 1%. The zero-shot map is
                 // taken to DINOv2's finer grid (37 x 37) for the average.
+                let start = Instant::now();
                 let matched = PatchMatch::of(self, bank, image)?;
+                timings.push(StageTime { stage: "dinov2", seconds: start.elapsed().as_secs_f64() });
+                clock = Instant::now();
                 let few_shot_map = matched.map(few_shot_score);
                 let few_shot_image = mean_of_top_percent(&few_shot_map.values);
                 image_score += few_shot_image;

@@ -94,7 +94,7 @@ impl DinoRequest {
             })?
         } else if let Some(size) = DinoSize::from_name(&name) {
             let hub = Hub::new(self.observer.clone()).map_err(Dinov2Error::HubClient)?;
-            hub.fetch(DINO_REPO, size.hub_file()).map_err(Dinov2Error::Download)?
+            hub.fetch(DINO_REPO, size.hub_file()).map_err(|f| Dinov2Error::Download(Box::new(f)))?
         } else {
             return Err(Dinov2Error::NotFound {
                 model: name,
