@@ -74,6 +74,8 @@ fn detect_and_threshold_with_a_dinov2_bank() {
     assert!(set.status.success(), "{}", stderr(&set));
     let recipe = std::fs::read_to_string(home.join("recipes/widget/recipe.toml")).unwrap();
     assert!(recipe.contains("refs_backbone = \"dinov2\""), "{recipe}");
+    let shown = Command::new(env!("CARGO_BIN_EXE_alfa")).args(["recipe", "show", "widget"]).env("ALFA_RECIPES", home.join("recipes")).output().unwrap();
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("few-shot bank: dinov2 features"), "{}", stderr(&shown));
 }
 
 #[test]

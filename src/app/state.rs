@@ -458,10 +458,12 @@ impl AppState {
         (method.settings() != self.settings.detect).then(|| {
             let scales: Vec<String> = method.scales.iter().map(usize::to_string).collect();
             format!(
-                "the thresholds were set with other detection settings (scales {}, {:?} windows, sigma {}): fit or set them again",
+                "the thresholds were set with other detection settings (scales {}, {:?} windows, sigma {}, {} few-shot features): \
+                 fit or set them again",
                 scales.join(", "),
                 method.window_mode,
-                method.sigma
+                method.sigma,
+                method.refs_backbone.name()
             )
         })
     }
