@@ -178,3 +178,11 @@ pub struct HubFailure {
     pub offline: bool,
 }
 
+
+/// The message of a failed download of `file` from `url`: offline, what to do (`todo`)
+/// comes first, in one short sentence, then what failed, with the URL once; other
+/// failures (a misspelt repo) lead with what failed.
+pub fn failure_message(file: &str, url: &str, reason: &str, offline: bool, todo: &str) -> String {
+    let failed = format!("Could not get {file} from {url}: {reason}.");
+    if offline { format!("{todo}\n{failed}") } else { format!("{failed}\n{todo}") }
+}

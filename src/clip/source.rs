@@ -190,12 +190,11 @@ impl From<HubFailure> for ClipError {
 /// failures (a misspelt repo) lead with what failed. Only the model's files are ever
 /// downloaded: CLIP's tokenizer is built in.
 pub fn download_message(repo: &str, file: &str, url: &str, reason: &str, offline: bool) -> String {
-    let failed = format!("Could not get {file} from {url}: {reason}.");
     let todo = format!(
         "To work offline, pass `--model FOLDER` holding {CONFIG_FILE} and {} of {repo}.",
         HUB_WEIGHT_FILES[0]
     );
-    if offline { format!("{todo}\n{failed}") } else { format!("{failed}\n{todo}") }
+    crate::hub::failure_message(file, url, reason, offline, &todo)
 }
 
 #[cfg(test)]

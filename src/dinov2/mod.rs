@@ -64,12 +64,11 @@ impl From<ClipError> for Dinov2Error {
 
 /// Offline, what to download and where to put it comes first (as for CLIP's models).
 fn download_message(f: &HubFailure) -> String {
-    let failed = format!("Could not get {} from {}: {}.", f.file, f.url, f.reason);
     let todo = format!(
         "To work offline, download {}/resolve/main/{} and pass `--dino-model FILE` (or a folder holding it).",
         f.url, f.file
     );
-    if f.offline { format!("{todo}\n{failed}") } else { format!("{failed}\n{todo}") }
+    crate::hub::failure_message(&f.file, &f.url, &f.reason, f.offline, &todo)
 }
 
 /// A loaded DINOv2 backbone.
