@@ -1,10 +1,10 @@
 //! Few-shot references: a class's normal reference images and the memory bank
-//! built from them (METHOD section 5).
+//! built from them (METHOD section 5: CLIP window features; 5b: DINOv2 patches).
 //!
 //! The images live in the class's recipe, `<recipes>/<class>/refs/`, as copies (the user's files are
-//! never moved or changed). Their window features are cached on disk per model, per
-//! window mode and per image content, so a bank is rebuilt only for new images or
-//! when the model changes.
+//! never moved or changed). Their features are cached on disk per backbone and model
+//! (CLIP: also per window mode and scale) and per image content, so a bank is rebuilt
+//! only for new images or when the model changes.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
