@@ -222,3 +222,32 @@ fn alfa_fuses_the_dinov2_few_shot_map() {
     let message = plain.reference_bank(&refs, &settings, |_, _| ()).err().unwrap().to_string();
     assert!(message.contains("DINOv2"), "{message}");
 }
+
+#[test]
+fn embed_prints_the_patch_features_row_major() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_alfa"))
+        .args(["embed", "--dinov2", weights().to_str().unwrap(), "--image"])
+        .arg(&images()[1])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let printed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let image = &printed["images"][0];
+    assert_eq!(image["file"], images()[1].display().to_string());
+    assert_eq!(image["grid"], serde_json::json!([GRID, GRID]));
+    let rows: Vec<f32> = image["patches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32))
+        .collect();
+    let printed = Tensor::from_vec(rows, (GRID * GRID, 48), &Device::Cpu).unwrap();
+    let (cosine, _) = compare(&printed, &expected("candle_ops").i(1).unwrap());
+    assert!(cosine >= 0.99999, "worst patch cosine {cosine}");
+    // CLIP's texts need CLIP: refused with --dinov2.
+    let texts = std::process::Command::new(env!("CARGO_BIN_EXE_alfa"))
+        .args(["embed", "--dinov2", "vits14", "--text", "a bottle"])
+        .output()
+        .unwrap();
+    assert!(!texts.status.success());
+}
