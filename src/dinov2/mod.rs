@@ -44,21 +44,22 @@ pub enum Dinov2Error {
     MissingTensor { path: PathBuf, name: String },
     #[error("DINOv2 weights {path}: tensor `{name}` has shape {found:?}, the model at 518 px needs {expected:?}")]
     ShapeMismatch { path: PathBuf, name: String, expected: Vec<usize>, found: Vec<usize> },
-    /// Boxed, as is `Image`: errors travel inside `DetectError` and `BatchError`, and
+    /// Boxed, as is `Device`: errors travel inside `DetectError` and `BatchError`, and
     /// a large error makes every `Result` on the way large.
     #[error("{}", download_message(.0))]
     Download(Box<HubFailure>),
     #[error("could not set up the Hugging Face client: {0}")]
     HubClient(String),
+    /// The device chosen as for CLIP (`clip::device`) could not be set up.
     #[error(transparent)]
-    Image(Box<ClipError>),
+    Device(Box<ClipError>),
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
 }
 
 impl From<ClipError> for Dinov2Error {
     fn from(e: ClipError) -> Self {
-        Self::Image(Box::new(e))
+        Self::Device(Box::new(e))
     }
 }
 
