@@ -1,7 +1,8 @@
 //! Timings of the CLIP towers and of the whole detector on random weights of a real
 //! architecture's shapes (`alfa bench`, `alfa bench --engine`), on the CPU or a GPU
 //! (`--device`). `benches/openclip_bench.py` times the same cases with OpenCLIP on
-//! PyTorch; `benches/compare.sh` runs both and prints them side by side.
+//! PyTorch; `benches/compare.sh` runs both and prints them side by side. `alfa bench
+//! --dinov2 FILE` times DINOv2 (`benches/dinov2.sh`: against timm).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -16,7 +17,7 @@ use crate::clip::tokenizer::{END_OF_TEXT, START_OF_TEXT};
 use crate::clip::{Clip, ClipError, Kernels, OpenClipConfig, Precision, RandomWeights, TensorSource};
 use crate::detect::engine::StageTime;
 use crate::detect::maps::{MapAgreement, window_indices};
-use crate::detect::{DetectSettings, Detector, WindowMode};
+use crate::detect::{DetectSettings, Detector, RefsBackbone, WindowMode};
 use crate::prompts::PromptStore;
 
 /// Where a benchmark runs: the device and the kernels (the CPU threads are the
@@ -213,6 +214,8 @@ impl TensorSource for SharedRandomWeights {
 #[derive(Debug, Serialize)]
 pub struct EngineTiming {
     pub window_mode: WindowMode,
+    /// The features of the memory bank (with references).
+    pub refs_backbone: RefsBackbone,
     /// Normal reference images in the memory bank (0: zero-shot).
     pub references: usize,
     /// Median wall time of `detect`, all stages.
@@ -273,9 +276,10 @@ impl EngineBenchReport {
         for run in &self.runs {
             let stages: Vec<String> = run.stages.iter().map(|s| format!("{} {:.3}", s.stage, s.seconds)).collect();
             out.push_str(&format!(
-                "detect, {:?} mode, {:>2} references: {:>8.3} s  ({})\n",
+                "detect, {:?} mode, {:>2} references ({}): {:>8.3} s  ({})\n",
                 run.window_mode,
                 run.references,
+                run.refs_backbone.name(),
                 run.total_s,
                 stages.join(", ")
             ));
@@ -300,7 +304,9 @@ const FEW_SHOT_REFERENCES: usize = 16;
 
 /// The whole detector on a `size` x `size` image with the default settings, after
 /// the class's text features are cached, zero-shot and with 16 references;
-/// `pixels` adds the paper's slow mode.
+/// `pixels` adds the paper's slow mode, `dinov2` a bank of the references' DINOv2
+/// patches (built before the timing, as a class's bank is).
+#[allow(clippy::too_many_arguments)]
 pub fn engine(
     arch: &str,
     tokenizer: &crate::clip::TokenizerSource,
@@ -309,6 +315,7 @@ pub fn engine(
     pixels: bool,
     precision: Precision,
     target: &BenchTarget,
+    dinov2: Option<std::sync::Arc<crate::dinov2::Dinov2>>,
     log: impl Fn(&str),
 ) -> Result<EngineBenchReport> {
     let config = OpenClipConfig::builtin(arch)
@@ -319,6 +326,9 @@ pub fn engine(
     let clip = Clip::from_source(&config, &weights, tokenizer, &device, precision, target.kernels)?;
     let kernels = clip.model.kernels;
     let mut detector = Detector::new(clip, &format!("random {arch}"), None);
+    if let Some(dino) = dinov2.clone() {
+        detector = detector.with_dinov2(dino);
+    }
     let class = "bottle";
     let prompts = PromptStore { recipes: None }.resolve(class)?.set.expand();
     let class_texts = prompts.normal.len() + prompts.abnormal.len() + prompts.descriptors.len();
@@ -340,13 +350,21 @@ pub fn engine(
         .collect();
     let tokens = DetectSettings::default();
     let bank = detector.reference_bank(&references, &tokens, |_, _| ())?.bank;
-    let mut cases = vec![(WindowMode::Tokens, None), (WindowMode::Tokens, bank.as_ref())];
+    let dino_settings = DetectSettings { refs_backbone: RefsBackbone::Dinov2, ..Default::default() };
+    let dino_bank = match dinov2 {
+        Some(_) => detector.reference_bank(&references, &dino_settings, |_, _| ())?.bank,
+        None => None,
+    };
+    let mut cases = vec![(tokens.clone(), None), (tokens.clone(), bank.as_ref())];
+    if let Some(bank) = &dino_bank {
+        cases.push((dino_settings, Some(bank)));
+    }
     if pixels {
-        cases.push((WindowMode::Pixels, None));
+        cases.push((DetectSettings { window_mode: WindowMode::Pixels, ..Default::default() }, None));
     }
     let mut runs = Vec::new();
-    for (window_mode, bank) in cases {
-        let settings = DetectSettings { window_mode, ..Default::default() };
+    for (settings, bank) in cases {
+        let window_mode = settings.window_mode;
         // Pixels mode is hundreds of full forwards: time it once after the warm-up.
         let repeats = if window_mode == WindowMode::Pixels { 1 } else { repeats };
         let mut detections = Vec::new();
@@ -360,8 +378,9 @@ pub fn engine(
         let best_s = detections[0].0;
         let (total_s, stages) = detections.swap_remove(detections.len() / 2);
         let references = bank.map_or(0, |b| b.files.len());
-        log(&format!("detect, {window_mode:?} mode, {references} references: {total_s:.3} s"));
-        runs.push(EngineTiming { window_mode, references, total_s, best_s, stages });
+        let refs_backbone = settings.refs_backbone;
+        log(&format!("detect, {window_mode:?} mode, {references} references ({}): {total_s:.3} s", refs_backbone.name()));
+        runs.push(EngineTiming { window_mode, refs_backbone, references, total_s, best_s, stages });
     }
     let progressive = first_answers(&detector, &image, &encoded, repeats)?;
     log(&format!(
@@ -424,4 +443,136 @@ fn first_answers(detector: &Detector, image: &image::DynamicImage, class: &crate
         values[values.len() / 2]
     };
     Ok(FirstAnswers { first_score_s: median(|r| r.0), first_map_s: median(|r| r.1), final_s: median(|r| r.2) })
+}
+
+/// DINOv2's forward at 518 px (`alfa bench --dinov2 FILE`) and what its operations cost.
+#[derive(Debug, Serialize)]
+pub struct Dinov2BenchReport {
+    #[serde(rename = "impl")]
+    pub implementation: String,
+    pub weights: String,
+    pub depth: usize,
+    pub width: usize,
+    pub threads: usize,
+    /// One image: preprocessed pixels to unit patch features.
+    pub forward_b1_s: f64,
+    /// Eight images, one forward each (the crate's model takes one image per call).
+    pub forward_b8_s: f64,
+    /// The model's operations on its shapes, each timed alone (median), and how often
+    /// one forward runs each: where the time goes.
+    pub ops: Vec<OpTiming>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OpTiming {
+    pub op: String,
+    pub per_forward: usize,
+    pub each_s: f64,
+}
+
+impl Dinov2BenchReport {
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "alfa DINOv2 (candle-transformers, {} threads), {} blocks x {} wide, {}\n\
+             forward 518 px, batch 1  {:>8.3} s\n\
+             forward 518 px, batch 8  {:>8.3} s\n\
+             operation (shapes of one forward)            each (ms)  x count  = ms per forward\n",
+            self.threads, self.depth, self.width, self.weights, self.forward_b1_s, self.forward_b8_s
+        );
+        for op in &self.ops {
+            out.push_str(&format!(
+                "{:<44} {:>9.3} {:>8} {:>10.1}\n",
+                op.op,
+                op.each_s * 1e3,
+                op.per_forward,
+                op.each_s * 1e3 * op.per_forward as f64
+            ));
+        }
+        out
+    }
+}
+
+/// Times `dino` on a textured 518 x 518 image, then each kind of operation of its
+/// forward on tensors of the same shapes (candle's ops, as the crate calls them).
+pub fn dinov2_forward(dino: &crate::dinov2::Dinov2, repeats: usize, log: impl Fn(&str)) -> Result<Dinov2BenchReport> {
+    use candle_core::{D, Module};
+    let size = crate::dinov2::IMAGE_SIZE as u32;
+    let image = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(size, size, |x, y| {
+        image::Rgb([(x % 97) as u8 + 100, (y % 89) as u8 + 90, ((x + y) % 61) as u8 + 120])
+    }));
+    let threads = candle_core::utils::get_num_threads();
+    let pixels = dino.pixels(&image)?;
+    let device = dino.device.clone();
+    let forward_b1_s = time(repeats, &device, || Ok(dino.features_of_pixels(&pixels)?))?;
+    log(&format!("DINOv2 forward, batch 1: {forward_b1_s:.3} s"));
+    let forward_b8_s = time(repeats, &device, || {
+        for _ in 0..8 {
+            dino.features_of_pixels(&pixels)?;
+        }
+        Ok(())
+    })?;
+    log(&format!("DINOv2 forward, batch 8: {forward_b8_s:.3} s"));
+
+    let (depth, width, heads) = (dino.shape.depth, dino.shape.embed_dim, dino.shape.num_heads);
+    let tokens = crate::dinov2::GRID * crate::dinov2::GRID + 1;
+    let device = &dino.device;
+    let randn = |shape: &[usize]| Tensor::randn(0f32, 1.0, shape, device);
+    let x = randn(&[1, tokens, width])?;
+    let linear = |i: usize, o: usize| -> Result<candle_nn::Linear> { Ok(candle_nn::Linear::new(randn(&[o, i])?, Some(randn(&[o])?))) };
+    let norm = candle_nn::LayerNorm::new(randn(&[width])?, randn(&[width])?, 1e-5);
+    let (qkv, proj, fc1, fc2) = (linear(width, 3 * width)?, linear(width, width)?, linear(width, 4 * width)?, linear(4 * width, width)?);
+    let hidden = randn(&[1, tokens, 4 * width])?;
+    let gamma = randn(&[width])?;
+    let qkv_out = qkv.forward(&x)?;
+    let head = width / heads;
+    let scores = randn(&[1, heads, tokens, tokens])?;
+    let conv = candle_nn::Conv2d::new(randn(&[width, 3, 14, 14])?, Some(randn(&[width])?), candle_nn::Conv2dConfig { stride: 14, ..Default::default() });
+    let image_pixels = randn(&[1, 3, size as usize, size as usize])?;
+    let mut ops = Vec::new();
+    let mut op = |name: String, per_forward: usize, f: &mut dyn FnMut() -> Result<Tensor>| -> Result<()> {
+        let each_s = time(repeats, &device, &mut *f)?;
+        log(&format!("{name}: {:.3} ms x {per_forward}", each_s * 1e3));
+        ops.push(OpTiming { op: name, per_forward, each_s });
+        Ok(())
+    };
+    op(format!("patch embedding conv 14x14/14 -> {width}"), 1, &mut || Ok(conv.forward(&image_pixels)?))?;
+    op(format!("layer norm [{tokens}, {width}]"), 2 * depth + 1, &mut || Ok(norm.forward(&x)?))?;
+    op(format!("linear qkv {width} -> {}", 3 * width), depth, &mut || Ok(qkv.forward(&x)?))?;
+    // The crate's attention: heads split by transposes, Q K^T, softmax, A V, merged.
+    op(format!("attention core ({heads} heads of {head})"), depth, &mut || {
+        let (b, n, c) = x.dims3()?;
+        let qkv = qkv_out.reshape((b, n, 3, heads, c / heads))?.transpose(1, 2)?.transpose(0, 1)?.transpose(2, 3)?;
+        let q = (qkv.get(0)? * (1.0 / (head as f64).sqrt()))?;
+        let k = qkv.get(1)?.contiguous()?;
+        let v = qkv.get(2)?.contiguous()?;
+        let attention = candle_nn::ops::softmax(&q.matmul(&k.t()?)?, D::Minus1)?;
+        Ok(attention.matmul(&v)?.transpose(1, 2)?.reshape((b, n, c))?)
+    })?;
+    op(format!("  of which softmax [{heads}, {tokens}, {tokens}]"), 0, &mut || Ok(candle_nn::ops::softmax(&scores, D::Minus1)?))?;
+    // What the same softmax costs as candle's fused last-dimension kernel, which the
+    // crate's attention does not call: the room a faster attention has.
+    op("  (softmax_last_dim, fused, not used by the crate)".to_owned(), 0, &mut || Ok(candle_nn::ops::softmax_last_dim(&scores)?))?;
+    op(format!("linear proj {width} -> {width}"), depth, &mut || Ok(proj.forward(&x)?))?;
+    op(format!("linear fc1 {width} -> {}", 4 * width), depth, &mut || Ok(fc1.forward(&x)?))?;
+    op(format!("GELU (tanh) [{tokens}, {}]", 4 * width), depth, &mut || Ok(hidden.gelu()?))?;
+    op(format!("linear fc2 {} -> {width}", 4 * width), depth, &mut || Ok(fc2.forward(&hidden)?))?;
+    op(format!("layer scale + residual [{tokens}, {width}]"), 2 * depth, &mut || Ok((x.broadcast_mul(&gamma)? + &x)?))?;
+    // Few-shot: one image's patches against a bank of 16 references' patches.
+    let patches = tokens - 1;
+    let bank = crate::detect::memory::MemoryBank::new(&[randn(&[16 * patches, width])?])?;
+    let queries = randn(&[patches, width])?;
+    op(format!("few-shot: {patches} patches against 16 x {patches} (not in the forward)"), 0, &mut || {
+        bank.nearest(&queries)?;
+        Ok(queries.clone())
+    })?;
+    Ok(Dinov2BenchReport {
+        implementation: "alfa".into(),
+        weights: dino.files.name.clone(),
+        depth,
+        width,
+        threads,
+        forward_b1_s,
+        forward_b8_s,
+        ops,
+    })
 }

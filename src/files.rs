@@ -66,3 +66,16 @@ mod tests {
         assert_eq!(std::fs::read(&written).unwrap(), b"two");
     }
 }
+
+/// A key that changes whenever the file at `path` changes (its canonical path, size and
+/// modification time): caches of what was computed from a model's weights use it.
+pub fn file_identity(path: &Path) -> String {
+    let meta = std::fs::metadata(path).ok();
+    let len = meta.as_ref().map_or(0, |m| m.len());
+    let modified = meta
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    format!("{}|{len}|{modified}", path.display())
+}

@@ -59,3 +59,14 @@ impl ModelArgs {
         }
     }
 }
+
+/// The DINOv2 model of few-shot banks on DINOv2 patches (`--refs-backbone dinov2`,
+/// `--method anomalydino`).
+#[derive(Args, Debug, Default, Clone)]
+pub struct DinoModelArg {
+    /// DINOv2 model: vits14 or vitb14 (downloaded from the Hugging Face repo
+    /// lmz/candle-dino-v2 into its cache), or a .safetensors file, or a folder holding
+    /// one [default: vits14].
+    #[arg(long, value_name = "FILE|DIR")]
+    pub dino_model: Option<String>,
+}

@@ -121,7 +121,7 @@ fn few_shot_seeds_and_ablations() {
 
     let out = alfa(&["eval", "--root", r, "--method", "clip", "--shots", "1"], dir.path());
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--shots works with --method alfa or winclip"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--shots works with --method alfa, winclip or anomalydino"));
 
     let json = dir.path().join("templates.json");
     let out = alfa(&["eval", "--root", r, "--ablation", "templates", "--json", json.to_str().unwrap()], dir.path());

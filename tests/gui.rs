@@ -797,3 +797,35 @@ fn thresholds_live_in_the_class_recipe() {
     assert_eq!(harness.state().state.image_threshold(), 0.5);
     assert!(harness.query_by_label_contains("may not transfer").is_some(), "{:?}", harness.state().state.recipe_warning());
 }
+
+#[test]
+fn a_dinov2_bank_scores_the_list_and_why_shows_its_nearest_patch() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = image_folder(dir.path());
+    let recipes = dir.path().join("recipes");
+    let refs = recipes.join("bottle/refs");
+    std::fs::create_dir_all(&refs).unwrap();
+    std::fs::copy(root.join("test/good/000.png"), refs.join("good.png")).unwrap();
+    let mut harness = harness_with_recipes(vec![root.clone()], recipes);
+    step_until(&mut harness, "the analysis", analysed);
+    // Settings: DINOv2 patches from the fixture model (loaded with the next model load).
+    let generation = harness.state().state.progress.generation;
+    {
+        let app = harness.state_mut();
+        app.state.settings.dino_model = fixtures().join("dinov2/tiny-dinov2.safetensors").display().to_string();
+        app.state.settings.detect.refs_backbone = alfa::detect::RefsBackbone::Dinov2;
+        app.load_model();
+    }
+    step_until(&mut harness, "the DINOv2 few-shot analysis", reanalysed(generation));
+    let state = &harness.state().state;
+    for entry in state.entries.iter().filter(|e| e.analysis.is_some()) {
+        let few_shot = entry.analysis.as_ref().unwrap().detection.as_ref().unwrap().few_shot.as_ref().expect("few-shot report");
+        assert_eq!(few_shot.backbone, alfa::detect::RefsBackbone::Dinov2);
+        assert_eq!(few_shot.map.width, alfa::dinov2::GRID);
+        assert_eq!(few_shot.nearest.as_ref().unwrap().file, refs.join("good.png"));
+    }
+    // The Why panel of the image on screen.
+    harness.run_steps(4);
+    assert!(harness.query_by_label_contains("few-shot (top 1%)").is_some());
+    assert!(harness.query_by_label_contains("Worst DINOv2 patch and the nearest reference patch").is_some());
+}

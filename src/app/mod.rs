@@ -296,7 +296,8 @@ impl AlfaApp {
             done: 0,
             total: 0,
         });
-        self.workers.load_model(args);
+        let dinov2 = self.state.settings.dino_model.trim();
+        self.workers.load_model(args, (!dinov2.is_empty()).then(|| dinov2.to_owned()));
         self.analyse_all();
     }
 

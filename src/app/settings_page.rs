@@ -4,7 +4,7 @@ use egui::{RichText, Ui};
 
 use super::*;
 use super::widgets::{METHODS, NG_COLOR, method_label};
-use crate::detect::{MethodKind, WindowMode};
+use crate::detect::{MethodKind, RefsBackbone, WindowMode};
 
 impl AlfaApp {
     pub(super) fn settings_page(&mut self, ui: &mut Ui) {
@@ -57,6 +57,7 @@ impl AlfaApp {
                         MethodKind::Winclip => "WinCLIP: prompt ensemble and windows (WinCLIP+ with references)",
                         MethodKind::AnovlTfa => "AnoVL, training-free adaptation (zero-shot)",
                         MethodKind::AnovlTta => "AnoVL with test-time adaptation (zero-shot, slower)",
+                        MethodKind::Anomalydino => "AnomalyDINO: DINOv2 patches against the references' (few-shot only, no text)",
                     })
                     .changed();
             }
@@ -91,6 +92,23 @@ impl AlfaApp {
             ui.label("Window mode:");
             changed |= ui.selectable_value(&mut s.detect.window_mode, WindowMode::Tokens, "tokens (fast)").changed();
             changed |= ui.selectable_value(&mut s.detect.window_mode, WindowMode::Pixels, "pixels (paper, slow)").changed();
+        });
+        ui.horizontal(|ui| {
+            ui.label("Few-shot features:");
+            changed |= ui
+                .selectable_value(&mut s.detect.refs_backbone, RefsBackbone::Clip, "CLIP windows")
+                .on_hover_text("The paper's memory bank: the references' window features at the scales above")
+                .changed();
+            changed |= ui
+                .selectable_value(&mut s.detect.refs_backbone, RefsBackbone::Dinov2, "DINOv2 patches")
+                .on_hover_text("AnomalyDINO's memory bank: the references' DINOv2 patch features, fused with ALFA's map")
+                .changed();
+        });
+        ui.horizontal(|ui| {
+            let label = ui.label("DINOv2 model:");
+            ui.add(egui::TextEdit::singleline(&mut s.dino_model).hint_text("vits14").desired_width(200.0))
+                .labelled_by(label.id)
+                .on_hover_text("vits14 or vitb14 (downloaded once from lmz/candle-dino-v2), or a .safetensors file or a folder; applies on Load model");
         });
         ui.separator();
         ui.heading("Recipes");

@@ -207,6 +207,9 @@ pub struct Settings {
     /// A second method shown beside the first for the image on screen.
     pub compare: Option<MethodKind>,
     pub detect: DetectSettings,
+    /// The DINOv2 model of DINOv2 reference banks and AnomalyDINO (`--dino-model`:
+    /// vits14, vitb14, a file or a folder); empty for vits14.
+    pub dino_model: String,
     /// The recipes folder (`--recipes`); empty for `$ALFA_RECIPES` or the per-user
     /// data folder.
     pub recipes: String,
@@ -242,6 +245,7 @@ impl Default for Settings {
             method: MethodKind::Alfa,
             compare: None,
             detect: DetectSettings::default(),
+            dino_model: String::new(),
             recipes: String::new(),
             thresholds: Default::default(),
             colormap: Colormap::default(),
@@ -494,10 +498,12 @@ impl AppState {
         (method.settings() != self.settings.detect).then(|| {
             let scales: Vec<String> = method.scales.iter().map(usize::to_string).collect();
             format!(
-                "the thresholds were set with other detection settings (scales {}, {:?} windows, sigma {}): fit or set them again",
+                "the thresholds were set with other detection settings (scales {}, {:?} windows, sigma {}, {} few-shot features): \
+                 fit or set them again",
                 scales.join(", "),
                 method.window_mode,
-                method.sigma
+                method.sigma,
+                method.refs_backbone.name()
             )
         })
     }

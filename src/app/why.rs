@@ -7,6 +7,7 @@ use egui_extras::{Column, TableBuilder};
 use super::*;
 use super::widgets::{NG_COLOR, OK_COLOR, WARN_COLOR, method_label, verdict_badge};
 use super::state::score_text;
+use crate::detect::RefsBackbone;
 use crate::detect::engine::{FewShotReport, PromptVerdict};
 
 impl AlfaApp {
@@ -61,9 +62,16 @@ impl AlfaApp {
             ui.label(format!("{:.3}", d.local_max));
             ui.end_row();
             if let Some(few_shot) = &d.few_shot {
-                ui.label(format!("max few-shot ({} refs)", few_shot.references)).on_hover_text(
-                    "How far the most unusual window is from every reference window: (1 - cosine) / 2",
-                );
+                let (label, explained) = match few_shot.backbone {
+                    RefsBackbone::Clip => {
+                        ("max few-shot", "How far the most unusual window is from every reference window: (1 - cosine) / 2")
+                    }
+                    RefsBackbone::Dinov2 => (
+                        "few-shot (top 1%)",
+                        "The mean of the 1% most unusual DINOv2 patches' distances to every reference patch: (1 - cosine) / 2",
+                    ),
+                };
+                ui.label(format!("{label} ({} refs)", few_shot.references)).on_hover_text(explained);
                 ui.label(format!("{:.3}", few_shot.max_score));
                 ui.end_row();
             }
@@ -129,7 +137,10 @@ impl AlfaApp {
             }
         }
         let query = shown.and(self.worst_crop.as_ref()).map(|(_, texture)| texture.clone());
-        ui.strong("Worst patch and the nearest reference window");
+        ui.strong(match few_shot.backbone {
+            RefsBackbone::Clip => "Worst patch and the nearest reference window",
+            RefsBackbone::Dinov2 => "Worst DINOv2 patch and the nearest reference patch",
+        });
         ui.horizontal(|ui| {
             let size = egui::vec2(96.0, 96.0);
             ui.vertical(|ui| {

@@ -25,8 +25,10 @@ pub fn method_label(kind: MethodKind) -> &'static str {
         MethodKind::Winclip => "WinCLIP",
         MethodKind::AnovlTfa => "AnoVL TFA",
         MethodKind::AnovlTta => "AnoVL TTA",
+        MethodKind::Anomalydino => "AnomalyDINO",
     }
 }
 
 /// Every method, in the order the selectors list them.
-pub(super) const METHODS: [MethodKind; 5] = [MethodKind::Alfa, MethodKind::Clip, MethodKind::Winclip, MethodKind::AnovlTfa, MethodKind::AnovlTta];
+pub(super) const METHODS: [MethodKind; 6] =
+    [MethodKind::Alfa, MethodKind::Clip, MethodKind::Winclip, MethodKind::AnovlTfa, MethodKind::AnovlTta, MethodKind::Anomalydino];

@@ -22,7 +22,8 @@ use crate::detect::maps::Grid;
 use crate::detect::references::{self, ReferenceBank};
 pub use crate::detect::threshold::ThresholdFit;
 use crate::detect::baselines::build_method;
-use crate::detect::{ClassPrompts, ClassSpec, DetectError, DetectSettings, Detection, Detector, Method, MethodKind, Partial};
+use crate::detect::{ClassPrompts, ClassSpec, DetectError, DetectSettings, Detection, Detector, Method, MethodKind, Partial, RefsBackbone};
+use crate::dinov2::{DinoRequest, Dinov2};
 use crate::prompts::PromptSet;
 use crate::prompts::generate::Generated;
 
@@ -30,7 +31,9 @@ use crate::prompts::generate::Generated;
 pub type ItemId = usize;
 
 pub enum Job {
-    LoadModel(ModelArgs),
+    /// CLIP, and the DINOv2 model to load when a DINOv2 bank or AnomalyDINO first
+    /// needs it (`None`: ViT-S/14).
+    LoadModel(ModelArgs, Option<String>),
     Analyse(AnalyseJob),
     /// One image with a second method, for the compare view.
     Compare(CompareJob),
@@ -61,7 +64,7 @@ enum JobKind {
 impl JobKind {
     fn of(job: &Job) -> Self {
         match job {
-            Job::LoadModel(model) => JobKind::LoadModel(model.model.clone().unwrap_or_else(|| clip::DEFAULT_MODEL.to_owned())),
+            Job::LoadModel(model, _) => JobKind::LoadModel(model.model.clone().unwrap_or_else(|| clip::DEFAULT_MODEL.to_owned())),
             Job::Analyse(job) => JobKind::Analysis(job.generation),
             Job::Compare(job) => JobKind::Compare(job.id, job.item.0),
             Job::Threshold(job) => JobKind::Threshold(job.id),
@@ -254,6 +257,8 @@ impl Workers {
             encoded: None,
             bank: None,
             baselines: Vec::new(),
+            dinov2_model: None,
+            cpu: false,
             #[cfg(test)]
             partial_gate: None,
         };
@@ -275,8 +280,8 @@ impl Workers {
         self.outbox.clone()
     }
 
-    pub fn load_model(&self, model: ModelArgs) {
-        self.send(Job::LoadModel(model));
+    pub fn load_model(&self, model: ModelArgs, dinov2: Option<String>) {
+        self.send(Job::LoadModel(model, dinov2));
     }
 
     /// Starts an analysis that supersedes every earlier one; returns its generation.
@@ -395,6 +400,10 @@ struct Engine {
     bank: Option<CachedBank>,
     /// Baselines built so far on the same model (at most one per method).
     baselines: Vec<BaselineSlot>,
+    /// The DINOv2 model the last load named (`None`: ViT-S/14), loaded on first use.
+    dinov2_model: Option<String>,
+    /// The device choice of the last load, for DINOv2.
+    cpu: bool,
     #[cfg(test)]
     partial_gate: Option<Receiver<()>>,
 }
@@ -411,13 +420,17 @@ struct CachedBank {
     files: Vec<PathBuf>,
     scales: Vec<usize>,
     window_mode: crate::detect::WindowMode,
+    backbone: RefsBackbone,
     /// `None`: no reference could be read.
     bank: Option<ReferenceBank>,
 }
 
 impl CachedBank {
     fn fits(&self, files: &[PathBuf], settings: &DetectSettings) -> bool {
-        self.files == files && self.scales == settings.scales && self.window_mode == settings.window_mode
+        self.files == files
+            && self.scales == settings.scales
+            && self.window_mode == settings.window_mode
+            && self.backbone == settings.refs_backbone
     }
 }
 
@@ -450,7 +463,7 @@ impl Engine {
 
     fn run_job(&mut self, job: Job) {
         match job {
-            Job::LoadModel(model) => self.load(model),
+            Job::LoadModel(model, dinov2) => self.load(model, dinov2),
             Job::Analyse(job) => self.analyse(job),
             Job::Compare(job) => self.compare(job),
             Job::Threshold(job) => self.threshold(job),
@@ -465,7 +478,9 @@ impl Engine {
         }
     }
 
-    fn load(&mut self, model: ModelArgs) {
+    fn load(&mut self, model: ModelArgs, dinov2: Option<String>) {
+        self.dinov2_model = dinov2;
+        self.cpu = model.cpu;
         let name = model.model.clone().unwrap_or_else(|| clip::DEFAULT_MODEL.to_owned());
         self.outbox.send(Message::ModelLoading { model: name.clone() });
         self.detector = None;
@@ -515,6 +530,9 @@ impl Engine {
         settings: &DetectSettings,
         references: &[PathBuf],
     ) -> Result<(), String> {
+        if settings.refs_backbone == RefsBackbone::Dinov2 && !references.is_empty() {
+            self.ensure_dinov2()?;
+        }
         let detector = match &mut self.detector {
             Some(Ok(detector)) => detector,
             Some(Err(e)) => return Err(format!("no model: {e}")),
@@ -559,8 +577,27 @@ impl Engine {
             files: references.to_vec(),
             scales: settings.scales.clone(),
             window_mode: settings.window_mode,
+            backbone: settings.refs_backbone,
             bank: build.bank,
         });
+        Ok(())
+    }
+
+    /// Loads DINOv2 into the detector, once per loaded model (downloading with the
+    /// progress CLIP's download shows).
+    fn ensure_dinov2(&mut self) -> Result<(), String> {
+        match &self.detector {
+            Some(Ok(detector)) if detector.dinov2().is_some() => return Ok(()),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(format!("no model: {e}")),
+            None => return Err("no model loaded".into()),
+        }
+        let request = DinoRequest { model: self.dinov2_model.clone(), observer: Some(Arc::new(DownloadProgress(self.outbox.clone()))) };
+        let loaded = request.resolve().and_then(|files| Dinov2::load(&files, &clip::device(self.cpu)?));
+        let dino = loaded.map_err(|e| format!("cannot load DINOv2: {e}"))?;
+        if let Some(Ok(detector)) = self.detector.take() {
+            self.detector = Some(Ok(detector.with_dinov2(Arc::new(dino))));
+        }
         Ok(())
     }
 
@@ -629,6 +666,9 @@ impl Engine {
         if method == MethodKind::Alfa {
             return self.prepare(task, prompts, settings, references);
         }
+        if method == MethodKind::Anomalydino {
+            self.ensure_dinov2()?;
+        }
         let detector = match &self.detector {
             Some(Ok(detector)) => detector,
             Some(Err(e)) => return Err(format!("no model: {e}")),
@@ -644,8 +684,9 @@ impl Engine {
             }
         };
         let slot = &mut self.baselines[index];
-        // Only WinCLIP(+) uses references; the others are zero-shot.
-        let references = if method == MethodKind::Winclip { references.to_vec() } else { Vec::new() };
+        // Only WinCLIP(+) and AnomalyDINO use references; the others are zero-shot.
+        let few_shot = matches!(method, MethodKind::Winclip | MethodKind::Anomalydino);
+        let references = if few_shot { references.to_vec() } else { Vec::new() };
         if slot.prepared.as_ref().is_some_and(|(p, r)| p == prompts && *r == references) {
             return Ok(());
         }

@@ -14,7 +14,7 @@ use crate::detect::baselines::{BaselineOptions, build_method_with};
 use crate::detect::maps::Grid;
 use crate::detect::references::{ReferenceBank, draw, list_references};
 use crate::detect::threshold::GoodScores;
-use crate::detect::{ClassPrompts, ClassSpec, DetectSettings, Detection, Detector, Method, MethodKind, Partial};
+use crate::detect::{ClassPrompts, ClassSpec, DetectSettings, Detection, Detector, Method, MethodKind, Partial, RefsBackbone};
 use crate::prompts::{PromptStore, ResolvedPrompts};
 use crate::recipe::Recipes;
 
@@ -219,6 +219,16 @@ fn reference_bank(
         return Ok(None);
     }
     let (dir, files) = reference_files(sources, class)?;
+    let dinov2 = settings.refs_backbone == RefsBackbone::Dinov2;
+    let no_references = |why: &str| {
+        BatchError::Invalid(format!(
+            "--refs-backbone dinov2 compares images with normal reference images, and {why} (add some with `alfa refs add \
+             --class {class} IMAGE...` or give --refs DIR; --refs-backbone clip runs zero-shot without them)"
+        ))
+    };
+    if files.is_empty() && dinov2 {
+        return Err(no_references(&format!("`{class}` has none in {}", dir.display())));
+    }
     if files.is_empty() {
         observer.message(&format!(
             "zero-shot for `{class}`: no reference images (add normal images with `alfa refs add --class {class} IMAGE...`)"
@@ -231,9 +241,15 @@ fn reference_bank(
     }
     match build.bank {
         Some(bank) => {
-            observer.message(&format!("few-shot for `{class}`: {} reference image(s) from {}", bank.files.len(), dir.display()));
+            let backbone = if dinov2 { ", DINOv2 patches" } else { "" };
+            observer.message(&format!(
+                "few-shot for `{class}`: {} reference image(s) from {}{backbone}",
+                bank.files.len(),
+                dir.display()
+            ));
             Ok(Some(bank))
         }
+        None if dinov2 => Err(no_references(&format!("none of those in {} could be read", dir.display()))),
         None => {
             observer.message(&format!("zero-shot for `{class}`: none of the reference images in {} could be read", dir.display()));
             Ok(None)
@@ -241,8 +257,8 @@ fn reference_bank(
     }
 }
 
-/// WinCLIP+'s reference images (decoded), or none; zero-shot baselines say that the
-/// class's references are not used.
+/// WinCLIP+'s and AnomalyDINO's reference images (decoded, an unreadable one skipped
+/// and named), or none; zero-shot baselines say that the class's references are not used.
 fn baseline_references(
     kind: MethodKind,
     sources: &ClassSources,
@@ -252,7 +268,7 @@ fn baseline_references(
     if sources.zero_shot {
         return Ok(Vec::new());
     }
-    if kind != MethodKind::Winclip {
+    if !matches!(kind, MethodKind::Winclip | MethodKind::Anomalydino) {
         let dir = sources.recipes.refs_dir(class);
         let count = list_references(&dir)?.len();
         if count > 0 {
@@ -274,7 +290,8 @@ fn baseline_references(
     if images.is_empty() {
         observer.message(&format!("zero-shot for `{class}`: no reference images"));
     } else {
-        observer.message(&format!("few-shot (WinCLIP+) for `{class}`: {} reference image(s) from {}", images.len(), dir.display()));
+        let method = if kind == MethodKind::Winclip { "WinCLIP+" } else { "AnomalyDINO" };
+        observer.message(&format!("few-shot ({method}) for `{class}`: {} reference image(s) from {}", images.len(), dir.display()));
     }
     Ok(images)
 }

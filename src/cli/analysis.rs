@@ -16,17 +16,20 @@ use crate::clip::{self, ModelFiles};
 use crate::detect::baselines::BaselineOptions;
 use crate::detect::colormap::Colormap;
 use crate::detect::text_cache::default_cache_dir;
-use crate::detect::{DetectSettings, Detector, MethodKind};
-use crate::options::ModelArgs;
+use crate::detect::{DetectSettings, Detector, MethodKind, RefsBackbone};
+use crate::options::{DinoModelArg, ModelArgs};
 use crate::recipe::{MethodRecipe, ModelStamp, OtherRecipe, Recipe, Recipes, thresholds_for_run};
 
 #[derive(Args, Debug)]
 pub struct AnalysisArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub dino: DinoModelArg,
     /// The method whose maps to write: ALFA, or a baseline to compare it with (the
-    /// same files; the JSON record has what that method knows). Only alfa and
-    /// winclip (WinCLIP+) use reference images [default: the class recipe's, else alfa].
+    /// same files; the JSON record has what that method knows). Only alfa, winclip
+    /// (WinCLIP+) and anomalydino (few-shot only) use reference images [default: the
+    /// class recipe's, else alfa].
     #[arg(long, value_enum)]
     pub method: Option<MethodKind>,
     /// AnoVL only (anovl-tfa, anovl-tta): the views its image score averages, 1 (the
@@ -177,17 +180,24 @@ impl AnalysisArgs {
         let Prepared { files, options } = prepared;
         let identity = files.identity();
         let clip = super::load_model_files(&self.model, &files)?;
-        let detector = Detector::new(clip, &identity, default_cache_dir().as_deref());
+        let detector = with_dinov2_if_used(
+            Detector::new(clip, &identity, default_cache_dir().as_deref()),
+            spec.method,
+            &spec.settings,
+            &self.dino,
+            self.model.cpu,
+        )?;
         let analyser = batch::Analyser::new(spec.method, options, detector, spec.settings.clone(), spec.sources.clone())?;
         Ok(Runner::new(analyser, spec, identity, self.model.precision))
     }
 
     /// Options that `method` does not take are refused.
     fn check_method_options(&self, method: MethodKind) -> Result<()> {
-        let few_shot_method = matches!(method, MethodKind::Alfa | MethodKind::Winclip);
+        let few_shot_method = matches!(method, MethodKind::Alfa | MethodKind::Winclip | MethodKind::Anomalydino);
         if !few_shot_method && (self.refs.is_some() || self.shots.is_some()) {
             bail!("--method {} is zero-shot only: it takes no reference images (drop --refs / --shots)", method.name());
         }
+        check_refs_backbone(method, self.settings.refs_backbone, self.zero_shot)?;
         BaselineOptions::for_method(method, self.anovl_views)?;
         Ok(())
     }
@@ -236,6 +246,36 @@ impl AnalysisArgs {
             }
         }
         Ok(decisions)
+    }
+}
+
+/// `--refs-backbone` is ALFA's few-shot bank: refused where it would do nothing.
+pub(crate) fn check_refs_backbone(method: MethodKind, backbone: Option<RefsBackbone>, zero_shot: bool) -> Result<()> {
+    match backbone {
+        Some(RefsBackbone::Dinov2) if zero_shot => {
+            bail!("--refs-backbone dinov2 is a few-shot bank of reference images; --zero-shot uses none")
+        }
+        Some(b) if method != MethodKind::Alfa => {
+            bail!("--refs-backbone {} chooses ALFA's few-shot bank, not --method {}'s", b.name(), method.name())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `detector` with DINOv2 (`--dino-model`, loaded now: downloaded if needed) when
+/// `method` or `settings` use it.
+pub(crate) fn with_dinov2_if_used(
+    detector: Detector,
+    method: MethodKind,
+    settings: &DetectSettings,
+    dino: &DinoModelArg,
+    cpu: bool,
+) -> Result<Detector> {
+    if method == MethodKind::Anomalydino || settings.refs_backbone == RefsBackbone::Dinov2 {
+        let model = super::load_dinov2(dino.dino_model.as_deref(), cpu)?;
+        Ok(detector.with_dinov2(Arc::new(model)))
+    } else {
+        Ok(detector)
     }
 }
 

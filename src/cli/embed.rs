@@ -1,11 +1,12 @@
-//! `alfa embed`: CLIP embeddings as JSON, the contract parity checks use.
+//! `alfa embed`: CLIP embeddings, or DINOv2 patch features, as JSON: the contract
+//! parity checks use.
 
 use std::io::Write;
 
 use anyhow::{Context, Result, bail};
 
 use super::EmbedArgs;
-use crate::clip;
+use crate::{clip, dinov2};
 
 #[derive(serde::Serialize)]
 struct EmbedOutput {
@@ -25,10 +26,27 @@ struct TextEmbedding {
     embedding: Vec<f32>,
 }
 
+#[derive(serde::Serialize)]
+struct PatchOutput {
+    images: Vec<ImagePatches>,
+}
+
+#[derive(serde::Serialize)]
+struct ImagePatches {
+    file: String,
+    /// Patches per column and per row: [37, 37].
+    grid: [usize; 2],
+    /// Unit patch features, row-major over the grid.
+    patches: Vec<Vec<f32>>,
+}
+
 /// Images go through the model in batches of this many (bounded memory).
 const EMBED_BATCH: usize = 8;
 
 pub fn run(args: EmbedArgs) -> Result<()> {
+    if let Some(model) = &args.dinov2 {
+        return run_dinov2(model, &args);
+    }
     if args.images.is_empty() && args.texts.is_empty() {
         bail!("nothing to embed: give at least one --image FILE or --text TEXT");
     }
@@ -65,3 +83,23 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     Ok(())
 }
 
+
+fn run_dinov2(model: &str, args: &EmbedArgs) -> Result<()> {
+    if args.images.is_empty() {
+        bail!("nothing to embed: give at least one --image FILE");
+    }
+    let decoded = args.images.iter().map(|p| clip::open_image(p)).collect::<Result<Vec<_>, _>>()?;
+    let dino = super::load_dinov2(Some(model), args.model.cpu)?;
+    let mut images = Vec::with_capacity(decoded.len());
+    for (path, image) in args.images.iter().zip(&decoded) {
+        images.push(ImagePatches {
+            file: path.display().to_string(),
+            grid: [dinov2::GRID, dinov2::GRID],
+            patches: dino.patch_features(image)?.to_vec2::<f32>()?,
+        });
+    }
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, &PatchOutput { images })?;
+    writeln!(out).context("cannot write to stdout")?;
+    Ok(())
+}

@@ -9,12 +9,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::progress_label;
 use crate::batch::shard::{Shard, run_file_name};
-use crate::options::ModelArgs;
+use crate::options::{DinoModelArg, ModelArgs};
 use crate::clip;
 use crate::detect::baselines::{BaselineOptions, ImageViews, build_method_with};
 use crate::detect::references::draw;
 use crate::detect::text_cache::default_cache_dir;
-use crate::detect::{Ablation, AlfaMethod, ClassSpec, DetectSettings, Detector, Method, MethodKind, WindowMode};
+use crate::detect::{Ablation, AlfaMethod, ClassSpec, DetectSettings, Detector, Method, MethodKind, RefsBackbone, WindowMode};
 use crate::eval::report::EvalReport;
 use crate::eval::maps::map_path;
 use crate::eval::{ClassMetrics, Dataset, DatasetKind, SavedMaps, evaluate_class, score_class_maps};
@@ -25,6 +25,8 @@ use crate::prompts::PromptStore;
 pub struct EvalArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub dino: DinoModelArg,
     /// Dataset layout: mvtec, visa or folder [default: detected from ROOT].
     #[arg(long, value_name = "KIND")]
     pub dataset: Option<DatasetKind>,
@@ -41,7 +43,7 @@ pub struct EvalArgs {
     #[arg(long, value_enum, default_value_t = Ablation::Full)]
     pub ablation: Ablation,
     /// Few-shot: normal references per class, drawn from the train split's good images
-    /// (alfa and winclip).
+    /// (alfa, winclip, anomalydino; AnomalyDINO's protocol: K in 1, 2, 4, 8, 16).
     #[arg(long, default_value_t = 0, value_name = "K")]
     pub shots: usize,
     /// Few-shot, and AnoVL's test-time noise (anovl-tta): repeat with seeds 0..N (the
@@ -72,6 +74,10 @@ pub struct EvalArgs {
     pub scales: Vec<usize>,
     #[arg(long, value_enum, default_value_t = WindowMode::Tokens)]
     pub window_mode: WindowMode,
+    /// Features of ALFA's few-shot memory bank (with --shots): clip windows, or dinov2
+    /// patches (AnomalyDINO's, fused with ALFA; see --dino-model).
+    #[arg(long, value_enum, value_name = "B")]
+    pub refs_backbone: Option<RefsBackbone>,
     /// AnoVL only (anovl-tfa, anovl-tta): the views its image score averages, 1 (the
     /// input alone, as its paper) or 22 (its public code's views: rotations,
     /// translations, flip, grey) [default: 1].
@@ -121,6 +127,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let settings = DetectSettings {
         scales: args.scales.clone(),
         window_mode: args.window_mode,
+        refs_backbone: args.refs_backbone.unwrap_or_default(),
         ..Default::default()
     };
     settings.validate(usize::MAX)?;
@@ -137,14 +144,26 @@ pub fn run(args: EvalArgs) -> Result<()> {
         let metrics = classes.iter().map(|c| score_class_maps(&dataset, c, maps)).collect::<Result<Vec<_>, _>>()?;
         vec![metrics]
     } else {
-        if args.shots > 0 && !matches!(args.method, MethodKind::Alfa | MethodKind::Winclip) {
-            bail!("--shots works with --method alfa or winclip; {:?} is zero-shot only", args.method);
+        if args.shots > 0 && !matches!(args.method, MethodKind::Alfa | MethodKind::Winclip | MethodKind::Anomalydino) {
+            bail!("--shots works with --method alfa, winclip or anomalydino; {:?} is zero-shot only", args.method);
+        }
+        super::analysis::check_refs_backbone(args.method, args.refs_backbone, false)?;
+        let needs_references = args.method == MethodKind::Anomalydino || settings.refs_backbone == RefsBackbone::Dinov2;
+        if needs_references && args.shots == 0 {
+            bail!("--method anomalydino and --refs-backbone dinov2 compare with normal reference images: give --shots K (1, 2, 4, 8 or 16)");
         }
         let files = super::model_request(&args.model).resolve()?;
         let identity = files.identity();
         let clip = super::load_model_files(&args.model, &files)?;
         settings.validate(clip.model.vision.grid())?;
-        let detector = Detector::new(clip, &identity, default_cache_dir().as_deref());
+        let detector = super::analysis::with_dinov2_if_used(
+            Detector::new(clip, &identity, default_cache_dir().as_deref()),
+            args.method,
+            &settings,
+            &args.dino,
+            args.model.cpu,
+        )?;
+        let dinov2_name = detector.dinov2().map(|d| d.files.name.clone());
         let mut method: Box<dyn Method> = match args.method {
             MethodKind::Alfa => Box::new(AlfaMethod::new(detector, settings.clone(), args.ablation)),
             kind => build_method_with(kind, detector, settings.clone(), BaselineOptions { anovl_views: views })?,
@@ -153,6 +172,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
         run["ablation"] = serde_json::to_value(args.ablation)?;
         run["model"] = files.name.clone().into();
         run["model_identity"] = identity.into();
+        if let Some(dino) = dinov2_name {
+            run["dinov2"] = dino.into();
+        }
         run["precision"] = args.model.precision.name().into();
         run["settings"] = serde_json::to_value(&settings)?;
         run["shots"] = args.shots.into();

@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::bench;
 use crate::clip::{self, Clip, DownloadObserver, ModelRequest, Precision, TokenizerSource};
+use crate::dinov2;
 use crate::options::{GuiArgs, ModelArgs};
 
 mod analysis;
@@ -123,6 +124,10 @@ pub struct EmbedArgs {
     /// Text to embed (repeatable).
     #[arg(long = "text", value_name = "TEXT")]
     pub texts: Vec<String>,
+    /// Print the images' DINOv2 patch features instead of CLIP embeddings: vits14 or
+    /// vitb14 (from the hub, lmz/candle-dino-v2), or a .safetensors file or a folder.
+    #[arg(long, value_name = "M", conflicts_with = "texts")]
+    pub dinov2: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -159,6 +164,10 @@ pub struct BenchArgs {
     /// or RAYON_NUM_THREADS].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,
+    /// Time DINOv2 with these weights (vits14, vitb14, a file or a folder) instead of
+    /// CLIP's towers; with --engine, add few-shot detection on a bank of DINOv2 patches.
+    #[arg(long, value_name = "M")]
+    pub dinov2: Option<String>,
 }
 
 /// Runs the command; returns the process's exit code (see `alfa detect --help`).
@@ -195,12 +204,17 @@ pub struct SettingsArgs {
     /// recipe's, else 4].
     #[arg(long, value_name = "PX")]
     pub sigma: Option<f32>,
+    /// Features of ALFA's few-shot memory bank: `clip` (window features, the paper's) or
+    /// `dinov2` (DINOv2 patches, AnomalyDINO; see --dino-model) [default: the recipe's,
+    /// else clip].
+    #[arg(long, value_enum, value_name = "B")]
+    pub refs_backbone: Option<crate::detect::RefsBackbone>,
 }
 
 impl SettingsArgs {
     /// Every setting is given: a recipe's would change none.
     pub fn all_given(&self) -> bool {
-        self.scales.is_some() && self.window_mode.is_some() && self.sigma.is_some()
+        self.scales.is_some() && self.window_mode.is_some() && self.sigma.is_some() && self.refs_backbone.is_some()
     }
 
     /// `settings` with what is given here in place.
@@ -213,6 +227,9 @@ impl SettingsArgs {
         }
         if let Some(sigma) = self.sigma {
             settings.sigma = sigma;
+        }
+        if let Some(backbone) = self.refs_backbone {
+            settings.refs_backbone = backbone;
         }
     }
 }
@@ -244,14 +261,27 @@ impl DownloadObserver for DownloadBar {
     }
 }
 
-/// `model`'s request, with a terminal progress bar for downloads.
-pub(crate) fn model_request(model: &ModelArgs) -> ModelRequest {
+/// A terminal progress bar for downloads (shown once a download starts).
+fn download_bar() -> Arc<dyn DownloadObserver> {
     let bar = ProgressBar::hidden();
     bar.set_style(
         ProgressStyle::with_template("{msg} {bar:40} {bytes}/{total_bytes} ({eta})").expect("the template is valid"),
     );
     bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-    model.request(Some(Arc::new(DownloadBar { bar })))
+    Arc::new(DownloadBar { bar })
+}
+
+/// `model`'s request, with a terminal progress bar for downloads.
+pub(crate) fn model_request(model: &ModelArgs) -> ModelRequest {
+    model.request(Some(download_bar()))
+}
+
+/// Resolves (downloading if needed, with the progress bar) and loads DINOv2 `model`
+/// (`--dino-model`; `None`: ViT-S/14) on the device CLIP uses.
+pub(crate) fn load_dinov2(model: Option<&str>, cpu: bool) -> Result<dinov2::Dinov2> {
+    let request = dinov2::DinoRequest { model: model.map(str::to_owned), observer: Some(download_bar()) };
+    let files = request.resolve()?;
+    Ok(dinov2::Dinov2::load(&files, &clip::device(cpu)?)?)
 }
 
 /// Resolves (downloading if needed) and loads `model` on its device.
@@ -289,18 +319,21 @@ fn run_bench(args: BenchArgs) -> Result<()> {
     let log = |line: &str| eprintln!("{line}");
     let kernels = clip::Kernels::from_env()?;
     let target = bench::BenchTarget { device: args.device.open()?, kernels };
+    let on_cpu = args.device == clip::DeviceKind::Cpu;
+    let dino = args.dinov2.as_deref().map(|m| load_dinov2(Some(m), on_cpu)).transpose()?.map(Arc::new);
     if args.engine {
         let tokenizer = TokenizerSource::or_embedded(args.tokenizer);
-        let report = bench::engine(
-            &args.arch,
-            &tokenizer,
-            args.image_size,
-            args.repeats.max(1),
-            args.pixels,
-            args.precision,
-            &target,
-            log,
-        )?;
+        let (size, repeats) = (args.image_size, args.repeats.max(1));
+        let report = bench::engine(&args.arch, &tokenizer, size, repeats, args.pixels, args.precision, &target, dino, log)?;
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            println!("{}", report.table());
+        }
+        return Ok(());
+    }
+    if let Some(dino) = dino {
+        let report = bench::dinov2_forward(&dino, args.repeats.max(1), log)?;
         if args.json {
             println!("{}", serde_json::to_string(&report)?);
         } else {

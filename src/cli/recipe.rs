@@ -267,6 +267,9 @@ fn show(recipes: &Recipes, class: &str, json: bool) -> Result<()> {
                         m.window_batch,
                         if m.aligner { "on" } else { "off" }
                     )?;
+                    if m.refs_backbone != crate::detect::RefsBackbone::Clip {
+                        writeln!(out, "    few-shot bank: {} features", m.refs_backbone.name())?;
+                    }
                     if let Some(shots) = m.shots {
                         writeln!(out, "    few-shot: {shots} of the references, drawn with seed {}", m.seed.unwrap_or(0))?;
                     }

@@ -48,6 +48,8 @@ pub struct ThresholdArgs {
     pub method: Option<MethodKind>,
     #[command(flatten)]
     pub settings: super::SettingsArgs,
+    #[command(flatten)]
+    pub dino: crate::options::DinoModelArg,
     /// Few-shot with K of the class's references, drawn with --seed [default: the
     /// recipe's, else all of them]; stored in the recipe so that `detect` draws the same.
     #[arg(long, value_name = "K")]
@@ -79,6 +81,7 @@ pub fn run(args: ThresholdArgs) -> Result<()> {
     let mut settings = base.map_or_else(DetectSettings::default, MethodRecipe::settings);
     args.settings.apply(&mut settings);
     settings.validate(usize::MAX)?;
+    super::analysis::check_refs_backbone(method, args.settings.refs_backbone, false)?;
     let mut method_recipe = MethodRecipe::new(method, &settings);
     method_recipe.shots = args.shots.or(base.and_then(|m| m.shots));
     method_recipe.seed = if args.shots.is_some() { args.seed.or(Some(0)) } else { base.and_then(|m| m.seed) };
@@ -115,7 +118,13 @@ pub fn run(args: ThresholdArgs) -> Result<()> {
 
     let good: Vec<PathBuf> = super::refs::image_files(&args.good)?;
     let clip = super::load_model_files(&args.model, &files)?;
-    let detector = Detector::new(clip, &files.identity(), default_cache_dir().as_deref());
+    let detector = super::analysis::with_dinov2_if_used(
+        Detector::new(clip, &files.identity(), default_cache_dir().as_deref()),
+        method,
+        &settings,
+        &args.dino,
+        args.model.cpu,
+    )?;
     // The class's prompts and references as `alfa detect` prepares them (the batch's
     // analyser), then the good images scored by the app's code.
     let sources = ClassSources {

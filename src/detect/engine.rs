@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use super::context::{ContextualSelection, contextual_scoring};
 use super::maps::{Grid, gaussian_blur, harmonic_mean, harmonic_patch_map, mean_patch_map, resize_bilinear, window_indices};
+use super::anomalydino::{PatchMatch, mean_of_top_percent};
 use super::memory::few_shot_score;
 use super::references::{ReferenceBank, ReferenceRegion};
 use super::ridge::project_text;
@@ -18,6 +19,7 @@ use super::text_cache::TextFeatureCache;
 use super::DetectError;
 use crate::clip::preprocess::{Preprocessor, ResizeMode};
 use crate::clip::{Clip, VisionCapture, l2_normalize};
+use crate::dinov2::{Dinov2, GRID as DINO_GRID};
 use crate::prompts::{ExpandedPrompts, PromptSource};
 
 /// How window features are computed (METHOD section 4).
@@ -30,6 +32,27 @@ pub enum WindowMode {
     /// The image with everything outside the window blacked out goes through the
     /// whole ViT (the paper's construction): one full forward per window, slow.
     Pixels,
+}
+
+/// Which features the few-shot memory bank holds (METHOD sections 5 and 5b).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RefsBackbone {
+    /// CLIP window features at the aligner's scales (the paper's few-shot mode).
+    #[default]
+    Clip,
+    /// DINOv2 patch features (AnomalyDINO), 37 x 37 per image.
+    Dinov2,
+}
+
+impl RefsBackbone {
+    /// The name `--refs-backbone` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Clip => "clip",
+            Self::Dinov2 => "dinov2",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
@@ -53,6 +76,10 @@ pub struct DetectSettings {
     /// The fine-grained aligner: project the text features into each window's
     /// space. Off (an ablation), windows are scored against the global text features.
     pub aligner: bool,
+    /// The features of the few-shot memory bank (records written before it existed
+    /// were CLIP's).
+    #[serde(default)]
+    pub refs_backbone: RefsBackbone,
 }
 
 impl Default for DetectSettings {
@@ -67,6 +94,7 @@ impl Default for DetectSettings {
             top_descriptors: 5,
             window_batch: 256,
             aligner: true,
+            refs_backbone: RefsBackbone::Clip,
         }
     }
 }
@@ -195,7 +223,8 @@ pub struct Detection {
     /// The anomaly map at the input image's resolution.
     #[serde(skip)]
     pub map: Grid,
-    /// The patch-level map before upsampling (grid x grid).
+    /// The patch-level map before upsampling (grid x grid; with a DINOv2 bank, on
+    /// DINOv2's 37 x 37 grid).
     #[serde(skip)]
     pub patch_map: Grid,
     pub prompts: PromptReport,
@@ -209,11 +238,14 @@ pub struct Detection {
 #[derive(Debug, Clone, Serialize)]
 pub struct FewShotReport {
     pub references: usize,
-    /// The largest few-shot patch score, added to the image score.
+    /// The features of the bank: CLIP windows or DINOv2 patches.
+    pub backbone: RefsBackbone,
+    /// The few-shot image score, added to the image score: the few-shot map's maximum
+    /// (CLIP windows), or the mean of its top 1% (DINOv2 patches, as AnomalyDINO).
     pub max_score: f32,
-    /// The patch `[x, y]` of the grid where the final map peaks.
+    /// The patch `[x, y]` of the grid where the final map peaks (the few-shot map's grid).
     pub worst_patch: [usize; 2],
-    /// The reference window nearest to the query window there.
+    /// The reference window (or DINOv2 patch) nearest to the query's there.
     pub nearest: Option<ReferenceRegion>,
     /// The few-shot patch map (grid x grid) before fusion.
     #[serde(skip)]
@@ -229,6 +261,8 @@ pub struct Detector {
     /// Detection sees the whole image squashed to the model's square input: a
     /// centre crop would hide defects near the border of non-square images.
     preprocessor: Preprocessor,
+    /// The backbone of DINOv2 reference banks (`RefsBackbone::Dinov2`), when loaded.
+    dinov2: Option<std::sync::Arc<Dinov2>>,
 }
 
 impl Detector {
@@ -243,7 +277,19 @@ impl Detector {
             model_identity: model_identity.to_owned(),
             clip: std::sync::Arc::new(clip),
             preprocessor,
+            dinov2: None,
         }
+    }
+
+    /// This detector with DINOv2 for reference banks of `RefsBackbone::Dinov2`.
+    pub fn with_dinov2(mut self, dinov2: std::sync::Arc<Dinov2>) -> Self {
+        self.dinov2 = Some(dinov2);
+        self
+    }
+
+    /// The DINOv2 backbone, when one was given.
+    pub fn dinov2(&self) -> Option<&std::sync::Arc<Dinov2>> {
+        self.dinov2.as_ref()
     }
 
     /// Another detector on the same loaded model (the weights are shared, not
@@ -257,6 +303,7 @@ impl Detector {
             model_identity: self.model_identity.clone(),
             clip: self.clip.clone(),
             preprocessor: self.preprocessor.clone(),
+            dinov2: self.dinov2.clone(),
         }
     }
 
@@ -348,12 +395,12 @@ impl Detector {
     ) -> Result<Detection, DetectError> {
         let grid = self.clip.model.vision.grid();
         settings.validate(grid)?;
-        if let Some(bank) = references {
-            if bank.window_mode != settings.window_mode || settings.scales.iter().any(|&s| bank.scale(s).is_none()) {
-                return Err(DetectError::Settings(
-                    "the reference bank was built with other scales or another window mode: rebuild it".into(),
-                ));
-            }
+        if let Some(bank) = references
+            && !bank.serves(settings)
+        {
+            return Err(DetectError::Settings(
+                "the reference bank was built with another backbone, other scales or another window mode: rebuild it".into(),
+            ));
         }
         let mut timings = Vec::new();
         // A GPU runs operations after they are queued: each stage waits for its own
@@ -463,6 +510,30 @@ impl Detector {
         let local_max = zero_shot_map.max();
         let mut image_score = (global_score + local_max) / 2.0;
         let (patch_map, few_shot) = match references {
+            Some(bank) if bank.dinov2_patches().is_some() => {
+                // METHOD 5b fused as section 5 fuses the CLIP bank: section 5's patch
+                // score (1 - cos) / 2 keeps the map on S_L's [0, 1] scale; the image
+                // score adds AnomalyDINO's mean of the top 1%. The zero-shot map is
+                // taken to DINOv2's finer grid (37 x 37) for the average.
+                let start = Instant::now();
+                let matched = PatchMatch::of(self, bank, image)?;
+                timings.push(StageTime { stage: "dinov2", seconds: start.elapsed().as_secs_f64() });
+                clock = Instant::now();
+                let few_shot_map = matched.map(few_shot_score);
+                let few_shot_image = mean_of_top_percent(&few_shot_map.values);
+                image_score += few_shot_image;
+                let patch_map = mean(&[resize_bilinear(&zero_shot_map, DINO_GRID, DINO_GRID), few_shot_map.clone()]);
+                let worst = argmax(&patch_map.values);
+                let report = FewShotReport {
+                    references: bank.files.len(),
+                    backbone: RefsBackbone::Dinov2,
+                    max_score: few_shot_image,
+                    worst_patch: [worst % DINO_GRID, worst / DINO_GRID],
+                    nearest: Some(bank.region(&matched.nearest[worst], 1, DINO_GRID)),
+                    map: few_shot_map,
+                };
+                (patch_map, Some(report))
+            }
             Some(bank) if !few_shot_maps.is_empty() => {
                 let few_shot_map = mean(&few_shot_maps);
                 let few_shot_max = few_shot_map.max();
@@ -481,6 +552,7 @@ impl Detector {
                 let farthest = covering.min_by(|a, b| a.1.similarity.total_cmp(&b.1.similarity)).map(|(_, n)| n);
                 let report = FewShotReport {
                     references: bank.files.len(),
+                    backbone: RefsBackbone::Clip,
                     max_score: few_shot_max,
                     worst_patch: [worst_x, worst_y],
                     nearest: farthest.map(|n| bank.region(n, *s, grid)),

@@ -25,6 +25,8 @@ pub enum MethodKind {
     AnovlTfa,
     /// AnoVL with test-time adaptation (5 AdamW steps per image).
     AnovlTta,
+    /// AnomalyDINO: DINOv2 patches against the references' (few-shot only, no text).
+    Anomalydino,
 }
 
 impl MethodKind {

@@ -1,6 +1,7 @@
 //! Anomaly detection on top of CLIP: the ALFA engine and its building blocks
 //! (contextual scoring, global-to-local projection, dense maps, text-feature cache).
 
+pub mod anomalydino;
 pub mod baselines;
 pub mod colormap;
 pub mod context;
@@ -15,13 +16,15 @@ pub mod ridge;
 pub mod text_cache;
 pub mod threshold;
 
-pub use engine::{ClassPrompts, DetectSettings, Detection, Detector, Partial, WindowMode};
+pub use engine::{ClassPrompts, DetectSettings, Detection, Detector, Partial, RefsBackbone, WindowMode};
 pub use method::{Ablation, AlfaMethod, ClassSpec, Method, MethodKind, Scored};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DetectError {
     #[error(transparent)]
     Clip(#[from] crate::clip::ClipError),
+    #[error(transparent)]
+    Dinov2(#[from] crate::dinov2::Dinov2Error),
     #[error(transparent)]
     Prompts(#[from] crate::prompts::PromptError),
     #[error("the prompt set of `{0}` has a label without prompts")]

@@ -1,10 +1,10 @@
 //! Few-shot references: a class's normal reference images and the memory bank
-//! built from them (METHOD section 5).
+//! built from them (METHOD section 5: CLIP window features; 5b: DINOv2 patches).
 //!
 //! The images live in the class's recipe, `<recipes>/<class>/refs/`, as copies (the user's files are
-//! never moved or changed). Their window features are cached on disk per model, per
-//! window mode and per image content, so a bank is rebuilt only for new images or
-//! when the model changes.
+//! never moved or changed). Their features are cached on disk per backbone and model
+//! (CLIP: also per window mode and scale) and per image content, so a bank is rebuilt
+//! only for new images or when the model changes.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,7 +13,7 @@ use candle_core::Tensor;
 use image::DynamicImage;
 
 use super::DetectError;
-use super::engine::{DetectSettings, Detector, WindowMode};
+use super::engine::{DetectSettings, Detector, RefsBackbone, WindowMode};
 use super::inputs::is_image;
 use super::memory::{MemoryBank, Nearest};
 use super::text_cache::fnv1a;
@@ -143,41 +143,76 @@ pub fn draw(candidates: &[PathBuf], shots: usize, seed: u64) -> Vec<PathBuf> {
     pool
 }
 
-/// A class's memory bank: window features of every reference at every scale.
+/// A class's memory bank: the references' CLIP window features at every scale, or
+/// their DINOv2 patch features.
 pub struct ReferenceBank {
     pub files: Vec<PathBuf>,
     /// Size of each reference image, to map a bank window back to its pixels.
     pub sizes: Vec<(u32, u32)>,
-    pub window_mode: WindowMode,
-    banks: HashMap<usize, MemoryBank>,
+    pub features: BankFeatures,
+}
+
+/// What a reference bank holds.
+pub enum BankFeatures {
+    /// CLIP window features, one bank per window scale (METHOD section 5).
+    ClipWindows { window_mode: WindowMode, banks: HashMap<usize, MemoryBank> },
+    /// DINOv2 patch features, [`crate::dinov2::GRID`]^2 per reference (METHOD section 5b).
+    Dinov2Patches(MemoryBank),
 }
 
 impl ReferenceBank {
-    /// The bank of window size `scale`, if it was built.
+    /// The CLIP bank of window size `scale`, if it was built.
     pub fn scale(&self, scale: usize) -> Option<&MemoryBank> {
-        self.banks.get(&scale)
+        match &self.features {
+            BankFeatures::ClipWindows { banks, .. } => banks.get(&scale),
+            BankFeatures::Dinov2Patches(_) => None,
+        }
+    }
+
+    /// The DINOv2 patch bank, if this is one.
+    pub fn dinov2_patches(&self) -> Option<&MemoryBank> {
+        match &self.features {
+            BankFeatures::Dinov2Patches(bank) => Some(bank),
+            BankFeatures::ClipWindows { .. } => None,
+        }
+    }
+
+    /// Whether this bank serves `settings`: the same backbone, and for CLIP the same
+    /// window mode and every scale.
+    pub fn serves(&self, settings: &DetectSettings) -> bool {
+        match (&self.features, settings.refs_backbone) {
+            (BankFeatures::ClipWindows { window_mode, banks }, RefsBackbone::Clip) => {
+                *window_mode == settings.window_mode && settings.scales.iter().all(|s| banks.contains_key(s))
+            }
+            (BankFeatures::Dinov2Patches(_), RefsBackbone::Dinov2) => true,
+            _ => false,
+        }
     }
 
     /// The bank of every reference but the `reference`-th (leave-one-out: scoring a
     /// reference against a bank that holds it gives it a few-shot score of 0). `None`
     /// when it is the only one.
     pub fn without(&self, reference: usize) -> Result<Option<ReferenceBank>, DetectError> {
-        let mut banks = HashMap::new();
-        for (&s, bank) in &self.banks {
-            match bank.without_reference(reference)? {
-                Some(rest) => banks.insert(s, rest),
+        let features = match &self.features {
+            BankFeatures::ClipWindows { window_mode, banks } => {
+                let mut rest = HashMap::new();
+                for (&s, bank) in banks {
+                    match bank.without_reference(reference)? {
+                        Some(kept) => rest.insert(s, kept),
+                        None => return Ok(None),
+                    };
+                }
+                BankFeatures::ClipWindows { window_mode: *window_mode, banks: rest }
+            }
+            BankFeatures::Dinov2Patches(bank) => match bank.without_reference(reference)? {
+                Some(kept) => BankFeatures::Dinov2Patches(kept),
                 None => return Ok(None),
-            };
-        }
+            },
+        };
         fn others<T: Clone>(items: &[T], left_out: usize) -> Vec<T> {
             items.iter().enumerate().filter(|(i, _)| *i != left_out).map(|(_, x)| x.clone()).collect()
         }
-        Ok(Some(ReferenceBank {
-            files: others(&self.files, reference),
-            sizes: others(&self.sizes, reference),
-            window_mode: self.window_mode,
-            banks,
-        }))
+        Ok(Some(ReferenceBank { files: others(&self.files, reference), sizes: others(&self.sizes, reference), features }))
     }
 }
 
@@ -202,7 +237,8 @@ pub struct ReferenceRegion {
 }
 
 impl ReferenceBank {
-    /// The pixel box of the nearest window `found` at window size `scale`.
+    /// The pixel box of the nearest window `found` at window size `scale` on a
+    /// `grid` x `grid` patch grid (DINOv2 patches: scale 1 on its grid).
     pub fn region(&self, found: &Nearest, scale: usize, grid: usize) -> ReferenceRegion {
         let positions = grid + 1 - scale;
         let (top, left) = (found.origin.index / positions, found.origin.index % positions);
@@ -266,10 +302,62 @@ impl Detector {
         &self,
         images: &[(PathBuf, DynamicImage)],
         settings: &DetectSettings,
-        mut progress: impl FnMut(usize, usize),
+        progress: impl FnMut(usize, usize),
         cancelled: &dyn Fn() -> bool,
     ) -> Result<BankBuild, DetectError> {
         settings.validate(self.clip.model.vision.grid())?;
+        match settings.refs_backbone {
+            RefsBackbone::Clip => self.clip_reference_bank(images, settings, progress, cancelled),
+            RefsBackbone::Dinov2 => self.dinov2_reference_bank(images, progress, cancelled),
+        }
+    }
+
+    /// The bank of DINOv2 patch features, cached under `<cache>/references/<model>/`
+    /// (the DINOv2 weights' identity) keyed by the pixels.
+    fn dinov2_reference_bank(
+        &self,
+        images: &[(PathBuf, DynamicImage)],
+        mut progress: impl FnMut(usize, usize),
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<BankBuild, DetectError> {
+        let dino = self.dinov2().ok_or_else(|| {
+            DetectError::References("DINOv2 reference banks need the DINOv2 model, and none is loaded".into())
+        })?;
+        let cache = self.cache_dir().map(|d| d.join("references").join(format!("{:016x}", fnv1a(dino.identity().as_bytes()))));
+        let mut blocks = Vec::with_capacity(images.len());
+        let (mut computed, mut reused) = (0, 0);
+        for (i, (_, image)) in images.iter().enumerate() {
+            progress(i, images.len());
+            if cancelled() {
+                return Err(DetectError::Cancelled);
+            }
+            let file = cache.as_ref().map(|d| d.join(format!("{}-dinov2.safetensors", pixels_key(image))));
+            let (features, fresh) = cached_features(file, &dino.device, || Ok(dino.patch_features(image)?))?;
+            if fresh { computed += 1 } else { reused += 1 }
+            blocks.push(features);
+        }
+        progress(images.len(), images.len());
+        let bank = if images.is_empty() {
+            None
+        } else {
+            Some(ReferenceBank {
+                files: images.iter().map(|(f, _)| f.clone()).collect(),
+                sizes: images.iter().map(|(_, i)| (i.width(), i.height())).collect(),
+                features: BankFeatures::Dinov2Patches(MemoryBank::new(&blocks)?),
+            })
+        };
+        Ok(BankBuild { bank, computed, reused, skipped: Vec::new() })
+    }
+
+    /// The bank of CLIP window features, cached under `<cache>/references/<model>/`
+    /// keyed by the pixels, the window mode and the scale.
+    fn clip_reference_bank(
+        &self,
+        images: &[(PathBuf, DynamicImage)],
+        settings: &DetectSettings,
+        mut progress: impl FnMut(usize, usize),
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<BankBuild, DetectError> {
         // Image features depend on the image tower's precision (text features do not);
         // f32 keeps the key of caches written before bf16 existed.
         let tower = match self.clip.model.vision.precision() {
@@ -288,33 +376,17 @@ impl Detector {
             if cancelled() {
                 return Err(DetectError::Cancelled);
             }
-            let rgb = image.to_rgb8();
-            let key = format!("{:016x}-{}x{}-{mode}", fnv1a(rgb.as_raw()), rgb.width(), rgb.height());
+            let key = format!("{}-{mode}", pixels_key(image));
             let file = |s: usize| cache.as_ref().map(|d| d.join(format!("{key}-s{s}.safetensors")));
             let mut pixels = None;
             for &s in &settings.scales {
-                let cached = file(s)
-                    .and_then(|f| candle_core::safetensors::load(f, &self.clip.device).ok())
-                    .and_then(|mut t| t.remove("features"));
-                let features = match cached {
-                    Some(features) => features,
-                    None => {
-                        if pixels.is_none() {
-                            pixels = Some(self.pixels(image)?);
-                        }
-                        let pixels = pixels.as_ref().expect("set above");
-                        let (features, _) =
-                            self.window_features(pixels, s, settings.window_mode, settings.window_batch, false)?;
-                        if let Some(f) = file(s)
-                            && let Some(dir) = f.parent()
-                            && std::fs::create_dir_all(dir).is_ok()
-                        {
-                            // Best effort: a cache that cannot be written only costs time later.
-                            let _ = candle_core::safetensors::save(&HashMap::from([("features", features.clone())]), f);
-                        }
-                        features
+                let (features, _) = cached_features(file(s), &self.clip.device, || {
+                    if pixels.is_none() {
+                        pixels = Some(self.pixels(image)?);
                     }
-                };
+                    let pixels = pixels.as_ref().expect("set above");
+                    Ok(self.window_features(pixels, s, settings.window_mode, settings.window_batch, false)?.0)
+                })?;
                 per_scale.entry(s).or_default().push(features);
             }
             if pixels.is_some() { computed += 1 } else { reused += 1 }
@@ -330,12 +402,41 @@ impl Detector {
             Some(ReferenceBank {
                 files: images.iter().map(|(f, _)| f.clone()).collect(),
                 sizes: images.iter().map(|(_, i)| (i.width(), i.height())).collect(),
-                window_mode: settings.window_mode,
-                banks,
+                features: BankFeatures::ClipWindows { window_mode: settings.window_mode, banks },
             })
         };
         Ok(BankBuild { bank, computed, reused, skipped: Vec::new() })
     }
+}
+
+/// A reference's cache key: a hash of its pixels and its size.
+fn pixels_key(image: &DynamicImage) -> String {
+    let rgb = image.to_rgb8();
+    format!("{:016x}-{}x{}", fnv1a(rgb.as_raw()), rgb.width(), rgb.height())
+}
+
+/// The features cached in `file`, else `compute`d and written there (best effort: a
+/// cache that cannot be written only costs time later); `true` when computed now.
+fn cached_features(
+    file: Option<PathBuf>,
+    device: &candle_core::Device,
+    compute: impl FnOnce() -> Result<Tensor, DetectError>,
+) -> Result<(Tensor, bool), DetectError> {
+    let cached = file
+        .as_ref()
+        .and_then(|f| candle_core::safetensors::load(f, device).ok())
+        .and_then(|mut t| t.remove("features"));
+    if let Some(features) = cached {
+        return Ok((features, false));
+    }
+    let features = compute()?;
+    if let Some(f) = file
+        && let Some(dir) = f.parent()
+        && std::fs::create_dir_all(dir).is_ok()
+    {
+        let _ = candle_core::safetensors::save(&HashMap::from([("features", features.clone())]), f);
+    }
+    Ok((features, true))
 }
 
 #[cfg(test)]

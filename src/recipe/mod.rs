@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clip::config::OpenClipConfig;
 use crate::clip::{ModelFiles, Precision};
-use crate::detect::{DetectSettings, MethodKind, WindowMode};
+use crate::detect::{DetectSettings, MethodKind, RefsBackbone, WindowMode};
 
 /// The recipe's own file in a class folder.
 pub const RECIPE_FILE: &str = "recipe.toml";
@@ -99,6 +99,10 @@ pub struct MethodRecipe {
     pub top_descriptors: usize,
     pub window_batch: usize,
     pub aligner: bool,
+    /// Few-shot: the features of the memory bank (absent: CLIP's windows, as recipes
+    /// written before DINOv2 say nothing).
+    #[serde(default, skip_serializing_if = "is_clip_backbone")]
+    pub refs_backbone: RefsBackbone,
     /// Few-shot: K of the references, drawn with `seed` (absent: all of them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shots: Option<usize>,
@@ -111,7 +115,7 @@ pub struct MethodRecipe {
 
 impl MethodRecipe {
     pub fn new(name: MethodKind, settings: &DetectSettings) -> Self {
-        let DetectSettings { scales, window_mode, ridge_lambda, context_k, context_tau, sigma, top_descriptors, window_batch, aligner } =
+        let DetectSettings { scales, window_mode, ridge_lambda, context_k, context_tau, sigma, top_descriptors, window_batch, aligner, refs_backbone } =
             settings.clone();
         Self {
             name,
@@ -124,6 +128,7 @@ impl MethodRecipe {
             top_descriptors,
             window_batch,
             aligner,
+            refs_backbone,
             shots: None,
             seed: None,
             anovl_views: None,
@@ -141,8 +146,13 @@ impl MethodRecipe {
             top_descriptors: self.top_descriptors,
             window_batch: self.window_batch,
             aligner: self.aligner,
+            refs_backbone: self.refs_backbone,
         }
     }
+}
+
+fn is_clip_backbone(backbone: &RefsBackbone) -> bool {
+    *backbone == RefsBackbone::Clip
 }
 
 /// The two thresholds of a class: OK/NG on the image score, and the region threshold
@@ -424,15 +434,18 @@ pub fn thresholds_for_run(
             let theirs = r.method.as_ref().map(MethodRecipe::settings).filter(|s| s != settings)?;
             let scales = |s: &DetectSettings| s.scales.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
             Some(format!(
-                "the thresholds of `{}` were set with other settings (--scales {} --window-mode {:?} --sigma {} and the rest in \
-                 the recipe), not these (--scales {} --window-mode {:?} --sigma {}): they may not transfer",
+                "the thresholds of `{}` were set with other settings (--scales {} --window-mode {:?} --sigma {} --refs-backbone {} \
+                 and the rest in the recipe), not these (--scales {} --window-mode {:?} --sigma {} --refs-backbone {}): they may \
+                 not transfer",
                 r.class,
                 scales(&theirs),
                 theirs.window_mode,
                 theirs.sigma,
+                theirs.refs_backbone.name(),
                 scales(settings),
                 settings.window_mode,
-                settings.sigma
+                settings.sigma,
+                settings.refs_backbone.name()
             ))
         })
     });

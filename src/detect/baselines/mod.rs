@@ -10,6 +10,7 @@ use candle_core::Tensor;
 use image::DynamicImage;
 
 use super::maps::{Grid, gaussian_blur, resize_bilinear};
+use super::anomalydino::AnomalyDino;
 use super::{DetectError, DetectSettings, Detector, Method, MethodKind};
 use crate::clip::l2_normalize;
 
@@ -36,8 +37,8 @@ impl BaselineOptions {
     }
 }
 
-/// A baseline of `kind` around `detector`. ALFA itself is not a baseline: the
-/// `AlfaMethod` builds it.
+/// A baseline of `kind` around `detector` (for anomalydino, one with DINOv2). ALFA
+/// itself is not a baseline: the `AlfaMethod` builds it.
 pub fn build_method(
     kind: MethodKind,
     detector: Detector,
@@ -61,6 +62,7 @@ pub fn build_method_with(
     }
     Ok(match kind {
         MethodKind::Alfa => return Err(DetectError::Settings("alfa is built by AlfaMethod".into())),
+        MethodKind::Anomalydino => Box::new(AnomalyDino::new(detector, settings)?),
         MethodKind::Clip => Box::new(ClipBaseline::new(detector, settings)),
         MethodKind::Winclip => Box::new(Winclip::new(detector, settings)?),
         MethodKind::AnovlTfa => Box::new(Anovl::tfa(detector, settings).with_views(options.anovl_views)),
@@ -107,7 +109,7 @@ fn label_features(
 
 /// A patch map taken to the image's resolution: bilinear upsampling, then the
 /// Gaussian smoothing every method shares (ALFA's, `settings.sigma`).
-fn image_map(patch_map: &Grid, image: &DynamicImage, sigma: f32) -> Grid {
+pub(crate) fn image_map(patch_map: &Grid, image: &DynamicImage, sigma: f32) -> Grid {
     gaussian_blur(&resize_bilinear(patch_map, image.width() as usize, image.height() as usize), sigma)
 }
 
