@@ -437,6 +437,14 @@ impl<'a> Runner<'a> {
     /// the others analysed in order until done or `stop` is set (checked between
     /// images). Writes `scores.csv` and `summary.json` either way.
     pub fn run(&mut self, plan: &Plan, observer: &dyn Observer, stop: &AtomicBool) -> Result<RunResult, BatchError> {
+        // Each class's prompts and references first: an error there (no references for
+        // a DINOv2 bank, an unreadable prompt set) is every image's, said once before
+        // any image is analysed, as `alfa watch` does.
+        let unfinished: std::collections::BTreeSet<&str> =
+            plan.images.iter().filter(|i| i.finished.is_none()).map(|i| i.class.as_str()).collect();
+        for class in unfinished {
+            self.analyser.prepare(class, observer)?;
+        }
         let mut summary = Summary { images: plan.images.len(), ..Default::default() };
         let mut scored = Vec::with_capacity(plan.images.len());
         for planned in &plan.images {
