@@ -40,9 +40,8 @@ impl BenchTarget {
     }
 
     fn describe(&self) -> String {
-        let kernels = self.kernels.on(&self.device);
-        let family = if self.device.is_cpu() && kernels == Kernels::Native { format!(" ({})", CpuFamily::active().name()) } else { String::new() };
-        format!("{}, {} kernels{family}, {} CPU threads", self.device_name(), kernels.name(), candle_core::utils::get_num_threads())
+        let kernels = kernels_label(self.kernels.on(&self.device), self.cpu_family());
+        format!("{}, {kernels} kernels, {} CPU threads", self.device_name(), candle_core::utils::get_num_threads())
     }
 
     /// The CPU kernel family where the native kernels run, for the reports.
