@@ -149,6 +149,8 @@ def main():
             "threads": torch.get_num_threads(),
             "repeats": args.repeats,
             "precision": "bf16 autocast" if args.bf16 else "f32",
+            # The vector ISA ATen's kernels run (ATEN_CPU_CAPABILITY lowers it).
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         }
         res["image_b1_s"] = bench("image_b1", lambda: model.encode_image(img1), args.repeats)
         res["image_b8_s"] = bench("image_b8", lambda: model.encode_image(img8), args.repeats)

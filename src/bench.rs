@@ -14,7 +14,8 @@ use serde::Serialize;
 
 use crate::clip::model::ClipModel;
 use crate::clip::tokenizer::{END_OF_TEXT, START_OF_TEXT};
-use crate::clip::{Clip, ClipError, Kernels, OpenClipConfig, Precision, RandomWeights, TensorSource};
+use crate::clip::kernels::{Activation, Epilogue, LinearWeight, linear};
+use crate::clip::{Clip, ClipError, CpuFamily, Kernels, OpenClipConfig, Precision, RandomWeights, TensorSource};
 use crate::detect::engine::StageTime;
 use crate::detect::maps::{MapAgreement, window_indices};
 use crate::detect::{DetectSettings, Detector, RefsBackbone, WindowMode};
@@ -40,8 +41,13 @@ impl BenchTarget {
     }
 
     fn describe(&self) -> String {
-        let kernels = self.kernels.on(&self.device);
-        format!("{}, {} kernels, {} CPU threads", self.device_name(), kernels.name(), candle_core::utils::get_num_threads())
+        let kernels = kernels_label(self.kernels.on(&self.device), self.cpu_family());
+        format!("{}, {kernels} kernels, {} CPU threads", self.device_name(), candle_core::utils::get_num_threads())
+    }
+
+    /// The CPU kernel family where the native kernels run, for the reports.
+    fn cpu_family(&self) -> Option<CpuFamily> {
+        (self.device.is_cpu() && self.kernels.on(&self.device) == Kernels::Native).then(CpuFamily::active)
     }
 }
 
@@ -54,6 +60,8 @@ pub struct ClipBenchReport {
     pub precision: Precision,
     pub device: String,
     pub kernels: Kernels,
+    /// The native kernels' instruction family (`ALFA_CPU`); none elsewhere.
+    pub cpu: Option<CpuFamily>,
     pub threads: usize,
     pub image_b1_s: f64,
     pub image_b8_s: f64,
@@ -75,7 +83,7 @@ impl ClipBenchReport {
              text, 150 prompts truncated {:>8.3} s\n\
              windows, scales 2+3 (365)   {:>8.3} s",
             self.device,
-            self.kernels.name(),
+            kernels_label(self.kernels, self.cpu),
             self.threads,
             self.arch,
             self.precision.name(),
@@ -85,6 +93,14 @@ impl ClipBenchReport {
             self.text_150_truncated_s,
             self.windows_365_s
         )
+    }
+}
+
+/// `native (avx2)`, `generic`.
+fn kernels_label(kernels: Kernels, cpu: Option<CpuFamily>) -> String {
+    match cpu {
+        Some(cpu) => format!("{} ({})", kernels.name(), cpu.name()),
+        None => kernels.name().into(),
     }
 }
 
@@ -174,6 +190,7 @@ pub fn clip_forward(
         precision,
         device: target.device_name(),
         kernels: model.kernels,
+        cpu: target.cpu_family(),
         threads,
         image_b1_s,
         image_b8_s,
@@ -181,6 +198,88 @@ pub fn clip_forward(
         text_150_truncated_s,
         windows_365_s,
     })
+}
+
+/// The throughput of one linear layer of the image tower.
+#[derive(Debug, Serialize)]
+pub struct MatmulCase {
+    pub layer: &'static str,
+    pub rows: usize,
+    pub inner: usize,
+    pub cols: usize,
+    pub seconds: f64,
+    pub gflops: f64,
+}
+
+/// `alfa bench --matmul`: the image tower's linear layers, each with its fused finish,
+/// on the CPU kernel family `ALFA_CPU` chooses.
+#[derive(Debug, Serialize)]
+pub struct MatmulBenchReport {
+    pub arch: String,
+    pub precision: Precision,
+    pub cpu: CpuFamily,
+    /// `packed` (this crate's kernel) or `gemm` (the portable family's).
+    pub matmul: &'static str,
+    pub threads: usize,
+    pub cases: Vec<MatmulCase>,
+    /// All cases together: their FLOPs over their summed times.
+    pub gflops: f64,
+}
+
+impl MatmulBenchReport {
+    pub fn table(&self) -> String {
+        let mut table = format!(
+            "alfa linear layers ({} matmul, {} family, {} threads), {}, {}\n",
+            self.matmul,
+            self.cpu.name(),
+            self.threads,
+            self.arch,
+            self.precision.name()
+        );
+        for c in &self.cases {
+            table += &format!("{:<24} [{}, {}] x [{}, {}] {:>8.4} s {:>7.1} GFLOP/s\n", c.layer, c.rows, c.inner, c.inner, c.cols, c.seconds, c.gflops);
+        }
+        table + &format!("all layers {:>7.1} GFLOP/s", self.gflops)
+    }
+}
+
+/// Times `x W + b` with the image tower's four linear shapes and their finishes (the
+/// MLP's activation, the residual adds) on 2670 rows, the token count of the 365
+/// windows at scales 2 and 3, through `kernels::linear` as the model runs them.
+pub fn matmul(arch: &str, repeats: usize, precision: Precision, log: impl Fn(&str)) -> Result<MatmulBenchReport> {
+    let config = OpenClipConfig::builtin(arch).with_context(|| {
+        format!("unknown architecture `{arch}` (known: {})", OpenClipConfig::BUILTIN_ARCHS.join(", "))
+    })?;
+    let cpu = CpuFamily::from_env()?;
+    precision.check(&Device::Cpu)?;
+    let vision = &config.model_cfg.vision_cfg;
+    let (width, mlp, rows) = (vision.width, vision.mlp_width(), 2670);
+    let threads = candle_core::utils::get_num_threads();
+    log(&format!("{arch}: {rows} rows, {} family, {threads} CPU threads, median of {repeats}", cpu.name()));
+    let random = |shape: (usize, usize)| Tensor::randn(0f32, 0.02, shape, &Device::Cpu);
+    let residual = random((rows, width))?;
+    let layers = [
+        ("attention in_proj", width, 3 * width, Epilogue::None),
+        ("attention out_proj + x", width, width, Epilogue::Residual(&residual)),
+        ("mlp c_fc + activation", width, mlp, Epilogue::Activation(Activation::Gelu)),
+        ("mlp c_proj + x", mlp, width, Epilogue::Residual(&residual)),
+    ];
+    let mut cases = Vec::new();
+    let mut matmul = "gemm";
+    for (layer, inner, cols, epilogue) in layers {
+        let weight = LinearWeight::new(random((inner, cols))?, precision, Kernels::Native)?;
+        if matches!(weight, LinearWeight::Packed(_)) {
+            matmul = "packed";
+        }
+        let (x, bias) = (random((rows, inner))?, random((1, cols))?.squeeze(0)?);
+        let seconds = time(repeats, &Device::Cpu, || Ok(linear(&x, &weight, Some(&bias), epilogue)?))?;
+        let gflops = 2.0 * (rows * inner * cols) as f64 / seconds / 1e9;
+        log(&format!("{layer}: {seconds:.4} s, {gflops:.1} GFLOP/s"));
+        cases.push(MatmulCase { layer, rows, inner, cols, seconds, gflops });
+    }
+    let flops: f64 = cases.iter().map(|c| 2.0 * (c.rows * c.inner * c.cols) as f64).sum();
+    let gflops = flops / cases.iter().map(|c| c.seconds).sum::<f64>() / 1e9;
+    Ok(MatmulBenchReport { arch: arch.into(), precision, cpu, matmul, threads, cases, gflops })
 }
 
 /// The bench image's zero-shot tokens-mode result in a non-f32 precision next to
@@ -235,6 +334,8 @@ pub struct EngineBenchReport {
     pub precision: Precision,
     pub device: String,
     pub kernels: Kernels,
+    /// As in [`ClipBenchReport`].
+    pub cpu: Option<CpuFamily>,
     pub threads: usize,
     pub image: String,
     pub class: String,
@@ -264,7 +365,7 @@ impl EngineBenchReport {
             "alfa detector ({}, {} kernels, {} threads), {} random weights, image tower {}, one {} image, class `{}`\n\
              encode {} prompts + descriptors (cold cache) {:>8.3} s\n",
             self.device,
-            self.kernels.name(),
+            kernels_label(self.kernels, self.cpu),
             self.threads,
             self.arch,
             self.precision.name(),
@@ -406,6 +507,7 @@ pub fn engine(
         precision,
         device: target.device_name(),
         kernels,
+        cpu: target.cpu_family(),
         threads: candle_core::utils::get_num_threads(),
         image: format!("{size}x{size}"),
         class: class.into(),

@@ -288,6 +288,41 @@ fn kernel_choice_errors_name_the_allowed_values() {
     assert!(stderr.contains("ALFA_KERNELS=generic") && stderr.contains("--precision f32"), "{stderr}");
 }
 
+/// `ALFA_CPU` takes a kernel family this CPU has; anything else stops with the
+/// choices and the CPU's families, and bf16 (AVX-512 only) is refused on a narrower one.
+#[test]
+fn cpu_family_errors_name_the_choices() {
+    let (_tmp, dir) = model_copy();
+    let run = |family: &str, extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_alfa"))
+            .args(["embed", "--model", dir.to_str().unwrap(), "--tokenizer"])
+            .arg(shared_tokenizer())
+            .args(["--text", "a photo of a bottle"])
+            .args(extra)
+            .env("ALFA_CPU", family)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!stderr.contains("panicked"), "panic: {stderr}");
+        (out.status.success(), stderr)
+    };
+    let (ok, stderr) = run("sse4", &[]);
+    assert!(!ok);
+    assert!(stderr.contains("ALFA_CPU=`sse4`") && stderr.contains("`avx512` (") && stderr.contains("this CPU has"), "{stderr}");
+    for family in alfa::clip::CpuFamily::ALL {
+        let (ok, stderr) = run(family.name(), &[]);
+        assert_eq!(ok, family.is_available(), "ALFA_CPU={}: {stderr}", family.name());
+        if !ok {
+            assert!(stderr.contains("this CPU has") && stderr.contains("`portable`"), "{stderr}");
+        }
+    }
+    if alfa::clip::Precision::Bf16.check(&candle_core::Device::Cpu).is_ok() {
+        let (ok, stderr) = run("avx2", &["--precision", "bf16"]);
+        assert!(!ok);
+        assert!(stderr.contains("ALFA_CPU") && stderr.contains("--precision f32"), "{stderr}");
+    }
+}
+
 /// A GPU asked for and not usable is an error that says what to do, never a quiet
 /// run on the CPU: without the backend built in, how to build it; with it (and no
 /// GPU or driver here), that `--cpu` runs on the CPU.

@@ -239,43 +239,61 @@ both_kernels! {
     /// `alfa embed` is the contract parity checks use: its JSON must carry the same
     /// normalised embeddings, in input order.
     fn embed_command_prints_reference_embeddings() {
-        let f = Fixture::load("tiny-gelu");
-        let images = f.image_paths("images_exact");
-        let texts: Vec<String> = f.strings("texts").into_iter().take(3).collect();
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_alfa"));
-        cmd.env(clip::Kernels::ENV, common::kernels().name());
-        cmd.arg("embed")
-            .arg("--model")
-            .arg(fixtures().join("tiny-gelu"))
-            .arg("--tokenizer")
-            .arg(shared_tokenizer());
-        for p in &images {
-            cmd.arg("--image").arg(p);
-        }
-        for t in &texts {
-            cmd.arg("--text").arg(t);
-        }
-        let out = cmd.output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let rows = |key: &str, field: &str| -> (Vec<String>, Tensor) {
-            let items = json[key].as_array().unwrap();
-            let names = items.iter().map(|i| i[field].as_str().unwrap().to_owned()).collect();
-            let data: Vec<Vec<f32>> = items
-                .iter()
-                .map(|i| i["embedding"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect())
-                .collect();
-            (names, Tensor::new(data, &Device::Cpu).unwrap())
-        };
-        let (files, image_emb) = rows("images", "file");
-        assert_eq!(files, images.iter().map(|p| p.display().to_string()).collect::<Vec<_>>());
-        let reference = clip::l2_normalize(f.expected("image_features_exact")).unwrap();
-        assert_close("embed images", &image_emb, &reference, TOL);
-        let (names, text_emb) = rows("texts", "text");
-        assert_eq!(names, texts);
-        let reference = clip::l2_normalize(&f.expected("text_features").narrow(0, 0, 3).unwrap()).unwrap();
-        assert_close("embed texts", &text_emb, &reference, TOL);
+        embed_command_prints_reference_embeddings_with(&[(clip::Kernels::ENV, common::kernels().name())]);
     }
+}
+
+/// The same through the AVX2 kernels wherever this CPU has them, AVX-512 CPUs
+/// included: the kernel family is one choice per process (`ALFA_CPU`), so `alfa
+/// embed` is the way to force it here. (`ALFA_CPU=avx2 cargo test --test clip_parity`
+/// runs every parity case so.)
+#[test]
+fn embed_command_prints_reference_embeddings_on_avx2_kernels() {
+    if !clip::CpuFamily::Avx2.is_available() {
+        eprintln!("this CPU has no AVX2 and FMA: nothing to test");
+        return;
+    }
+    embed_command_prints_reference_embeddings_with(&[(clip::Kernels::ENV, "native"), (clip::CpuFamily::ENV, "avx2")]);
+}
+
+/// `alfa embed` with `env` on the tiny GELU model, against the reference embeddings.
+fn embed_command_prints_reference_embeddings_with(env: &[(&str, &str)]) {
+    let f = Fixture::load("tiny-gelu");
+    let images = f.image_paths("images_exact");
+    let texts: Vec<String> = f.strings("texts").into_iter().take(3).collect();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_alfa"));
+    cmd.envs(env.iter().copied());
+    cmd.arg("embed")
+        .arg("--model")
+        .arg(fixtures().join("tiny-gelu"))
+        .arg("--tokenizer")
+        .arg(shared_tokenizer());
+    for p in &images {
+        cmd.arg("--image").arg(p);
+    }
+    for t in &texts {
+        cmd.arg("--text").arg(t);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = |key: &str, field: &str| -> (Vec<String>, Tensor) {
+        let items = json[key].as_array().unwrap();
+        let names = items.iter().map(|i| i[field].as_str().unwrap().to_owned()).collect();
+        let data: Vec<Vec<f32>> = items
+            .iter()
+            .map(|i| i["embedding"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect())
+            .collect();
+        (names, Tensor::new(data, &Device::Cpu).unwrap())
+    };
+    let (files, image_emb) = rows("images", "file");
+    assert_eq!(files, images.iter().map(|p| p.display().to_string()).collect::<Vec<_>>());
+    let reference = clip::l2_normalize(f.expected("image_features_exact")).unwrap();
+    assert_close("embed images", &image_emb, &reference, TOL);
+    let (names, text_emb) = rows("texts", "text");
+    assert_eq!(names, texts);
+    let reference = clip::l2_normalize(&f.expected("text_features").narrow(0, 0, 3).unwrap()).unwrap();
+    assert_close("embed texts", &text_emb, &reference, TOL);
 }
 
 /// Loading from a `.bin` pickle and from safetensors both work (the two fixtures use one each).

@@ -32,6 +32,12 @@ mod threshold;
         Models: --model takes a folder (open_clip_config.json + weights, and tokenizer.json if it has \
         its own), a weights file (.safetensors, .bin, .pt, .pth) or a Hugging Face repo id; the default \
         is downloaded once into the Hugging Face cache. CLIP's tokenizer is built in.",
+    after_long_help = "Environment (read once per process):\n  \
+        ALFA_KERNELS=native|generic  native: this crate's CPU kernels (the default); generic: candle's own \
+        operations, what CUDA and Metal run\n  \
+        ALFA_CPU=avx512|avx2|portable  the native kernels' instruction family [default: the widest this CPU \
+        has]; a narrower one measures or tests it (avx2: the packed AVX2 matmul, f32 only; portable: the gemm \
+        crate's matmul); a family this CPU lacks is refused",
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
@@ -144,6 +150,10 @@ pub struct BenchArgs {
     /// Time the whole detector (one image, the shipped `bottle` prompts) instead of the towers.
     #[arg(long)]
     pub engine: bool,
+    /// Time the image tower's linear layers alone (GFLOP/s of the matmul on the CPU,
+    /// in the kernel family ALFA_CPU chooses) instead of the towers.
+    #[arg(long, conflicts_with = "engine")]
+    pub matmul: bool,
     /// With --engine: also time the paper's `pixels` window mode (hundreds of full forwards).
     #[arg(long, requires = "engine")]
     pub pixels: bool,
@@ -317,6 +327,16 @@ fn run_bench(args: BenchArgs) -> Result<()> {
         set_cpu_threads(usize::from(threads))?;
     }
     let log = |line: &str| eprintln!("{line}");
+    if args.matmul {
+        anyhow::ensure!(args.device == clip::DeviceKind::Cpu, "--matmul times the CPU kernels: leave out --device");
+        let report = bench::matmul(&args.arch, args.repeats.max(1), args.precision, log)?;
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            println!("{}", report.table());
+        }
+        return Ok(());
+    }
     let kernels = clip::Kernels::from_env()?;
     let target = bench::BenchTarget { device: args.device.open()?, kernels };
     let on_cpu = args.device == clip::DeviceKind::Cpu;

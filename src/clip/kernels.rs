@@ -22,8 +22,9 @@ use rayon::prelude::*;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kernels {
-    /// This module's CPU kernels (fused linear layers, the packed AVX-512 matmul,
-    /// parallel attention and activations) on the CPU; candle's on other devices.
+    /// This module's CPU kernels (fused linear layers, the packed AVX-512 or AVX2
+    /// matmul, parallel attention and activations) on the CPU, in the instructions of
+    /// the [`CpuFamily`] this process runs; candle's on other devices.
     #[default]
     Native,
     /// candle's own operations only (its matmul, `gelu_erf`, softmax, ...): what
@@ -70,9 +71,90 @@ impl Kernels {
     }
 }
 
+/// The vector instructions the native CPU kernels use: the widest family this CPU
+/// has, or a narrower one named by `ALFA_CPU` (to measure or test the AVX2 kernels on
+/// an AVX-512 CPU). One choice per process, like the CPU's features themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CpuFamily {
+    /// AVX-512F: the packed matmul in 6 x 64 tiles (and in bf16 with AVX512-BF16),
+    /// activations and softmax in 512-bit vectors.
+    Avx512,
+    /// AVX2 and FMA: the packed matmul in 6 x 16 tiles (f32 only), 256-bit vectors.
+    Avx2,
+    /// Neither: the `gemm` crate's matmul, activations and softmax in the build's
+    /// baseline vectors (SSE2 on x86-64). `gemm` still picks its own kernel from the
+    /// CPU's features (it has no switch).
+    Portable,
+}
+
+impl CpuFamily {
+    /// The environment variable that forces a family.
+    pub const ENV: &'static str = "ALFA_CPU";
+    /// Widest first.
+    pub const ALL: [Self; 3] = [Self::Avx512, Self::Avx2, Self::Portable];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Avx512 => "avx512",
+            Self::Avx2 => "avx2",
+            Self::Portable => "portable",
+        }
+    }
+
+    /// Whether this CPU has the family's instructions.
+    pub fn is_available(self) -> bool {
+        match self {
+            Self::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2 => std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// The widest family this CPU has.
+    pub fn widest() -> Self {
+        Self::ALL.into_iter().find(|f| f.is_available()).unwrap_or(Self::Portable)
+    }
+
+    /// The family named `value`, if it is one of `available`.
+    fn choose(value: &str, available: &[Self]) -> Result<Self, ClipError> {
+        available.iter().copied().find(|f| f.name() == value.trim()).ok_or_else(|| ClipError::CpuFamily {
+            value: value.to_owned(),
+            available: available.iter().map(|f| format!("`{}`", f.name())).collect::<Vec<_>>().join(", "),
+        })
+    }
+
+    /// `ALFA_CPU` (the widest family when unset), read once per process; an unknown
+    /// family, or one this CPU lacks, is an error naming the choices and the CPU's.
+    pub fn from_env() -> Result<Self, ClipError> {
+        static CHOICE: std::sync::OnceLock<Result<CpuFamily, String>> = std::sync::OnceLock::new();
+        let available = || Self::ALL.into_iter().filter(|f| f.is_available()).collect::<Vec<_>>();
+        CHOICE
+            .get_or_init(|| match std::env::var(Self::ENV) {
+                Err(std::env::VarError::NotPresent) => Ok(Self::widest()),
+                Err(std::env::VarError::NotUnicode(v)) => Err(v.to_string_lossy().into_owned()),
+                Ok(v) if v.is_empty() => Ok(Self::widest()),
+                Ok(v) => Self::choose(&v, &available()).map_err(|_| v),
+            })
+            .clone()
+            .or_else(|value| Self::choose(&value, &available()))
+    }
+
+    /// The family the kernels run: `from_env`'s. Where that is an error, models are
+    /// refused before any kernel runs (`ClipModel::new`), and whatever still calls a
+    /// kernel (unit tests) gets the widest family.
+    pub fn active() -> Self {
+        Self::from_env().unwrap_or_else(|_| Self::widest())
+    }
+}
+
 /// Defines `$name`, which runs `$portable` (an `#[inline(always)]` function) compiled
-/// for the widest vector unit the CPU has, chosen at run time: the default build
-/// targets plain x86-64, whose 128-bit vectors would leave AVX-512 CPUs a quarter used.
+/// for the vector unit of the active [`CpuFamily`]: the default build targets plain
+/// x86-64, whose 128-bit vectors would leave AVX-512 CPUs a quarter used.
 macro_rules! widest_vectors {
     ($name:ident => $portable:ident($($arg:ident: $ty:ty),*)) => {
         fn $name($($arg: $ty),*) {
@@ -86,13 +168,12 @@ macro_rules! widest_vectors {
                 fn avx2($($arg: $ty),*) {
                     $portable($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU has AVX-512F, checked just above.
-                    return unsafe { avx512($($arg),*) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                    // SAFETY: the CPU has AVX2 and FMA, checked just above.
-                    return unsafe { avx2($($arg),*) };
+                match CpuFamily::active() {
+                    // SAFETY: `active` is a family the CPU has (`is_available`): AVX-512F.
+                    CpuFamily::Avx512 => return unsafe { avx512($($arg),*) },
+                    // SAFETY: as above: AVX2 and FMA.
+                    CpuFamily::Avx2 => return unsafe { avx2($($arg),*) },
+                    CpuFamily::Portable => {}
                 }
             }
             $portable($($arg),*)
@@ -384,9 +465,9 @@ pub enum Epilogue<'a> {
 pub enum LinearWeight {
     /// For candle's matmul and element-wise ops: the generic kernels, any device.
     Generic(Tensor),
-    /// For the fused `gemm` kernel (CPUs without AVX-512).
+    /// For the fused `gemm` kernel ([`CpuFamily::Portable`]).
     Matrix(Tensor),
-    /// Packed once for `PackedWeight::matmul` (CPUs with AVX-512).
+    /// Packed once for `PackedWeight::matmul` (AVX-512, or AVX2 and FMA).
     Packed(PackedWeight),
 }
 
@@ -610,6 +691,10 @@ mod tests {
         if Precision::Bf16.check(&device).is_ok() {
             weights.push(LinearWeight::new(weight_t.clone(), Precision::Bf16, Kernels::Native).unwrap());
         }
+        // The AVX2 kernel by name, whichever family this process runs.
+        let avx2 = with_cpu_f32(&weight_t, |w| PackedWeight::for_family(w, 24, 40, Precision::F32, CpuFamily::Avx2)).unwrap();
+        assert_eq!(avx2.is_some(), CpuFamily::Avx2.is_available());
+        weights.extend(avx2.map(LinearWeight::Packed));
         for weight in &weights {
             for (i, (bias, epilogue, expected)) in cases.iter().enumerate() {
                 let got = linear(&x, weight, *bias, *epilogue).unwrap();
@@ -648,6 +733,22 @@ mod tests {
         }
         let err = Kernels::parse("cuda").unwrap_err().to_string();
         assert!(err.contains("ALFA_KERNELS") && err.contains("`cuda`") && err.contains("native") && err.contains("generic"), "{err}");
+    }
+
+    #[test]
+    fn cpu_family_choice_names_the_choices_and_what_the_cpu_has() {
+        for family in CpuFamily::ALL {
+            assert_eq!(CpuFamily::choose(family.name(), &CpuFamily::ALL).unwrap(), family);
+        }
+        let avx2_cpu = [CpuFamily::Avx2, CpuFamily::Portable];
+        for value in ["avx512", "sse"] {
+            let err = CpuFamily::choose(value, &avx2_cpu).unwrap_err().to_string();
+            assert!(err.contains(&format!("ALFA_CPU=`{value}`")), "{err}");
+            let names_all = CpuFamily::ALL.iter().all(|f| err.contains(&format!("`{}` (", f.name())));
+            assert!(names_all && err.contains("this CPU has `avx2`, `portable`"), "{err}");
+        }
+        assert!(CpuFamily::widest().is_available());
+        assert!(CpuFamily::active().is_available());
     }
 
     #[test]

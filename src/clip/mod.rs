@@ -15,7 +15,7 @@ use candle_core::{Device, Tensor};
 use image::DynamicImage;
 
 pub use config::OpenClipConfig;
-pub use kernels::Kernels;
+pub use kernels::{CpuFamily, Kernels};
 pub use model::{ClipModel, RandomWeights, TensorSource, VisionCapture, VisionOutput};
 pub use preprocess::Preprocessor;
 pub use source::{DEFAULT_MODEL, DownloadObserver, ModelFiles, ModelRequest};
@@ -74,6 +74,8 @@ pub enum ClipError {
     Bf16Unsupported { found: &'static str },
     #[error("{}=`{value}` is not a kernel choice: use `native` (this crate's CPU kernels, the default) or `generic` (candle's own operations, what CUDA and Metal run)", kernels::Kernels::ENV)]
     Kernels { value: String },
+    #[error("{}=`{value}` cannot be used here: the kernel families are `avx512` (AVX-512F), `avx2` (AVX2 and FMA) and `portable` (neither), and this CPU has {available}", kernels::CpuFamily::ENV)]
+    CpuFamily { value: String, available: String },
     /// Built with a GPU backend, asked for it, and it cannot be used.
     #[error("{}", no_gpu_message(backend, reason))]
     NoGpu { backend: &'static str, reason: String },
@@ -116,7 +118,13 @@ impl Precision {
         match self {
             Self::F32 => Ok(()),
             Self::Bf16 if !device.is_cpu() => Err(ClipError::Bf16Unsupported { found: "the model is on a GPU" }),
-            Self::Bf16 if !packed::supports(self) => Err(ClipError::Bf16Unsupported { found: "this CPU has none" }),
+            Self::Bf16 if !packed::supports(self) => Err(ClipError::Bf16Unsupported {
+                found: if CpuFamily::active() == CpuFamily::widest() {
+                    "this CPU has none"
+                } else {
+                    "ALFA_CPU chooses a kernel family without it"
+                },
+            }),
             Self::Bf16 => Ok(()),
         }
     }

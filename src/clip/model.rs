@@ -602,6 +602,8 @@ impl ClipModel {
         precision: Precision,
         kernels: Kernels,
     ) -> Result<Self, ClipError> {
+        // An ALFA_CPU the kernels cannot honour stops here, before any of them runs.
+        super::CpuFamily::from_env()?;
         let act = if cfg.quick_gelu { Activation::QuickGelu } else { Activation::Gelu };
         let logit_scale = src.tensor("logit_scale", &[])?;
         let kernels = kernels.on(logit_scale.device());
