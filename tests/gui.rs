@@ -36,6 +36,17 @@ fn image_folder(dir: &Path) -> PathBuf {
     root
 }
 
+/// [`image_folder`], and recipes in `dir/recipes` where `bottle` has one reference
+/// (a copy of `test/good/000.png`). Returns both folders.
+fn folder_with_a_reference(dir: &Path) -> (PathBuf, PathBuf) {
+    let root = image_folder(dir);
+    let recipes = dir.join("recipes");
+    let refs = recipes.join("bottle/refs");
+    std::fs::create_dir_all(&refs).unwrap();
+    std::fs::copy(root.join("test/good/000.png"), refs.join("good.png")).unwrap();
+    (root, recipes)
+}
+
 /// The app with `paths` open and its recipes in `dir/recipes`.
 fn harness(dir: &Path, paths: Vec<PathBuf>) -> Harness<'static, AlfaApp> {
     harness_with_recipes(paths, dir.join("recipes"))
@@ -435,11 +446,7 @@ fn retype(harness: &mut Harness<'static, AlfaApp>, label: &str, text: &str) {
 #[test]
 fn window_scales_beyond_the_grid_are_refused_and_the_engine_recovers() {
     let dir = tempfile::tempdir().unwrap();
-    let root = image_folder(dir.path());
-    let recipes = dir.path().join("recipes");
-    let refs = recipes.join("bottle/refs");
-    std::fs::create_dir_all(&refs).unwrap();
-    std::fs::copy(root.join("test/good/000.png"), refs.join("good.png")).unwrap();
+    let (root, recipes) = folder_with_a_reference(dir.path());
     let mut harness = harness_with_recipes(vec![root], recipes);
     step_until(&mut harness, "the analysis", analysed);
     // Scales kept from a larger model: checked when this model is (re)loaded.
@@ -801,11 +808,7 @@ fn thresholds_live_in_the_class_recipe() {
 #[test]
 fn a_dinov2_bank_scores_the_list_and_why_shows_its_nearest_patch() {
     let dir = tempfile::tempdir().unwrap();
-    let root = image_folder(dir.path());
-    let recipes = dir.path().join("recipes");
-    let refs = recipes.join("bottle/refs");
-    std::fs::create_dir_all(&refs).unwrap();
-    std::fs::copy(root.join("test/good/000.png"), refs.join("good.png")).unwrap();
+    let (root, recipes) = folder_with_a_reference(dir.path());
     let mut harness = harness_with_recipes(vec![root.clone()], recipes);
     step_until(&mut harness, "the analysis", analysed);
     // Settings: DINOv2 patches from the fixture model (loaded with the next model load).

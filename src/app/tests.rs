@@ -34,6 +34,18 @@ fn options(paths: Vec<PathBuf>, recipes: &std::path::Path) -> AppOptions {
     }
 }
 
+/// Steps until `done` holds (a generous iteration limit, not a time limit).
+fn step_until(harness: &mut Harness<'_, AlfaApp>, what: &str, done: impl Fn(&AlfaApp) -> bool) {
+    for _ in 0..40_000 {
+        harness.step();
+        if done(harness.state()) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    panic!("gave up waiting for {what}");
+}
+
 #[test]
 fn frames_keep_coming_while_the_engine_is_busy() {
     let dir = tempfile::tempdir().unwrap();
@@ -101,22 +113,11 @@ fn the_engine_comes_back_after_a_panic() {
     let recipes = dir.path().to_owned();
     let mut harness = Harness::builder().with_max_steps(10_000).build_eframe(move |cc| AlfaApp::new(cc, options(Vec::new(), &recipes)));
     harness.state().workers.panic_engine();
-    let mut steps = 0;
-    while !harness.state().state.notice.as_deref().is_some_and(|n| n.contains("engine failed")) {
-        harness.step();
-        std::thread::sleep(std::time::Duration::from_millis(5));
-        steps += 1;
-        assert!(steps < 20_000, "the panic was never reported");
-    }
+    step_until(&mut harness, "the panic reported", |app| app.state.notice.as_deref().is_some_and(|n| n.contains("engine failed")));
     assert!(harness.state().state.notice.as_deref().unwrap().contains("a test asked the engine to panic"));
     let image = manifest().join("tests/fixtures/images/odd_100x100_rgb.png");
     harness.state_mut().open(&[image]);
-    while harness.state().state.progress.running || harness.state().state.analysed() == 0 {
-        harness.step();
-        std::thread::sleep(std::time::Duration::from_millis(5));
-        steps += 1;
-        assert!(steps < 40_000, "the analysis after the panic never finished");
-    }
+    step_until(&mut harness, "the analysis after the panic", |app| !app.state.progress.running && app.state.analysed() > 0);
     assert!(harness.state().state.progress.error.is_none(), "{:?}", harness.state().state.progress.error);
     assert_eq!(harness.state().state.analysed(), 1);
 }
@@ -130,13 +131,7 @@ fn cancelled_rescoring_leaves_old_scores_marked() {
     let mut harness = Harness::builder().with_max_steps(10_000).build_eframe(move |cc| AlfaApp::new(cc, options(Vec::new(), &recipes)));
     let image = manifest().join("tests/fixtures/images/odd_100x100_rgb.png");
     harness.state_mut().open(&[image]);
-    let mut steps = 0;
-    while harness.state().state.progress.running || harness.state().state.analysed() == 0 {
-        harness.step();
-        std::thread::sleep(std::time::Duration::from_millis(5));
-        steps += 1;
-        assert!(steps < 40_000, "the analysis never finished");
-    }
+    step_until(&mut harness, "the analysis", |app| !app.state.progress.running && app.state.analysed() > 0);
     let export = harness.state().export_of_state();
     assert!(!export.scores.images[0].stale);
     // A slow job keeps the engine busy, so Cancel comes before the re-scoring.
@@ -152,18 +147,6 @@ fn cancelled_rescoring_leaves_old_scores_marked() {
     let export = app.export_of_state();
     assert!(export.scores.images[0].stale);
     assert_eq!(export.image.as_ref().map(|x| x.style.caption.len()), Some(3), "the overlay says the result is old");
-}
-
-/// Steps until `done` holds (a generous iteration limit, not a time limit).
-fn step_until(harness: &mut Harness<'_, AlfaApp>, what: &str, done: impl Fn(&AlfaApp) -> bool) {
-    for _ in 0..40_000 {
-        harness.step();
-        if done(harness.state()) {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    panic!("gave up waiting for {what}");
 }
 
 /// The list and the Why page show S_G as soon as the global pass is done, then the map
