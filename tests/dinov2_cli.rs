@@ -65,6 +65,20 @@ fn detect_and_threshold_with_a_dinov2_bank() {
     assert_eq!(record["few_shot"]["references"], 2);
     assert!(record["few_shot"]["max_score"].as_f64().unwrap() > 0.0);
     assert_eq!(record["settings"]["refs_backbone"], "dinov2", "{record}");
+    assert!(record["model"].as_str().unwrap().contains(" + dinov2 "), "the records name both weights: {record}");
+
+    // --resume keeps what these weights made, and refuses other DINOv2 weights.
+    let resume = |model: &str| {
+        let args = ["detect", "--class", "widget", "--dino-model", model, "--refs-backbone", "dinov2", "--refs", refs.to_str().unwrap()];
+        alfa(&[&args[..], &["--json", "--resume", "--out", o, q]].concat(), home)
+    };
+    let same = resume(&d);
+    assert!(same.status.success() && same.stdout.is_empty(), "nothing left to analyse: {}", stderr(&same));
+    let other = home.join("other-dinov2.safetensors");
+    std::fs::copy(&d, &other).unwrap();
+    let refused = resume(other.to_str().unwrap());
+    assert!(!refused.status.success(), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("cannot resume") && stderr(&refused).contains("another model"), "{}", stderr(&refused));
 
     // Only ALFA's bank has a backbone to choose.
     let winclip = detect(&["--method", "winclip", "--refs-backbone", "dinov2"]);

@@ -92,6 +92,9 @@ pub struct AnalysisArgs {
 pub struct Prepared {
     files: ModelFiles,
     options: BaselineOptions,
+    /// What the records name the model by: CLIP's weights, and DINOv2's when the run
+    /// uses it (`--resume` refuses records of other weights).
+    identity: String,
 }
 
 impl AnalysisArgs {
@@ -164,7 +167,12 @@ impl AnalysisArgs {
         spec.settings.validate(usize::MAX)?;
 
         let files = model_request(&self.model).resolve()?;
-        plan.check_resumable(spec.method, &files.identity(), &spec.settings)?;
+        let mut identity = files.identity();
+        if uses_dinov2(spec.method, &spec.settings) {
+            let request = crate::dinov2::DinoRequest { model: self.dino.dino_model.clone(), observer: Some(super::download_bar()) };
+            identity = format!("{identity} + {}", request.resolve()?.identity());
+        }
+        plan.check_resumable(spec.method, &identity, &spec.settings)?;
         let stamp = if class_recipes.is_empty() {
             None
         } else {
@@ -172,16 +180,15 @@ impl AnalysisArgs {
             Some(ModelStamp::of(&files, &id, self.model.precision, default_cache_dir().as_deref())?)
         };
         spec.decisions = self.decisions(classes, &class_recipes, &recipes, stamp.as_ref(), spec, other)?;
-        Ok(Prepared { files, options })
+        Ok(Prepared { files, options, identity })
     }
 
     /// Loads the model `prepare` resolved and makes the runner of `spec`.
     pub fn runner<'a>(&self, spec: &'a BatchSpec, prepared: Prepared) -> Result<Runner<'a>> {
-        let Prepared { files, options } = prepared;
-        let identity = files.identity();
+        let Prepared { files, options, identity } = prepared;
         let clip = super::load_model_files(&self.model, &files)?;
         let detector = with_dinov2_if_used(
-            Detector::new(clip, &identity, default_cache_dir().as_deref()),
+            Detector::new(clip, &files.identity(), default_cache_dir().as_deref()),
             spec.method,
             &spec.settings,
             &self.dino,
@@ -271,12 +278,17 @@ pub(crate) fn with_dinov2_if_used(
     dino: &DinoModelArg,
     cpu: bool,
 ) -> Result<Detector> {
-    if method == MethodKind::Anomalydino || settings.refs_backbone == RefsBackbone::Dinov2 {
+    if uses_dinov2(method, settings) {
         let model = super::load_dinov2(dino.dino_model.as_deref(), cpu)?;
         Ok(detector.with_dinov2(Arc::new(model)))
     } else {
         Ok(detector)
     }
+}
+
+/// Whether `method` with `settings` needs DINOv2 (AnomalyDINO, or a DINOv2 bank).
+fn uses_dinov2(method: MethodKind, settings: &DetectSettings) -> bool {
+    method == MethodKind::Anomalydino || settings.refs_backbone == RefsBackbone::Dinov2
 }
 
 /// The method and settings of the run's classes' recipes, when they all have the same
