@@ -593,7 +593,7 @@ impl Engine {
             None => return Err("no model loaded".into()),
         }
         let request = DinoRequest { model: self.dinov2_model.clone(), observer: Some(Arc::new(DownloadProgress(self.outbox.clone()))) };
-        let loaded = request.resolve().and_then(|files| Dinov2::load(&files, &clip::device(self.cpu)?));
+        let loaded = request.resolve().and_then(|files| Dinov2::load(&files, &clip::device(self.cpu)?, clip::Kernels::from_env()?));
         let dino = loaded.map_err(|e| format!("cannot load DINOv2: {e}"))?;
         if let Some(Ok(detector)) = self.detector.take() {
             self.detector = Some(Ok(detector.with_dinov2(Arc::new(dino))));

@@ -291,7 +291,7 @@ pub(crate) fn model_request(model: &ModelArgs) -> ModelRequest {
 pub(crate) fn load_dinov2(model: Option<&str>, cpu: bool) -> Result<dinov2::Dinov2> {
     let request = dinov2::DinoRequest { model: model.map(str::to_owned), observer: Some(download_bar()) };
     let files = request.resolve()?;
-    Ok(dinov2::Dinov2::load(&files, &clip::device(cpu)?)?)
+    Ok(dinov2::Dinov2::load(&files, &clip::device(cpu)?, clip::Kernels::from_env()?)?)
 }
 
 /// Resolves (downloading if needed) and loads `model` on its device.

@@ -243,7 +243,9 @@ fn values_of(qkv: &Tensor) -> candle_core::Result<Tensor> {
     qkv.narrow(2, 2 * width, width)?.contiguous()
 }
 
-fn blocks(
+/// `layers` pre-norm transformer blocks `{prefix}.resblocks.{i}` in OpenCLIP's names
+/// (DINOv2's native forward serves its blocks under these names too).
+pub(crate) fn blocks(
     src: &dyn TensorSource,
     prefix: &str,
     layers: usize,

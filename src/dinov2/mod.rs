@@ -11,7 +11,12 @@
 //! Two differences from DINOv2 are the crate's, measured against timm in
 //! `tests/dinov2.rs` (see the README): its layer norms use eps 1e-5 (DINOv2: 1e-6) and
 //! its MLP uses the tanh approximation of GELU (DINOv2: the exact one).
+//!
+//! On the CPU with alfa's native kernels (the default) the forward runs on those
+//! kernels instead ([`native`]), several times faster; the crate's model is the path of
+//! GPUs and of `ALFA_KERNELS=generic`.
 
+mod native;
 mod weights;
 
 use std::path::PathBuf;
@@ -21,7 +26,7 @@ use candle_transformers::models::dinov2::DinoVisionTransformer;
 use image::DynamicImage;
 
 use crate::clip::preprocess::{Filter, Preprocessor, ResizeMode};
-use crate::clip::{ClipError, l2_normalize};
+use crate::clip::{ClipError, Kernels, l2_normalize};
 use crate::hub::HubFailure;
 pub use weights::{DINO_REPO, DinoFiles, DinoRequest, DinoShape, DinoSize};
 
@@ -75,6 +80,8 @@ fn download_message(f: &HubFailure) -> String {
 /// A loaded DINOv2 backbone.
 pub struct Dinov2 {
     model: DinoVisionTransformer,
+    /// The forward on alfa's CPU kernels, used instead of `model` when they run.
+    native: Option<native::NativeDinov2>,
     pub shape: DinoShape,
     pub files: DinoFiles,
     pub device: Device,
@@ -88,15 +95,25 @@ impl std::fmt::Debug for Dinov2 {
 }
 
 impl Dinov2 {
-    pub fn load(files: &DinoFiles, device: &Device) -> Result<Self, Dinov2Error> {
+    /// The weights in `files` on `device`; with `kernels` native on the CPU, the
+    /// forward runs on alfa's kernels.
+    pub fn load(files: &DinoFiles, device: &Device, kernels: Kernels) -> Result<Self, Dinov2Error> {
         let backend = weights::WeightsBackend::open(&files.weights)?;
         let shape = backend.shape()?;
         let problem = backend.problem();
+        // The crate's model checks every tensor first; the native forward reuses them.
+        let tensors = backend.tensors().clone();
+        let path = backend.path().to_owned();
         let vb = candle_nn::VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
         let model = DinoVisionTransformer::new(vb, shape.depth, shape.embed_dim, shape.num_heads)
             .map_err(|e| problem.lock().ok().and_then(|mut p| p.take()).unwrap_or(Dinov2Error::Tensor(e)))?;
+        let native = match kernels.on(device) {
+            Kernels::Native => Some(native::NativeDinov2::new(&path, &tensors, shape)?),
+            Kernels::Generic => None,
+        };
         Ok(Self {
             model,
+            native,
             shape,
             files: files.clone(),
             device: device.clone(),
@@ -131,6 +148,9 @@ impl Dinov2 {
     /// call: the crate's model concatenates its [1, 1, D] class token to the batch, so a
     /// batch of more than one image is refused by the model itself.
     pub fn features_of_pixels(&self, pixels: &Tensor) -> Result<Tensor, Dinov2Error> {
+        if let Some(native) = &self.native {
+            return Ok(l2_normalize(&native.patch_tokens(pixels)?)?);
+        }
         let last = self.shape.depth - 1;
         let tokens = self.model.get_intermediate_layers(pixels, &[last], false, false, true)?; // [1, 1, N, D]
         Ok(l2_normalize(&tokens.i((0, 0))?)?)

@@ -150,6 +150,14 @@ impl WeightsBackend {
         Ok(Self { path: path.to_owned(), tensors, problem: Arc::default() })
     }
 
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(super) fn tensors(&self) -> &HashMap<String, Tensor> {
+        &self.tensors
+    }
+
     /// The model's depth and width from its tensors, its heads from the file's metadata
     /// or [`HEAD_WIDTH`].
     pub(super) fn shape(&self) -> Result<DinoShape, Dinov2Error> {
