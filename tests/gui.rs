@@ -809,6 +809,7 @@ fn thresholds_live_in_the_class_recipe() {
 fn a_dinov2_bank_scores_the_list_and_why_shows_its_nearest_patch() {
     let dir = tempfile::tempdir().unwrap();
     let (root, recipes) = folder_with_a_reference(dir.path());
+    let refs = recipes.join("bottle/refs");
     let mut harness = harness_with_recipes(vec![root.clone()], recipes);
     step_until(&mut harness, "the analysis", analysed);
     // Settings: DINOv2 patches from the fixture model (loaded with the next model load).
