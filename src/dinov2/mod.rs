@@ -77,11 +77,17 @@ fn download_message(f: &HubFailure) -> String {
     crate::hub::failure_message(&f.file, &f.url, &f.reason, f.offline, &todo)
 }
 
+/// Which forward a loaded model runs.
+enum Forward {
+    /// `candle_transformers`' model: GPUs and `ALFA_KERNELS=generic`.
+    Crate(DinoVisionTransformer),
+    /// alfa's CPU kernels.
+    Native(native::NativeDinov2),
+}
+
 /// A loaded DINOv2 backbone.
 pub struct Dinov2 {
-    model: DinoVisionTransformer,
-    /// The forward on alfa's CPU kernels, used instead of `model` when they run.
-    native: Option<native::NativeDinov2>,
+    forward: Forward,
     pub shape: DinoShape,
     pub files: DinoFiles,
     pub device: Device,
@@ -107,13 +113,13 @@ impl Dinov2 {
         let vb = candle_nn::VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
         let model = DinoVisionTransformer::new(vb, shape.depth, shape.embed_dim, shape.num_heads)
             .map_err(|e| problem.lock().ok().and_then(|mut p| p.take()).unwrap_or(Dinov2Error::Tensor(e)))?;
-        let native = match kernels.on(device) {
-            Kernels::Native => Some(native::NativeDinov2::new(&path, &tensors, shape)?),
-            Kernels::Generic => None,
+        // Only one of the two is kept: the native forward packs its own weights.
+        let forward = match kernels.on(device) {
+            Kernels::Native => Forward::Native(native::NativeDinov2::new(&path, &tensors, shape)?),
+            Kernels::Generic => Forward::Crate(model),
         };
         Ok(Self {
-            model,
-            native,
+            forward,
             shape,
             files: files.clone(),
             device: device.clone(),
@@ -148,11 +154,12 @@ impl Dinov2 {
     /// call: the crate's model concatenates its [1, 1, D] class token to the batch, so a
     /// batch of more than one image is refused by the model itself.
     pub fn features_of_pixels(&self, pixels: &Tensor) -> Result<Tensor, Dinov2Error> {
-        if let Some(native) = &self.native {
-            return Ok(l2_normalize(&native.patch_tokens(pixels)?)?);
-        }
+        let model = match &self.forward {
+            Forward::Native(native) => return Ok(l2_normalize(&native.patch_tokens(pixels)?)?),
+            Forward::Crate(model) => model,
+        };
         let last = self.shape.depth - 1;
-        let tokens = self.model.get_intermediate_layers(pixels, &[last], false, false, true)?; // [1, 1, N, D]
+        let tokens = model.get_intermediate_layers(pixels, &[last], false, false, true)?; // [1, 1, N, D]
         Ok(l2_normalize(&tokens.i((0, 0))?)?)
     }
 }
