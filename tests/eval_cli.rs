@@ -317,4 +317,10 @@ fn three_eval_shards_in_three_processes_score_as_one_run() {
     let out = alfa(&["eval", "--root", r, "--shots", "1", "--seeds", "2", "--save-maps", never.to_str().unwrap()], dir.path());
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--seeds 1"), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!never.exists());
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let out = alfa(&["eval", "--root", r, "--save-maps", file.to_str().unwrap()], dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("it is a file, not a folder") && !stderr.contains("panicked"), "{stderr}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"x", "the file is left as it was");
 }

@@ -69,6 +69,9 @@ impl SavedMaps {
     /// Refuses a folder where a scores file of this name already is for one of
     /// `classes` (an earlier run's: its maps would be silently replaced).
     pub fn new(dir: &Path, scores_file: String, classes: &[String]) -> Result<Self, EvalError> {
+        if dir.exists() && !dir.is_dir() {
+            return Err(EvalError::Write { path: dir.to_owned(), reason: "it is a file, not a folder: choose a folder".into() });
+        }
         for class in classes {
             let existing = dir.join(class).join(&scores_file);
             if existing.exists() {
@@ -84,7 +87,7 @@ impl SavedMaps {
     /// Writes `sample`'s map now; its score goes into the scores file at [`Self::finish`].
     pub fn save(&mut self, class: &str, sample: &Sample, score: f32, map: &Grid) -> Result<(), EvalError> {
         let path = map_path(&self.dir, class, sample);
-        write_map_tiff(&path, map).map_err(|e| EvalError::Write { path: path.clone(), reason: e.to_string() })?;
+        write_map_tiff(&path, map)?;
         let key = without_tiff_extension(path);
         let relative = key.strip_prefix(self.dir.join(class)).unwrap_or(&key);
         let relative = relative.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
@@ -101,7 +104,7 @@ impl SavedMaps {
                 csv.push_str(&format!("{},{score}\n", field(path)));
             }
             let path = self.dir.join(class).join(&self.scores_file);
-            write_atomic(&path, csv.as_bytes()).map_err(|e| EvalError::Write { path: path.clone(), reason: e.to_string() })?;
+            write_atomic(&path, csv.as_bytes())?;
             saved += rows.len();
         }
         Ok(saved)

@@ -28,6 +28,9 @@ pub enum EvalError {
     Image { path: PathBuf, reason: String },
     #[error("cannot write {path}: {reason}")]
     Write { path: PathBuf, reason: String },
+    /// A saved map or scores file could not be written (the error names the file).
+    #[error(transparent)]
+    Export(#[from] crate::detect::export::ExportError),
     #[error("{path}, line {line}: {reason}")]
     Csv {
         path: PathBuf,
