@@ -241,7 +241,10 @@ fn exp(x: f32) -> f32 {
     let p = p * r + 1.666_666_5e-1;
     let p = p * r + 5.000_000_1e-1;
     let e_r = p * r * r + r + 1.0;
-    e_r * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2^n built from bits without a float-to-int conversion (Rust's saturating `as`
+    // keeps that scalar): n + 127 (1..=254 after the clamp) + 1.5 * 2^23 holds n + 127
+    // in its low mantissa bits, which the shift moves into the exponent field.
+    e_r * f32::from_bits((n + (127.0 + ROUND)).to_bits() << 23)
 }
 
 /// Abramowitz & Stegun 7.1.26.
@@ -349,18 +352,29 @@ impl CustomOp1 for Attend {
         let (b, l, three_d) = layout.shape().dims3()?;
         let (d, heads, queries) = (three_d / 3, self.heads, self.queries);
         let head_dim = d / heads;
-        // One task per (sequence, head), each writing its own [queries, head_dim] block;
-        // the blocks are interleaved into [B, queries, D] after.
+        // One task per (sequence, head, block of queries), each writing its rows of the
+        // (sequence, head)'s [queries, head_dim] block; the blocks are interleaved into
+        // [B, queries, D] after. Blocks of queries keep a task's weights [rows, L] in
+        // the core's L2 cache where a long sequence's whole [L, L] (DINOv2's 1370
+        // tokens: 7.5 MB a head) would stream through memory between the two products
+        // and the softmax, and give two cores more than one sequence's few heads to share.
+        let rows = QUERY_BLOCK.min(queries.max(1));
         let mut blocks = vec![0f32; b * heads * queries * head_dim];
-        blocks.par_chunks_mut(queries * head_dim).enumerate().for_each_init(
-            || vec![0f32; queries * l],
-            |weights, (task, block)| {
-                let (seq, head) = (task / heads, task % heads);
-                let tokens = &data[seq * l * three_d..(seq + 1) * l * three_d];
-                let shape = HeadShape { l, d, head_dim, offset: head * head_dim, mask: self.mask };
-                attend_head(tokens, shape, weights, block);
-            },
-        );
+        blocks
+            .par_chunks_mut(queries * head_dim)
+            .enumerate()
+            .flat_map(|(task, block)| {
+                block.par_chunks_mut(rows * head_dim).enumerate().map(move |(i, part)| (task, i * rows, part))
+            })
+            .for_each_init(
+                || vec![0f32; rows * l],
+                |weights, (task, first, part)| {
+                    let (seq, head) = (task / heads, task % heads);
+                    let tokens = &data[seq * l * three_d..(seq + 1) * l * three_d];
+                    let shape = HeadShape { l, d, head_dim, offset: head * head_dim, mask: self.mask };
+                    attend_head(tokens, shape, first, weights, part);
+                },
+            );
         let mut out = vec![0f32; b * queries * d];
         out.par_chunks_mut(queries * d).enumerate().for_each(|(seq, out)| {
             for head in 0..heads {
@@ -374,64 +388,89 @@ impl CustomOp1 for Attend {
     }
 }
 
-/// One head of one sequence (`tokens`: [L, 3D] row-major) for the first
-/// `block.len() / head_dim` queries, into `block` [queries, head_dim]: two
-/// single-threaded `gemm` calls, `Q Kᵀ` and `P V`, reading the head in place (row
-/// stride 3D), with the softmax between them. From the images' 226 tokens down to
-/// the windows' 5, `gemm`'s register-tiled kernel is 2 to 4 times faster than a
-/// loop over queries (which reloads every key and value per query), packing
+/// Queries per attention task (see `Attend::cpu_fwd`): 128 rows of 1370 weights are
+/// 700 KB, within a core's L2 cache.
+const QUERY_BLOCK: usize = 128;
+
+/// One head of one sequence (`tokens`: [L, 3D] row-major) for the
+/// `block.len() / head_dim` queries from query `first` on, into `block` [rows,
+/// head_dim]: two single-threaded `gemm` calls, `Q Kᵀ` and `P V`, reading the head in
+/// place (row stride 3D), with the softmax between them. From the images' 226 tokens
+/// down to the windows' 5, `gemm`'s register-tiled kernel is 2 to 4 times faster than
+/// a loop over queries (which reloads every key and value per query), packing
 /// included. The causal mask zeroes the later keys' weights after the full
 /// product: computing half the logits for nothing is cheaper than giving up the
 /// tiled kernel.
-fn attend_head(tokens: &[f32], shape: HeadShape, weights: &mut [f32], block: &mut [f32]) {
+fn attend_head(tokens: &[f32], shape: HeadShape, first: usize, weights: &mut [f32], block: &mut [f32]) {
     let HeadShape { l, d, head_dim, offset, mask } = shape;
-    let queries = block.len() / head_dim;
+    let rows = block.len() / head_dim;
     let three_d = (3 * d) as isize;
-    let weights = &mut weights[..queries * l];
+    let weights = &mut weights[..rows * l];
     let scale = 1.0 / (head_dim as f32).sqrt();
-    assert!(tokens.len() >= l * 3 * d && queries <= l && offset + head_dim <= d);
-    // SAFETY: q, k and v are read at rows < L (queries <= L) of `tokens` [L, 3D] and
-    // columns offset..offset + head_dim of their third, all in bounds (asserted
-    // above); `weights` is [queries, L] and `block` [queries, head_dim], row-major.
+    assert!(tokens.len() >= l * 3 * d && first + rows <= l && offset + head_dim <= d);
+    // SAFETY: q is read at rows first..first + rows <= L of `tokens` [L, 3D], k and v
+    // at rows < L, all at columns offset..offset + head_dim of their third, in
+    // bounds (asserted above); `weights` is [rows, L] and `block` [rows, head_dim],
+    // row-major.
     unsafe {
-        let q = tokens.as_ptr().add(offset);
+        let q = tokens.as_ptr().add(first * 3 * d + offset);
         let k = tokens.as_ptr().add(d + offset);
         let v = tokens.as_ptr().add(2 * d + offset);
         // weights[i, j] = scale * sum_c q[i, c] k[j, c]: the rhs is Kᵀ, [head_dim, L].
         gemm::gemm(
-            queries, l, head_dim, weights.as_mut_ptr(), 1, l as isize, false,
+            rows, l, head_dim, weights.as_mut_ptr(), 1, l as isize, false,
             q, 1, three_d, k, three_d, 1,
             0.0, scale, false, false, false, gemm::Parallelism::None,
         );
-        softmax_rows(weights, l, mask);
+        softmax_rows(weights, l, first, mask);
         gemm::gemm(
-            queries, head_dim, l, block.as_mut_ptr(), 1, head_dim as isize, false,
+            rows, head_dim, l, block.as_mut_ptr(), 1, head_dim as isize, false,
             weights.as_ptr(), 1, l as isize, v, 1, three_d,
             0.0, 1.0, false, false, false, gemm::Parallelism::None,
         );
     }
 }
 
-// Each row of `weights` [queries, L] to its softmax over the keys the mask lets
-// query i see; the others get weight 0.
-widest_vectors!(softmax_rows => softmax_rows_portable(weights: &mut [f32], l: usize, mask: Mask));
+// Each row of `weights` [rows, L] (queries `first`, `first + 1`, ...) to its softmax
+// over the keys the mask lets its query see; the others get weight 0.
+widest_vectors!(softmax_rows => softmax_rows_portable(weights: &mut [f32], l: usize, first: usize, mask: Mask));
+
+/// Accumulators of `softmax_rows`' maximum and sum: Rust keeps float arithmetic in
+/// its written order, so one running sum makes the loop (and its `exp`) scalar; 16
+/// independent ones (one AVX-512 vector, two AVX2 ones) let it vectorise.
+const LANES: usize = 16;
 
 #[inline(always)]
-fn softmax_rows_portable(weights: &mut [f32], l: usize, mask: Mask) {
+fn softmax_rows_portable(weights: &mut [f32], l: usize, first: usize, mask: Mask) {
     for (i, row) in weights.chunks_exact_mut(l).enumerate() {
         let keys = match mask {
             Mask::Full => l,
-            Mask::Causal => i + 1,
+            Mask::Causal => first + i + 1,
         };
         let (seen, hidden) = row.split_at_mut(keys);
         hidden.fill(0.0);
-        let max = seen.iter().fold(f32::NEG_INFINITY, |m, &w| m.max(w));
+        let mut maxima = [f32::NEG_INFINITY; LANES];
+        let mut chunks = seen.chunks_exact(LANES);
+        for chunk in &mut chunks {
+            for (m, &w) in maxima.iter_mut().zip(chunk) {
+                *m = m.max(w);
+            }
+        }
+        let max = chunks.remainder().iter().chain(&maxima).fold(f32::NEG_INFINITY, |m, &w| m.max(w));
+        let mut sums = [0f32; LANES];
+        let mut chunks = seen.chunks_exact_mut(LANES);
+        for chunk in &mut chunks {
+            for (s, w) in sums.iter_mut().zip(chunk) {
+                *w = exp(*w - max);
+                *s += *w;
+            }
+        }
         let mut sum = 0.0;
-        for w in seen.iter_mut() {
+        for w in chunks.into_remainder() {
             *w = exp(*w - max);
             sum += *w;
         }
-        let inverse = 1.0 / sum;
+        let inverse = 1.0 / (sum + sums.iter().sum::<f32>());
         seen.iter_mut().for_each(|w| *w *= inverse);
     }
 }
@@ -646,9 +685,11 @@ mod tests {
     #[test]
     fn attention_kernel_matches_matmul_attention() {
         let (b, heads, head_dim) = (3, 4, 20);
-        for (l, mask) in [5, 40].into_iter().flat_map(|l| [(l, Mask::Full), (l, Mask::Causal)]) {
+        // 300 tokens: blocks of queries (QUERY_BLOCK), the last one partial, each
+        // causal block starting at its own query; 37 = 2 * LANES + 5 for the softmax.
+        for (l, mask) in [5, 37, 300].into_iter().flat_map(|l| [(l, Mask::Full), (l, Mask::Causal)]) {
             let qkv = Tensor::randn(0f32, 1.0, (b, l, 3 * heads * head_dim), &Device::Cpu).unwrap();
-            for queries in [l, 1, 4] {
+            for queries in [l, 1, 4, l.min(QUERY_BLOCK + 3)] {
                 let fast = attention(&qkv, heads, queries, mask, Kernels::Native).unwrap();
                 let reference = attention_by_matmul(&qkv, heads, queries, mask).unwrap();
                 assert_eq!(fast.dims(), &[b, queries, heads * head_dim]);
