@@ -552,6 +552,8 @@ fn first_answers(detector: &Detector, image: &image::DynamicImage, class: &crate
 pub struct Dinov2BenchReport {
     #[serde(rename = "impl")]
     pub implementation: String,
+    /// Which forward ran: alfa's CPU kernels (`native`) or candle-transformers' model.
+    pub forward: String,
     pub weights: String,
     pub depth: usize,
     pub width: usize,
@@ -560,8 +562,8 @@ pub struct Dinov2BenchReport {
     pub forward_b1_s: f64,
     /// Eight images, one forward each (the crate's model takes one image per call).
     pub forward_b8_s: f64,
-    /// The model's operations on its shapes, each timed alone (median), and how often
-    /// one forward runs each: where the time goes.
+    /// The forward's operations on its shapes, each timed alone (median), and how
+    /// often one forward runs each: where the time goes.
     pub ops: Vec<OpTiming>,
 }
 
@@ -575,11 +577,11 @@ pub struct OpTiming {
 impl Dinov2BenchReport {
     pub fn table(&self) -> String {
         let mut out = format!(
-            "alfa DINOv2 (candle-transformers, {} threads), {} blocks x {} wide, {}\n\
+            "alfa DINOv2 ({} forward, {} threads), {} blocks x {} wide, {}\n\
              forward 518 px, batch 1  {:>8.3} s\n\
              forward 518 px, batch 8  {:>8.3} s\n\
              operation (shapes of one forward)            each (ms)  x count  = ms per forward\n",
-            self.threads, self.depth, self.width, self.weights, self.forward_b1_s, self.forward_b8_s
+            self.forward, self.threads, self.depth, self.width, self.weights, self.forward_b1_s, self.forward_b8_s
         );
         for op in &self.ops {
             out.push_str(&format!(
@@ -594,10 +596,10 @@ impl Dinov2BenchReport {
     }
 }
 
-/// Times `dino` on a textured 518 x 518 image, then each kind of operation of its
-/// forward on tensors of the same shapes (candle's ops, as the crate calls them).
+/// Times `dino` on a textured 518 x 518 image, then each kind of operation of the
+/// forward it runs on tensors of the same shapes: alfa's kernels as the native
+/// forward calls them, or candle's ops as the crate's model calls them.
 pub fn dinov2_forward(dino: &crate::dinov2::Dinov2, repeats: usize, log: impl Fn(&str)) -> Result<Dinov2BenchReport> {
-    use candle_core::{D, Module};
     let size = crate::dinov2::IMAGE_SIZE as u32;
     let image = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(size, size, |x, y| {
         image::Rgb([(x % 97) as u8 + 100, (y % 89) as u8 + 90, ((x + y) % 61) as u8 + 120])
@@ -615,9 +617,94 @@ pub fn dinov2_forward(dino: &crate::dinov2::Dinov2, repeats: usize, log: impl Fn
     })?;
     log(&format!("DINOv2 forward, batch 8: {forward_b8_s:.3} s"));
 
-    let (depth, width, heads) = (dino.shape.depth, dino.shape.embed_dim, dino.shape.num_heads);
-    let tokens = crate::dinov2::GRID * crate::dinov2::GRID + 1;
-    let device = &dino.device;
+    let shape = DinoOpShape {
+        depth: dino.shape.depth,
+        width: dino.shape.embed_dim,
+        heads: dino.shape.num_heads,
+        tokens: crate::dinov2::GRID * crate::dinov2::GRID + 1,
+    };
+    let mut ops = Vec::new();
+    let mut op = |name: String, per_forward: usize, f: &mut dyn FnMut() -> Result<Tensor>| -> Result<()> {
+        let each_s = time(repeats, &device, &mut *f)?;
+        log(&format!("{name}: {:.3} ms x {per_forward}", each_s * 1e3));
+        ops.push(OpTiming { op: name, per_forward, each_s });
+        Ok(())
+    };
+    if dino.runs_native() {
+        native_dinov2_ops(shape, &device, &mut op)?;
+    } else {
+        crate_dinov2_ops(shape, &device, &mut op)?;
+    }
+    // Few-shot: one image's patches against a bank of 16 references' patches.
+    let (patches, width) = (shape.tokens - 1, shape.width);
+    let randn = |shape: &[usize]| Tensor::randn(0f32, 1.0, shape, &device);
+    let bank = crate::detect::memory::MemoryBank::new(&[randn(&[16 * patches, width])?])?;
+    let queries = randn(&[patches, width])?;
+    op(format!("few-shot: {patches} patches against 16 x {patches} (not in the forward)"), 0, &mut || {
+        bank.nearest(&queries)?;
+        Ok(queries.clone())
+    })?;
+    Ok(Dinov2BenchReport {
+        implementation: "alfa".into(),
+        forward: if dino.runs_native() { "native" } else { "candle-transformers" }.into(),
+        weights: dino.files.name.clone(),
+        depth: shape.depth,
+        width,
+        threads,
+        forward_b1_s,
+        forward_b8_s,
+        ops,
+    })
+}
+
+#[derive(Clone, Copy)]
+struct DinoOpShape {
+    depth: usize,
+    width: usize,
+    heads: usize,
+    tokens: usize,
+}
+
+/// Times one operation: its name, how often one forward runs it, the operation.
+type TimeOp<'a> = dyn FnMut(String, usize, &mut dyn FnMut() -> Result<Tensor>) -> Result<()> + 'a;
+
+/// The native forward's operations (`dinov2::native`): CLIP's blocks on alfa's kernels.
+fn native_dinov2_ops(shape: DinoOpShape, device: &Device, op: &mut TimeOp) -> Result<()> {
+    use crate::clip::kernels::{self, Activation, Epilogue, Kernels, LinearWeight, Mask};
+    use crate::clip::Precision;
+    use candle_core::Module;
+    let DinoOpShape { depth, width, heads, tokens } = shape;
+    let randn = |shape: &[usize]| Tensor::randn(0f32, 1.0, shape, device);
+    let weight = |i: usize, o: usize| -> Result<(LinearWeight, Tensor)> {
+        Ok((LinearWeight::new(randn(&[i, o])?, Precision::F32, Kernels::Native)?, randn(&[o])?))
+    };
+    let x = randn(&[1, tokens, width])?;
+    let hidden = randn(&[1, tokens, 4 * width])?;
+    let (qkv, proj, fc1, fc2) = (weight(width, 3 * width)?, weight(width, width)?, weight(width, 4 * width)?, weight(4 * width, width)?);
+    let qkv_out = kernels::linear(&x, &qkv.0, Some(&qkv.1), Epilogue::None)?;
+    let norm = candle_nn::LayerNorm::new(randn(&[width])?, randn(&[width])?, 1e-5);
+    op(patch_embedding_name(width), 1, &mut patch_embedding(width, device)?)?;
+    op(format!("layer norm [{tokens}, {width}]"), 2 * depth + 1, &mut || Ok(norm.forward(&x)?))?;
+    op(format!("linear qkv {width} -> {}", 3 * width), depth, &mut || Ok(kernels::linear(&x, &qkv.0, Some(&qkv.1), Epilogue::None)?))?;
+    op(format!("attention ({heads} heads of {}, alfa's kernel)", width / heads), depth, &mut || {
+        Ok(kernels::attention(&qkv_out, heads, tokens, Mask::Full, Kernels::Native)?)
+    })?;
+    op(format!("linear proj {width} -> {width} + residual"), depth, &mut || {
+        Ok(kernels::linear(&x, &proj.0, Some(&proj.1), Epilogue::Residual(&x))?)
+    })?;
+    op(format!("linear fc1 {width} -> {} + GELU", 4 * width), depth, &mut || {
+        Ok(kernels::linear(&x, &fc1.0, Some(&fc1.1), Epilogue::Activation(Activation::Gelu))?)
+    })?;
+    op(format!("linear fc2 {} -> {width} + residual", 4 * width), depth, &mut || {
+        Ok(kernels::linear(&hidden, &fc2.0, Some(&fc2.1), Epilogue::Residual(&x))?)
+    })?;
+    Ok(())
+}
+
+/// The crate's model's operations, as `candle_transformers::models::dinov2` calls them.
+fn crate_dinov2_ops(shape: DinoOpShape, device: &Device, op: &mut TimeOp) -> Result<()> {
+    use candle_core::{D, Module};
+    let DinoOpShape { depth, width, heads, tokens } = shape;
     let randn = |shape: &[usize]| Tensor::randn(0f32, 1.0, shape, device);
     let x = randn(&[1, tokens, width])?;
     let linear = |i: usize, o: usize| -> Result<candle_nn::Linear> { Ok(candle_nn::Linear::new(randn(&[o, i])?, Some(randn(&[o])?))) };
@@ -628,16 +715,7 @@ pub fn dinov2_forward(dino: &crate::dinov2::Dinov2, repeats: usize, log: impl Fn
     let qkv_out = qkv.forward(&x)?;
     let head = width / heads;
     let scores = randn(&[1, heads, tokens, tokens])?;
-    let conv = candle_nn::Conv2d::new(randn(&[width, 3, 14, 14])?, Some(randn(&[width])?), candle_nn::Conv2dConfig { stride: 14, ..Default::default() });
-    let image_pixels = randn(&[1, 3, size as usize, size as usize])?;
-    let mut ops = Vec::new();
-    let mut op = |name: String, per_forward: usize, f: &mut dyn FnMut() -> Result<Tensor>| -> Result<()> {
-        let each_s = time(repeats, &device, &mut *f)?;
-        log(&format!("{name}: {:.3} ms x {per_forward}", each_s * 1e3));
-        ops.push(OpTiming { op: name, per_forward, each_s });
-        Ok(())
-    };
-    op(format!("patch embedding conv 14x14/14 -> {width}"), 1, &mut || Ok(conv.forward(&image_pixels)?))?;
+    op(patch_embedding_name(width), 1, &mut patch_embedding(width, device)?)?;
     op(format!("layer norm [{tokens}, {width}]"), 2 * depth + 1, &mut || Ok(norm.forward(&x)?))?;
     op(format!("linear qkv {width} -> {}", 3 * width), depth, &mut || Ok(qkv.forward(&x)?))?;
     // The crate's attention: heads split by transposes, Q K^T, softmax, A V, merged.
@@ -659,22 +737,19 @@ pub fn dinov2_forward(dino: &crate::dinov2::Dinov2, repeats: usize, log: impl Fn
     op(format!("GELU (tanh) [{tokens}, {}]", 4 * width), depth, &mut || Ok(hidden.gelu()?))?;
     op(format!("linear fc2 {} -> {width}", 4 * width), depth, &mut || Ok(fc2.forward(&hidden)?))?;
     op(format!("layer scale + residual [{tokens}, {width}]"), 2 * depth, &mut || Ok((x.broadcast_mul(&gamma)? + &x)?))?;
-    // Few-shot: one image's patches against a bank of 16 references' patches.
-    let patches = tokens - 1;
-    let bank = crate::detect::memory::MemoryBank::new(&[randn(&[16 * patches, width])?])?;
-    let queries = randn(&[patches, width])?;
-    op(format!("few-shot: {patches} patches against 16 x {patches} (not in the forward)"), 0, &mut || {
-        bank.nearest(&queries)?;
-        Ok(queries.clone())
-    })?;
-    Ok(Dinov2BenchReport {
-        implementation: "alfa".into(),
-        weights: dino.files.name.clone(),
-        depth,
-        width,
-        threads,
-        forward_b1_s,
-        forward_b8_s,
-        ops,
-    })
+    Ok(())
+}
+
+fn patch_embedding_name(width: usize) -> String {
+    format!("patch embedding conv 14x14/14 -> {width}")
+}
+
+/// The patch embedding (candle's conv2d in both forwards) on random pixels.
+fn patch_embedding(width: usize, device: &Device) -> Result<impl FnMut() -> Result<Tensor>> {
+    use candle_core::Module;
+    let size = crate::dinov2::IMAGE_SIZE;
+    let randn = |shape: &[usize]| Tensor::randn(0f32, 1.0, shape, device);
+    let conv = candle_nn::Conv2d::new(randn(&[width, 3, 14, 14])?, Some(randn(&[width])?), candle_nn::Conv2dConfig { stride: 14, ..Default::default() });
+    let pixels = randn(&[1, 3, size, size])?;
+    Ok(move || Ok(conv.forward(&pixels)?))
 }

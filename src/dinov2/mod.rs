@@ -134,6 +134,11 @@ impl Dinov2 {
         })
     }
 
+    /// Whether the forward runs on alfa's CPU kernels (else candle-transformers' model).
+    pub fn runs_native(&self) -> bool {
+        matches!(self.forward, Forward::Native(_))
+    }
+
     /// A key that changes whenever the weights change.
     pub fn identity(&self) -> String {
         self.files.identity()
