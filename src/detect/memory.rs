@@ -2,7 +2,7 @@
 //! each query feature's nearest neighbour by cosine (METHOD section 5). The search
 //! is one matrix product per chunk of queries, so 16 references cost little.
 
-use candle_core::{D, Tensor};
+use candle_core::Tensor;
 
 use crate::clip::l2_normalize;
 
@@ -21,8 +21,8 @@ pub struct Nearest {
 }
 
 pub struct MemoryBank {
-    /// Unit rows [M, D].
-    features: Tensor,
+    /// Unit rows, transposed [D, M]: the right-hand side of every search, transposed once.
+    features_t: Tensor,
     origins: Vec<Origin>,
 }
 
@@ -37,7 +37,7 @@ impl MemoryBank {
             origins.extend((0..block.dim(0)?).map(|index| Origin { reference, index }));
         }
         Ok(Self {
-            features: l2_normalize(&Tensor::cat(per_reference, 0)?)?,
+            features_t: l2_normalize(&Tensor::cat(per_reference, 0)?)?.t()?.contiguous()?,
             origins,
         })
     }
@@ -64,21 +64,19 @@ impl MemoryBank {
                 Origin { reference: if o.reference > reference { o.reference - 1 } else { o.reference }, index: o.index }
             })
             .collect();
-        let index = Tensor::from_vec(keep.clone(), keep.len(), self.features.device())?;
-        Ok(Some(Self { features: self.features.index_select(&index, 0)?, origins }))
+        let index = Tensor::from_vec(keep.clone(), keep.len(), self.features_t.device())?;
+        Ok(Some(Self { features_t: self.features_t.index_select(&index, 1)?.contiguous()?, origins }))
     }
 
     /// The nearest bank row of every query row [N, D] (normalised here).
     pub fn nearest(&self, queries: &Tensor) -> candle_core::Result<Vec<Nearest>> {
         let queries = l2_normalize(queries)?;
-        let bank_t = self.features.t()?.contiguous()?;
         let n = queries.dim(0)?;
         let mut out = Vec::with_capacity(n);
         for start in (0..n).step_by(QUERY_CHUNK) {
             let chunk = queries.narrow(0, start, QUERY_CHUNK.min(n - start))?;
-            let sims = chunk.matmul(&bank_t)?; // [chunk, M]
-            let best = sims.max(D::Minus1)?.to_vec1::<f32>()?;
-            let at = sims.argmax(D::Minus1)?.to_vec1::<u32>()?;
+            let sims = chunk.matmul(&self.features_t)?; // [chunk, M]
+            let (best, at) = crate::clip::kernels::row_max(&sims)?;
             out.extend(best.into_iter().zip(at).map(|(similarity, i)| Nearest {
                 similarity,
                 origin: self.origins[i as usize],
