@@ -251,7 +251,7 @@ pub fn matmul(arch: &str, repeats: usize, precision: Precision, log: impl Fn(&st
         format!("unknown architecture `{arch}` (known: {})", OpenClipConfig::BUILTIN_ARCHS.join(", "))
     })?;
     let cpu = CpuFamily::from_env()?;
-    precision.check(&Device::Cpu)?;
+    precision.check(&Device::Cpu, Kernels::Native)?;
     let vision = &config.model_cfg.vision_cfg;
     let (width, mlp, rows) = (vision.width, vision.mlp_width(), 2670);
     let threads = candle_core::utils::get_num_threads();

@@ -39,11 +39,16 @@ pub struct ModelArgs {
     #[arg(long, value_name = "FILE")]
     pub tokenizer: Option<PathBuf>,
     /// Run on the CPU even when built with CUDA or Metal (such a build otherwise stops
-    /// with an error when its GPU cannot be used; it never falls back by itself).
+    /// with an error when its GPU cannot be used; it never falls back by itself). On a
+    /// GPU, windows go through the model in batches sized from its free memory (a
+    /// recipe's window_batch, 256 by default, is the least), and a batch that runs out
+    /// of memory is halved and retried.
     #[arg(long)]
     pub cpu: bool,
     /// Number format of the image tower: f32 computes what OpenCLIP computes; bf16
-    /// (CPUs with AVX512-BF16) detects about 1.5x as fast, with slightly different maps.
+    /// (CPUs with AVX512-BF16) detects about 1.5x as fast, with slightly different maps;
+    /// f16 is for GPUs (refused on the CPU). On a GPU, bf16 and f16 run the image
+    /// tower's transformer in that type; the text tower, the aligner and the maps stay f32.
     #[arg(long, value_enum, default_value_t = Precision::F32, value_name = "P")]
     pub precision: Precision,
 }

@@ -259,7 +259,7 @@ fn model_folder_without_tokenizer_works_without_network() {
 }
 
 /// `ALFA_KERNELS` takes `native` or `generic`; anything else stops with the allowed
-/// values, and bf16 (a native-kernel format) is refused on the generic kernels.
+/// values. The generic kernels run bf16 and f16 (as GPUs do).
 #[test]
 fn kernel_choice_errors_name_the_allowed_values() {
     let (_tmp, dir) = model_copy();
@@ -283,9 +283,11 @@ fn kernel_choice_errors_name_the_allowed_values() {
         let (ok, stderr) = run(kernels, &[]);
         assert!(ok, "ALFA_KERNELS={kernels}: {stderr}");
     }
-    let (ok, stderr) = run("generic", &["--precision", "bf16"]);
-    assert!(!ok);
-    assert!(stderr.contains("ALFA_KERNELS=generic") && stderr.contains("--precision f32"), "{stderr}");
+    // Half precision in candle's types is the generic kernels' (the GPU's path).
+    for precision in ["bf16", "f16"] {
+        let (ok, stderr) = run("generic", &["--precision", precision]);
+        assert!(ok, "ALFA_KERNELS=generic --precision {precision}: {stderr}");
+    }
 }
 
 /// `ALFA_CPU` takes a kernel family this CPU has; anything else stops with the
@@ -316,7 +318,7 @@ fn cpu_family_errors_name_the_choices() {
             assert!(stderr.contains("this CPU has") && stderr.contains("`portable`"), "{stderr}");
         }
     }
-    if alfa::clip::Precision::Bf16.check(&candle_core::Device::Cpu).is_ok() {
+    if alfa::clip::Precision::Bf16.check(&candle_core::Device::Cpu, alfa::clip::Kernels::Native).is_ok() {
         let (ok, stderr) = run("avx2", &["--precision", "bf16"]);
         assert!(!ok);
         assert!(stderr.contains("ALFA_CPU") && stderr.contains("--precision f32"), "{stderr}");

@@ -159,7 +159,7 @@ both_kernels! {
 #[test]
 fn bf16_image_tower_stays_close_to_f32() {
     use alfa::clip::Precision;
-    if Precision::Bf16.check(&candle_core::Device::Cpu).is_err() {
+    if Precision::Bf16.check(&candle_core::Device::Cpu, alfa::clip::Kernels::Native).is_err() {
         eprintln!("no AVX512-BF16 on this CPU: bf16 is refused (clip_errors covers the message)");
         return;
     }
@@ -185,6 +185,62 @@ fn bf16_image_tower_stays_close_to_f32() {
         assert!(correlation > 0.999, "{mode:?}: map correlation {correlation}");
         assert!(score_diff < 0.005, "{mode:?}: image score {} vs {}", a.image_score, b.image_score);
     }
+}
+
+/// The GPU's half-precision path (`--precision f16|bf16` on the generic kernels, run
+/// here on the CPU): the image tower's transformer computes in f16 or bf16, everything
+/// it returns is f32, and images, maps and scores stay close to f32's on the same
+/// kernels. Bounds measured on this fixture with margin (README, Precision): f16 keeps
+/// 11 significant bits of every weight and activation, bf16 8.
+#[test]
+fn half_precision_image_tower_on_the_generic_kernels_stays_close_to_f32() {
+    use alfa::clip::{Kernels, Precision, VisionCapture};
+    use candle_core::DType;
+    common::with_kernels(Kernels::Generic, || {
+        let mut f32_det = detector(None);
+        let image = test_image(57, 41);
+        let embeddings = |det: &Detector| det.clip.encode_images(std::slice::from_ref(&image)).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let reference = embeddings(&f32_det);
+        // (precision, its type, least embedding cosine, largest map difference, least map
+        // correlation, largest image score difference), about 4x the measured distance
+        // (tokens and pixels mode, the worse of the two): f16 cosine 0.9999995, map 0.00079,
+        // correlation 0.99998, score 0.00034; bf16 0.99996, 0.0041, 0.9989, 0.0022.
+        for (precision, dtype, min_cosine, max_map_diff, min_correlation, max_score_diff) in [
+            (Precision::F16, DType::F16, 0.999995, 0.003, 0.9999, 0.0015),
+            (Precision::Bf16, DType::BF16, 0.9998, 0.015, 0.995, 0.008),
+        ] {
+            let mut det = common::detector_in(precision, "tiny-gelu", None, None);
+            let vision = &det.clip.model.vision;
+            assert_eq!(vision.dtype(), dtype);
+            // What the detector reads from the tower is f32.
+            let pixels = det.pixels(&image).unwrap();
+            let out = vision.forward_detailed(&pixels, VisionCapture { layers: true, last_values: true, ..Default::default() }).unwrap();
+            let returned = [&out.pooled, &out.tokens, out.last_values.as_ref().unwrap()].into_iter().chain(&out.layers);
+            assert!(returned.into_iter().all(|t| t.dtype() == DType::F32), "{precision:?}: the tower returns f32");
+            assert_eq!(vision.embed(&pixels).unwrap().dtype(), DType::F32);
+            let (windows, values) = det.window_features(&pixels, 2, WindowMode::Tokens, 256, true).unwrap();
+            assert_eq!((windows.dtype(), values.unwrap().dtype()), (DType::F32, DType::F32));
+
+            let cosine: f32 = reference.iter().zip(embeddings(&det)).map(|(a, b)| a * b).sum();
+            eprintln!("{precision:?}: image embedding cosine {cosine}");
+            assert!(cosine > min_cosine && cosine < 1.0, "{precision:?}: image embedding cosine against f32: {cosine}");
+            for mode in [WindowMode::Tokens, WindowMode::Pixels] {
+                let settings = DetectSettings { window_mode: mode, ..Default::default() };
+                let run = |det: &mut Detector| {
+                    let class = det.encode_class(small_prompts()).unwrap();
+                    det.detect(&image, &class, &settings).unwrap()
+                };
+                let (a, b) = (run(&mut f32_det), run(&mut det));
+                let alfa::detect::maps::MapAgreement { max_abs_diff: max_diff, correlation } = a.map.agreement(&b.map);
+                let score_diff = (a.image_score - b.image_score).abs();
+                eprintln!("{precision:?} {mode:?}: max |map diff| {max_diff}, correlation {correlation}, |score diff| {score_diff}");
+                assert!(max_diff > 0.0, "{precision:?} {mode:?}: the map must move, or the half precision did not run");
+                assert!(max_diff < max_map_diff, "{precision:?} {mode:?}: max |map diff| {max_diff}");
+                assert!(correlation > min_correlation, "{precision:?} {mode:?}: map correlation {correlation}");
+                assert!(score_diff < max_score_diff, "{precision:?} {mode:?}: image score {} vs {}", a.image_score, b.image_score);
+            }
+        }
+    });
 }
 
 /// `detect_progressive` tells S_G, then the map of each window scale but the last, in

@@ -23,7 +23,13 @@ impl Run {
 
     /// `alfa detect` with the tiny model, small prompt sets and a private cache.
     fn detect(&self, args: &[&str]) -> Output {
+        self.detect_with(&[], args)
+    }
+
+    /// `detect` with these environment variables set.
+    fn detect_with(&self, env: &[(&str, &str)], args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_alfa"))
+            .envs(env.iter().copied())
             .arg("detect")
             .arg("--model")
             .arg(fixtures().join("tiny-gelu"))
@@ -142,7 +148,7 @@ fn bf16_precision_runs_or_is_refused_clearly() {
     let (f32_run, f32_out) = record("f32");
     assert!(f32_run.status.success(), "{}", stderr(&f32_run));
     let (bf16_run, bf16_out) = record("bf16");
-    if alfa::clip::Precision::Bf16.check(&candle_core::Device::Cpu).is_err() {
+    if alfa::clip::Precision::Bf16.check(&candle_core::Device::Cpu, alfa::clip::Kernels::Native).is_err() {
         assert!(!bf16_run.status.success());
         let message = stderr(&bf16_run);
         assert!(message.contains("AVX512-BF16") && message.contains("--precision f32"), "{message}");
@@ -156,6 +162,31 @@ fn bf16_precision_runs_or_is_refused_clearly() {
     let agreement = a.agreement(&b);
     // Measured: max |diff| 0.011, correlation 0.99993 (full shipped prompt set).
     assert!(agreement.max_abs_diff > 0.0 && agreement.max_abs_diff < 0.03 && agreement.correlation > 0.999, "{agreement:?}");
+}
+
+/// `--precision f16` is for GPUs: on the CPU's own kernels the run stops before any
+/// image (exit code 1, nothing written), saying what to use instead. With
+/// ALFA_KERNELS=generic (the GPU's path, on the CPU) it runs, and the record says f16.
+#[test]
+fn f16_precision_is_refused_on_the_cpu_with_what_to_use_instead() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("part.png");
+    save(&part(40, 30), &image);
+    let out = dir.path().join("out");
+    let run = Run::new();
+    let args = ["--cpu", "--class", "bottle", "--precision", "f16", "--out", out.to_str().unwrap(), image.to_str().unwrap()];
+    let refused = run.detect_with(&[("ALFA_KERNELS", "native")], &args);
+    let message = stderr(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{message}");
+    assert!(!message.contains("panicked"), "{message}");
+    assert!(message.contains("f16 precision is for GPUs") && message.contains("Use --precision f32"), "{message}");
+    let bf16_here = alfa::clip::Precision::Bf16.check(&candle_core::Device::Cpu, alfa::clip::Kernels::Native).is_ok();
+    assert_eq!(message.contains("--precision bf16 (this CPU has AVX512-BF16)"), bf16_here, "{message}");
+    assert!(!out.join("part.json").exists(), "refused before any image");
+    let generic = run.detect_with(&[("ALFA_KERNELS", "generic")], &args);
+    assert!(generic.status.success(), "{}", stderr(&generic));
+    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("part.json")).unwrap()).unwrap();
+    assert_eq!(record["precision"], "f16");
 }
 
 #[test]

@@ -24,18 +24,31 @@ impl AlfaApp {
         });
         ui.checkbox(&mut s.cpu, "Run on the CPU");
         ui.label(RichText::new(device_note()).small());
+        // What "Load model" runs on: this build's GPU unless "Run on the CPU", with the
+        // kernels ALFA_KERNELS chooses (an invalid value stops the load itself).
+        let device = crate::clip::DeviceKind::chosen(s.cpu);
+        let kernels = crate::clip::Kernels::from_env().unwrap_or_default();
         ui.horizontal(|ui| {
             ui.label("Precision:");
             ui.selectable_value(&mut s.precision, Precision::F32, "f32 (as OpenCLIP)");
-            let bf16 = Precision::Bf16.check(&candle_core::Device::Cpu);
-            ui.add_enabled_ui(bf16.is_ok(), |ui| {
-                ui.selectable_value(&mut s.precision, Precision::Bf16, "bf16 (faster)")
-                    .on_disabled_hover_text(bf16.err().map(|e| e.to_string()).unwrap_or_default());
-            });
+            for (precision, label) in [(Precision::Bf16, "bf16 (faster)"), (Precision::F16, "f16 (GPU)")] {
+                let allowed = precision.check_on(device, kernels);
+                ui.add_enabled_ui(allowed.is_ok(), |ui| {
+                    ui.selectable_value(&mut s.precision, precision, label)
+                        .on_disabled_hover_text(allowed.err().map(|e| e.to_string()).unwrap_or_default());
+                });
+            }
         });
+        // Chosen, then "Run on the CPU" ticked: the load would refuse it, say so now.
+        if let Err(refused) = s.precision.check_on(device, kernels) {
+            ui.label(RichText::new(refused.to_string()).small().color(NG_COLOR));
+        }
         ui.label(
-            RichText::new("bf16: about 1.5x faster on the CPU, maps move slightly; f32 reproduces the paper. Applies on Load model.")
-                .small(),
+            RichText::new(
+                "bf16: about 1.5x faster on the CPU, maps move slightly; f16 and bf16 on a GPU: the image tower in half \
+                 precision. f32 reproduces the paper. Applies on Load model.",
+            )
+            .small(),
         );
         let mut reload = false;
         let mut choose = false;

@@ -84,8 +84,12 @@ fn the_precision_setting_goes_to_the_model_load() {
     assert_eq!(harness.state().model_args().precision, crate::clip::Precision::F32);
     harness.get_by_label("Settings").click();
     harness.run_steps(2);
+    // f16 is offered for a GPU only: a CPU build on the native kernels shows it disabled.
+    let cpu_only = crate::clip::DeviceKind::built_gpu().is_none()
+        && crate::clip::Kernels::from_env().unwrap_or_default() == crate::clip::Kernels::Native;
+    assert_eq!(harness.get_by_label("f16 (GPU)").accesskit_node().is_disabled(), cpu_only);
     let bf16 = harness.get_by_label("bf16 (faster)");
-    if crate::clip::Precision::Bf16.check(&candle_core::Device::Cpu).is_err() {
+    if crate::clip::Precision::Bf16.check(&candle_core::Device::Cpu, crate::clip::Kernels::Native).is_err() {
         assert!(bf16.accesskit_node().is_disabled(), "bf16 is offered where the CPU cannot run it");
         return;
     }

@@ -166,7 +166,7 @@ impl AnalysisArgs {
         // its patch grid when it is.
         spec.settings.validate(usize::MAX)?;
 
-        let files = model_request(&self.model).resolve()?;
+        let files = model_request(&self.model)?.resolve()?;
         let mut identity = files.identity();
         if uses_dinov2(spec.method, &spec.settings) {
             let request = crate::dinov2::DinoRequest { model: self.dino.dino_model.clone(), observer: Some(super::download_bar()) };

@@ -152,7 +152,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         if needs_references && args.shots == 0 {
             bail!("--method anomalydino and --refs-backbone dinov2 compare with normal reference images: give --shots K (1, 2, 4, 8 or 16)");
         }
-        let files = super::model_request(&args.model).resolve()?;
+        let files = super::model_request(&args.model)?.resolve()?;
         let identity = files.identity();
         let clip = super::load_model_files(&args.model, &files)?;
         settings.validate(clip.model.vision.grid())?;

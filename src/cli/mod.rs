@@ -281,9 +281,12 @@ fn download_bar() -> Arc<dyn DownloadObserver> {
     Arc::new(DownloadBar { bar })
 }
 
-/// `model`'s request, with a terminal progress bar for downloads.
-pub(crate) fn model_request(model: &ModelArgs) -> ModelRequest {
-    model.request(Some(download_bar()))
+/// `model`'s request, with a terminal progress bar for downloads. `--precision` is
+/// checked first, for the device and kernels the load will use: a precision that
+/// cannot run there is refused before anything is read or downloaded.
+pub(crate) fn model_request(model: &ModelArgs) -> Result<ModelRequest> {
+    model.precision.check_on(clip::DeviceKind::chosen(model.cpu), clip::Kernels::from_env()?)?;
+    Ok(model.request(Some(download_bar())))
 }
 
 /// Resolves (downloading if needed, with the progress bar) and loads DINOv2 `model`
@@ -296,7 +299,7 @@ pub(crate) fn load_dinov2(model: Option<&str>, cpu: bool) -> Result<dinov2::Dino
 
 /// Resolves (downloading if needed) and loads `model` on its device.
 pub(crate) fn load_model(model: &ModelArgs) -> Result<Clip> {
-    load_model_files(model, &model_request(model).resolve()?)
+    load_model_files(model, &model_request(model)?.resolve()?)
 }
 
 /// The model in `files` on the device `--cpu` chooses, with the kernels

@@ -92,7 +92,7 @@ pub fn run(args: ThresholdArgs) -> Result<()> {
         );
     }
 
-    let files = super::model_request(&args.model).resolve()?;
+    let files = super::model_request(&args.model)?.resolve()?;
     let id = args.model.model.clone().unwrap_or_else(|| clip::DEFAULT_MODEL.to_owned());
     let stamp = ModelStamp::of(&files, &id, args.model.precision, default_cache_dir().as_deref())?;
     // Thresholds of another model or method do not hold for this one: the recipe is

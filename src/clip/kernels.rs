@@ -346,12 +346,24 @@ fn attention_by_matmul(qkv: &Tensor, heads: usize, queries: usize, mask: Mask) -
         let causal: Vec<f32> = (0..queries)
             .flat_map(|i| (0..l).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
             .collect();
-        logits = logits.broadcast_add(&Tensor::from_vec(causal, (queries, l), qkv.device())?)?;
+        logits = logits.broadcast_add(&Tensor::from_vec(causal, (queries, l), qkv.device())?.to_dtype(logits.dtype())?)?;
     }
-    candle_nn::ops::softmax_last_dim(&logits)?
+    softmax_last_dim(&logits)?
         .matmul(&v)?
         .transpose(1, 2)?
         .reshape((b, queries, d))
+}
+
+/// Softmax over the last dimension, computed in f32 for bf16 and f16 inputs and
+/// returned in their type. candle's CPU softmax sums a row in the input's type: in
+/// bf16 (8 significant bits) a running sum near 1 no longer grows by weights below
+/// 1/256, so a row over hundreds of tokens would not sum to 1. Its CUDA kernel
+/// sums in f32; computing in f32 makes every device do what the GPU does.
+pub fn softmax_last_dim(logits: &Tensor) -> candle_core::Result<Tensor> {
+    match logits.dtype() {
+        DType::BF16 | DType::F16 => candle_nn::ops::softmax_last_dim(&logits.to_dtype(DType::F32)?)?.to_dtype(logits.dtype()),
+        _ => candle_nn::ops::softmax_last_dim(logits),
+    }
 }
 
 struct Attend {
@@ -571,20 +583,32 @@ pub enum LinearWeight {
 }
 
 impl LinearWeight {
-    /// `weight_t` [in, out], packed when the native CPU kernel can use it. bf16
-    /// exists only packed: `Precision::check` refuses it where the kernel cannot run.
+    /// `weight_t` [in, out] (f32), packed when the native CPU kernel can use it. On
+    /// the native kernels bf16 exists only packed (`Precision::check` refuses it where
+    /// that kernel cannot run, and f16 there); the generic kernels hold the weight
+    /// converted to the precision's type, for candle's matmul in it.
     pub fn new(weight_t: Tensor, precision: Precision, kernels: Kernels) -> candle_core::Result<Self> {
         let native = kernels == Kernels::Native && on_cpu_f32(&weight_t);
-        if native {
-            let (inner, cols) = weight_t.dims2()?;
-            if let Some(packed) = with_cpu_f32(&weight_t.contiguous()?, |w| PackedWeight::new(w, inner, cols, precision))? {
-                return Ok(Self::Packed(packed));
-            }
+        if !native {
+            return Ok(Self::Generic(weight_t.to_dtype(precision.dtype(Kernels::Generic))?));
+        }
+        let (inner, cols) = weight_t.dims2()?;
+        if let Some(packed) = with_cpu_f32(&weight_t.contiguous()?, |w| PackedWeight::new(w, inner, cols, precision))? {
+            return Ok(Self::Packed(packed));
         }
         if precision != Precision::F32 {
-            candle_core::bail!("no {} kernel for this weight on this device", precision.name());
+            candle_core::bail!("no {} kernel for this weight on this CPU", precision.name());
         }
-        Ok(if native { Self::Matrix(weight_t) } else { Self::Generic(weight_t) })
+        Ok(Self::Matrix(weight_t))
+    }
+
+    /// The type the layer's input and output have: f32, but for generic weights in
+    /// bf16 or f16.
+    pub fn dtype(&self) -> DType {
+        match self {
+            Self::Generic(w) => w.dtype(),
+            Self::Matrix(_) | Self::Packed(_) => DType::F32,
+        }
     }
 
     fn cols(&self) -> candle_core::Result<usize> {
@@ -800,8 +824,12 @@ mod tests {
             LinearWeight::new(weight_t.clone(), Precision::F32, Kernels::Native).unwrap(),
         ];
         assert!(matches!(weights[0], LinearWeight::Generic(_)));
-        assert!(LinearWeight::new(weight_t.clone(), Precision::Bf16, Kernels::Generic).is_err());
-        if Precision::Bf16.check(&device).is_ok() {
+        // The generic kernels hold half-precision weights in candle's types.
+        for (precision, dtype) in [(Precision::Bf16, DType::BF16), (Precision::F16, DType::F16)] {
+            assert_eq!(LinearWeight::new(weight_t.clone(), precision, Kernels::Generic).unwrap().dtype(), dtype);
+        }
+        assert!(LinearWeight::new(weight_t.clone(), Precision::F16, Kernels::Native).is_err());
+        if Precision::Bf16.check(&device, Kernels::Native).is_ok() {
             weights.push(LinearWeight::new(weight_t.clone(), Precision::Bf16, Kernels::Native).unwrap());
         }
         // The AVX2 kernel by name, whichever family this process runs.

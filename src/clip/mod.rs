@@ -11,7 +11,7 @@ pub mod weights;
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use image::DynamicImage;
 
 pub use config::OpenClipConfig;
@@ -68,10 +68,18 @@ pub enum ClipError {
     #[error("could not set up the Hugging Face client: {0}")]
     HubClient(String),
     #[error(
-        "bf16 precision runs on CPUs with AVX512-BF16 (Intel Cooper Lake, Sapphire Rapids and later; \
-         AMD Zen 4 and later), and {found}: use --precision f32"
+        "bf16 precision runs on GPUs, on CPUs with AVX512-BF16 (Intel Cooper Lake, Sapphire Rapids and later; \
+         AMD Zen 4 and later) and on the generic kernels (ALFA_KERNELS=generic), and {found}: use --precision f32"
     )]
     Bf16Unsupported { found: &'static str },
+    /// f16 asked for on the CPU's native kernels.
+    #[error(
+        "f16 precision is for GPUs (a build with --features cuda or metal): this CPU's kernels have no f16. \
+         Use --precision f32{}{}",
+        if *bf16_here { ", or --precision bf16 (this CPU has AVX512-BF16)" } else { "" },
+        " (ALFA_KERNELS=generic runs f16 on the CPU through candle's own operations, slowly: the GPU's path, for testing)"
+    )]
+    F16OnCpu { bf16_here: bool },
     #[error("{}=`{value}` is not a kernel choice: use `native` (this crate's CPU kernels, the default) or `generic` (candle's own operations, what CUDA and Metal run)", kernels::Kernels::ENV)]
     Kernels { value: String },
     #[error("{}=`{value}` cannot be used here: the kernel families are `avx512` (AVX-512F), `avx2` (AVX2 and FMA) and `portable` (neither), and this CPU has {available}", kernels::CpuFamily::ENV)]
@@ -98,10 +106,15 @@ pub enum Precision {
     /// f32 throughout, the same computation as OpenCLIP in PyTorch.
     #[default]
     F32,
-    /// Linear layers in bfloat16 with f32 sums, as PyTorch's bf16 autocast does them:
-    /// twice the matmul rate on CPUs with AVX512-BF16 (the detector: about 1.5x);
-    /// maps and scores move slightly (README, Precision).
+    /// bfloat16. On the CPU's native kernels: linear layers in bfloat16 with f32 sums,
+    /// as PyTorch's bf16 autocast does them (twice the matmul rate on CPUs with
+    /// AVX512-BF16; the detector: about 1.5x). On GPUs (and `ALFA_KERNELS=generic`):
+    /// the whole transformer in candle's bf16. Maps and scores move slightly (README,
+    /// Precision).
     Bf16,
+    /// IEEE half precision, for GPUs: the image tower's transformer in candle's f16
+    /// (`ALFA_KERNELS=generic` runs it on the CPU, to test that path).
+    F16,
 }
 
 impl Precision {
@@ -110,22 +123,45 @@ impl Precision {
         match self {
             Self::F32 => "f32",
             Self::Bf16 => "bf16",
+            Self::F16 => "f16",
         }
     }
 
-    /// Whether a tower on `device` can run in this precision.
-    pub fn check(self, device: &Device) -> Result<(), ClipError> {
+    /// The candle type the image tower's transformer computes in on `kernels`: the
+    /// generic kernels (every GPU) hold weights and activations in this precision;
+    /// the native CPU kernels keep f32 activations (bf16 exists there only inside the
+    /// packed matmul).
+    pub fn dtype(self, kernels: Kernels) -> DType {
+        match (self, kernels) {
+            (Self::F32, _) | (_, Kernels::Native) => DType::F32,
+            (Self::Bf16, Kernels::Generic) => DType::BF16,
+            (Self::F16, Kernels::Generic) => DType::F16,
+        }
+    }
+
+    /// Whether an image tower on `device` can run in this precision with `kernels`
+    /// (GPUs always run the generic ones, see [`Kernels::on`]).
+    pub fn check(self, device: &Device, kernels: Kernels) -> Result<(), ClipError> {
+        self.check_on(DeviceKind::of(device), kernels)
+    }
+
+    /// [`Self::check`] before a device is opened: on the kind of device a load will use.
+    /// f32 runs everywhere; bf16 on GPUs, on the generic kernels and on CPUs whose
+    /// native kernels have AVX512-BF16; f16 on GPUs and on the generic kernels.
+    pub fn check_on(self, device: DeviceKind, kernels: Kernels) -> Result<(), ClipError> {
+        let generic = device != DeviceKind::Cpu || kernels == Kernels::Generic;
         match self {
             Self::F32 => Ok(()),
-            Self::Bf16 if !device.is_cpu() => Err(ClipError::Bf16Unsupported { found: "the model is on a GPU" }),
-            Self::Bf16 if !packed::supports(self) => Err(ClipError::Bf16Unsupported {
+            _ if generic => Ok(()),
+            Self::Bf16 if packed::supports(self) => Ok(()),
+            Self::Bf16 => Err(ClipError::Bf16Unsupported {
                 found: if CpuFamily::active() == CpuFamily::widest() {
                     "this CPU has none"
                 } else {
                     "ALFA_CPU chooses a kernel family without it"
                 },
             }),
-            Self::Bf16 => Ok(()),
+            Self::F16 => Err(ClipError::F16OnCpu { bf16_here: packed::supports(Self::Bf16) }),
         }
     }
 }
@@ -142,6 +178,24 @@ pub enum DeviceKind {
 }
 
 impl DeviceKind {
+    /// The kind of an open device.
+    pub fn of(device: &Device) -> Self {
+        match device {
+            Device::Cpu => Self::Cpu,
+            Device::Cuda(_) => Self::Cuda,
+            Device::Metal(_) => Self::Metal,
+        }
+    }
+
+    /// The device a load will open: the GPU this build has a backend for unless
+    /// `prefer_cpu` (as [`device`] chooses).
+    pub fn chosen(prefer_cpu: bool) -> Self {
+        match Self::built_gpu() {
+            Some(gpu) if !prefer_cpu => gpu,
+            _ => Self::Cpu,
+        }
+    }
+
     /// The GPU this build has a backend for, if any.
     pub fn built_gpu() -> Option<Self> {
         if cfg!(feature = "cuda") {
@@ -199,10 +253,59 @@ fn open_gpu(
 /// Chooses the compute device: the GPU this build has a backend for (CUDA or Metal;
 /// an error when it cannot be used), or the CPU when asked, or when built without one.
 pub fn device(prefer_cpu: bool) -> Result<Device, ClipError> {
-    match DeviceKind::built_gpu() {
-        Some(gpu) if !prefer_cpu => gpu.open(),
-        _ => Ok(Device::Cpu),
+    DeviceKind::chosen(prefer_cpu).open()
+}
+
+/// The device for messages: `CPU`, `CUDA GPU 0`, `Metal GPU 0`.
+pub fn device_name(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "CPU".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("CUDA GPU {gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("Metal GPU {gpu_id}"),
     }
+}
+
+/// The bytes a GPU can still allocate, where the backend says; `None` on the CPU
+/// (window batches there are the setting's) and where it is unknown.
+pub fn free_memory(device: &Device) -> Option<u64> {
+    // Without the backend built in, its `Device` variant still exists (candle's dummy
+    // device) and ends in the last arm; with both built in, that arm is unreachable.
+    #[allow(unreachable_patterns)]
+    match device {
+        Device::Cpu => None,
+        // The driver's count for the whole GPU (other processes' allocations are
+        // taken off); `mem_get_info` binds candle's context to this thread first.
+        #[cfg(feature = "cuda")]
+        Device::Cuda(cuda) => cuda.cuda_stream().context().mem_get_info().ok().map(|(free, _total)| free as u64),
+        // Metal has no free-memory query: what the system recommends this process keep
+        // resident less what it has allocated (candle's buffer pool included, so this
+        // errs low: smaller batches, never an overcommitted one).
+        #[cfg(feature = "metal")]
+        Device::Metal(metal) => {
+            let gpu = metal.metal_device();
+            Some(gpu.recommended_max_working_set_size().saturating_sub(gpu.current_allocated_size()) as u64)
+        }
+        _ => None,
+    }
+}
+
+/// Whether `message` (a candle error's text) says the device ran out of memory:
+/// CUDA's allocator (`CUDA_ERROR_OUT_OF_MEMORY`, "out of memory"), cuBLAS's workspace
+/// (`CUBLAS_STATUS_ALLOC_FAILED`), Metal's buffer allocation (candle's "Failed to
+/// create metal resource: Buffer", a nil `newBuffer`) and a Metal command buffer that
+/// ran out (`kIOGPUCommandBufferCallbackErrorOutOfMemory`, "Insufficient Memory").
+pub fn is_out_of_memory(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    [
+        "cuda_error_out_of_memory",
+        "out of memory",
+        "cublas_status_alloc_failed",
+        "failed to create metal resource: buffer",
+        "kiogpucommandbuffercallbackerroroutofmemory",
+        "insufficient memory",
+    ]
+    .iter()
+    .any(|sign| message.contains(sign))
 }
 
 /// Images larger than this are refused before decoding: the decoded image, its
@@ -329,8 +432,55 @@ mod tests {
     }
 
     #[test]
+    fn out_of_memory_is_recognised_in_each_backend_s_words() {
+        for oom in [
+            "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")",
+            "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")\n   0: candle_core::error::Error::bt",
+            "CublasError(CUBLAS_STATUS_ALLOC_FAILED)",
+            "Metal error Failed to create metal resource: Buffer",
+            "Metal error Command buffer had following error: Insufficient Memory (00000008:kIOGPUCommandBufferCallbackErrorOutOfMemory)",
+        ] {
+            assert!(is_out_of_memory(oom), "{oom}");
+        }
+        for other in [
+            "DriverError(CUDA_ERROR_ILLEGAL_ADDRESS, \"an illegal memory access was encountered\")",
+            "CublasError(CUBLAS_STATUS_NOT_SUPPORTED)",
+            "Metal error Failed to create metal resource: CommandQueue",
+            "shape mismatch in matmul, lhs: [2, 3], rhs: [4, 5]",
+        ] {
+            assert!(!is_out_of_memory(other), "{other}");
+        }
+    }
+
+    #[test]
+    fn precisions_run_where_their_kernels_exist() {
+        for kernels in Kernels::ALL {
+            for gpu in [DeviceKind::Cuda, DeviceKind::Metal] {
+                for precision in [Precision::F32, Precision::Bf16, Precision::F16] {
+                    assert!(precision.check_on(gpu, kernels).is_ok(), "{precision:?} on {gpu:?}");
+                }
+            }
+            assert!(Precision::F32.check(&Device::Cpu, kernels).is_ok());
+        }
+        // The CPU's generic kernels run what a GPU runs, in candle's types.
+        assert!(Precision::F16.check(&Device::Cpu, Kernels::Generic).is_ok());
+        assert!(Precision::Bf16.check(&Device::Cpu, Kernels::Generic).is_ok());
+        assert_eq!(Precision::F16.dtype(Kernels::Generic), DType::F16);
+        assert_eq!(Precision::Bf16.dtype(Kernels::Generic), DType::BF16);
+        // The native kernels keep f32 activations; bf16 only inside the packed matmul.
+        assert_eq!(Precision::Bf16.dtype(Kernels::Native), DType::F32);
+        assert_eq!(Precision::Bf16.check(&Device::Cpu, Kernels::Native).is_ok(), packed::supports(Precision::Bf16));
+        let f16 = Precision::F16.check(&Device::Cpu, Kernels::Native).unwrap_err().to_string();
+        assert!(f16.contains("f16 precision is for GPUs") && f16.contains("Use --precision f32"), "{f16}");
+        assert_eq!(f16.contains("--precision bf16"), packed::supports(Precision::Bf16), "{f16}");
+        assert_eq!(DeviceKind::chosen(true), DeviceKind::Cpu);
+    }
+
+    #[test]
     fn without_a_gpu_backend_the_device_is_the_cpu_and_asked_gpus_are_refused() {
         assert!(device(true).unwrap().is_cpu());
+        assert_eq!(free_memory(&Device::Cpu), None);
+        assert_eq!(device_name(&Device::Cpu), "CPU");
         if DeviceKind::built_gpu().is_none() {
             assert!(device(false).unwrap().is_cpu());
             for gpu in [DeviceKind::Cuda, DeviceKind::Metal] {

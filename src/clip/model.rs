@@ -50,10 +50,13 @@ impl TensorSource for RandomWeights {
     }
 }
 
-fn layer_norm(src: &dyn TensorSource, prefix: &str, width: usize) -> Result<LayerNorm, ClipError> {
+/// A LayerNorm whose weights are in `dtype`, the type of the tokens it normalises
+/// (candle's fused layer norm wants all three alike). In bf16 and f16 it still
+/// computes the mean and variance in f32, on the CPU and in CUDA's kernel alike.
+fn layer_norm(src: &dyn TensorSource, prefix: &str, width: usize, dtype: DType) -> Result<LayerNorm, ClipError> {
     Ok(LayerNorm::new(
-        src.tensor(&format!("{prefix}.weight"), &[width])?,
-        src.tensor(&format!("{prefix}.bias"), &[width])?,
+        src.tensor(&format!("{prefix}.weight"), &[width])?.to_dtype(dtype)?,
+        src.tensor(&format!("{prefix}.bias"), &[width])?.to_dtype(dtype)?,
         LN_EPS,
     ))
 }
@@ -95,7 +98,9 @@ impl Dense {
         precision: Precision,
         kernels: Kernels,
     ) -> candle_core::Result<Self> {
-        Ok(Self { weight: LinearWeight::new(weight_t, precision, kernels)?, bias })
+        let weight = LinearWeight::new(weight_t, precision, kernels)?;
+        let bias = bias.map(|b| b.to_dtype(weight.dtype())).transpose()?;
+        Ok(Self { weight, bias })
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -173,7 +178,7 @@ impl Attention {
             .contiguous()?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let logits = (v.matmul(&v.t()?)? * scale)?;
-        let attn = candle_nn::ops::softmax_last_dim(&logits)?;
+        let attn = kernels::softmax_last_dim(&logits)?;
         let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, l, d))?;
         self.out_proj.forward(&out)
     }
@@ -204,10 +209,11 @@ impl ResidualAttentionBlock {
         precision: Precision,
         kernels: Kernels,
     ) -> Result<Self, ClipError> {
+        let dtype = precision.dtype(kernels);
         Ok(Self {
-            ln_1: layer_norm(src, &format!("{prefix}.ln_1"), width)?,
+            ln_1: layer_norm(src, &format!("{prefix}.ln_1"), width, dtype)?,
             attn: Attention::new(src, &format!("{prefix}.attn"), width, heads, precision, kernels)?,
-            ln_2: layer_norm(src, &format!("{prefix}.ln_2"), width)?,
+            ln_2: layer_norm(src, &format!("{prefix}.ln_2"), width, dtype)?,
             c_fc: linear(src, &format!("{prefix}.mlp.c_fc"), mlp_width, width, precision, kernels)?,
             c_proj: linear(src, &format!("{prefix}.mlp.c_proj"), width, mlp_width, precision, kernels)?,
             act,
@@ -228,6 +234,11 @@ impl ResidualAttentionBlock {
     /// input is `x` [B, L, W] and whose `qkv` [B, L, 3W] is already computed.
     fn forward_from_qkv(&self, x: &Tensor, qkv: &Tensor, queries: usize, mask: Mask) -> candle_core::Result<Tensor> {
         self.mlp_residual(&self.attn.attend(qkv, queries, mask, &x.narrow(1, 0, queries)?)?)
+    }
+
+    /// The type the block's tokens are in: f32, or bf16 / f16 on the generic kernels.
+    pub fn dtype(&self) -> DType {
+        self.c_fc.weight.dtype()
     }
 
     /// `x + mlp(ln_2(x))`.
@@ -313,11 +324,18 @@ pub struct VisionTransformer {
     grid: usize,
     width: usize,
     precision: Precision,
+    /// The type of the tokens from the patch embedding through the last block: f32,
+    /// or on the generic kernels (every GPU) bf16 or f16. Everything the tower returns
+    /// is f32 (`ln_post` and `proj` run in f32), and every tensor it takes is converted
+    /// on entry: the text tower, the aligner and the maps never see half precision.
+    dtype: DType,
 }
 
 impl VisionTransformer {
-    /// `precision` applies to the transformer's linear layers; the patch embedding
-    /// and the final projection (a sliver of the work) stay f32.
+    /// `precision` applies to the transformer: on the native CPU kernels to its
+    /// linear layers (the patch embedding and the final projection, a sliver of the
+    /// work, stay f32), on the generic kernels to all of it from the patch embedding
+    /// on (see `dtype`).
     pub fn new(
         src: &dyn TensorSource,
         cfg: &VisionConfig,
@@ -328,27 +346,36 @@ impl VisionTransformer {
     ) -> Result<Self, ClipError> {
         let (w, p, g) = (cfg.width, cfg.patch_size, cfg.grid());
         let conv = src.tensor("visual.conv1.weight", &[w, 3, p, p])?;
-        if precision != Precision::F32 && kernels == Kernels::Generic {
-            return Err(ClipError::Bf16Unsupported { found: "the generic kernels (ALFA_KERNELS=generic) have none" });
-        }
-        precision.check(conv.device())?;
+        precision.check(conv.device(), kernels)?;
+        let dtype = precision.dtype(kernels);
+        let embed_precision = if dtype == DType::F32 { Precision::F32 } else { precision };
         Ok(Self {
-            patch_embed: Dense::new(&conv.reshape((w, 3 * p * p))?, None, Precision::F32, kernels)?,
-            class_embedding: src.tensor("visual.class_embedding", &[w])?,
-            positional_embedding: src.tensor("visual.positional_embedding", &[1 + g * g, w])?,
-            ln_pre: layer_norm(src, "visual.ln_pre", w)?,
+            patch_embed: Dense::new(&conv.reshape((w, 3 * p * p))?, None, embed_precision, kernels)?,
+            class_embedding: src.tensor("visual.class_embedding", &[w])?.to_dtype(dtype)?,
+            positional_embedding: src.tensor("visual.positional_embedding", &[1 + g * g, w])?.to_dtype(dtype)?,
+            ln_pre: layer_norm(src, "visual.ln_pre", w, dtype)?,
             blocks: blocks(src, "visual.transformer", cfg.layers, w, cfg.heads(), cfg.mlp_width(), act, precision, kernels)?,
-            ln_post: layer_norm(src, "visual.ln_post", w)?,
+            ln_post: layer_norm(src, "visual.ln_post", w, DType::F32)?,
             proj: Dense::from_transposed(src.tensor("visual.proj", &[w, embed_dim])?, None, Precision::F32, kernels)?,
             patch_size: p,
             grid: g,
             width: w,
             precision,
+            dtype,
         })
     }
 
     pub fn precision(&self) -> Precision {
         self.precision
+    }
+
+    /// The type of the transformer's tokens (see the field).
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn heads(&self) -> usize {
+        self.blocks.first().map_or(1, |b| b.attn.heads)
     }
 
     pub fn grid(&self) -> usize {
@@ -365,8 +392,10 @@ impl VisionTransformer {
     }
 
     /// Patch tokens with their position embeddings, after the class token (with its
-    /// own), before `ln_pre`: [B, 1 + G*G, W]. Index `1 + p` is patch `p` (row-major).
+    /// own), before `ln_pre`: [B, 1 + G*G, W] in f32 (computed in the tower's type).
+    /// Index `1 + p` is patch `p` (row-major).
     pub fn embed(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
+        let pixels = pixels.to_dtype(self.dtype)?;
         let (b, c, h, w) = pixels.dims4()?;
         let (p, g) = (self.patch_size, self.grid);
         if c != 3 || h != g * p || w != g * p {
@@ -381,27 +410,28 @@ impl VisionTransformer {
             .class_embedding
             .reshape((1, 1, self.width))?
             .broadcast_as((b, 1, self.width))?;
-        Tensor::cat(&[&class, &patches], 1)?.broadcast_add(&self.positional_embedding)
+        Tensor::cat(&[&class, &patches], 1)?.broadcast_add(&self.positional_embedding)?.to_dtype(DType::F32)
     }
 
-    /// `ln_pre` and every block over embedded tokens.
+    /// `ln_pre` and every block over embedded tokens: the tokens leaving the last
+    /// block, the captured layers and values, all f32.
     pub fn forward_embedded(&self, tokens: &Tensor, capture: VisionCapture) -> candle_core::Result<(Tensor, Vec<Tensor>, Option<Tensor>)> {
-        let mut x = self.ln_pre.forward(tokens)?;
+        let mut x = self.ln_pre.forward(&tokens.to_dtype(self.dtype)?)?;
         let mut layers = Vec::new();
         if capture.layers {
-            layers.push(x.clone());
+            layers.push(x.to_dtype(DType::F32)?);
         }
         let (last, inner) = self.blocks.split_last().expect("a ViT has at least one block");
         for block in inner {
             x = block.forward(&x, Mask::Full)?;
             if capture.layers {
-                layers.push(x.clone());
+                layers.push(x.to_dtype(DType::F32)?);
             }
         }
         let qkv = last.qkv(&x)?;
-        let last_values = capture.last_values.then(|| values_of(&qkv)).transpose()?;
+        let last_values = capture.last_values.then(|| values_of(&qkv)?.to_dtype(DType::F32)).transpose()?;
         let queries = if capture.class_only { 1 } else { x.dim(1)? };
-        x = last.forward_from_qkv(&x, &qkv, queries, Mask::Full)?;
+        let x = last.forward_from_qkv(&x, &qkv, queries, Mask::Full)?.to_dtype(DType::F32)?;
         if capture.layers {
             layers.push(x.clone());
         }
@@ -413,15 +443,16 @@ impl VisionTransformer {
         self.proj.forward(&self.ln_post(tokens)?)
     }
 
-    /// `ln_post` alone: OpenCLIP's `output_tokens`, the patch features WinCLIP+ stores.
+    /// `ln_post` alone, in f32: OpenCLIP's `output_tokens`, the patch features WinCLIP+ stores.
     pub fn ln_post(&self, tokens: &Tensor) -> candle_core::Result<Tensor> {
-        self.ln_post.forward(tokens)
+        self.ln_post.forward(&tokens.to_dtype(DType::F32)?)
     }
 
-    /// Attention values taken into the joint space: `ln_post(out_proj(v)) @ proj` [B, L, E].
+    /// Attention values taken into the joint space: `ln_post(out_proj(v)) @ proj` [B, L, E]
+    /// (`out_proj` in the tower's type, the rest in f32).
     pub fn project_values(&self, values: &Tensor) -> candle_core::Result<Tensor> {
         let last = self.blocks.last().expect("a ViT has at least one block");
-        self.project(&last.attn.out_proj(values)?)
+        self.project(&last.attn.out_proj(&values.to_dtype(self.dtype)?)?)
     }
 
     fn pool(&self, tokens: &Tensor) -> candle_core::Result<Tensor> {
@@ -448,7 +479,7 @@ impl VisionTransformer {
     /// transformer. `embedded` is `embed`'s output [B, 1 + G*G, W]; `windows` [K, n]
     /// holds row-major patch indices (u32). Returns the pooled features [B, K, E],
     /// unnormalised, and `with_values` the last block's values [B, K, 1 + n, W]
-    /// (class token first). All B*K sequences run as one batch: the caller chunks
+    /// (class token first), both f32. All B*K sequences run as one batch: the caller chunks
     /// `windows` to bound memory. Only the pooled class token is needed, so the last
     /// block computes the class token's output alone (a twelfth of the work per
     /// patch token in that block). The first block's input tokens are the embedded
@@ -460,6 +491,7 @@ impl VisionTransformer {
         windows: &Tensor,
         with_values: bool,
     ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+        let embedded = embedded.to_dtype(self.dtype)?;
         let (b, _, w) = embedded.dims3()?;
         let (k, n) = windows.dims2()?;
         let device = windows.device();
@@ -471,7 +503,7 @@ impl VisionTransformer {
             let channels = t.dim(2)?;
             t.index_select(&index, 1)?.reshape((b * k, 1 + n, channels))
         };
-        let normed = self.ln_pre.forward(embedded)?;
+        let normed = self.ln_pre.forward(&embedded)?;
         let first = self.blocks.first().expect("a ViT has at least one block");
         let first_qkv = per_window(&first.qkv(&normed)?)?;
         let mut x = per_window(&normed)?;
@@ -480,7 +512,7 @@ impl VisionTransformer {
         for (i, block) in self.blocks.iter().enumerate() {
             let qkv = if i == 0 { first_qkv.clone() } else { block.qkv(&x)? };
             if i == last {
-                values = with_values.then(|| values_of(&qkv)?.reshape((b, k, 1 + n, w))).transpose()?;
+                values = with_values.then(|| values_of(&qkv)?.reshape((b, k, 1 + n, w))?.to_dtype(DType::F32)).transpose()?;
                 x = block.forward_from_qkv(&x, &qkv, 1, Mask::Full)?;
             } else {
                 x = block.forward_from_qkv(&x, &qkv, 1 + n, Mask::Full)?;
@@ -516,7 +548,7 @@ impl TextTransformer {
             token_embedding: src.tensor("token_embedding.weight", &[cfg.vocab_size, w])?,
             positional_embedding: src.tensor("positional_embedding", &[cfg.context_length, w])?,
             blocks: blocks(src, "transformer", cfg.layers, w, cfg.heads, cfg.mlp_width(), act, Precision::F32, kernels)?,
-            ln_final: layer_norm(src, "ln_final", w)?,
+            ln_final: layer_norm(src, "ln_final", w, DType::F32)?,
             text_projection: Dense::from_transposed(
                 src.tensor("text_projection", &[w, embed_dim])?,
                 None,

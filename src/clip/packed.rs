@@ -142,7 +142,7 @@ impl PackedWeight {
                 }))
             }
             // `runs` is false for every other pair.
-            (CpuFamily::Avx2, Precision::Bf16) | (CpuFamily::Portable, _) => return None,
+            (CpuFamily::Avx2, Precision::Bf16) | (_, Precision::F16) | (CpuFamily::Portable, _) => return None,
         };
         Some(Self { inner, cols, panels })
     }
@@ -624,6 +624,7 @@ mod tests {
             let round = |v: f32| match precision {
                 Precision::F32 => v,
                 Precision::Bf16 => bf16::from_f32(v).to_f32(),
+                Precision::F16 => unreachable!("no family packs f16 (`runs`)"),
             };
             // `finish` must reach every output exactly once: it squares here.
             let square = |tile: &mut [f32]| tile.iter_mut().for_each(|v| *v *= *v);

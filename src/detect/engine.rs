@@ -16,11 +16,15 @@ use super::memory::few_shot_score;
 use super::references::{ReferenceBank, ReferenceRegion};
 use super::ridge::project_text;
 use super::text_cache::TextFeatureCache;
-use super::DetectError;
+use super::{DetectError, batching};
 use crate::clip::preprocess::{Preprocessor, ResizeMode};
 use crate::clip::{Clip, VisionCapture, l2_normalize};
 use crate::dinov2::{Dinov2, GRID as DINO_GRID};
 use crate::prompts::{ExpandedPrompts, PromptSource};
+
+/// A window forward with `VisionTransformer::forward_windows`'s arguments and result:
+/// the seam through which the engine's tokens mode runs each batch.
+pub(crate) type WindowForward<'a> = dyn Fn(&Tensor, &Tensor, bool) -> candle_core::Result<(Tensor, Option<Tensor>)> + 'a;
 
 /// How window features are computed (METHOD section 4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
@@ -71,7 +75,9 @@ pub struct DetectSettings {
     pub sigma: f32,
     /// How many descriptors to report.
     pub top_descriptors: usize,
-    /// Windows per forward batch in tokens mode (memory bound), images in pixels mode.
+    /// Windows per forward batch in tokens mode (memory bound), images in pixels mode
+    /// (at most 16 on the CPU). On a GPU the floor of a batch sized from free memory
+    /// (`batching`).
     pub window_batch: usize,
     /// The fine-grained aligner: project the text features into each window's
     /// space. Off (an ablation), windows are scored against the global text features.
@@ -612,19 +618,37 @@ impl Detector {
         with_values: bool,
     ) -> Result<(Tensor, Option<Tensor>), DetectError> {
         let vision = &self.clip.model.vision;
+        self.window_features_tokens_through(pixels, windows, batch, with_values, &|embedded, index, values| {
+            vision.forward_windows(embedded, index, values)
+        })
+    }
+
+    /// `window_features_tokens` with each batch's windows through `forward_windows`
+    /// (`VisionTransformer::forward_windows`, or a test's stand-in that runs out of
+    /// memory as a full GPU does). The batch is `batch` on the CPU, sized from free
+    /// memory on a GPU, and halved where it runs out (`batching`).
+    pub(crate) fn window_features_tokens_through(
+        &self,
+        pixels: &Tensor,
+        windows: &[Vec<u32>],
+        batch: usize,
+        with_values: bool,
+        forward_windows: &WindowForward,
+    ) -> Result<(Tensor, Option<Tensor>), DetectError> {
+        let vision = &self.clip.model.vision;
+        let device = &self.clip.device;
         let embedded = vision.embed(pixels)?;
         let n = windows[0].len();
-        let mut features = Vec::new();
-        let mut values = Vec::new();
-        for chunk in windows.chunks(batch.max(1)) {
-            let index = Tensor::from_vec(chunk.concat(), (chunk.len(), n), &self.clip.device)?;
-            let (pooled, v) = vision.forward_windows(&embedded, &index, with_values)?;
-            features.push(pooled.i(0)?);
-            if let Some(v) = v {
-                values.push(vision.project_values(&v.i(0)?.narrow(1, 1, n)?)?); // [k, n, E]
-            }
-        }
-        let values = if with_values { Some(Tensor::cat(&values, 0)?) } else { None };
+        let bytes = batching::window_bytes(1 + n, vision.width(), vision.heads(), vision.dtype());
+        let batch = batching::window_batch(device, batch, bytes, windows.len());
+        let parts = batching::in_batches(windows, batch, device, |chunk| {
+            let index = Tensor::from_vec(chunk.concat(), (chunk.len(), n), device)?;
+            let (pooled, v) = forward_windows(&embedded, &index, with_values)?;
+            let values = v.map(|v| vision.project_values(&v.i(0)?.narrow(1, 1, n)?)).transpose()?; // [k, n, E]
+            Ok((pooled.i(0)?, values))
+        })?;
+        let (features, values): (Vec<Tensor>, Vec<Option<Tensor>>) = parts.into_iter().unzip();
+        let values = if with_values { Some(Tensor::cat(&values.into_iter().flatten().collect::<Vec<_>>(), 0)?) } else { None };
         Ok((Tensor::cat(&features, 0)?, values))
     }
 
@@ -644,9 +668,10 @@ impl Detector {
         let pre = &self.preprocessor;
         let black: Vec<f32> = (0..3).map(|c| -pre.mean[c] / pre.std[c]).collect();
         let black = Tensor::from_vec(black, (1, 3, 1, 1), device)?;
-        let mut features = Vec::new();
-        let mut values = Vec::new();
-        for chunk in windows.chunks(batch.clamp(1, 16)) {
+        // Each window is a forward of the whole image's tokens.
+        let bytes = batching::window_bytes(1 + grid * grid, vision.width(), vision.heads(), vision.dtype());
+        let batch = batching::window_batch(device, batch.clamp(1, batching::PIXELS_BATCH_CPU), bytes, windows.len());
+        let parts = batching::in_batches(windows, batch, device, |chunk| {
             let masks: Vec<f32> = chunk
                 .iter()
                 .flat_map(|w| {
@@ -660,16 +685,25 @@ impl Detector {
             let mask = Tensor::from_vec(masks, (chunk.len(), 1, size, size), device)?;
             let masked = (pixels.broadcast_mul(&mask)? + black.broadcast_mul(&(1.0 - &mask)?)?)?;
             let out = vision.forward_detailed(&masked, VisionCapture { last_values: with_values, class_only: true, ..Default::default() })?;
-            features.push(out.pooled);
-            if let Some(v) = out.last_values {
-                let projected = vision.project_values(&v)?; // [k, L, E]
-                for (k, w) in chunk.iter().enumerate() {
-                    let index = Tensor::from_vec(w.iter().map(|p| p + 1).collect::<Vec<u32>>(), w.len(), device)?;
-                    values.push(projected.i(k)?.index_select(&index, 0)?.unsqueeze(0)?);
+            let values = match out.last_values {
+                Some(v) => {
+                    let projected = vision.project_values(&v)?; // [k, L, E]
+                    let per_window = chunk
+                        .iter()
+                        .enumerate()
+                        .map(|(k, w)| {
+                            let index = Tensor::from_vec(w.iter().map(|p| p + 1).collect::<Vec<u32>>(), w.len(), device)?;
+                            projected.i(k)?.index_select(&index, 0)?.unsqueeze(0)
+                        })
+                        .collect::<candle_core::Result<Vec<_>>>()?;
+                    Some(Tensor::cat(&per_window, 0)?)
                 }
-            }
-        }
-        let values = if with_values { Some(Tensor::cat(&values, 0)?) } else { None };
+                None => None,
+            };
+            Ok((out.pooled, values))
+        })?;
+        let (features, values): (Vec<Tensor>, Vec<Option<Tensor>>) = parts.into_iter().unzip();
+        let values = if with_values { Some(Tensor::cat(&values.into_iter().flatten().collect::<Vec<_>>(), 0)?) } else { None };
         Ok((Tensor::cat(&features, 0)?, values))
     }
 

@@ -3,6 +3,7 @@
 
 pub mod anomalydino;
 pub mod baselines;
+pub mod batching;
 pub mod colormap;
 pub mod context;
 pub mod engine;
@@ -42,6 +43,14 @@ pub enum DetectError {
     Threshold(String),
     #[error(transparent)]
     Export(#[from] export::ExportError),
+    /// A window batch ran out of device memory, and so did its halves down to a
+    /// single window (`batching::in_batches`).
+    #[error(
+        "the {device} ran out of memory on a window batch of {batch}, and again after halving it down to a single \
+         window ({reason}). Free memory on it: --precision f16 or bf16 (the image tower in half the memory, on a \
+         GPU), close other programs that use the GPU, or run on the CPU with --cpu"
+    )]
+    OutOfMemory { device: String, batch: usize, reason: String },
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
 }

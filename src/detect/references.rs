@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use image::DynamicImage;
 
 use super::DetectError;
@@ -359,10 +359,14 @@ impl Detector {
         cancelled: &dyn Fn() -> bool,
     ) -> Result<BankBuild, DetectError> {
         // Image features depend on the image tower's precision (text features do not);
-        // f32 keeps the key of caches written before bf16 existed.
-        let tower = match self.clip.model.vision.precision() {
-            Precision::F32 => self.model_identity().to_owned(),
-            other => format!("{} {}", self.model_identity(), other.name()),
+        // f32 keeps the key of caches written before bf16 existed. bf16 on the native
+        // CPU kernels (f32 activations) and in candle's bf16 (GPUs) differ: the latter
+        // is keyed by its type too.
+        let vision = &self.clip.model.vision;
+        let tower = match (vision.precision(), vision.dtype()) {
+            (Precision::F32, _) => self.model_identity().to_owned(),
+            (other, DType::F32) => format!("{} {}", self.model_identity(), other.name()),
+            (other, dtype) => format!("{} {} {dtype:?}", self.model_identity(), other.name()),
         };
         let cache = self.cache_dir().map(|d| d.join("references").join(format!("{:016x}", fnv1a(tower.as_bytes()))));
         let mode = match settings.window_mode {

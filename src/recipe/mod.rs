@@ -380,8 +380,16 @@ impl Recipe {
             (Some(m), None) => format!("model {}", m.describe()),
             (None, _) => "no recorded model".into(),
         };
+        // The same weights in another number format: say how to run in the recipe's
+        // (an f16 recipe on the CPU: that load then says f16 needs a GPU).
+        let format = match &self.model {
+            Some(m) if m.weights_blake3 == model.weights_blake3 && m.precision != model.precision => {
+                format!(" (--precision {} runs in the recipe's number format)", m.precision.name())
+            }
+            _ => String::new(),
+        };
         Some(format!(
-            "the recipe of `{}` was made with {made}, not {} with {}: its thresholds may not transfer",
+            "the recipe of `{}` was made with {made}, not {} with {}: its thresholds may not transfer{format}",
             self.class,
             model.describe(),
             method.name()
@@ -790,6 +798,15 @@ mod tests {
         let why = recipe.mismatch(&other, MethodKind::Alfa).unwrap();
         assert!(why.contains("may not transfer") && why.contains("abababab"), "{why}");
         assert!(recipe.mismatch(&model, MethodKind::Winclip).is_some());
+        // An f16 recipe (made on a GPU) reads anywhere; with f32 its thresholds do not
+        // apply, and the message names the precision that would.
+        let mut on_gpu = recipe.clone();
+        on_gpu.model = Some(ModelStamp { precision: Precision::F16, ..model.clone() });
+        let read = Recipe::from_toml(&on_gpu.to_toml(), Path::new("bottle/recipe.toml")).unwrap();
+        assert_eq!(read.model.as_ref().unwrap().precision, Precision::F16);
+        assert!(on_gpu.to_toml().contains("precision = \"f16\""));
+        let why = read.mismatch(&model, MethodKind::Alfa).unwrap();
+        assert!(why.contains("f16") && why.contains("--precision f16 runs in the recipe's number format"), "{why}");
         assert_eq!(Recipe::new("bottle").mismatch(&other, MethodKind::Alfa), None, "no thresholds, nothing to transfer");
     }
 

@@ -122,9 +122,12 @@ pub fn anovl_prompts(class: &ClassSpec) -> (Vec<String>, Vec<String>) {
 }
 
 /// What the V-V path adds to its running tokens in one block: V-V attention of the
-/// values of `ln_1(original)`, through the output projection.
+/// values of `ln_1(original)`, through the output projection. The block computes in
+/// its own type (bf16 or f16 on a GPU with `--precision`); the step comes back in
+/// `original`'s (f32, as the tower's layers are).
 pub fn value_value_step(block: &ResidualAttentionBlock, original: &Tensor) -> candle_core::Result<Tensor> {
-    block.attn.value_value(&block.attn.values(&block.ln_1.forward(original)?)?)
+    let normed = block.ln_1.forward(&original.to_dtype(block.dtype())?)?;
+    block.attn.value_value(&block.attn.values(&normed)?)?.to_dtype(original.dtype())
 }
 
 /// TFA's features of one image.

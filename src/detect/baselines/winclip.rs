@@ -18,7 +18,7 @@ use crate::clip::{VisionCapture, l2_normalize};
 use crate::detect::engine::abnormal_probability;
 use crate::detect::maps::{Grid, harmonic_mean, harmonic_patch_map, window_indices};
 use crate::detect::memory::{MemoryBank, few_shot_score};
-use crate::detect::{ClassSpec, DetectError, DetectSettings, Detector, Method, MethodKind, Scored};
+use crate::detect::{ClassSpec, DetectError, DetectSettings, Detector, Method, MethodKind, Scored, batching};
 
 /// WinCLIP's state words (its public prompt lists, in order).
 pub const NORMAL_STATES: [&str; 7] = [
@@ -153,13 +153,14 @@ impl Winclip {
     /// Unit pooled features [K, E] of every `scale` x `scale` window (tokens mode).
     fn window_features(&self, embedded: &Tensor, scale: usize) -> Result<Tensor, DetectError> {
         let vision = &self.detector.clip.model.vision;
+        let device = &self.detector.clip.device;
         let windows = window_indices(vision.grid(), scale);
-        let mut pooled = Vec::new();
-        for chunk in windows.chunks(self.settings.window_batch.max(1)) {
-            let index = Tensor::from_vec(chunk.concat(), (chunk.len(), scale * scale), &self.detector.clip.device)?;
-            let (features, _) = vision.forward_windows(embedded, &index, false)?;
-            pooled.push(features.i(0)?);
-        }
+        let bytes = batching::window_bytes(1 + scale * scale, vision.width(), vision.heads(), vision.dtype());
+        let batch = batching::window_batch(device, self.settings.window_batch, bytes, windows.len());
+        let pooled = batching::in_batches(&windows, batch, device, |chunk| {
+            let index = Tensor::from_vec(chunk.concat(), (chunk.len(), scale * scale), device)?;
+            vision.forward_windows(embedded, &index, false)?.0.i(0)
+        })?;
         Ok(l2_normalize(&Tensor::cat(&pooled, 0)?)?)
     }
 
