@@ -182,7 +182,17 @@ fn f16_precision_is_refused_on_the_cpu_with_what_to_use_instead() {
     assert!(message.contains("f16 precision is for GPUs") && message.contains("Use --precision f32"), "{message}");
     let bf16_here = alfa::clip::Precision::Bf16.check(&candle_core::Device::Cpu, alfa::clip::Kernels::Native).is_ok();
     assert_eq!(message.contains("--precision bf16 (this CPU has AVX512-BF16)"), bf16_here, "{message}");
-    assert!(!out.join("part.json").exists(), "refused before any image");
+    assert!(!out.exists(), "refused before any image, and the output folder it made is gone");
+    // Nested folders it made go too; a folder that was there stays, empty or not.
+    let nested = dir.path().join("a/b/out");
+    let nested_args = ["--cpu", "--class", "bottle", "--precision", "f16", "--out", nested.to_str().unwrap(), image.to_str().unwrap()];
+    assert_eq!(run.detect_with(&[("ALFA_KERNELS", "native")], &nested_args).status.code(), Some(1));
+    assert!(!dir.path().join("a").exists(), "every folder the refused run made is removed");
+    let before = dir.path().join("before");
+    std::fs::create_dir(&before).unwrap();
+    let before_args = ["--cpu", "--class", "bottle", "--precision", "f16", "--out", before.to_str().unwrap(), image.to_str().unwrap()];
+    assert_eq!(run.detect_with(&[("ALFA_KERNELS", "native")], &before_args).status.code(), Some(1));
+    assert!(before.is_dir(), "a folder the user made is never removed");
     let generic = run.detect_with(&[("ALFA_KERNELS", "generic")], &args);
     assert!(generic.status.success(), "{}", stderr(&generic));
     let record: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("part.json")).unwrap()).unwrap();

@@ -272,7 +272,7 @@ impl RunExport {
     /// Writes everything, telling `progress` (done, total) after each image; returns a
     /// line for the status bar.
     pub fn write(&self, progress: impl Fn(usize, usize)) -> Result<String, BatchError> {
-        crate::batch::prepare_output_folder(&self.spec.out)?;
+        crate::batch::prepare_output_folder(&self.spec.out)?.keep();
         let writer = Writer { spec: &self.spec, model: self.model.clone(), precision: self.precision };
         let class = self.spec.class.as_deref().unwrap_or_default();
         let mut scored: Vec<Scored> = Vec::with_capacity(self.images.len());

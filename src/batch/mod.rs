@@ -21,7 +21,7 @@ use image::DynamicImage;
 use serde::Serialize;
 
 pub use analyser::{Analyser, ClassSources, Findings, Outcome};
-pub use outputs::{Outputs, ScoreRow, merge_scores, prepare_output_folder};
+pub use outputs::{OutputFolder, Outputs, ScoreRow, merge_scores, prepare_output_folder};
 pub use shard::Shard;
 pub use summary::{RunStatus, Summary};
 
@@ -172,6 +172,9 @@ pub struct PlannedImage {
 #[derive(Debug)]
 pub struct Plan {
     pub images: Vec<PlannedImage>,
+    /// The output folder, removed when the run ends with it empty and it was this
+    /// run's (a run refused after planning leaves nothing behind).
+    _folder: Option<OutputFolder>,
 }
 
 impl Plan {
@@ -182,7 +185,7 @@ impl Plan {
         if let Some(shard) = spec.shard {
             found = shard.select(found, |image| image.output_stem.clone());
         }
-        prepare_output_folder(&spec.out)?;
+        let folder = prepare_output_folder(&spec.out)?;
         let mut images = Vec::with_capacity(found.len());
         for image in found {
             let class = spec.class.clone().or_else(|| image.class.clone()).ok_or_else(|| {
@@ -207,7 +210,7 @@ impl Plan {
                 )));
             }
         }
-        Ok(Self { images })
+        Ok(Self { images, _folder: Some(folder) })
     }
 
     /// The classes of the images, sorted, each once.

@@ -49,20 +49,48 @@ impl Outputs {
 
 /// Creates `out` and checks that files can be written in it, so that a wrong output
 /// folder is refused before the model is downloaded and loaded, not after every
-/// image failed.
-pub fn prepare_output_folder(out: &Path) -> Result<(), BatchError> {
+/// image failed. The folders it created are removed again if they are still empty
+/// when the returned guard is dropped (a run refused later, e.g. for its model or
+/// precision, leaves no empty folder behind), unless [`OutputFolder::keep`] is called.
+pub fn prepare_output_folder(out: &Path) -> Result<OutputFolder, BatchError> {
     if out.exists() && !out.is_dir() {
         return Err(BatchError::Invalid(format!(
             "the output folder {} is a file, not a folder: pass a folder (it is created if needed)",
             out.display()
         )));
     }
+    let created: Vec<PathBuf> = out.ancestors().take_while(|dir| !dir.as_os_str().is_empty() && !dir.exists()).map(Path::to_owned).collect();
+    let folder = OutputFolder { created };
     std::fs::create_dir_all(out).map_err(|e| {
         BatchError::Invalid(format!("cannot create the output folder {}: {e} (choose another folder)", out.display()))
     })?;
     tempfile::NamedTempFile::new_in(out)
         .map_err(|e| BatchError::Output { path: out.to_owned(), reason: format!("cannot write files there: {e}") })?;
-    Ok(())
+    Ok(folder)
+}
+
+/// The folders [`prepare_output_folder`] created, deepest first: on drop, each is
+/// removed while it is empty (`remove_dir` never removes anything else).
+#[derive(Debug)]
+pub struct OutputFolder {
+    created: Vec<PathBuf>,
+}
+
+impl OutputFolder {
+    /// Leaves the folders in place, empty or not (a watch writes into its folder later).
+    pub fn keep(mut self) {
+        self.created.clear();
+    }
+}
+
+impl Drop for OutputFolder {
+    fn drop(&mut self) {
+        for dir in &self.created {
+            if std::fs::remove_dir(dir).is_err() {
+                break;
+            }
+        }
+    }
 }
 
 /// One row of `scores.csv`.

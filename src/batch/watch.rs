@@ -224,7 +224,7 @@ impl Watch {
         let class = batch.class.clone().or_else(|| inputs::in_folder(folder, &folder.join("x.png")).class).ok_or_else(|| {
             BatchError::Invalid(format!("no class for the images of {}: pass --class NAME", folder.display()))
         })?;
-        prepare_output_folder(&batch.out)?;
+        prepare_output_folder(&batch.out)?.keep();
         let same = |a: &Path, b: &Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b);
         if same(folder, &batch.out) {
             return Err(BatchError::Invalid(format!(
@@ -250,7 +250,7 @@ impl Watch {
             let finished = outputs.finished()?.filter(|record| record_name(record).as_deref() == path.file_name());
             images.push(PlannedImage { image, class: class.clone(), outputs, finished });
         }
-        Ok(Self { spec, class, plan: Plan { images } })
+        Ok(Self { spec, class, plan: Plan { images, _folder: None } })
     }
 
     /// The class of the watched folder's images (--class, else the folder's name).
