@@ -670,9 +670,8 @@ type TimeOp<'a> = dyn FnMut(String, usize, &mut dyn FnMut() -> Result<Tensor>) -
 
 /// The native forward's operations (`dinov2::native`): CLIP's blocks on alfa's kernels.
 fn native_dinov2_ops(shape: DinoOpShape, device: &Device, op: &mut TimeOp) -> Result<()> {
-    use crate::clip::kernels::{self, Activation, Epilogue, Kernels, LinearWeight, Mask};
+    use crate::clip::kernels::{self, Activation, Epilogue, Kernels, LayerNorm, LinearWeight, Mask};
     use crate::clip::Precision;
-    use candle_core::Module;
     let DinoOpShape { depth, width, heads, tokens } = shape;
     let randn = |shape: &[usize]| Tensor::randn(0f32, 1.0, shape, device);
     let weight = |i: usize, o: usize| -> Result<(LinearWeight, Tensor)> {
@@ -682,7 +681,7 @@ fn native_dinov2_ops(shape: DinoOpShape, device: &Device, op: &mut TimeOp) -> Re
     let hidden = randn(&[1, tokens, 4 * width])?;
     let (qkv, proj, fc1, fc2) = (weight(width, 3 * width)?, weight(width, width)?, weight(width, 4 * width)?, weight(4 * width, width)?);
     let qkv_out = kernels::linear(&x, &qkv.0, Some(&qkv.1), Epilogue::None)?;
-    let norm = candle_nn::LayerNorm::new(randn(&[width])?, randn(&[width])?, 1e-5);
+    let norm = LayerNorm::new(randn(&[width])?, randn(&[width])?, 1e-5, Kernels::Native);
     op(patch_embedding_name(width), 1, &mut patch_embedding(width, device)?)?;
     op(format!("layer norm [{tokens}, {width}]"), 2 * depth + 1, &mut || Ok(norm.forward(&x)?))?;
     op(format!("linear qkv {width} -> {}", 3 * width), depth, &mut || Ok(kernels::linear(&x, &qkv.0, Some(&qkv.1), Epilogue::None)?))?;

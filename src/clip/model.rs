@@ -6,11 +6,10 @@
 //! last block's attention values, a forward over a subset of patch tokens (window
 //! features), and the blocks themselves (AnoVL's V-V path runs beside them).
 
-use candle_core::{D, DType, Device, IndexOp, Module, Tensor};
-use candle_nn::LayerNorm;
+use candle_core::{D, DType, Device, IndexOp, Tensor};
 
 use super::{ClipError, Precision};
-use super::kernels::{self, Epilogue, LinearWeight, Mask};
+use super::kernels::{self, Epilogue, LayerNorm, LinearWeight, Mask};
 pub use super::kernels::{Activation, Kernels};
 use super::config::{ModelConfig, TextConfig, VisionConfig};
 
@@ -53,11 +52,12 @@ impl TensorSource for RandomWeights {
 /// A LayerNorm whose weights are in `dtype`, the type of the tokens it normalises
 /// (candle's fused layer norm wants all three alike). In bf16 and f16 it still
 /// computes the mean and variance in f32, on the CPU and in CUDA's kernel alike.
-fn layer_norm(src: &dyn TensorSource, prefix: &str, width: usize, dtype: DType) -> Result<LayerNorm, ClipError> {
+fn layer_norm(src: &dyn TensorSource, prefix: &str, width: usize, dtype: DType, kernels: Kernels) -> Result<LayerNorm, ClipError> {
     Ok(LayerNorm::new(
         src.tensor(&format!("{prefix}.weight"), &[width])?.to_dtype(dtype)?,
         src.tensor(&format!("{prefix}.bias"), &[width])?.to_dtype(dtype)?,
         LN_EPS,
+        kernels,
     ))
 }
 
@@ -211,9 +211,9 @@ impl ResidualAttentionBlock {
     ) -> Result<Self, ClipError> {
         let dtype = precision.dtype(kernels);
         Ok(Self {
-            ln_1: layer_norm(src, &format!("{prefix}.ln_1"), width, dtype)?,
+            ln_1: layer_norm(src, &format!("{prefix}.ln_1"), width, dtype, kernels)?,
             attn: Attention::new(src, &format!("{prefix}.attn"), width, heads, precision, kernels)?,
-            ln_2: layer_norm(src, &format!("{prefix}.ln_2"), width, dtype)?,
+            ln_2: layer_norm(src, &format!("{prefix}.ln_2"), width, dtype, kernels)?,
             c_fc: linear(src, &format!("{prefix}.mlp.c_fc"), mlp_width, width, precision, kernels)?,
             c_proj: linear(src, &format!("{prefix}.mlp.c_proj"), width, mlp_width, precision, kernels)?,
             act,
@@ -353,9 +353,9 @@ impl VisionTransformer {
             patch_embed: Dense::new(&conv.reshape((w, 3 * p * p))?, None, embed_precision, kernels)?,
             class_embedding: src.tensor("visual.class_embedding", &[w])?.to_dtype(dtype)?,
             positional_embedding: src.tensor("visual.positional_embedding", &[1 + g * g, w])?.to_dtype(dtype)?,
-            ln_pre: layer_norm(src, "visual.ln_pre", w, dtype)?,
+            ln_pre: layer_norm(src, "visual.ln_pre", w, dtype, kernels)?,
             blocks: blocks(src, "visual.transformer", cfg.layers, w, cfg.heads(), cfg.mlp_width(), act, precision, kernels)?,
-            ln_post: layer_norm(src, "visual.ln_post", w, DType::F32)?,
+            ln_post: layer_norm(src, "visual.ln_post", w, DType::F32, kernels)?,
             proj: Dense::from_transposed(src.tensor("visual.proj", &[w, embed_dim])?, None, Precision::F32, kernels)?,
             patch_size: p,
             grid: g,
@@ -548,7 +548,7 @@ impl TextTransformer {
             token_embedding: src.tensor("token_embedding.weight", &[cfg.vocab_size, w])?,
             positional_embedding: src.tensor("positional_embedding", &[cfg.context_length, w])?,
             blocks: blocks(src, "transformer", cfg.layers, w, cfg.heads, cfg.mlp_width(), act, Precision::F32, kernels)?,
-            ln_final: layer_norm(src, "ln_final", w, DType::F32)?,
+            ln_final: layer_norm(src, "ln_final", w, DType::F32, kernels)?,
             text_projection: Dense::from_transposed(
                 src.tensor("text_projection", &[w, embed_dim])?,
                 None,

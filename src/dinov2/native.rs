@@ -15,11 +15,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, IndexOp, Module, Tensor};
-use candle_nn::LayerNorm;
+use candle_core::{DType, IndexOp, Tensor};
 
 use super::{DinoShape, Dinov2Error, PATCH_SIZE};
-use crate::clip::kernels::{Activation, Kernels, Mask};
+use crate::clip::kernels::{Activation, Kernels, LayerNorm, Mask};
 use crate::clip::model::{ResidualAttentionBlock, TensorSource, blocks};
 use crate::clip::{ClipError, Precision};
 
@@ -115,7 +114,7 @@ impl NativeDinov2 {
             cls_token: get("cls_token")?,
             pos_embed: get("pos_embed")?,
             blocks,
-            norm: LayerNorm::new(get("norm.weight")?, get("norm.bias")?, FINAL_NORM_EPS),
+            norm: LayerNorm::new(get("norm.weight")?, get("norm.bias")?, FINAL_NORM_EPS, Kernels::Native),
         })
     }
 

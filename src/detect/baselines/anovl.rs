@@ -37,7 +37,7 @@
 
 pub mod views;
 
-use candle_core::{D, IndexOp, Module, Tensor, Var};
+use candle_core::{D, IndexOp, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use image::DynamicImage;
 use rand_chacha::ChaCha8Rng;
