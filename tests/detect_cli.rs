@@ -184,14 +184,15 @@ fn f16_precision_is_refused_on_the_cpu_with_what_to_use_instead() {
     assert_eq!(message.contains("--precision bf16 (this CPU has AVX512-BF16)"), bf16_here, "{message}");
     assert!(!out.exists(), "refused before any image, and the output folder it made is gone");
     // Nested folders it made go too; a folder that was there stays, empty or not.
-    let nested = dir.path().join("a/b/out");
-    let nested_args = ["--cpu", "--class", "bottle", "--precision", "f16", "--out", nested.to_str().unwrap(), image.to_str().unwrap()];
-    assert_eq!(run.detect_with(&[("ALFA_KERNELS", "native")], &nested_args).status.code(), Some(1));
+    let refused_into = |out: &std::path::Path| {
+        let args = ["--cpu", "--class", "bottle", "--precision", "f16", "--out", out.to_str().unwrap(), image.to_str().unwrap()];
+        run.detect_with(&[("ALFA_KERNELS", "native")], &args).status.code()
+    };
+    assert_eq!(refused_into(&dir.path().join("a/b/out")), Some(1));
     assert!(!dir.path().join("a").exists(), "every folder the refused run made is removed");
     let before = dir.path().join("before");
     std::fs::create_dir(&before).unwrap();
-    let before_args = ["--cpu", "--class", "bottle", "--precision", "f16", "--out", before.to_str().unwrap(), image.to_str().unwrap()];
-    assert_eq!(run.detect_with(&[("ALFA_KERNELS", "native")], &before_args).status.code(), Some(1));
+    assert_eq!(refused_into(&before), Some(1));
     assert!(before.is_dir(), "a folder the user made is never removed");
     let generic = run.detect_with(&[("ALFA_KERNELS", "generic")], &args);
     assert!(generic.status.success(), "{}", stderr(&generic));

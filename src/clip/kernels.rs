@@ -266,24 +266,8 @@ widest_vectors!(activate => activate_portable(activation: Activation, values: &m
 #[inline(always)]
 fn activate_portable(activation: Activation, values: &mut [f32]) {
     match activation {
-        Activation::Gelu => apply_in_vectors(values, |v| Activation::Gelu.apply(v)),
-        Activation::QuickGelu => apply_in_vectors(values, |v| Activation::QuickGelu.apply(v)),
-    }
-}
-
-/// `f` on every element, [`LANES`] at a time: the packed matmul activates each tile
-/// row as it is written, 16 or 32 values, where a plain loop's vector body (several
-/// vectors per iteration) never runs and the whole row went through its scalar tail.
-#[inline(always)]
-fn apply_in_vectors(values: &mut [f32], f: impl Fn(f32) -> f32) {
-    let mut chunks = values.chunks_exact_mut(LANES);
-    for chunk in &mut chunks {
-        for v in chunk {
-            *v = f(*v);
-        }
-    }
-    for v in chunks.into_remainder() {
-        *v = f(*v);
+        Activation::Gelu => values.iter_mut().for_each(|v| *v = Activation::Gelu.apply(*v)),
+        Activation::QuickGelu => values.iter_mut().for_each(|v| *v = Activation::QuickGelu.apply(*v)),
     }
 }
 
@@ -477,10 +461,10 @@ fn attend_head(tokens: &[f32], shape: HeadShape, first: usize, weights: &mut [f3
 // which goes to `sums` [rows]; the keys hidden from the query get weight 0.
 widest_vectors!(softmax_rows => softmax_rows_portable(weights: &mut [f32], l: usize, first: usize, mask: Mask, sums: &mut [f32]));
 
-/// Values per step of the vectorised loops: one AVX-512 vector, two AVX2 ones. Also
-/// the accumulators of `softmax_rows`' maximum and sum: Rust keeps float arithmetic
-/// in its written order, so one running sum makes the loop (and its `exp`) scalar;
-/// 16 independent ones let it vectorise.
+/// Accumulators of the reductions (`softmax_rows`' maximum and sum, `lane_sum`):
+/// Rust keeps float arithmetic in its written order, so one running sum makes a loop
+/// (and the `exp` in it) scalar; 16 independent ones (one AVX-512 vector, two AVX2
+/// ones) let it vectorise.
 const LANES: usize = 16;
 
 #[inline(always)]

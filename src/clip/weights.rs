@@ -79,14 +79,7 @@ impl Weights {
                 path: self.source.clone(),
                 name: name.to_owned(),
             })?;
-        if tensor.dims() != shape {
-            return Err(ClipError::ShapeMismatch {
-                path: self.source.clone(),
-                name: name.to_owned(),
-                expected: shape.to_vec(),
-                found: tensor.dims().to_vec(),
-            });
-        }
+        expect_shape(tensor, shape, &self.source, name)?;
         Ok(tensor.clone())
     }
 
@@ -109,4 +102,12 @@ fn read_pickle(path: &Path) -> Result<Vec<(String, Tensor)>, String> {
         return Ok(bare);
     }
     candle_core::pickle::read_all_with_key(path, Some("state_dict")).map_err(describe)
+}
+
+/// Refuses `tensor` (`name` in the weights file `path`) unless it has exactly `shape`.
+pub fn expect_shape(tensor: &Tensor, shape: &[usize], path: &Path, name: &str) -> Result<(), ClipError> {
+    if tensor.dims() == shape {
+        return Ok(());
+    }
+    Err(ClipError::ShapeMismatch { path: path.to_owned(), name: name.to_owned(), expected: shape.to_vec(), found: tensor.dims().to_vec() })
 }

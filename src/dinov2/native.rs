@@ -78,14 +78,7 @@ impl TensorSource for FoldedBlocks<'_> {
             "mlp.c_proj.bias" => self.scaled(&at("mlp.fc2.bias"), &at("ls2.gamma"))?,
             _ => return Err(missing()),
         };
-        if tensor.dims() != shape {
-            return Err(ClipError::ShapeMismatch {
-                path: self.path.to_owned(),
-                name: name.to_owned(),
-                expected: shape.to_vec(),
-                found: tensor.dims().to_vec(),
-            });
-        }
+        crate::clip::weights::expect_shape(&tensor, shape, self.path, name)?;
         Ok(tensor)
     }
 }
