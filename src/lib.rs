@@ -1,6 +1,7 @@
 //! alfa: zero- and few-shot visual anomaly detection with CLIP (ALFA), its baselines,
 //! evaluation, and the inspection GUI.
 
+pub mod allocator;
 pub mod app;
 pub mod batch;
 pub mod bench;

@@ -232,15 +232,15 @@ fn exp(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     let x = x.clamp(-87.3, 88.3);
-    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let p = 1.987_569_1e-4;
-    let p = p * r + 1.398_199_9e-3;
-    let p = p * r + 8.333_452e-3;
-    let p = p * r + 4.166_579_6e-2;
-    let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 5.000_000_1e-1;
-    let e_r = p * r * r + r + 1.0;
+    let n = x.mul_add(std::f32::consts::LOG2_E, ROUND) - ROUND;
+    let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, x));
+    let p = 1.987_569_1e-4f32;
+    let p = p.mul_add(r, 1.398_199_9e-3);
+    let p = p.mul_add(r, 8.333_452e-3);
+    let p = p.mul_add(r, 4.166_579_6e-2);
+    let p = p.mul_add(r, 1.666_666_5e-1);
+    let p = p.mul_add(r, 5.000_000_1e-1);
+    let e_r = (p * r).mul_add(r, r + 1.0);
     // 2^n built from bits without a float-to-int conversion (Rust's saturating `as`
     // keeps that scalar): n + 127 (1..=254 after the clamp) + 1.5 * 2^23 holds n + 127
     // in its low mantissa bits, which the shift moves into the exponent field.
@@ -256,9 +256,9 @@ fn erf(x: f32) -> f32 {
     // erf(4) is 1 in f32; beyond it exp(-x^2) would turn subnormal (from |x| = 9.3),
     // which Intel CPUs compute many times slower, and outlier activations are common.
     let x = x.abs().min(4.0);
-    let t = 1.0 / (1.0 + P * x);
-    let poly = t * (A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4]))));
-    sign * (1.0 - poly * exp(-x * x))
+    let t = 1.0 / P.mul_add(x, 1.0);
+    let poly = t * t.mul_add(t.mul_add(t.mul_add(t.mul_add(A[4], A[3]), A[2]), A[1]), A[0]);
+    sign * (-poly).mul_add(exp(-x * x), 1.0)
 }
 
 widest_vectors!(activate => activate_portable(activation: Activation, values: &mut [f32]));
@@ -366,37 +366,38 @@ impl CustomOp1 for Attend {
         let (b, l, three_d) = layout.shape().dims3()?;
         let (d, heads, queries) = (three_d / 3, self.heads, self.queries);
         let head_dim = d / heads;
-        // One task per (sequence, head, block of queries), each writing its rows of the
-        // (sequence, head)'s [queries, head_dim] block; the blocks are interleaved into
-        // [B, queries, D] after. Blocks of queries keep a task's weights [rows, L] in
-        // the core's L2 cache where a long sequence's whole [L, L] (DINOv2's 1370
-        // tokens: 7.5 MB a head) would stream through memory between the two products
-        // and the softmax, and give two cores more than one sequence's few heads to share.
+        // One task per (sequence, head, block of queries), each writing its rows of
+        // the head's columns of `out` [B, queries, D] in place. Blocks of queries keep
+        // a task's weights [rows, L] in the core's L2 cache where a long sequence's
+        // whole [L, L] (DINOv2's 1370 tokens: 7.5 MB a head) would stream through
+        // memory between the two products and the softmax, and give two cores more
+        // than one sequence's few heads to share.
         let rows = query_block(l).min(queries.max(1));
-        let mut blocks = vec![0f32; b * heads * queries * head_dim];
-        blocks
-            .par_chunks_mut(queries * head_dim)
-            .enumerate()
-            .flat_map(|(task, block)| {
-                block.par_chunks_mut(rows * head_dim).enumerate().map(move |(i, part)| (task, i * rows, part))
-            })
-            .for_each_init(
-                || (vec![0f32; rows * l], vec![0f32; rows]),
-                |(weights, sums), (task, first, part)| {
-                    let (seq, head) = (task / heads, task % heads);
-                    let tokens = &data[seq * l * three_d..(seq + 1) * l * three_d];
-                    let shape = HeadShape { l, d, head_dim, offset: head * head_dim, mask: self.mask };
-                    attend_head(tokens, shape, first, weights, sums, part);
-                },
-            );
+        let blocks = queries.div_ceil(rows);
         let mut out = vec![0f32; b * queries * d];
-        out.par_chunks_mut(queries * d).enumerate().for_each(|(seq, out)| {
-            for head in 0..heads {
-                let block = &blocks[(seq * heads + head) * queries * head_dim..][..queries * head_dim];
-                for (row, values) in block.chunks_exact(head_dim).enumerate() {
-                    out[row * d + head * head_dim..][..head_dim].copy_from_slice(values);
+        let shared = SharedOut(out.as_mut_ptr());
+        (0..b * heads * blocks).into_par_iter().for_each(|task| {
+            let (seq, head, block) = (task / (heads * blocks), task / blocks % heads, task % blocks);
+            let first = block * rows;
+            let block_rows = rows.min(queries - first);
+            let tokens = &data[seq * l * three_d..(seq + 1) * l * three_d];
+            let shape = HeadShape { l, d, head_dim, offset: head * head_dim, mask: self.mask };
+            ATTENTION_SCRATCH.with_borrow_mut(|(weights, sums)| {
+                if weights.len() < block_rows * l {
+                    weights.resize(block_rows * l, 0.0);
                 }
-            }
+                if sums.len() < block_rows {
+                    sums.resize(block_rows, 0.0);
+                }
+                // SAFETY: the task's rows first..first + block_rows <= queries of
+                // sequence seq < B, at columns head * head_dim.. + head_dim <= D, lie
+                // within `out` [B, queries, D], which outlives the tasks; no two tasks
+                // share a (sequence, row, head).
+                unsafe {
+                    let block_out = shared.get().add((seq * queries + first) * d + head * head_dim);
+                    attend_head(tokens, shape, first, block_rows, weights, sums, block_out);
+                }
+            });
         });
         Ok((CpuStorage::F32(out), Shape::from((b, queries, d))))
     }
@@ -411,26 +412,52 @@ fn query_block(l: usize) -> usize {
     ((1 << 20) / (4 * l.max(1))).max(16)
 }
 
-/// One head of one sequence (`tokens`: [L, 3D] row-major) for the
-/// `block.len() / head_dim` queries from query `first` on, into `block` [rows,
-/// head_dim]: two single-threaded `gemm` calls, `Q Kᵀ` and `P V`, reading the head in
-/// place (row stride 3D), with the softmax between them. From the images' 226 tokens
-/// down to the windows' 5, `gemm`'s register-tiled kernel is 2 to 4 times faster than
-/// a loop over queries (which reloads every key and value per query), packing
-/// included. The causal mask zeroes the later keys' weights after the full
-/// product: computing half the logits for nothing is cheaper than giving up the
+thread_local! {
+    /// An attention task's weights [rows, L] and row sums, kept by each thread from
+    /// call to call: fresh, their megabyte would be mapped in page by page (a page
+    /// fault each) for every block of every layer.
+    static ATTENTION_SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// The attention output [B, queries, D], written by the tasks in place.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+
+// SAFETY: the tasks write disjoint parts of the buffer (see `Attend::cpu_fwd`).
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// A method, not the field: a closure that read `.0` would capture the bare
+    /// pointer, which is neither `Send` nor `Sync`.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// One head of one sequence (`tokens`: [L, 3D] row-major) for the `rows` queries
+/// from query `first` on, into `out` ([rows, head_dim] at row stride D, the head's
+/// columns of the output): two single-threaded `gemm` calls, `Q Kᵀ` and `P V`,
+/// reading the head in place (row stride 3D), with the softmax between them. From
+/// the images' 226 tokens down to the windows' 5, `gemm`'s register-tiled kernel is 2
+/// to 4 times faster than a loop over queries (which reloads every key and value per
+/// query), packing included. The causal mask zeroes the later keys' weights after the
+/// full product: computing half the logits for nothing is cheaper than giving up the
 /// tiled kernel.
-fn attend_head(tokens: &[f32], shape: HeadShape, first: usize, weights: &mut [f32], sums: &mut [f32], block: &mut [f32]) {
+///
+/// # Safety
+/// `out` holds `rows` rows of `head_dim` values at row stride D for this call alone.
+unsafe fn attend_head(tokens: &[f32], shape: HeadShape, first: usize, rows: usize, weights: &mut [f32], sums: &mut [f32], out: *mut f32) {
     let HeadShape { l, d, head_dim, offset, mask } = shape;
-    let rows = block.len() / head_dim;
     let three_d = (3 * d) as isize;
     let weights = &mut weights[..rows * l];
+    let sums = &mut sums[..rows];
     let scale = 1.0 / (head_dim as f32).sqrt();
     assert!(tokens.len() >= l * 3 * d && first + rows <= l && offset + head_dim <= d);
     // SAFETY: q is read at rows first..first + rows <= L of `tokens` [L, 3D], k and v
     // at rows < L, all at columns offset..offset + head_dim of their third, in
-    // bounds (asserted above); `weights` is [rows, L] and `block` [rows, head_dim],
-    // row-major.
+    // bounds (asserted above); `weights` is [rows, L], row-major; `out` is the
+    // caller's (this function's contract).
     unsafe {
         let q = tokens.as_ptr().add(first * 3 * d + offset);
         let k = tokens.as_ptr().add(d + offset);
@@ -441,18 +468,17 @@ fn attend_head(tokens: &[f32], shape: HeadShape, first: usize, weights: &mut [f3
             q, 1, three_d, k, three_d, 1,
             0.0, scale, false, false, false, gemm::Parallelism::None,
         );
-        let sums = &mut sums[..rows];
         softmax_rows(weights, l, first, mask, sums);
         gemm::gemm(
-            rows, head_dim, l, block.as_mut_ptr(), 1, head_dim as isize, false,
+            rows, head_dim, l, out, 1, d as isize, false,
             weights.as_ptr(), 1, l as isize, v, 1, three_d,
             0.0, 1.0, false, false, false, gemm::Parallelism::None,
         );
-    }
-    // The softmax's division, on head_dim outputs a row instead of its L weights.
-    for (row, sum) in block.chunks_exact_mut(head_dim).zip(sums.iter()) {
-        let inverse = 1.0 / sum;
-        row.iter_mut().for_each(|o| *o *= inverse);
+        // The softmax's division, on head_dim outputs a row instead of its L weights.
+        for (row, sum) in sums.iter().enumerate() {
+            let inverse = 1.0 / sum;
+            std::slice::from_raw_parts_mut(out.add(row * d), head_dim).iter_mut().for_each(|o| *o *= inverse);
+        }
     }
 }
 
@@ -480,7 +506,8 @@ fn softmax_rows_portable(weights: &mut [f32], l: usize, first: usize, mask: Mask
         let mut chunks = seen.chunks_exact(LANES);
         for chunk in &mut chunks {
             for (m, &w) in maxima.iter_mut().zip(chunk) {
-                *m = m.max(w);
+                // Not `f32::max`, whose NaN rule costs a compare and a blend per vector.
+                *m = if w > *m { w } else { *m };
             }
         }
         let max = chunks.remainder().iter().chain(&maxima).fold(f32::NEG_INFINITY, |m, &w| m.max(w));
@@ -762,21 +789,42 @@ fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Resu
     Ok(f(&data[start..end]))
 }
 
-/// Each row of `out` [.., cols] set to its `residual` row plus `bias`. Each row is
-/// written before it is read: `out` is fresh from the allocator, and reading such a
-/// page first maps the shared zero page, so the write after it costs a second page
-/// fault plus a TLB flush on every core (a tenth of the detector's time, measured).
-fn start_rows(out: &mut [f32], cols: usize, bias: Option<&[f32]>, residual: Option<&[f32]>) {
-    out.par_chunks_mut(cols).enumerate().for_each(|(r, row)| match (residual, bias) {
-        (Some(residual), bias) => {
-            row.copy_from_slice(&residual[r * cols..(r + 1) * cols]);
-            if let Some(bias) = bias {
-                row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
+/// A fresh `rows` x `cols` output, each row its `residual` row plus `bias` (zeros
+/// without either), written once without zeroing first: the memory comes reused from
+/// the heap (`crate::allocator`), where `vec![0.0; n]` would clear it first, or
+/// freshly mapped, where reading a page before writing it would map the shared zero
+/// page, then fault again at the write and flush the TLB on every core.
+fn started_rows(rows: usize, cols: usize, bias: Option<&[f32]>, residual: Option<&[f32]>) -> candle_core::Result<Vec<f32>> {
+    let n = rows * cols;
+    if bias.is_some_and(|b| b.len() != cols) || residual.is_some_and(|r| r.len() != n) {
+        candle_core::bail!("alfa-linear: bias or residual does not fit the [{rows}, {cols}] output");
+    }
+    if bias.is_none() && residual.is_none() {
+        return Ok(vec![0f32; n]);
+    }
+    let mut out = Vec::with_capacity(n);
+    out.spare_capacity_mut()[..n].par_chunks_mut(cols).enumerate().for_each(|(r, row)| match (residual, bias) {
+        (Some(residual), Some(bias)) => {
+            for ((o, x), b) in row.iter_mut().zip(&residual[r * cols..(r + 1) * cols]).zip(bias) {
+                o.write(x + b);
             }
         }
-        (None, Some(bias)) => row.copy_from_slice(bias),
-        (None, None) => {}
+        (Some(residual), None) => {
+            for (o, x) in row.iter_mut().zip(&residual[r * cols..(r + 1) * cols]) {
+                o.write(*x);
+            }
+        }
+        (None, Some(bias)) => {
+            for (o, b) in row.iter_mut().zip(bias) {
+                o.write(*b);
+            }
+        }
+        (None, None) => unreachable!("returned above"),
     });
+    // SAFETY: each of the n elements was written above: rows of `cols` elements, each
+    // zipped with a residual row and the bias of `cols` elements (checked above).
+    unsafe { out.set_len(n) };
+    Ok(out)
 }
 
 impl CustomOp1 for Linear<'_> {
@@ -788,15 +836,13 @@ impl CustomOp1 for Linear<'_> {
         let x = contiguous_f32(self.name(), x, x_layout)?;
         let (rows, inner) = x_layout.shape().dims2()?;
         let cols = self.weight.cols()?;
-        // Zeroed by the allocator (fresh pages), then written once with residual + bias.
-        let mut out = vec![0f32; rows * cols];
         let starts = self.bias.is_some() || self.residual.is_some();
-        match (&self.bias, &self.residual) {
-            (Some(b), Some(r)) => with_cpu_f32(b, |b| with_cpu_f32(r, |r| start_rows(&mut out, cols, Some(b), Some(r))))??,
-            (Some(b), None) => with_cpu_f32(b, |b| start_rows(&mut out, cols, Some(b), None))?,
-            (None, Some(r)) => with_cpu_f32(r, |r| start_rows(&mut out, cols, None, Some(r)))?,
-            (None, None) => {}
-        }
+        let mut out = match (&self.bias, &self.residual) {
+            (Some(b), Some(r)) => with_cpu_f32(b, |b| with_cpu_f32(r, |r| started_rows(rows, cols, Some(b), Some(r))))???,
+            (Some(b), None) => with_cpu_f32(b, |b| started_rows(rows, cols, Some(b), None))??,
+            (None, Some(r)) => with_cpu_f32(r, |r| started_rows(rows, cols, None, Some(r)))??,
+            (None, None) => started_rows(rows, cols, None, None)?,
+        };
         match self.weight {
             LinearWeight::Packed(packed) => {
                 if packed.inner() != inner {
@@ -946,6 +992,18 @@ mod tests {
                 assert!(diff < tolerance, "{kind}, case {i}: max |diff| {diff}");
             }
         }
+    }
+
+    #[test]
+    fn linear_outputs_start_from_residual_and_bias_of_their_shape() {
+        let (bias, residual) = ([1.0, 2.0, 3.0], [10.0, 20.0, 30.0, 40.0, 50.0, 60.0]);
+        assert_eq!(started_rows(2, 3, Some(&bias), Some(&residual)).unwrap(), [11.0, 22.0, 33.0, 41.0, 52.0, 63.0]);
+        assert_eq!(started_rows(2, 3, None, Some(&residual)).unwrap(), residual);
+        assert_eq!(started_rows(2, 3, Some(&bias), None).unwrap(), [1.0, 2.0, 3.0, 1.0, 2.0, 3.0]);
+        assert_eq!(started_rows(2, 3, None, None).unwrap(), [0.0; 6]);
+        // A bias or residual that would leave part of the output unwritten is refused.
+        assert!(started_rows(2, 4, Some(&bias), None).is_err());
+        assert!(started_rows(3, 3, None, Some(&residual)).is_err());
     }
 
     #[test]
