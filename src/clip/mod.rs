@@ -90,8 +90,32 @@ pub enum ClipError {
     /// A device this build has no backend for.
     #[error("{device} was asked for, but this build of alfa has no {device} support: build it with `cargo build --release --features {feature}` (see the README), or run on the CPU")]
     NotBuiltFor { device: &'static str, feature: &'static str },
+    /// The GPU ran out of memory outside the window batches, which split and retry
+    /// (`detect::batching`): loading the model, the global pass, the text tower.
+    #[error("the GPU ran out of memory ({reason}). {OUT_OF_MEMORY_ADVICE}")]
+    OutOfMemory { reason: String },
     #[error(transparent)]
-    Tensor(#[from] candle_core::Error),
+    Tensor(candle_core::Error),
+}
+
+/// What to do when a GPU runs out of memory: said by every such error.
+pub const OUT_OF_MEMORY_ADVICE: &str = "Free memory on it: --precision f16 or bf16 (the image tower in half the memory, \
+    on a GPU), close other programs that use the GPU, or run on the CPU with --cpu";
+
+impl From<candle_core::Error> for ClipError {
+    fn from(error: candle_core::Error) -> Self {
+        match out_of_memory_reason(&error) {
+            Some(reason) => Self::OutOfMemory { reason },
+            None => Self::Tensor(error),
+        }
+    }
+}
+
+/// The first line of `error` where it says that the device ran out of memory
+/// ([`is_out_of_memory`]); with RUST_BACKTRACE set, candle appends a backtrace.
+pub fn out_of_memory_reason(error: &candle_core::Error) -> Option<String> {
+    let message = error.to_string();
+    is_out_of_memory(&message).then(|| message.lines().next().unwrap_or_default().trim().to_owned())
 }
 
 fn no_gpu_message(backend: &str, reason: &str) -> String {
@@ -450,6 +474,25 @@ mod tests {
         ] {
             assert!(!is_out_of_memory(other), "{other}");
         }
+    }
+
+    #[test]
+    fn out_of_memory_anywhere_says_so_and_what_to_do() {
+        let oom = "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")\n   0: candle_core::error::Error::bt";
+        let err = ClipError::from(candle_core::Error::Msg(oom.into()));
+        let ClipError::OutOfMemory { reason } = &err else { panic!("{err:?}") };
+        assert_eq!(reason, "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")", "the first line, no backtrace");
+        let text = err.to_string();
+        assert!(text.starts_with("the GPU ran out of memory") && text.contains("--precision f16") && text.contains("--cpu"), "{text}");
+        // Through the detector's and DINOv2's errors alike; anything else stays candle's.
+        let detect = crate::detect::DetectError::from(candle_core::Error::Msg(oom.into()));
+        assert!(matches!(detect, crate::detect::DetectError::Clip(ClipError::OutOfMemory { .. })), "{detect:?}");
+        let dino = crate::dinov2::Dinov2Error::from(candle_core::Error::Msg(oom.into()));
+        assert!(dino.to_string().starts_with("the GPU ran out of memory"), "{dino}");
+        let shape = || candle_core::Error::Msg("shape mismatch in matmul".into());
+        assert!(matches!(ClipError::from(shape()), ClipError::Tensor(_)));
+        assert!(matches!(crate::detect::DetectError::from(shape()), crate::detect::DetectError::Tensor(_)));
+        assert!(matches!(crate::dinov2::Dinov2Error::from(shape()), crate::dinov2::Dinov2Error::Tensor(_)));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use candle_core::{DType, Device};
 
 use super::DetectError;
 use super::engine::MAX_WINDOW_BATCH;
-use crate::clip::{device_name, free_memory, is_out_of_memory};
+use crate::clip::{device_name, free_memory, out_of_memory_reason};
 
 /// The share of the GPU's free memory one batch's activations may fill. The rest is
 /// headroom for what the estimate leaves out: cuBLAS's workspace, the allocator's
@@ -82,14 +82,11 @@ pub fn in_batches<I, T>(
                 start += chunk.len();
             }
             Err(error) => {
-                let message = error.to_string();
-                if !is_out_of_memory(&message) {
+                let Some(reason) = out_of_memory_reason(&error) else {
                     return Err(error.into());
-                }
+                };
                 let failed = *first_failed.get_or_insert(chunk.len());
                 if chunk.len() == 1 {
-                    // With RUST_BACKTRACE set, candle appends a backtrace: the first line says it.
-                    let reason = message.lines().next().unwrap_or_default().trim().to_owned();
                     return Err(DetectError::OutOfMemory { device: device_name(device), batch: failed, reason });
                 }
                 size = chunk.len() / 2;

@@ -47,10 +47,19 @@ pub enum DetectError {
     /// single window (`batching::in_batches`).
     #[error(
         "the {device} ran out of memory on a window batch of {batch}, and again after halving it down to a single \
-         window ({reason}). Free memory on it: --precision f16 or bf16 (the image tower in half the memory, on a \
-         GPU), close other programs that use the GPU, or run on the CPU with --cpu"
+         window ({reason}). {}", crate::clip::OUT_OF_MEMORY_ADVICE
     )]
     OutOfMemory { device: String, batch: usize, reason: String },
     #[error(transparent)]
-    Tensor(#[from] candle_core::Error),
+    Tensor(candle_core::Error),
+}
+
+/// Out of device memory anywhere else is `ClipError::OutOfMemory`, with what to do.
+impl From<candle_core::Error> for DetectError {
+    fn from(error: candle_core::Error) -> Self {
+        match crate::clip::ClipError::from(error) {
+            crate::clip::ClipError::Tensor(error) => Self::Tensor(error),
+            out_of_memory => Self::Clip(out_of_memory),
+        }
+    }
 }

@@ -55,11 +55,21 @@ pub enum Dinov2Error {
     Download(Box<HubFailure>),
     #[error("could not set up the Hugging Face client: {0}")]
     HubClient(String),
-    /// The device chosen as for CLIP (`clip::device`) could not be set up.
+    /// The device chosen as for CLIP (`clip::device`) could not be set up, or ran out
+    /// of memory (`ClipError::OutOfMemory`).
     #[error(transparent)]
     Device(Box<ClipError>),
     #[error(transparent)]
-    Tensor(#[from] candle_core::Error),
+    Tensor(candle_core::Error),
+}
+
+impl From<candle_core::Error> for Dinov2Error {
+    fn from(error: candle_core::Error) -> Self {
+        match ClipError::from(error) {
+            ClipError::Tensor(error) => Self::Tensor(error),
+            out_of_memory => Self::Device(Box::new(out_of_memory)),
+        }
+    }
 }
 
 impl From<ClipError> for Dinov2Error {
