@@ -122,7 +122,7 @@ impl Dinov2 {
         let path = backend.path().to_owned();
         let vb = candle_nn::VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
         let model = DinoVisionTransformer::new(vb, shape.depth, shape.embed_dim, shape.num_heads)
-            .map_err(|e| problem.lock().ok().and_then(|mut p| p.take()).unwrap_or(Dinov2Error::Tensor(e)))?;
+            .map_err(|e| problem.lock().ok().and_then(|mut p| p.take()).unwrap_or_else(|| Dinov2Error::from(e)))?;
         // Only one of the two is kept: the native forward packs its own weights.
         let forward = match kernels.on(device) {
             Kernels::Native => Forward::Native(native::NativeDinov2::new(&path, &tensors, shape)?),
