@@ -35,13 +35,13 @@ impl AlfaApp {
                 let allowed = precision.check_on(device, kernels);
                 ui.add_enabled_ui(allowed.is_ok(), |ui| {
                     ui.selectable_value(&mut s.precision, precision, label)
-                        .on_disabled_hover_text(allowed.err().map(|e| e.to_string()).unwrap_or_default());
+                        .on_disabled_hover_text(allowed.err().map(|e| precision_refusal(&e)).unwrap_or_default());
                 });
             }
         });
         // Chosen, then "Run on the CPU" ticked: the load would refuse it, say so now.
         if let Err(refused) = s.precision.check_on(device, kernels) {
-            ui.label(RichText::new(refused.to_string()).small().color(NG_COLOR));
+            ui.label(RichText::new(precision_refusal(&refused)).small().color(NG_COLOR));
         }
         ui.label(
             RichText::new(
@@ -177,6 +177,23 @@ impl AlfaApp {
         if choose {
             self.ask_path(Purpose::ModelFolder);
         }
+    }
+}
+
+/// Why a precision cannot be chosen, in this page's words (the error's own text names
+/// the CLI's flags).
+pub(super) fn precision_refusal(refused: &crate::clip::ClipError) -> String {
+    use crate::clip::ClipError;
+    match refused {
+        ClipError::F16OnCpu { bf16_here } => format!(
+            "f16 is for GPUs (a build with CUDA or Metal): this CPU's kernels have no f16. Choose f32{}.",
+            if *bf16_here { ", or bf16 (this CPU has AVX512-BF16)" } else { "" }
+        ),
+        ClipError::Bf16Unsupported { found } => format!(
+            "bf16 runs on GPUs and on CPUs with AVX512-BF16 (Intel Sapphire Rapids, AMD Zen 4 and later), and {found}: \
+             choose f32."
+        ),
+        other => other.to_string(),
     }
 }
 

@@ -75,6 +75,22 @@ fn frames_keep_coming_while_the_engine_is_busy() {
     assert_eq!(harness.state().state.analysed(), 1);
 }
 
+/// A precision the device cannot run is explained in the window's words: what to
+/// choose, not which command-line flag to pass.
+#[test]
+fn refused_precisions_are_explained_without_cli_flags() {
+    use crate::clip::ClipError;
+    for (refused, says) in [
+        (ClipError::F16OnCpu { bf16_here: true }, ["f16 is for GPUs", "Choose f32, or bf16"]),
+        (ClipError::F16OnCpu { bf16_here: false }, ["f16 is for GPUs", "Choose f32."]),
+        (ClipError::Bf16Unsupported { found: "this CPU has none" }, ["this CPU has none", "choose f32"]),
+    ] {
+        let text = super::settings_page::precision_refusal(&refused);
+        assert!(says.iter().all(|s| text.contains(s)) && !text.contains("--"), "{text}");
+        assert!(refused.to_string().contains("--precision"), "the CLI's text names the flag");
+    }
+}
+
 /// The Settings page's precision reaches the model the next "Load model" loads.
 #[test]
 fn the_precision_setting_goes_to_the_model_load() {
