@@ -19,6 +19,7 @@ mod heatmap;
 mod input;
 mod messages;
 mod panels;
+mod path_choice;
 mod prompt_editor;
 mod prompts_page;
 mod recipes;
@@ -54,7 +55,8 @@ pub use heatmap::SHADER_SOURCE;
 pub use state::{AppState, Filter, LlmStatus, ModelStatus, Normalisation, Settings, SortKey, Verdict};
 
 use heatmap::HeatmapContent;
-use dialogs::{BrowseState, PathPrompt, Purpose};
+use dialogs::{BrowseState, PathPrompt};
+use path_choice::Purpose;
 use prompt_editor::PromptEditor;
 use state::{Entry, SelectionStep, Shown};
 use viewer::ViewTransform;

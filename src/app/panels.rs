@@ -8,7 +8,7 @@ use egui::{RichText, Ui};
 
 use crate::detect::colormap::Colormap;
 use super::heatmap::PaneParams;
-use super::dialogs::Purpose;
+use super::path_choice::Purpose;
 use super::state::{Filter, ModelStatus, Normalisation, SortKey, Threshold, Thresholds, Verdict, score_text};
 use super::viewer::{self, PaneView, ViewerFrame};
 use super::widgets::{METHODS, NG_COLOR, WARN_COLOR, method_label, verdict_badge};

@@ -16,6 +16,8 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender};
 use image::{GrayImage, RgbaImage};
 
+pub use super::path_choice::Pick;
+use super::path_choice::Purpose;
 use crate::options::ModelArgs;
 use crate::clip::{self, Clip, DownloadObserver};
 use crate::detect::maps::Grid;
@@ -185,18 +187,9 @@ pub enum Message {
     /// A file dialog's choice.
     Picked(Pick),
     /// The system file dialog returned at once, without a choice: it cannot open here.
-    DialogFailed(super::dialogs::Purpose),
+    DialogFailed(Purpose),
     /// A line for the status bar (exports).
     Notice(String),
-}
-
-pub enum Pick {
-    Images(Vec<PathBuf>),
-    ModelFolder(PathBuf),
-    References(Vec<PathBuf>),
-    GoodFolder(PathBuf),
-    ExportFolder(PathBuf),
-    ExportRun(PathBuf),
 }
 
 /// Which engine job a message is about.

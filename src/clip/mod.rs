@@ -1,6 +1,7 @@
 //! OpenCLIP in candle: config, weights, tokenizer, preprocessing and the two towers.
 
 pub mod config;
+pub mod cpu;
 pub mod kernels;
 pub mod model;
 pub(crate) mod packed;
@@ -15,7 +16,8 @@ use candle_core::{DType, Device, Tensor};
 use image::DynamicImage;
 
 pub use config::OpenClipConfig;
-pub use kernels::{CpuFamily, Kernels};
+pub use cpu::CpuFamily;
+pub use kernels::Kernels;
 pub use model::{ClipModel, RandomWeights, TensorSource, VisionCapture, VisionOutput};
 pub use preprocess::Preprocessor;
 pub use source::{DEFAULT_MODEL, DownloadObserver, ModelFiles, ModelRequest};
@@ -82,7 +84,7 @@ pub enum ClipError {
     F16OnCpu { bf16_here: bool },
     #[error("{}=`{value}` is not a kernel choice: use `native` (this crate's CPU kernels, the default) or `generic` (candle's own operations, what CUDA and Metal run)", kernels::Kernels::ENV)]
     Kernels { value: String },
-    #[error("{}=`{value}` cannot be used here: the kernel families are `avx512` (AVX-512F), `avx2` (AVX2 and FMA) and `portable` (neither), and this CPU has {available}", kernels::CpuFamily::ENV)]
+    #[error("{}=`{value}` cannot be used here: the kernel families are `avx512` (AVX-512F), `avx2` (AVX2 and FMA) and `portable` (neither), and this CPU has {available}", cpu::CpuFamily::ENV)]
     CpuFamily { value: String, available: String },
     /// Built with a GPU backend, asked for it, and it cannot be used.
     #[error("{}", no_gpu_message(backend, reason))]

@@ -31,7 +31,7 @@ use half::bf16;
 use rayon::prelude::*;
 
 use super::Precision;
-use super::kernels::CpuFamily;
+use super::cpu::CpuFamily;
 
 /// Output rows per register tile, in every kernel.
 const TILE_ROWS: usize = 6;

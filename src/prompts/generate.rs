@@ -29,6 +29,7 @@ use std::path::Path;
 
 use super::PromptError;
 use super::llm::{LlmApi, LlmClient, LlmError, RetryNotice};
+pub use super::merge::{Dropped, Generated};
 use super::merge::{PromptFile, PromptFileUpdate};
 use super::set::normalize;
 use crate::clip::{ClipError, ClipTokenizer};
@@ -117,26 +118,6 @@ pub enum GenerateEvent {
     },
     /// The server asked to slow down or failed; the request is repeated after a wait.
     Retrying(RetryNotice),
-}
-
-/// Items that did not become prompts, by reason.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Dropped {
-    pub wrong_beginning: usize,
-    pub too_long: usize,
-    pub duplicates: usize,
-}
-
-/// A class's generated prompts, with `{c}` for the class name.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Generated {
-    pub normal: Vec<String>,
-    pub abnormal: Vec<String>,
-    pub descriptors: Vec<String>,
-    /// The normal and abnormal queries, `{c}` unfilled.
-    pub queries: Vec<String>,
-    pub descriptor_query: String,
-    pub dropped: Dropped,
 }
 
 /// What generating for one class gives: the prompts, and the prompt file with them merged

@@ -9,10 +9,31 @@ use std::path::{Path, PathBuf};
 
 use toml_edit::{Array, DocumentMut, Item, Value};
 
-use super::generate::Generated;
 use super::set::{ClassKind, PromptSet, file_for, normalize};
 use super::store::{GENERIC, PromptStore};
 use super::PromptError;
+
+/// Items that did not become prompts, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Dropped {
+    pub wrong_beginning: usize,
+    pub too_long: usize,
+    pub duplicates: usize,
+}
+
+/// A class's generated prompts, with `{c}` for the class name: what `generate` returns
+/// and merging takes (defined here, and re-exported by `generate`, so that `generate`,
+/// which merges its answers into the file, is the only one of the two to import the other).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Generated {
+    pub normal: Vec<String>,
+    pub abnormal: Vec<String>,
+    pub descriptors: Vec<String>,
+    /// The normal and abnormal queries, `{c}` unfilled.
+    pub queries: Vec<String>,
+    pub descriptor_query: String,
+    pub dropped: Dropped,
+}
 
 /// A class's prompt file as it is now, or the set it will start from.
 #[derive(Debug, Clone)]
