@@ -85,7 +85,7 @@ impl AlfaApp {
                     None => "Window sizes in patches, e.g. 2, 3; checked against the model when it is loaded".into(),
                 });
             if typed.changed() {
-                match crate::detect::engine::parse_scales(&self.scales_input, grid) {
+                match crate::detect::settings::parse_scales(&self.scales_input, grid) {
                     Ok(scales) => {
                         self.scales_error = None;
                         if scales != s.detect.scales {

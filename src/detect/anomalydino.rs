@@ -8,57 +8,17 @@
 //! the features, per class) and rotation augmentation of the references.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use image::DynamicImage;
 
-use super::baselines::image_map;
-use super::engine::{DetectSettings, Detector, RefsBackbone};
-use super::maps::Grid;
-use super::memory::Nearest;
+use super::bank::{PatchMatch, ReferenceBank};
+use super::engine::Detector;
+use super::maps::image_map;
+use super::memory::{cosine_distance, mean_of_top_percent};
 use super::method::{ClassSpec, Method, MethodKind, Scored};
-use super::references::ReferenceBank;
+use super::settings::{DetectSettings, RefsBackbone};
 use super::DetectError;
-use crate::dinov2::GRID;
-
-/// A query image's patches against a DINOv2 bank.
-pub struct PatchMatch {
-    /// Each patch's nearest bank patch, row-major over the 37 x 37 grid.
-    pub nearest: Vec<Nearest>,
-}
-
-impl PatchMatch {
-    /// The query's patches against `bank` (a DINOv2 bank, else an error).
-    pub fn of(detector: &Detector, bank: &ReferenceBank, image: &DynamicImage) -> Result<Self, DetectError> {
-        let (Some(dino), Some(patches)) = (detector.dinov2(), bank.dinov2_patches()) else {
-            return Err(DetectError::References(
-                "a DINOv2 reference bank and the DINOv2 model are needed to match DINOv2 patches".into(),
-            ));
-        };
-        Ok(Self { nearest: patches.nearest(&dino.patch_features(image)?)? })
-    }
-
-    /// The patch map [GRID x GRID] of `score` applied to each nearest similarity.
-    pub fn map(&self, score: impl Fn(f32) -> f32) -> Grid {
-        Grid::new(GRID, GRID, self.nearest.iter().map(|n| score(n.similarity)).collect())
-    }
-}
-
-/// AnomalyDINO's patch score: the cosine distance to the nearest reference patch.
-pub fn cosine_distance(similarity: f32) -> f32 {
-    1.0 - similarity
-}
-
-/// AnomalyDINO's image score: the mean of the top 1% of the patch scores (at least
-/// one: the maximum of fewer than 100 patches; 13 of DINOv2's 1369).
-pub fn mean_of_top_percent(scores: &[f32]) -> f32 {
-    let mut sorted = scores.to_vec();
-    sorted.sort_by(|a, b| b.total_cmp(a));
-    let count = (scores.len() / 100).max(1).min(sorted.len());
-    if count == 0 {
-        return 0.0;
-    }
-    sorted[..count].iter().sum::<f32>() / count as f32
-}
 
 /// AnomalyDINO without text: DINOv2 patches against the references' patches. Few-shot
 /// only: without references there is nothing to compare with.
@@ -98,7 +58,7 @@ impl Method for AnomalyDino {
 
     fn score(&mut self, image: &DynamicImage) -> Result<Scored, DetectError> {
         let bank = self.bank.as_ref().ok_or(DetectError::NotPrepared)?;
-        let patch_map = PatchMatch::of(&self.detector, bank, image)?.map(cosine_distance);
+        let patch_map = PatchMatch::of(self.detector.dinov2().map(Arc::as_ref), bank, image)?.map(cosine_distance);
         Ok(Scored { image_score: mean_of_top_percent(&patch_map.values), map: image_map(&patch_map, image, self.settings.sigma) })
     }
 }

@@ -11,7 +11,7 @@
 use candle_core::{DType, Device};
 
 use super::DetectError;
-use super::engine::MAX_WINDOW_BATCH;
+use super::settings::MAX_WINDOW_BATCH;
 use crate::clip::{device_name, free_memory, out_of_memory_reason};
 
 /// The share of the GPU's free memory one batch's activations may fill. The rest is
@@ -104,7 +104,7 @@ mod tests {
 
     use super::*;
     use crate::clip::{Clip, Kernels, ModelRequest, Precision};
-    use crate::detect::engine::WindowMode;
+    use crate::detect::settings::WindowMode;
     use crate::detect::maps::window_indices;
     use crate::detect::Detector;
 

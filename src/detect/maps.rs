@@ -1,6 +1,8 @@
 //! Dense maps: window scores to a patch map (harmonic aggregation), scales
 //! combined, bilinear upsampling and Gaussian smoothing (METHOD section 4).
 
+use image::DynamicImage;
+
 /// A row-major grid of scores.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Grid {
@@ -189,6 +191,12 @@ pub fn gaussian_blur(map: &Grid, sigma: f32) -> Grid {
         }
     });
     Grid::new(w, h, values)
+}
+
+/// A patch map taken to the image's resolution: bilinear upsampling, then the
+/// Gaussian smoothing every method shares (ALFA's, `settings.sigma`).
+pub fn image_map(patch_map: &Grid, image: &DynamicImage, sigma: f32) -> Grid {
+    gaussian_blur(&resize_bilinear(patch_map, image.width() as usize, image.height() as usize), sigma)
 }
 
 #[cfg(test)]

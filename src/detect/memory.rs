@@ -91,6 +91,23 @@ pub fn few_shot_score(similarity: f32) -> f32 {
     (1.0 - similarity) / 2.0
 }
 
+/// AnomalyDINO's patch score: the cosine distance to the nearest reference patch.
+pub fn cosine_distance(similarity: f32) -> f32 {
+    1.0 - similarity
+}
+
+/// AnomalyDINO's image score: the mean of the top 1% of the patch scores (at least
+/// one: the maximum of fewer than 100 patches; 13 of DINOv2's 1369).
+pub fn mean_of_top_percent(scores: &[f32]) -> f32 {
+    let mut sorted = scores.to_vec();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    let count = (scores.len() / 100).max(1).min(sorted.len());
+    if count == 0 {
+        return 0.0;
+    }
+    sorted[..count].iter().sum::<f32>() / count as f32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,9 +6,10 @@ use image::DynamicImage;
 use std::path::PathBuf;
 
 use super::DetectError;
-use super::engine::{ClassPrompts, DetectSettings, Detector};
+use super::bank::ReferenceBank;
+use super::engine::{ClassPrompts, Detector};
 use super::maps::Grid;
-use super::references::ReferenceBank;
+use super::settings::DetectSettings;
 use crate::prompts::{ExpandedPrompts, PromptSource};
 
 /// Which method to run.

@@ -2,6 +2,7 @@
 //! (contextual scoring, global-to-local projection, dense maps, text-feature cache).
 
 pub mod anomalydino;
+pub mod bank;
 pub mod baselines;
 pub mod batching;
 pub mod colormap;
@@ -14,10 +15,12 @@ pub mod memory;
 pub mod method;
 pub mod references;
 pub mod ridge;
+pub mod settings;
 pub mod text_cache;
 pub mod threshold;
 
-pub use engine::{ClassPrompts, DetectSettings, Detection, Detector, Partial, RefsBackbone, WindowMode};
+pub use engine::{ClassPrompts, Detection, Detector, Partial};
+pub use settings::{DetectSettings, RefsBackbone, WindowMode};
 pub use method::{Ablation, AlfaMethod, ClassSpec, Method, MethodKind, Scored};
 
 #[derive(Debug, thiserror::Error)]

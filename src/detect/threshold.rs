@@ -8,8 +8,9 @@
 use std::path::{Path, PathBuf};
 
 use super::DetectError;
-use super::engine::{ClassPrompts, DetectSettings, Detector};
-use super::references::ReferenceBank;
+use super::engine::{ClassPrompts, Detector};
+use super::bank::ReferenceBank;
+use super::settings::DetectSettings;
 use crate::clip;
 
 /// An image's decision: NG (not good) at `score >= threshold`, else OK.

@@ -9,7 +9,7 @@ pub mod winclip;
 use candle_core::Tensor;
 use image::DynamicImage;
 
-use super::maps::{Grid, gaussian_blur, resize_bilinear};
+use super::maps::image_map;
 use super::anomalydino::AnomalyDino;
 use super::{DetectError, DetectSettings, Detector, Method, MethodKind};
 use crate::clip::l2_normalize;
@@ -105,12 +105,6 @@ fn label_features(
     let normal = mean(normal)?;
     let abnormal = mean(abnormal)?;
     Ok(Tensor::cat(&[&normal, &abnormal], 0)?)
-}
-
-/// A patch map taken to the image's resolution: bilinear upsampling, then the
-/// Gaussian smoothing every method shares (ALFA's, `settings.sigma`).
-pub(crate) fn image_map(patch_map: &Grid, image: &DynamicImage, sigma: f32) -> Grid {
-    gaussian_blur(&resize_bilinear(patch_map, image.width() as usize, image.height() as usize), sigma)
 }
 
 /// CLIP and AnoVL have no few-shot mode: references would be silently unused.
