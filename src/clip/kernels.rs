@@ -74,7 +74,8 @@ impl Kernels {
 
 /// Defines `$name`, which runs `$portable` (an `#[inline(always)]` function) compiled
 /// for the vector unit of the active [`CpuFamily`]: the default build targets plain
-/// x86-64, whose 128-bit vectors would leave AVX-512 CPUs a quarter used.
+/// x86-64, whose 128-bit vectors would leave AVX-512 CPUs a quarter used. `$portable`
+/// takes `const FUSED: bool`, whether it may use fused multiply-adds ([`mul_add`]).
 macro_rules! widest_vectors {
     ($name:ident => $portable:ident($($arg:ident: $ty:ty),*)) => {
         fn $name($($arg: $ty),*) {
@@ -82,11 +83,11 @@ macro_rules! widest_vectors {
             {
                 #[target_feature(enable = "avx512f")]
                 fn avx512($($arg: $ty),*) {
-                    $portable($($arg),*)
+                    $portable::<true>($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
                 fn avx2($($arg: $ty),*) {
-                    $portable($($arg),*)
+                    $portable::<true>($($arg),*)
                 }
                 match CpuFamily::active() {
                     // SAFETY: `active` is a family the CPU has (`is_available`): AVX-512F.
@@ -96,9 +97,23 @@ macro_rules! widest_vectors {
                     CpuFamily::Portable => {}
                 }
             }
-            $portable($($arg),*)
+            $portable::<FMA_IN_BASELINE>($($arg),*)
         }
     };
+}
+
+/// Whether the build's baseline has fused multiply-adds: aarch64 always; x86-64 when
+/// built for a CPU with FMA (`-C target-cpu=native`), not by default.
+const FMA_IN_BASELINE: bool = cfg!(any(target_arch = "aarch64", target_feature = "fma"));
+
+/// `a * b + c`, in one rounding and one instruction when `FUSED` (code compiled with
+/// FMA: Rust never fuses a multiply and an add on its own, so each step of a
+/// polynomial would be two instructions); a multiply and an add otherwise, where
+/// `f32::mul_add` would be a call to libm's `fmaf` per element, which no loop
+/// vectorises.
+#[inline(always)]
+fn mul_add<const FUSED: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FUSED { a.mul_add(b, c) } else { a * b + c }
 }
 
 /// The MLP's activation.
@@ -112,10 +127,10 @@ pub enum Activation {
 
 impl Activation {
     #[inline(always)]
-    fn apply(self, x: f32) -> f32 {
+    fn apply<const FUSED: bool>(self, x: f32) -> f32 {
         match self {
-            Self::Gelu => 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)),
-            Self::QuickGelu => x / (1.0 + exp(-1.702 * x)),
+            Self::Gelu => 0.5 * x * (1.0 + erf::<FUSED>(x * std::f32::consts::FRAC_1_SQRT_2)),
+            Self::QuickGelu => x / (1.0 + exp::<FUSED>(-1.702 * x)),
         }
     }
 
@@ -146,21 +161,22 @@ impl Activation {
 /// Cephes' degree-6 polynomial for `e^r` (relative error about 2e-7). Inputs below
 /// -87.3 give about 1e-38 instead of 0, which no caller can tell apart.
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+fn exp<const FUSED: bool>(x: f32) -> f32 {
     // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer.
     const ROUND: f32 = 12_582_912.0;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     let x = x.clamp(-87.3, 88.3);
-    let n = x.mul_add(std::f32::consts::LOG2_E, ROUND) - ROUND;
-    let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, x));
-    let p = 1.987_569_1e-4f32;
-    let p = p.mul_add(r, 1.398_199_9e-3);
-    let p = p.mul_add(r, 8.333_452e-3);
-    let p = p.mul_add(r, 4.166_579_6e-2);
-    let p = p.mul_add(r, 1.666_666_5e-1);
-    let p = p.mul_add(r, 5.000_000_1e-1);
-    let e_r = (p * r).mul_add(r, r + 1.0);
+    let fma = mul_add::<FUSED>;
+    let n = fma(x, std::f32::consts::LOG2_E, ROUND) - ROUND;
+    let r = fma(-n, LN2_LO, fma(-n, LN2_HI, x));
+    let p = 1.987_569_1e-4;
+    let p = fma(p, r, 1.398_199_9e-3);
+    let p = fma(p, r, 8.333_452e-3);
+    let p = fma(p, r, 4.166_579_6e-2);
+    let p = fma(p, r, 1.666_666_5e-1);
+    let p = fma(p, r, 5.000_000_1e-1);
+    let e_r = fma(p * r, r, r + 1.0);
     // 2^n built from bits without a float-to-int conversion (Rust's saturating `as`
     // keeps that scalar): n + 127 (1..=254 after the clamp) + 1.5 * 2^23 holds n + 127
     // in its low mantissa bits, which the shift moves into the exponent field.
@@ -169,25 +185,26 @@ fn exp(x: f32) -> f32 {
 
 /// Abramowitz & Stegun 7.1.26.
 #[inline(always)]
-fn erf(x: f32) -> f32 {
+fn erf<const FUSED: bool>(x: f32) -> f32 {
     const P: f32 = 0.327_591_1;
     const A: [f32; 5] = [0.254_829_6, -0.284_496_74, 1.421_413_8, -1.453_152_1, 1.061_405_4];
     let sign = x.signum();
     // erf(4) is 1 in f32; beyond it exp(-x^2) would turn subnormal (from |x| = 9.3),
     // which Intel CPUs compute many times slower, and outlier activations are common.
     let x = x.abs().min(4.0);
-    let t = 1.0 / P.mul_add(x, 1.0);
-    let poly = t * t.mul_add(t.mul_add(t.mul_add(t.mul_add(A[4], A[3]), A[2]), A[1]), A[0]);
-    sign * (-poly).mul_add(exp(-x * x), 1.0)
+    let fma = mul_add::<FUSED>;
+    let t = 1.0 / fma(P, x, 1.0);
+    let poly = t * fma(t, fma(t, fma(t, fma(t, A[4], A[3]), A[2]), A[1]), A[0]);
+    sign * fma(-poly, exp::<FUSED>(-x * x), 1.0)
 }
 
 widest_vectors!(activate => activate_portable(activation: Activation, values: &mut [f32]));
 
 #[inline(always)]
-fn activate_portable(activation: Activation, values: &mut [f32]) {
+fn activate_portable<const FUSED: bool>(activation: Activation, values: &mut [f32]) {
     match activation {
-        Activation::Gelu => values.iter_mut().for_each(|v| *v = Activation::Gelu.apply(*v)),
-        Activation::QuickGelu => values.iter_mut().for_each(|v| *v = Activation::QuickGelu.apply(*v)),
+        Activation::Gelu => values.iter_mut().for_each(|v| *v = Activation::Gelu.apply::<FUSED>(*v)),
+        Activation::QuickGelu => values.iter_mut().for_each(|v| *v = Activation::QuickGelu.apply::<FUSED>(*v)),
     }
 }
 
@@ -414,7 +431,7 @@ widest_vectors!(softmax_rows => softmax_rows_portable(weights: &mut [f32], l: us
 const LANES: usize = 16;
 
 #[inline(always)]
-fn softmax_rows_portable(weights: &mut [f32], l: usize, first: usize, mask: Mask, sums: &mut [f32]) {
+fn softmax_rows_portable<const FUSED: bool>(weights: &mut [f32], l: usize, first: usize, mask: Mask, sums: &mut [f32]) {
     for ((i, row), row_sum) in weights.chunks_exact_mut(l).enumerate().zip(sums.iter_mut()) {
         let keys = match mask {
             Mask::Full => l,
@@ -435,13 +452,13 @@ fn softmax_rows_portable(weights: &mut [f32], l: usize, first: usize, mask: Mask
         let mut chunks = seen.chunks_exact_mut(LANES);
         for chunk in &mut chunks {
             for (s, w) in sums.iter_mut().zip(chunk) {
-                *w = softmax_exp(*w - max);
+                *w = softmax_exp::<FUSED>(*w - max);
                 *s += *w;
             }
         }
         let mut sum = 0.0;
         for w in chunks.into_remainder() {
-            *w = softmax_exp(*w - max);
+            *w = softmax_exp::<FUSED>(*w - max);
             sum += *w;
         }
         *row_sum = sum + sums.iter().sum::<f32>();
@@ -453,8 +470,8 @@ fn softmax_rows_portable(weights: &mut [f32], l: usize, first: usize, mask: Mask
 /// subnormal when the row is normalised (down to 1e-38 / L), which Intel CPUs
 /// multiply many times slower in the `P V` product that follows.
 #[inline(always)]
-fn softmax_exp(z: f32) -> f32 {
-    if z < -80.0 { 0.0 } else { exp(z) }
+fn softmax_exp<const FUSED: bool>(z: f32) -> f32 {
+    if z < -80.0 { 0.0 } else { exp::<FUSED>(z) }
 }
 
 #[derive(Clone, Copy)]
@@ -536,14 +553,14 @@ impl CustomOp1 for Normalize {
 widest_vectors!(normalize_rows => normalize_rows_portable(x: &[f32], out: &mut [f32], weight: &[f32], bias: &[f32], eps: f32));
 
 #[inline(always)]
-fn normalize_rows_portable(x: &[f32], out: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+fn normalize_rows_portable<const FUSED: bool>(x: &[f32], out: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
     let width = weight.len();
     for (row, out) in x.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
         let mean = lane_sum(row, |v| v) / width as f32;
         let variance = lane_sum(row, |v| (v - mean) * (v - mean)) / width as f32;
         let inverse = 1.0 / (variance + eps).sqrt();
         for (((o, &v), &w), &b) in out.iter_mut().zip(row).zip(weight).zip(bias) {
-            *o = (v - mean) * inverse * w + b;
+            *o = mul_add::<FUSED>((v - mean) * inverse, w, b);
         }
     }
 }
@@ -954,11 +971,13 @@ mod tests {
         let mut worst = 0f64;
         for i in -87_000..88_000 {
             let x = i as f32 / 1000.0;
-            let (got, want) = (f64::from(exp(x)), f64::from(x.exp()));
-            worst = worst.max((got - want).abs() / want);
+            let want = f64::from(x.exp());
+            for got in [exp::<true>(x), exp::<false>(x)] {
+                worst = worst.max((f64::from(got) - want).abs() / want);
+            }
         }
         assert!(worst < 5e-7, "worst relative error {worst}");
-        assert!(exp(-1e4) < 1e-37 && exp(-1e4) >= 0.0);
+        assert!(exp::<true>(-1e4) < 1e-37 && exp::<false>(-1e4) >= 0.0);
     }
 
     #[test]
