@@ -15,4 +15,5 @@ pub mod hub;
 pub mod options;
 pub mod prompts;
 pub mod recipe;
+pub mod recipes_folder;
 pub mod time;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::set::PromptSet;
 use super::PromptError;
-use crate::recipe::Recipes;
+use crate::recipes_folder::{Recipes, check_class_name};
 
 /// The sets shipped in `prompts/`, compiled in so an installed binary has them.
 /// A class's recipe with a prompts.toml takes precedence.
@@ -110,7 +110,7 @@ impl PromptStore {
 
     fn lookup(&self, class: &str) -> Result<Option<ResolvedPrompts>, PromptError> {
         if let Some(recipes) = &self.recipes
-            && crate::recipe::check_class_name(class).is_ok()
+            && check_class_name(class).is_ok()
         {
             let path = recipes.prompts_file(class);
             if path.is_file() {

@@ -20,16 +20,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::recipes_folder::{PROMPTS_FILE, RECIPE_FILE, REFS_DIR, Recipes, check_class_name};
 use crate::clip::config::OpenClipConfig;
 use crate::clip::{ModelFiles, Precision};
 use crate::detect::{DetectSettings, MethodKind, RefsBackbone, WindowMode};
 
-/// The recipe's own file in a class folder.
-pub const RECIPE_FILE: &str = "recipe.toml";
-/// The class's prompt set in a class folder (today's prompt-file format).
-pub const PROMPTS_FILE: &str = "prompts.toml";
-/// The class's reference images in a class folder.
-pub const REFS_DIR: &str = "refs";
 /// The `format` this version writes and reads.
 pub const FORMAT: u32 = 1;
 /// The environment variable naming the recipes folder (below `--recipes`, above the default).
@@ -543,20 +538,6 @@ fn valid_date(date: &str) -> bool {
         && b.iter().enumerate().all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
 }
 
-/// A class name usable as a folder name: not empty, no path separators, not `.`/`..`.
-pub fn check_class_name(class: &str) -> Result<(), String> {
-    if class.is_empty() || class.starts_with('.') || class.contains(['/', '\\', ':', '\0']) || class.trim() != class {
-        return Err(format!("{class:?} is not a usable class name (it names a folder: no /, \\, :, leading dot or spaces)"));
-    }
-    Ok(())
-}
-
-/// The recipes folder.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Recipes {
-    pub root: PathBuf,
-}
-
 /// What `alfa recipe list` shows of a class folder.
 #[derive(Debug)]
 pub struct ClassSummary {
@@ -568,11 +549,9 @@ pub struct ClassSummary {
     pub refs: usize,
 }
 
+/// Finding the recipes folder, and reading and writing recipes in it (its layout:
+/// `crate::recipes_folder`).
 impl Recipes {
-    pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
-    }
-
     /// `explicit` (`--recipes DIR`), else `$ALFA_RECIPES`, else [`Recipes::default_root`].
     pub fn locate(explicit: Option<&Path>) -> Result<Self, RecipeError> {
         if let Some(dir) = explicit {
@@ -589,22 +568,6 @@ impl Recipes {
     /// on Windows).
     pub fn default_root() -> Option<PathBuf> {
         dirs::data_dir().map(|d| d.join("alfa").join("recipes"))
-    }
-
-    pub fn class_dir(&self, class: &str) -> PathBuf {
-        self.root.join(class)
-    }
-
-    pub fn recipe_file(&self, class: &str) -> PathBuf {
-        self.class_dir(class).join(RECIPE_FILE)
-    }
-
-    pub fn prompts_file(&self, class: &str) -> PathBuf {
-        self.class_dir(class).join(PROMPTS_FILE)
-    }
-
-    pub fn refs_dir(&self, class: &str) -> PathBuf {
-        self.class_dir(class).join(REFS_DIR)
     }
 
     /// The class's recipe, `None` when it has no recipe.toml.
@@ -650,22 +613,6 @@ impl Recipes {
         std::fs::create_dir_all(&dir).map_err(|e| self.write_error(&dir, e))?;
         tempfile::Builder::new().prefix(".alfa-").tempfile_in(&dir).map_err(|e| self.write_error(&dir, e))?;
         Ok(dir)
-    }
-
-    /// The class folders (sub-folders holding a recipe.toml, a prompts.toml or refs/), sorted.
-    pub fn classes(&self) -> Vec<String> {
-        let Ok(entries) = std::fs::read_dir(&self.root) else { return Vec::new() };
-        let mut classes: Vec<String> = entries
-            .filter_map(|e| {
-                let path = e.ok()?.path();
-                let name = path.file_name()?.to_str()?.to_owned();
-                let is_class = check_class_name(&name).is_ok()
-                    && (path.join(RECIPE_FILE).is_file() || path.join(PROMPTS_FILE).is_file() || path.join(REFS_DIR).is_dir());
-                is_class.then_some(name)
-            })
-            .collect();
-        classes.sort();
-        classes
     }
 
     pub fn summary(&self, class: &str) -> ClassSummary {
