@@ -336,22 +336,23 @@ impl Detector {
             let local_features = l2_normalize(&local_features)?.to_vec2::<f32>()?; // [K, E]
             let local_values = local_values.map(|v| v.flatten_all()?.to_vec1::<f32>()).transpose()?; // [K, s*s, E]
             let per_window = s * s * e;
-            let scores: Vec<f32> = windows
+            let scores = windows
                 .iter()
                 .enumerate()
                 .map(|(k, patches)| {
                     let f = &local_features[k];
                     let Some(local_values) = &local_values else {
                         let (fn_, fa) = text_rows.split_at(e);
-                        return logistic(scale * (cosine(f, fa) - cosine(f, fn_)));
+                        return Ok(logistic(scale * (cosine(f, fa) - cosine(f, fn_))));
                     };
                     let vg: Vec<f32> = patches.iter().flat_map(|&p| global_rows[1 + p as usize].iter().copied()).collect();
                     let vl = &local_values[k * per_window..(k + 1) * per_window];
-                    let projected = project_text(&text_rows, &vg, vl, e, settings.ridge_lambda);
+                    let projected =
+                        project_text(&text_rows, &vg, vl, e, settings.ridge_lambda).ok_or(DetectError::Aligner { scale: s })?;
                     let (fn_, fa) = projected.split_at(e);
-                    logistic(scale * (cosine(f, fa) - cosine(f, fn_)))
+                    Ok(logistic(scale * (cosine(f, fa) - cosine(f, fn_))))
                 })
-                .collect();
+                .collect::<Result<Vec<f32>, DetectError>>()?;
             scale_maps.push(harmonic_patch_map(&scores, grid, s));
             aligner_time += start.elapsed().as_secs_f64();
             if let Some(progress) = progress.as_mut()

@@ -53,6 +53,13 @@ pub enum DetectError {
          window ({reason}). {}", crate::clip::OUT_OF_MEMORY_ADVICE
     )]
     OutOfMemory { device: String, batch: usize, reason: String },
+    /// The aligner's ridge system could not be solved (`ridge::project_text`).
+    #[error(
+        "the fine-grained aligner could not solve its ridge system for a {scale}x{scale} window: the model's \
+         features are far too large or not finite (are its weights intact?). A larger ridge lambda in the \
+         class's recipe, or the aligner off, avoids it"
+    )]
+    Aligner { scale: usize },
     #[error(transparent)]
     Tensor(candle_core::Error),
 }

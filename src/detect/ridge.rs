@@ -48,8 +48,11 @@ fn solve_spd(a: &[f64], n: usize, b: &mut [f64], m: usize) -> Option<()> {
 }
 
 /// `F_T W` for text features `text` [t, E], `global` = V_G [n, E], `local` = V_L [n, E],
-/// all row-major. Returns [t, E] (not normalised). `lambda` must be positive.
-pub fn project_text(text: &[f32], global: &[f32], local: &[f32], e: usize, lambda: f32) -> Vec<f32> {
+/// all row-major. Returns [t, E] (not normalised). `lambda` must be positive. `None`
+/// when `V_G V_G^T + lambda I` is not positive definite in f64: with lambda > 0 that
+/// takes features so large that lambda is lost beside them (squared norms beyond 1e15),
+/// as weights gone wrong would give; the caller says so instead of panicking.
+pub fn project_text(text: &[f32], global: &[f32], local: &[f32], e: usize, lambda: f32) -> Option<Vec<f32>> {
     assert!(lambda > 0.0, "ridge lambda must be positive");
     let t = text.len() / e;
     let n = global.len() / e;
@@ -71,7 +74,7 @@ pub fn project_text(text: &[f32], global: &[f32], local: &[f32], e: usize, lambd
             y[i * t + j] = dot(row(global, i, e), row(text, j, e));
         }
     }
-    solve_spd(&gram, n, &mut y, t).expect("V_G V_G^T + lambda I is positive definite");
+    solve_spd(&gram, n, &mut y, t)?;
     // F_T W = Y V_L  [t, E]
     let mut out = vec![0f32; t * e];
     for j in 0..t {
@@ -82,7 +85,7 @@ pub fn project_text(text: &[f32], global: &[f32], local: &[f32], e: usize, lambd
             }
         }
     }
-    out
+    Some(out)
 }
 
 #[cfg(test)]
@@ -130,7 +133,7 @@ mod tests {
         let global = pseudo_random(n * e, 2);
         let local = pseudo_random(n * e, 3);
         for lambda in [0.01f32, 0.1, 1.0, 10.0] {
-            let dual = project_text(&text, &global, &local, e, lambda);
+            let dual = project_text(&text, &global, &local, e, lambda).unwrap();
             let closed = primal(&text, &global, &local, e, lambda as f64);
             for (d, c) in dual.iter().zip(&closed) {
                 assert!((d - c).abs() < 1e-4, "lambda {lambda}: {d} vs {c}");
@@ -144,7 +147,20 @@ mod tests {
         let e = 3;
         let global = vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0];
         let text = vec![0.3, -0.4, 0.8];
-        let out = project_text(&text, &global, &global, e, 1e-6);
+        let out = project_text(&text, &global, &global, e, 1e-6).unwrap();
         assert!((out[0] - 0.3).abs() < 1e-4 && (out[1] + 0.4).abs() < 1e-4 && out[2].abs() < 1e-4, "{out:?}");
+    }
+
+    #[test]
+    fn a_system_lambda_cannot_reach_is_refused_not_solved() {
+        // Two identical tokens with huge features: V_G V_G^T is singular and lambda
+        // (0.1) vanishes beside its entries (1e24 in f64), so the Cholesky pivot is 0.
+        let e = 4;
+        let global = vec![1e12f32; 2 * e];
+        let text = vec![1.0f32; e];
+        assert!(project_text(&text, &global, &global, e, 0.1).is_none());
+        // The same tokens at a CLIP's scale are solved.
+        let global = vec![3.0f32; 2 * e];
+        assert!(project_text(&text, &global, &global, e, 0.1).is_some());
     }
 }
