@@ -278,3 +278,36 @@ fn progressive_results_arrive_in_order_and_the_final_one_is_unchanged() {
         }
     }
 }
+
+/// Weights holding NaN (a damaged file) make NaN features without any error; the
+/// result is refused as not a number, by ALFA and by a baseline, where a NaN score
+/// would otherwise pass as a result (neither above nor below any threshold).
+#[test]
+fn weights_holding_nan_give_an_error_not_a_nan_score() {
+    use alfa::clip::{Clip, ModelRequest, Precision};
+    use alfa::detect::baselines::build_method;
+    use alfa::detect::{ClassSpec, DetectError, MethodKind};
+    use candle_core::Device;
+
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = common::fixtures().join("tiny-gelu");
+    std::fs::copy(fixture.join("open_clip_config.json"), dir.path().join("open_clip_config.json")).unwrap();
+    let mut tensors = candle_core::safetensors::load(fixture.join("open_clip_model.safetensors"), &Device::Cpu).unwrap();
+    let conv = &tensors["visual.conv1.weight"];
+    let nan = (conv.ones_like().unwrap() * f64::NAN).unwrap();
+    tensors.insert("visual.conv1.weight".into(), nan);
+    candle_core::safetensors::save(&tensors, dir.path().join("open_clip_model.safetensors")).unwrap();
+    let request = ModelRequest { model: Some(dir.path().display().to_string()), tokenizer: Some(common::shared_tokenizer()), ..Default::default() };
+    let clip = Clip::load(&request.resolve().unwrap(), &Device::Cpu, Precision::F32, common::kernels()).unwrap();
+    let mut det = Detector::new(clip, "nan-weights", None);
+    let class = det.encode_class(small_prompts()).unwrap();
+    let image = test_image(40, 40);
+    let err = det.detect(&image, &class, &DetectSettings::default()).unwrap_err();
+    assert!(matches!(err, DetectError::NotFinite), "{err:?}");
+    assert!(err.to_string().contains("not a number") && err.to_string().contains("weights"), "{err}");
+    let mut baseline = build_method(MethodKind::Clip, det, DetectSettings::default()).unwrap();
+    let spec = ClassSpec { id: "bottle".into(), name: "bottle".into(), prompts: small_prompts() };
+    baseline.prepare(&spec, &[]).unwrap();
+    let err = baseline.score(&image).unwrap_err();
+    assert!(matches!(err, DetectError::NotFinite), "{err:?}");
+}

@@ -90,6 +90,7 @@ fn every_pixel_format_gives_a_map_of_its_size_and_a_bad_file_fails_alone() {
     let err = stderr(&result);
     assert!(err.contains("broken.png"), "{err}");
     assert!(err.contains("8 image(s): 7 analysed, 1 failed"), "{err}");
+    assert!(err.contains("1 image(s) failed (reasons above); the others were written to"), "{err}");
 
     let lines: Vec<serde_json::Value> = String::from_utf8(result.stdout)
         .unwrap()
@@ -494,4 +495,18 @@ fn anovl_views_in_detect() {
         assert!(stderr(&detect).contains(why), "{}", stderr(&detect));
         assert!(!out.exists(), "refused before any work");
     }
+}
+
+/// When every image fails, the last line does not speak of "the others".
+#[test]
+fn a_run_where_every_image_fails_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.png");
+    std::fs::write(&broken, b"\x89PNG\r\n\x1a\nthis is not a png").unwrap();
+    let out = dir.path().join("out");
+    let result = Run::new().detect(&["--class", "bottle", "--out", out.to_str().unwrap(), broken.to_str().unwrap()]);
+    assert_eq!(result.status.code(), Some(4));
+    let err = stderr(&result);
+    assert!(err.contains("1 image(s): 0 analysed, 1 failed") && err.contains("no image could be analysed"), "{err}");
+    assert!(!err.contains("the others"), "{err}");
 }

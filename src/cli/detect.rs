@@ -78,8 +78,11 @@ pub fn run(args: DetectArgs) -> Result<batch::RunStatus> {
         let page = runner.writer.write_report(&result)?;
         eprintln!("report: {}", page.display());
     }
-    if result.summary.failed > 0 {
-        eprintln!("{} image(s) failed (reasons above); the others were written to {}", result.summary.failed, args.out.display());
+    let summary = &result.summary;
+    if summary.failed > 0 && summary.analysed + summary.resumed > 0 {
+        eprintln!("{} image(s) failed (reasons above); the others were written to {}", summary.failed, args.out.display());
+    } else if summary.failed > 0 {
+        eprintln!("no image could be analysed (reasons above); {} holds the run's summary", args.out.display());
     }
     Ok(result.summary.status())
 }

@@ -14,7 +14,6 @@ use image::DynamicImage;
 
 use super::bank::{PatchMatch, ReferenceBank};
 use super::engine::Detector;
-use super::maps::image_map;
 use super::memory::{cosine_distance, mean_of_top_percent};
 use super::method::{ClassSpec, Method, MethodKind, Scored};
 use super::settings::{DetectSettings, RefsBackbone};
@@ -59,7 +58,7 @@ impl Method for AnomalyDino {
     fn score(&mut self, image: &DynamicImage) -> Result<Scored, DetectError> {
         let bank = self.bank.as_ref().ok_or(DetectError::NotPrepared)?;
         let patch_map = PatchMatch::of(self.detector.dinov2().map(Arc::as_ref), bank, image)?.map(cosine_distance);
-        Ok(Scored { image_score: mean_of_top_percent(&patch_map.values), map: image_map(&patch_map, image, self.settings.sigma) })
+        Scored::from_patch_map(mean_of_top_percent(&patch_map.values), &patch_map, image, self.settings.sigma)
     }
 }
 

@@ -17,7 +17,7 @@ use super::memory::{few_shot_score, mean_of_top_percent};
 use super::settings::{DetectSettings, RefsBackbone, WindowMode};
 use super::ridge::project_text;
 use super::text_cache::TextFeatureCache;
-use super::{DetectError, batching};
+use super::{DetectError, batching, ensure_finite};
 use crate::clip::preprocess::{Preprocessor, ResizeMode};
 use crate::clip::{Clip, VisionCapture, l2_normalize};
 use crate::dinov2::{Dinov2, GRID as DINO_GRID};
@@ -430,6 +430,7 @@ impl Detector {
             }
             _ => (zero_shot_map, None),
         };
+        ensure_finite(image_score, &patch_map)?;
         let map = gaussian_blur(
             &resize_bilinear(&patch_map, image.width() as usize, image.height() as usize),
             settings.sigma,

@@ -5,10 +5,10 @@ use image::DynamicImage;
 
 use std::path::PathBuf;
 
-use super::DetectError;
+use super::{DetectError, ensure_finite};
 use super::bank::ReferenceBank;
 use super::engine::{ClassPrompts, Detector};
-use super::maps::Grid;
+use super::maps::{Grid, image_map};
 use super::settings::DetectSettings;
 use crate::prompts::{ExpandedPrompts, PromptSource};
 
@@ -84,6 +84,16 @@ pub struct Scored {
     pub image_score: f32,
     /// The anomaly map at the image's resolution.
     pub map: Grid,
+}
+
+impl Scored {
+    /// The image's result from its patch map: upsampled to `image`'s size and smoothed
+    /// with `sigma` (`maps::image_map`); an error when the score or the map is not
+    /// finite ([`super::ensure_finite`]).
+    pub fn from_patch_map(image_score: f32, patch_map: &Grid, image: &DynamicImage, sigma: f32) -> Result<Self, DetectError> {
+        ensure_finite(image_score, patch_map)?;
+        Ok(Self { image_score, map: image_map(patch_map, image, sigma) })
+    }
 }
 
 /// `Send`: the app runs methods on its engine thread.

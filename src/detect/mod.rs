@@ -53,6 +53,12 @@ pub enum DetectError {
          window ({reason}). {}", crate::clip::OUT_OF_MEMORY_ADVICE
     )]
     OutOfMemory { device: String, batch: usize, reason: String },
+    /// A score or a map came out NaN or infinite ([`ensure_finite`]).
+    #[error(
+        "the result for this image is not a number (NaN or infinite): the model's weights may hold NaN or values \
+         beyond f32's range (are they intact? a re-download or another copy of the model fixes a damaged file)"
+    )]
+    NotFinite,
     /// The aligner's ridge system could not be solved (`ridge::project_text`).
     #[error(
         "the fine-grained aligner could not solve its ridge system for a {scale}x{scale} window: the model's \
@@ -71,5 +77,16 @@ impl From<candle_core::Error> for DetectError {
             crate::clip::ClipError::Tensor(error) => Self::Tensor(error),
             out_of_memory => Self::Clip(out_of_memory),
         }
+    }
+}
+
+/// `Err(NotFinite)` when `image_score` or a value of `patch_map` is NaN or infinite:
+/// weights gone wrong give such numbers silently, and a NaN score would pass as a
+/// result (it is neither above nor below any threshold).
+pub(crate) fn ensure_finite(image_score: f32, patch_map: &maps::Grid) -> Result<(), DetectError> {
+    if image_score.is_finite() && patch_map.values.iter().all(|v| v.is_finite()) {
+        Ok(())
+    } else {
+        Err(DetectError::NotFinite)
     }
 }

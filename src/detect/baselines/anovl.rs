@@ -45,7 +45,7 @@ use rand_chacha::rand_core::SeedableRng;
 use rand_distr::{Distribution, Normal};
 
 use super::winclip::{TEMPLATES, compose};
-use super::{LabelPooling, image_map, label_features, patch_tokens, zero_shot_only};
+use super::{LabelPooling, label_features, patch_tokens, zero_shot_only};
 use crate::clip::model::{ResidualAttentionBlock, VisionTransformer};
 use crate::clip::{VisionCapture, l2_normalize};
 use crate::detect::engine::abnormal_probability;
@@ -323,10 +323,7 @@ impl Method for Anovl {
 
     fn score(&mut self, image: &DynamicImage) -> Result<Scored, DetectError> {
         let (image_score, patch_map) = self.patch_scores(image)?;
-        Ok(Scored {
-            image_score,
-            map: image_map(&patch_map, image, self.settings.sigma),
-        })
+        Scored::from_patch_map(image_score, &patch_map, image, self.settings.sigma)
     }
 }
 

@@ -6,7 +6,7 @@
 use candle_core::Tensor;
 use image::DynamicImage;
 
-use super::{LabelPooling, image_map, label_features, logit_scale, patch_tokens, zero_shot_only};
+use super::{LabelPooling, label_features, logit_scale, patch_tokens, zero_shot_only};
 use crate::clip::{VisionCapture, l2_normalize};
 use crate::detect::engine::abnormal_probability;
 use crate::detect::maps::Grid;
@@ -51,9 +51,6 @@ impl Method for ClipBaseline {
         let patches = l2_normalize(&vision.project(&patch_tokens(&out.tokens)?)?)?;
         let grid = vision.grid();
         let patch_map = Grid::new(grid, grid, abnormal_probability(&patches, text, scale)?);
-        Ok(Scored {
-            image_score,
-            map: image_map(&patch_map, image, self.settings.sigma),
-        })
+        Scored::from_patch_map(image_score, &patch_map, image, self.settings.sigma)
     }
 }

@@ -9,7 +9,6 @@ pub mod winclip;
 use candle_core::Tensor;
 use image::DynamicImage;
 
-use super::maps::image_map;
 use super::anomalydino::AnomalyDino;
 use super::{DetectError, DetectSettings, Detector, Method, MethodKind};
 use crate::clip::l2_normalize;

@@ -13,7 +13,7 @@
 use candle_core::{IndexOp, Tensor};
 use image::DynamicImage;
 
-use super::{LabelPooling, image_map, label_features, logit_scale, patch_tokens};
+use super::{LabelPooling, label_features, logit_scale, patch_tokens};
 use crate::clip::{VisionCapture, l2_normalize};
 use crate::detect::engine::abnormal_probability;
 use crate::detect::maps::{Grid, harmonic_mean, harmonic_patch_map, window_indices};
@@ -223,10 +223,7 @@ impl Method for Winclip {
 
     fn score(&mut self, image: &DynamicImage) -> Result<Scored, DetectError> {
         let (image_score, patch_map) = self.patch_scores(image)?.combined();
-        Ok(Scored {
-            image_score,
-            map: image_map(&patch_map, image, self.settings.sigma),
-        })
+        Scored::from_patch_map(image_score, &patch_map, image, self.settings.sigma)
     }
 }
 
