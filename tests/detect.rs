@@ -28,6 +28,12 @@ fn small_prompts() -> alfa::prompts::ExpandedPrompts {
     p
 }
 
+/// `image` through `det` with the small prompt set and default settings in `mode`.
+fn detect_in(det: &mut Detector, image: &DynamicImage, mode: WindowMode) -> alfa::detect::Detection {
+    let class = det.encode_class(small_prompts()).unwrap();
+    det.detect(image, &class, &DetectSettings { window_mode: mode, ..Default::default() }).unwrap()
+}
+
 both_kernels! {
     fn both_window_modes_give_maps_of_the_input_size() {
         let mut det = detector(None);
@@ -171,12 +177,7 @@ fn bf16_image_tower_stays_close_to_f32() {
     eprintln!("image embedding cosine {cosine}");
     assert!(cosine > 0.999, "image embedding cosine f32 vs bf16: {cosine}");
     for mode in [WindowMode::Tokens, WindowMode::Pixels] {
-        let settings = DetectSettings { window_mode: mode, ..Default::default() };
-        let run = |det: &mut Detector| {
-            let class = det.encode_class(small_prompts()).unwrap();
-            det.detect(&image, &class, &settings).unwrap()
-        };
-        let (a, b) = (run(&mut f32_det), run(&mut bf16_det));
+        let (a, b) = (detect_in(&mut f32_det, &image, mode), detect_in(&mut bf16_det, &image, mode));
         assert_ne!(a.map, b.map, "{mode:?}: bf16 must change something, or it did not run");
         let alfa::detect::maps::MapAgreement { max_abs_diff: max_diff, correlation } = a.map.agreement(&b.map);
         let score_diff = (a.image_score - b.image_score).abs();
@@ -225,12 +226,7 @@ fn half_precision_image_tower_on_the_generic_kernels_stays_close_to_f32() {
             eprintln!("{precision:?}: image embedding cosine {cosine}");
             assert!(cosine > min_cosine && cosine < 1.0, "{precision:?}: image embedding cosine against f32: {cosine}");
             for mode in [WindowMode::Tokens, WindowMode::Pixels] {
-                let settings = DetectSettings { window_mode: mode, ..Default::default() };
-                let run = |det: &mut Detector| {
-                    let class = det.encode_class(small_prompts()).unwrap();
-                    det.detect(&image, &class, &settings).unwrap()
-                };
-                let (a, b) = (run(&mut f32_det), run(&mut det));
+                let (a, b) = (detect_in(&mut f32_det, &image, mode), detect_in(&mut det, &image, mode));
                 let alfa::detect::maps::MapAgreement { max_abs_diff: max_diff, correlation } = a.map.agreement(&b.map);
                 let score_diff = (a.image_score - b.image_score).abs();
                 eprintln!("{precision:?} {mode:?}: max |map diff| {max_diff}, correlation {correlation}, |score diff| {score_diff}");
