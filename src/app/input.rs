@@ -66,7 +66,9 @@ impl AlfaApp {
         if ctx.input(|i| i.events.iter().any(|e| matches!(e, egui::Event::Text(t) if t == "?"))) {
             self.show_help = !self.show_help;
         }
-        if pressed(Key::Escape) {
+        // Esc closes the help; otherwise it is left for the window that is open (the
+        // path window's Cancel).
+        if self.show_help && pressed(Key::Escape) {
             self.show_help = false;
         }
         if pressed(Key::G) {

@@ -211,3 +211,25 @@ fn partial_results_show_at_once_and_the_final_one_replaces_them() {
     harness.run_steps(2);
     assert!(harness.query_by_label_contains("refining").is_none());
 }
+
+/// The path window closes on the first Esc, its text box focused ("Cancel (Esc)"):
+/// the help's shortcut used to take every Esc.
+#[test]
+fn escape_closes_the_path_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = dir.path().to_owned();
+    let mut harness = Harness::builder().with_max_steps(10_000).build_eframe(move |cc| AlfaApp::new(cc, options(Vec::new(), &recipes)));
+    harness.state_mut().ask_path(super::path_choice::Purpose::OpenImages);
+    harness.run_steps(3);
+    assert!(harness.state().path_prompt.is_some());
+    harness.key_press(eframe::egui::Key::Escape);
+    harness.run_steps(3);
+    assert!(harness.state().path_prompt.is_none(), "the first Esc closes the path window");
+    // With the help open, Esc closes the help first.
+    harness.state_mut().show_help = true;
+    harness.state_mut().ask_path(super::path_choice::Purpose::OpenImages);
+    harness.run_steps(3);
+    harness.key_press(eframe::egui::Key::Escape);
+    harness.run_steps(3);
+    assert!(!harness.state().show_help, "Esc closes the help");
+}
